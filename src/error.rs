@@ -1,0 +1,34 @@
+//! The crate's error type. Every variant names what was wrong (file, key, tensor) so the
+//! command-line front-ends can print it and exit with status 2 instead of panicking.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value is impossible or unknown.
+    #[error("config: `{key}` = {value}: {reason}")]
+    Config { key: String, value: String, reason: String },
+    /// A TOML/JSON file could not be parsed.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// A request outside what the model or data offers (layer/head out of range, …).
+    #[error("{0}")]
+    Invalid(String),
+    /// An error raised inside libtorch.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn config(key: impl Into<String>, value: impl std::fmt::Display, reason: impl Into<String>) -> Self {
+        Error::Config { key: key.into(), value: value.to_string(), reason: reason.into() }
+    }
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}

@@ -1,0 +1,10 @@
+//! msclip: train, load and explain MS-CLIP (modality-shared CLIP) models on libtorch.
+
+pub mod error;
+pub mod model;
+pub mod tokenizer;
+
+pub use error::{Error, Result};
+
+/// The tool version recorded in every output's provenance.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

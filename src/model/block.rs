@@ -1,0 +1,177 @@
+//! `SharedBlock`: the pre-LN residual attention block whose sites may be shared between towers.
+//!
+//! ```text
+//! x = x + Attn(LN1_m(x), mask_m)
+//! x = x + W2·act(W1·LN2_m(x) + b1) + b2
+//! ```
+//! Attention (official `Attention_CUST`, equal to `nn.MultiheadAttention`):
+//! `q,k,v = split3(x·W_inᵀ + b_in)`, heads are contiguous `D/H` slices, `q ← q·(D/H)^-½`,
+//! `A = softmax(q·kᵀ + mask)`, `out = (A·v)·W_outᵀ + b_out`. Text uses a causal additive mask
+//! (−∞ above the diagonal); vision none.
+
+use std::collections::HashMap;
+
+use tch::{nn, Kind, Tensor};
+
+use super::capture::{ActivationCache, Capture, Modality, Site};
+use super::config::{Activation, ModelConfig, SharedSite};
+use super::init::{Init, NORMAL_02};
+use super::layers::{activate, LayerNorm, Linear};
+
+/// Parameters of one site, owned by either a tower or the shared path.
+enum SiteParams {
+    Linear(Linear),
+    Norm(LayerNorm),
+}
+
+impl SiteParams {
+    fn shallow_clone(&self) -> SiteParams {
+        match self {
+            SiteParams::Linear(l) => SiteParams::Linear(l.shallow_clone()),
+            SiteParams::Norm(n) => SiteParams::Norm(n.shallow_clone()),
+        }
+    }
+}
+
+/// Creates shared sites once (under `shared.blocks.{slot}`) and hands the same tensors to the
+/// second tower that asks for them.
+pub struct SiteRegistry<'a> {
+    shared_root: nn::Path<'a>,
+    created: HashMap<(usize, SharedSite), SiteParams>,
+}
+
+impl<'a> SiteRegistry<'a> {
+    pub fn new(shared_root: nn::Path<'a>) -> SiteRegistry<'a> {
+        SiteRegistry { shared_root, created: HashMap::new() }
+    }
+
+    fn site(&mut self, cfg: &ModelConfig, own: &nn::Path, slot: usize, site: SharedSite, width: i64) -> SiteParams {
+        let make = |p: &nn::Path| -> SiteParams {
+            let hidden = width * cfg.mlp_ratio;
+            match site {
+                SharedSite::AttnIn => {
+                    // xavier_uniform on the fused in-projection (Attention_CUST._reset_parameters).
+                    let bound = (6.0 / (4 * width) as f64).sqrt();
+                    let init = Init::Uniform { lo: -bound, hi: bound };
+                    SiteParams::Linear(Linear::new(&(p / "attn_in"), width, 3 * width, true, init))
+                }
+                SharedSite::AttnOut => SiteParams::Linear(Linear::new(&(p / "attn_out"), width, width, true, NORMAL_02)),
+                SharedSite::Fc1 => SiteParams::Linear(Linear::new(&(p / "fc1"), width, hidden, true, NORMAL_02)),
+                SharedSite::Fc2 => SiteParams::Linear(Linear::new(&(p / "fc2"), hidden, width, true, NORMAL_02)),
+                SharedSite::Ln1 => SiteParams::Norm(LayerNorm::new(&(p / "ln1"), width, cfg.ln_eps)),
+                SharedSite::Ln2 => SiteParams::Norm(LayerNorm::new(&(p / "ln2"), width, cfg.ln_eps)),
+            }
+        };
+        if cfg.is_shared(slot, site) {
+            if let Some(existing) = self.created.get(&(slot, site)) {
+                return existing.shallow_clone();
+            }
+            let params = make(&(&self.shared_root / "blocks" / slot));
+            let handle = params.shallow_clone();
+            self.created.insert((slot, site), params);
+            handle
+        } else {
+            make(&(own / "blocks" / slot))
+        }
+    }
+
+    /// Builds the block of `modality` at `slot`; `own` is the tower's root path.
+    pub fn block(&mut self, cfg: &ModelConfig, own: &nn::Path, modality: Modality, slot: usize) -> SharedBlock {
+        let (width, heads) = match modality {
+            Modality::Vision => (cfg.vision.width, cfg.vision.heads),
+            Modality::Text => (cfg.text.width, cfg.text.heads),
+        };
+        let mut lin = |s| match self.site(cfg, own, slot, s, width) {
+            SiteParams::Linear(l) => l,
+            SiteParams::Norm(_) => unreachable!(),
+        };
+        let attn_in = lin(SharedSite::AttnIn);
+        let attn_out = lin(SharedSite::AttnOut);
+        let fc1 = lin(SharedSite::Fc1);
+        let fc2 = lin(SharedSite::Fc2);
+        let mut norm = |s| match self.site(cfg, own, slot, s, width) {
+            SiteParams::Norm(n) => n,
+            SiteParams::Linear(_) => unreachable!(),
+        };
+        let ln1 = norm(SharedSite::Ln1);
+        let ln2 = norm(SharedSite::Ln2);
+        SharedBlock {
+            attn_in,
+            attn_out,
+            fc1,
+            fc2,
+            ln1,
+            ln2,
+            heads,
+            causal: modality == Modality::Text,
+            activation: cfg.activation,
+            modality,
+            slot,
+        }
+    }
+}
+
+/// A pre-LN transformer block (the official `ResidualAttentionBlock`).
+#[derive(Debug)]
+pub struct SharedBlock {
+    pub attn_in: Linear,
+    pub attn_out: Linear,
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub ln1: LayerNorm,
+    pub ln2: LayerNorm,
+    pub heads: i64,
+    pub causal: bool,
+    pub activation: Activation,
+    pub modality: Modality,
+    pub slot: usize,
+}
+
+fn record(cache: &mut ActivationCache, capture: &Capture, m: Modality, slot: usize, site: Site, t: &Tensor) {
+    if capture.wants(slot, site) {
+        let t = if capture.detach { t.detach() } else { t.shallow_clone() };
+        cache.insert(m, slot, site, t);
+    }
+}
+
+/// Additive causal mask `[L, L]`: 0 on and below the diagonal, −∞ above.
+pub fn causal_mask(len: i64, device: tch::Device) -> Tensor {
+    Tensor::full([len, len], f64::NEG_INFINITY, (Kind::Float, device)).triu(1)
+}
+
+impl SharedBlock {
+    /// Multi-head attention on `x: [B, L, D]` (already layer-normed).
+    pub fn attention(&self, x: &Tensor, capture: &Capture, cache: &mut ActivationCache) -> Tensor {
+        let (b, l, d) = x.size3().expect("attention input is [B, L, D]");
+        let hd = d / self.heads;
+        let qkv = self.attn_in.forward(x).view([b, l, 3, self.heads, hd]).permute([2, 0, 3, 1, 4]);
+        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        let scale = (hd as f64).powf(-0.5);
+        let out = if capture.needs_explicit_attention(self.slot) {
+            let logits = (q * scale).matmul(&k.transpose(-2, -1));
+            record(cache, capture, self.modality, self.slot, Site::AttnLogits, &logits);
+            let masked = if self.causal { &logits + causal_mask(l, x.device()).to_kind(logits.kind()) } else { logits };
+            let probs = masked.softmax(-1, masked.kind());
+            record(cache, capture, self.modality, self.slot, Site::AttnProbs, &probs);
+            probs.matmul(&v)
+        } else {
+            Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, self.causal, scale, false)
+        };
+        self.attn_out.forward(&out.transpose(1, 2).reshape([b, l, d]))
+    }
+
+    /// Block forward on the residual stream `x: [B, L, D]`.
+    pub fn forward(&self, x: &Tensor, capture: &Capture, cache: &mut ActivationCache) -> Tensor {
+        let (m, s) = (self.modality, self.slot);
+        let h = self.ln1.forward(x);
+        record(cache, capture, m, s, Site::Ln1, &h);
+        let a = self.attention(&h, capture, cache);
+        record(cache, capture, m, s, Site::AttnOut, &a);
+        let x = x + a;
+        let h = self.ln2.forward(&x);
+        record(cache, capture, m, s, Site::Ln2, &h);
+        let x = &x + self.fc2.forward(&activate(&self.fc1.forward(&h), self.activation));
+        record(cache, capture, m, s, Site::Resid, &x);
+        x
+    }
+}

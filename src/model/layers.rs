@@ -1,0 +1,132 @@
+//! Small building blocks with explicit parameters (so a shared site can be one tensor handed
+//! to both towers with `shallow_clone`, which keeps a single autograd leaf).
+
+use tch::nn;
+use tch::Tensor;
+
+use super::config::Activation;
+use super::init::{self, Init, NORMAL_02};
+
+/// `y = x·Wᵀ + b` with `W: [out, in]` (PyTorch layout, so checkpoints map 1:1).
+#[derive(Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(p: &nn::Path, d_in: i64, d_out: i64, bias: bool, init: Init) -> Linear {
+        let weight = init::var(p, "weight", &[d_out, d_in], init);
+        let bias = bias.then(|| init::var(p, "bias", &[d_out], Init::Const(0.0)));
+        Linear { weight, bias }
+    }
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+    pub fn shallow_clone(&self) -> Linear {
+        Linear { weight: self.weight.shallow_clone(), bias: self.bias.as_ref().map(|b| b.shallow_clone()) }
+    }
+}
+
+/// LayerNorm over the last dim: `y = w·(x−μ)/√(σ²+eps) + b` (TF-style eps inside the root,
+/// as the official `LayerNorm`; identical to `torch.layer_norm`). Computed in fp32.
+#[derive(Debug)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(p: &nn::Path, dim: i64, eps: f64) -> LayerNorm {
+        LayerNorm { weight: init::var(p, "weight", &[dim], Init::Const(1.0)), bias: init::var(p, "bias", &[dim], Init::Const(0.0)), eps }
+    }
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let dim = *self.weight.size().last().unwrap();
+        let kind = x.kind();
+        let y = x.to_kind(tch::Kind::Float).layer_norm([dim], Some(&self.weight), Some(&self.bias), self.eps, false);
+        if kind == tch::Kind::Float { y } else { y.to_kind(kind) }
+    }
+    pub fn shallow_clone(&self) -> LayerNorm {
+        LayerNorm { weight: self.weight.shallow_clone(), bias: self.bias.shallow_clone(), eps: self.eps }
+    }
+}
+
+/// `x·σ(1.702x)` (OpenAI's QuickGELU) or exact GELU.
+pub fn activate(x: &Tensor, act: Activation) -> Tensor {
+    match act {
+        Activation::QuickGelu => x * (x * 1.702).sigmoid(),
+        Activation::Gelu => x.gelu("none"),
+    }
+}
+
+/// 2-D convolution without bias, PyTorch weight layout `[out, in/groups, k, k]`.
+#[derive(Debug)]
+pub struct Conv {
+    pub weight: Tensor,
+    pub stride: i64,
+    pub padding: i64,
+    pub groups: i64,
+}
+
+impl Conv {
+    pub fn new(p: &nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64, groups: i64) -> Conv {
+        let weight = init::var(p, "weight", &[c_out, c_in / groups, k, k], NORMAL_02);
+        Conv { weight, stride, padding, groups }
+    }
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.conv2d(&self.weight, None::<Tensor>, [self.stride], [self.padding], [1], self.groups)
+    }
+}
+
+/// BatchNorm2d with running statistics as buffers (not parameters). `train` selects batch
+/// statistics (and updates the running ones, momentum 0.1) vs running statistics.
+#[derive(Debug)]
+pub struct BatchNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+    pub eps: f64,
+}
+
+impl BatchNorm {
+    pub fn new(p: &nn::Path, c: i64, eps: f64) -> BatchNorm {
+        BatchNorm {
+            weight: init::var(p, "weight", &[c], Init::Const(1.0)),
+            bias: init::var(p, "bias", &[c], Init::Const(0.0)),
+            running_mean: p.zeros_no_train("running_mean", &[c]),
+            running_var: p.ones_no_train("running_var", &[c]),
+            eps,
+        }
+    }
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        x.batch_norm(
+            Some(&self.weight),
+            Some(&self.bias),
+            Some(&self.running_mean),
+            Some(&self.running_var),
+            train,
+            0.1,
+            self.eps,
+            false,
+        )
+    }
+}
+
+/// conv → BN (the `nn.Sequential(conv, bn)` pairs of the official code).
+#[derive(Debug)]
+pub struct ConvBn {
+    pub conv: Conv,
+    pub bn: BatchNorm,
+}
+
+impl ConvBn {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(p: &nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64, groups: i64, eps: f64) -> ConvBn {
+        ConvBn { conv: Conv::new(&(p / "conv"), c_in, c_out, k, stride, padding, groups), bn: BatchNorm::new(&(p / "bn"), c_out, eps) }
+    }
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        self.bn.forward(&self.conv.forward(x), train)
+    }
+}

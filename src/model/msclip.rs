@@ -1,0 +1,139 @@
+//! `MsClip`: the two towers, the shared sites and the contrastive head.
+
+use serde::Serialize;
+use tch::{nn, Device, Tensor};
+
+use super::block::SiteRegistry;
+use super::capture::{ActivationCache, Capture};
+use super::config::ModelConfig;
+use super::towers::{TextTower, VisionTower};
+use crate::error::Result;
+
+/// The fixed zero-shot logit scale of the official evaluation (`tools/zero_shot.py`).
+pub const ZERO_SHOT_SCALE: f64 = 100.0;
+
+/// A CLIP / MS-CLIP / MS-CLIP-S model (which one is decided by its [`ModelConfig`]).
+///
+/// VarStore layout: `shared.blocks.{slot}.{site}.*` (one tensor used by both towers),
+/// `visual.*`, `text.*`, `logit_scale`.
+#[derive(Debug)]
+pub struct MsClip {
+    pub config: ModelConfig,
+    pub vision: VisionTower,
+    pub text: TextTower,
+    /// Raw temperature parameter; the scale is `exp(logit_scale)`.
+    pub logit_scale: Tensor,
+}
+
+/// Unique trainable parameter counts (BN running statistics are buffers, not counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ParamCount {
+    /// All unique parameters (shared tensors once), including `logit_scale`.
+    pub total: i64,
+    /// Parameters used by both towers.
+    pub shared: i64,
+    pub vision_only: i64,
+    pub text_only: i64,
+}
+
+/// Output of [`MsClip::forward`].
+pub struct ForwardOutput {
+    /// L2-normalised image embeddings `[B, E]`.
+    pub image: Tensor,
+    /// L2-normalised text embeddings `[B, E]`.
+    pub text: Tensor,
+    /// `exp(logit_scale) · image · textᵀ` `[B_img, B_txt]`.
+    pub logits_per_image: Tensor,
+    pub cache: ActivationCache,
+}
+
+fn l2_normalize(x: &Tensor) -> Tensor {
+    x / x.norm_scalaropt_dim(2.0, [-1], true)
+}
+
+impl MsClip {
+    /// Builds the model's parameters under `root` (normally `vs.root()`).
+    pub fn new(root: &nn::Path, config: &ModelConfig) -> MsClip {
+        let mut reg = SiteRegistry::new(root / "shared");
+        let vision = VisionTower::new(&(root / "visual"), config, &mut reg);
+        let text = TextTower::new(&(root / "text"), config, &mut reg);
+        let logit_scale = root.var("logit_scale", &[], nn::Init::Const(config.logit_scale_init));
+        MsClip { config: config.clone(), vision, text, logit_scale }
+    }
+
+    /// A fresh VarStore on `device` with the model initialised from `seed`.
+    pub fn build(config: &ModelConfig, device: Device, seed: i64) -> (nn::VarStore, MsClip) {
+        let vs = nn::VarStore::new(device);
+        let model = super::init::with_seed(seed as u64, || MsClip::new(&vs.root(), config));
+        (vs, model)
+    }
+
+    /// Image embeddings `[B, E]` (L2-normalised), recording what `capture` asks for.
+    pub fn encode_image_with(
+        &self,
+        images: &Tensor,
+        capture: &Capture,
+        cache: &mut ActivationCache,
+        train: bool,
+    ) -> Result<Tensor> {
+        self.vision.check_input(images)?;
+        let pooled = self.vision.forward_features(images, capture, cache, train);
+        Ok(l2_normalize(&self.vision.project(&pooled)))
+    }
+
+    /// Text embeddings `[B, E]` (L2-normalised), recording what `capture` asks for.
+    pub fn encode_text_with(&self, tokens: &Tensor, capture: &Capture, cache: &mut ActivationCache) -> Result<Tensor> {
+        self.text.check_input(tokens)?;
+        let pooled = self.text.forward_features(tokens, capture, cache);
+        Ok(l2_normalize(&self.text.project(&pooled)))
+    }
+
+    /// Normalised image embeddings, eval mode, nothing captured.
+    pub fn encode_image(&self, images: &Tensor) -> Result<Tensor> {
+        self.encode_image_with(images, &Capture::none(), &mut ActivationCache::new(), false)
+    }
+
+    /// Normalised text embeddings, nothing captured.
+    pub fn encode_text(&self, tokens: &Tensor) -> Result<Tensor> {
+        self.encode_text_with(tokens, &Capture::none(), &mut ActivationCache::new())
+    }
+
+    /// Both towers and the learned-scale logits; `train` puts BatchNorms in training mode.
+    pub fn forward(&self, images: &Tensor, tokens: &Tensor, capture: &Capture, train: bool) -> Result<ForwardOutput> {
+        let mut cache = ActivationCache::new();
+        let image = self.encode_image_with(images, capture, &mut cache, train)?;
+        let text = self.encode_text_with(tokens, capture, &mut cache)?;
+        let logits_per_image = self.logits(&image, &text);
+        Ok(ForwardOutput { image, text, logits_per_image, cache })
+    }
+
+    /// `exp(logit_scale) · image · textᵀ` on normalised embeddings.
+    pub fn logits(&self, image: &Tensor, text: &Tensor) -> Tensor {
+        image.matmul(&text.tr()) * self.logit_scale.exp()
+    }
+
+    /// Zero-shot logits `100 · image · W` with `W: [E, C]` the class embeddings (columns
+    /// normalised), the official evaluation's fixed scale.
+    pub fn zero_shot_logits(image: &Tensor, classifier: &Tensor) -> Tensor {
+        image.matmul(classifier) * ZERO_SHOT_SCALE
+    }
+
+    /// Counts unique trainable parameters by owner (`shared.*`, `visual.*`, `text.*`).
+    pub fn param_count(vs: &nn::VarStore) -> ParamCount {
+        let mut c = ParamCount { total: 0, shared: 0, vision_only: 0, text_only: 0 };
+        for (name, t) in vs.variables() {
+            if !t.requires_grad() {
+                continue; // BN running statistics
+            }
+            let n = t.numel() as i64;
+            c.total += n;
+            match name.split('.').next() {
+                Some("shared") => c.shared += n,
+                Some("visual") => c.vision_only += n,
+                Some("text") => c.text_only += n,
+                _ => {}
+            }
+        }
+        c
+    }
+}

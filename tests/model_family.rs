@@ -1,0 +1,177 @@
+//! Model family: shapes, exact parameter counts, sharing, masks, capture.
+
+use msclip::model::config::PRESETS;
+use msclip::model::{ActivationCache, Capture, Modality, ModelConfig, MsClip, Site};
+use msclip::tokenizer::Tokenizer;
+use tch::{Device, Kind, Tensor};
+
+fn build(name: &str) -> (tch::nn::VarStore, MsClip) {
+    let cfg = ModelConfig::preset(name).unwrap();
+    MsClip::build(&cfg, Device::Cpu, 0)
+}
+
+#[test]
+fn exact_parameter_totals_of_the_big_presets() {
+    let expect = [
+        ("clip-b32", 151_277_313),
+        ("msclip-s-b32", 132_408_001),
+        ("msclip-s-b16", 132_503_617),
+    ];
+    for (name, total) in expect {
+        let (vs, _) = build(name);
+        let c = MsClip::param_count(&vs);
+        assert_eq!(c.total, total, "{name}");
+        assert_eq!(c.total, c.shared + c.vision_only + c.text_only + 1, "{name}: parts + logit_scale");
+    }
+    // clip-b32 has nothing shared; msclip-s-b32 shares 11 slots of attention + FFN.
+    let (vs, _) = build("clip-b32");
+    let c = MsClip::param_count(&vs);
+    assert_eq!(c.shared, 0);
+    assert_eq!(c.vision_only, 87_849_216);
+    let (vs, _) = build("msclip-s-b32");
+    let c = MsClip::param_count(&vs);
+    let w = 768i64;
+    assert_eq!(c.shared, 11 * ((3 * w * w + 3 * w) + (w * w + w) + (4 * w * w + 4 * w) + (4 * w * w + w)));
+}
+
+#[test]
+fn every_preset_builds_and_validates() {
+    for (name, _) in PRESETS {
+        let cfg = ModelConfig::preset(name).unwrap();
+        let (vs, m) = MsClip::build(&cfg, Device::Cpu, 0);
+        assert!(MsClip::param_count(&vs).total > 0);
+        let vis_layers = m.vision.blocks.iter().filter(|b| b.is_some()).count();
+        let expected = if cfg.vision.stem == msclip::model::StemKind::EarlyConv { cfg.vision.layers - 1 } else { cfg.vision.layers };
+        assert_eq!(vis_layers, expected, "{name}");
+    }
+    let s = ModelConfig::preset("msclip-s-b32").unwrap();
+    assert_eq!(s.vision_attention_slots(), (1..12).collect::<Vec<_>>());
+    assert_eq!(ModelConfig::preset("clip-b32").unwrap().vision_attention_slots().len(), 12);
+}
+
+fn inputs(cfg: &ModelConfig, b: i64) -> (Tensor, Tensor) {
+    let s = cfg.vision.image_size;
+    let images = Tensor::randn([b, 3, s, s], (Kind::Float, Device::Cpu));
+    let tok = Tokenizer::new(cfg.text.context_length as usize);
+    let caps: Vec<String> = (0..b).map(|i| format!("a large red circle number {i} left of a blue square")).collect();
+    (images, tok.tokenize_batch(&caps))
+}
+
+#[test]
+fn tiny_shapes_and_normalised_embeddings() {
+    for name in ["tiny-clip", "tiny-msclip", "tiny-msclip-s"] {
+        let (_vs, m) = build(name);
+        let (images, tokens) = inputs(&m.config, 3);
+        let out = tch::no_grad(|| m.forward(&images, &tokens, &Capture::none(), false).unwrap());
+        assert_eq!(out.image.size(), [3, 64]);
+        assert_eq!(out.text.size(), [3, 64]);
+        assert_eq!(out.logits_per_image.size(), [3, 3]);
+        let norms = out.image.norm_scalaropt_dim(2.0, [-1], false);
+        assert!((norms - 1.0).abs().max().double_value(&[]) < 1e-5);
+    }
+}
+
+#[test]
+fn capture_path_equals_fused_path() {
+    for name in ["tiny-clip", "tiny-msclip-s"] {
+        let (_vs, m) = build(name);
+        let (images, tokens) = inputs(&m.config, 2);
+        tch::no_grad(|| {
+            let fused = m.forward(&images, &tokens, &Capture::none(), false).unwrap();
+            let cap = Capture::sites(&[Site::AttnProbs, Site::AttnLogits, Site::Ln1, Site::AttnOut, Site::Ln2, Site::Resid]);
+            let exp = m.forward(&images, &tokens, &cap, false).unwrap();
+            let di = (&fused.image - &exp.image).abs().max().double_value(&[]);
+            let dt = (&fused.text - &exp.text).abs().max().double_value(&[]);
+            assert!(di <= 1e-5 && dt <= 1e-5, "{name}: {di} {dt}");
+            // Attention layers per modality and row sums.
+            let vslots = exp.cache.slots(Modality::Vision, Site::AttnProbs);
+            assert_eq!(vslots, m.config.vision_attention_slots(), "{name}");
+            assert_eq!(exp.cache.slots(Modality::Text, Site::AttnProbs).len(), m.config.text.layers);
+            let g = m.config.grid();
+            for &s in &vslots {
+                let a = exp.cache.get(Modality::Vision, s, Site::AttnProbs).unwrap();
+                assert_eq!(a.size(), [2, m.config.vision.heads, g * g + 1, g * g + 1]);
+                let dev = (a.sum_dim_intlist(&[-1i64][..], false, Kind::Float) - 1.0).abs().max().double_value(&[]);
+                assert!(dev < 1e-5);
+            }
+            let a = exp.cache.get(Modality::Text, 3, Site::AttnProbs).unwrap();
+            let l = m.config.text.context_length;
+            assert_eq!(a.size(), [2, m.config.text.heads, l, l]);
+            // Causal: nothing above the diagonal.
+            let upper = a.triu(1).abs().max().double_value(&[]);
+            assert_eq!(upper, 0.0);
+        });
+    }
+}
+
+#[test]
+fn causal_mask_hides_future_tokens() {
+    let (_vs, m) = build("tiny-msclip-s");
+    let tok = Tokenizer::new(32);
+    let a = tok.tokenize_batch(&["a red circle above a green square"]);
+    let b = a.copy();
+    // Change a token after position 3; positions ≤ 3 must not move.
+    let _ = b.get(0).get(5).fill_(1000);
+    let cap = Capture::sites(&[Site::Resid]);
+    let (mut ca, mut cb) = (ActivationCache::new(), ActivationCache::new());
+    tch::no_grad(|| {
+        let _ = m.encode_text_with(&a, &cap, &mut ca).unwrap();
+        let _ = m.encode_text_with(&b, &cap, &mut cb).unwrap();
+    });
+    let last = m.config.text.layers - 1;
+    let ra = ca.get(Modality::Text, last, Site::Resid).unwrap();
+    let rb = cb.get(Modality::Text, last, Site::Resid).unwrap();
+    let before = (ra.narrow(1, 0, 5) - rb.narrow(1, 0, 5)).abs().max().double_value(&[]);
+    let after = (ra.narrow(1, 5, 1) - rb.narrow(1, 5, 1)).abs().max().double_value(&[]);
+    assert_eq!(before, 0.0);
+    assert!(after > 1e-3);
+}
+
+#[test]
+fn shared_weight_gradient_is_sum_of_both_modalities() {
+    let (vs, m) = build("tiny-msclip");
+    let (images, tokens) = inputs(&m.config, 2);
+    let shared = vs.variables()["shared.blocks.2.fc1.weight"].shallow_clone();
+    let grad_of = |f: &dyn Fn() -> Tensor| {
+        for mut v in vs.trainable_variables() {
+            v.zero_grad();
+        }
+        f().backward();
+        shared.grad().copy()
+    };
+    let gv = grad_of(&|| m.encode_image_with(&images, &Capture::none(), &mut ActivationCache::new(), true).unwrap().sum(Kind::Float));
+    let gt = grad_of(&|| m.encode_text(&tokens).unwrap().sum(Kind::Float));
+    let gboth = grad_of(&|| {
+        let i = m.encode_image_with(&images, &Capture::none(), &mut ActivationCache::new(), true).unwrap();
+        i.sum(Kind::Float) + m.encode_text(&tokens).unwrap().sum(Kind::Float)
+    });
+    assert!(gv.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    assert!(gt.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    let diff = (&gboth - (&gv + &gt)).abs().max().double_value(&[]);
+    assert!(diff < 1e-5, "{diff}");
+    // One VarStore entry: changing it moves both towers.
+    let (e_i, e_t) = tch::no_grad(|| (m.encode_image(&images).unwrap(), m.encode_text(&tokens).unwrap()));
+    tch::no_grad(|| {
+        let _ = shared.shallow_clone().g_add_(&(shared.randn_like() * 0.5));
+    });
+    let (f_i, f_t) = tch::no_grad(|| (m.encode_image(&images).unwrap(), m.encode_text(&tokens).unwrap()));
+    assert!((e_i - f_i).abs().max().double_value(&[]) > 1e-4);
+    assert!((e_t - f_t).abs().max().double_value(&[]) > 1e-4);
+    assert!(!vs.variables().contains_key("visual.blocks.2.fc1.weight"));
+    assert!(!vs.variables().contains_key("text.blocks.2.fc1.weight"));
+    assert!(vs.variables().contains_key("visual.blocks.2.ln1.weight"));
+}
+
+#[test]
+fn same_seed_same_model_and_output() {
+    let (_a, ma) = build("tiny-msclip-s");
+    let (_b, mb) = build("tiny-msclip-s");
+    let (images, tokens) = inputs(&ma.config, 2);
+    let oa = tch::no_grad(|| ma.forward(&images, &tokens, &Capture::none(), false).unwrap());
+    let ob = tch::no_grad(|| mb.forward(&images, &tokens, &Capture::none(), false).unwrap());
+    assert!(oa.image.equal(&ob.image) && oa.text.equal(&ob.text));
+    let cfg = ModelConfig::preset("tiny-msclip-s").unwrap();
+    let (_c, mc) = MsClip::build(&cfg, Device::Cpu, 1);
+    let oc = tch::no_grad(|| mc.encode_image(&images).unwrap());
+    assert!(!oa.image.equal(&oc));
+}
