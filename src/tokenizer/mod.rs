@@ -106,8 +106,11 @@ impl Tokenizer {
             })
             .collect();
         let byte_encoder = bytes_to_unicode();
-        let mut vocab: Vec<String> = byte_encoder.iter().map(|c| c.to_string()).collect();
-        vocab.extend(byte_encoder.iter().map(|c| format!("{c}</w>")));
+        // Python's dict order: printable bytes first, then the remapped ones.
+        let mut order: Vec<char> = byte_encoder.iter().copied().filter(|&c| (c as u32) < 256).collect();
+        order.extend(byte_encoder.iter().copied().filter(|&c| (c as u32) >= 256));
+        let mut vocab: Vec<String> = order.iter().map(|c| c.to_string()).collect();
+        vocab.extend(order.iter().map(|c| format!("{c}</w>")));
         vocab.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
         vocab.push("<|startoftext|>".into());
         vocab.push("<|endoftext|>".into());
