@@ -1,7 +1,11 @@
 //! msclip: train, load and explain MS-CLIP (modality-shared CLIP) models on libtorch.
 
+pub mod analysis;
+pub mod data;
 pub mod error;
+pub mod io;
 pub mod model;
+pub mod plot;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

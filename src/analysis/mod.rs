@@ -1,0 +1,3 @@
+//! Analyses: pure functions from captured tensors to tables (no plotting here).
+
+pub mod attention;

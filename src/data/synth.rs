@@ -1,0 +1,187 @@
+//! The built-in synthetic world: procedural images of coloured shapes with compositional
+//! captions and ground-truth boxes linking caption words to objects. Deterministic from a seed.
+
+use serde::Serialize;
+
+/// Shapes the world draws.
+pub const SHAPES: [&str; 6] = ["circle", "square", "triangle", "diamond", "cross", "ring"];
+/// Colours and their RGB values.
+pub const COLORS: [(&str, [u8; 3]); 8] = [
+    ("red", [220, 40, 40]),
+    ("green", [40, 170, 60]),
+    ("blue", [40, 80, 220]),
+    ("yellow", [235, 215, 40]),
+    ("purple", [150, 60, 190]),
+    ("orange", [245, 140, 30]),
+    ("white", [245, 245, 245]),
+    ("black", [25, 25, 25]),
+];
+pub const SIZES: [&str; 2] = ["small", "large"];
+
+/// A drawn object and the caption words that refer to it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Object {
+    pub shape: String,
+    pub color: String,
+    pub size: String,
+    /// Box `[x0, y0, x1, y1]` in pixels (exclusive end).
+    pub bbox: [u32; 4],
+    /// Indices of the whitespace-separated caption words naming this object.
+    pub word_indices: Vec<usize>,
+}
+
+/// An RGB image with its caption and ground truth.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scene {
+    #[serde(skip)]
+    pub pixels: Vec<u8>,
+    pub size: u32,
+    pub caption: String,
+    pub objects: Vec<Object>,
+}
+
+/// SplitMix64, the world's only source of randomness.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x5EED_5EED_0000_0001)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn inside(shape: &str, dx: f64, dy: f64) -> bool {
+    // (dx, dy) relative to the centre, scaled so the shape fits in [-1, 1]².
+    match shape {
+        "circle" => dx * dx + dy * dy <= 1.0,
+        "square" => dx.abs() <= 0.85 && dy.abs() <= 0.85,
+        "triangle" => dy <= 0.9 && dy >= -0.9 && dx.abs() <= (dy + 0.9) / 1.8 * 0.95,
+        "diamond" => dx.abs() + dy.abs() <= 1.0,
+        "cross" => (dx.abs() <= 0.3 && dy.abs() <= 0.95) || (dy.abs() <= 0.3 && dx.abs() <= 0.95),
+        "ring" => {
+            let r = dx * dx + dy * dy;
+            (0.36..=1.0).contains(&r)
+        }
+        _ => false,
+    }
+}
+
+/// Renders one scene of `n_objects` (1..=3) objects on a textured background.
+pub fn render(size: u32, n_objects: usize, rng: &mut Rng) -> Scene {
+    let s = size as usize;
+    let mut px = vec![0u8; s * s * 3];
+    // Background: a soft two-colour gradient with stripes, never close to object colours.
+    let base = [150 + rng.below(60) as i32, 150 + rng.below(60) as i32, 150 + rng.below(60) as i32];
+    let stripe = 3 + rng.below(6) as usize;
+    let angle = rng.below(2);
+    for y in 0..s {
+        for x in 0..s {
+            let t = if angle == 0 { x } else { y };
+            let shade = if (t / stripe) % 2 == 0 { 10 } else { -10 };
+            let grad = (y as i32 * 20) / s as i32;
+            for c in 0..3 {
+                px[(y * s + x) * 3 + c] = (base[c] + shade - grad).clamp(0, 255) as u8;
+            }
+        }
+    }
+    let mut objects: Vec<Object> = Vec::new();
+    let n = n_objects.clamp(1, 3);
+    let mut tries = 0;
+    while objects.len() < n && tries < 200 {
+        tries += 1;
+        let shape = SHAPES[rng.below(SHAPES.len() as u64) as usize];
+        let (color, rgb) = COLORS[rng.below(COLORS.len() as u64) as usize];
+        let large = rng.below(2) == 1;
+        let frac = if large { 0.36 + 0.08 * rng.unit() } else { 0.18 + 0.05 * rng.unit() };
+        let side = ((size as f64) * frac).round().max(4.0) as u32;
+        let x0 = rng.below((size - side) as u64 + 1) as u32;
+        let y0 = rng.below((size - side) as u64 + 1) as u32;
+        let bbox = [x0, y0, x0 + side, y0 + side];
+        let overlaps = objects.iter().any(|o| {
+            bbox[0] < o.bbox[2] + 1 && o.bbox[0] < bbox[2] + 1 && bbox[1] < o.bbox[3] + 1 && o.bbox[1] < bbox[3] + 1
+        });
+        if overlaps {
+            continue;
+        }
+        let half = side as f64 / 2.0;
+        let (cx, cy) = (x0 as f64 + half, y0 as f64 + half);
+        for y in y0..y0 + side {
+            for x in x0..x0 + side {
+                let (dx, dy) = ((x as f64 + 0.5 - cx) / half, (y as f64 + 0.5 - cy) / half);
+                if inside(shape, dx, dy) {
+                    let i = (y as usize * s + x as usize) * 3;
+                    px[i..i + 3].copy_from_slice(&rgb);
+                }
+            }
+        }
+        objects.push(Object {
+            shape: shape.into(),
+            color: color.into(),
+            size: if large { "large" } else { "small" }.into(),
+            bbox,
+            word_indices: vec![],
+        });
+    }
+    let caption = caption_for(&mut objects, rng);
+    Scene { pixels: px, size, caption, objects }
+}
+
+/// Builds "a large red circle left of a small blue square"-style captions and records which
+/// words name which object.
+fn caption_for(objects: &mut [Object], rng: &mut Rng) -> String {
+    let mut words: Vec<String> = Vec::new();
+    let phrase = |o: &mut Object, words: &mut Vec<String>| {
+        words.push("a".into());
+        let start = words.len();
+        words.push(o.size.clone());
+        words.push(o.color.clone());
+        words.push(o.shape.clone());
+        o.word_indices = (start..start + 3).collect();
+    };
+    match objects.len() {
+        1 => phrase(&mut objects[0], &mut words),
+        _ => {
+            let (a, b) = (0, 1);
+            let (ca, cb) = (center(&objects[a]), center(&objects[b]));
+            let rel = if (ca.0 - cb.0).abs() >= (ca.1 - cb.1).abs() {
+                if ca.0 < cb.0 { "left of" } else { "right of" }
+            } else if ca.1 < cb.1 {
+                "above"
+            } else {
+                "below"
+            };
+            phrase(&mut objects[a], &mut words);
+            words.extend(rel.split(' ').map(String::from));
+            phrase(&mut objects[b], &mut words);
+            if objects.len() == 3 {
+                words.push(if rng.below(2) == 0 { "and" } else { "with" }.into());
+                phrase(&mut objects[2], &mut words);
+            }
+        }
+    }
+    words.join(" ")
+}
+
+fn center(o: &Object) -> (f64, f64) {
+    ((o.bbox[0] + o.bbox[2]) as f64 / 2.0, (o.bbox[1] + o.bbox[3]) as f64 / 2.0)
+}
+
+/// Scene `index` of the world with `seed`: its own stream, so any subset renders identically.
+pub fn scene(seed: u64, index: u64, size: u32) -> Scene {
+    let mut rng = Rng::new(seed.wrapping_mul(0x100_0000_01B3) ^ index.wrapping_mul(0x9E37_79B9));
+    let n = 1 + rng.below(3) as usize;
+    render(size, n, &mut rng)
+}

@@ -1,0 +1,166 @@
+//! Rendering only (no metric is computed here): plotters on an in-memory bitmap saved with
+//! `image` (PNG) and plotters' SVG backend, with the embedded DejaVu Sans font.
+
+use std::path::Path;
+use std::sync::Once;
+
+use image::RgbImage;
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use crate::error::{Error, Result};
+
+/// Registers the embedded font once (no system fonts are used).
+pub fn init_fonts() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+    });
+}
+
+/// The viridis-like colour of `t ∈ [0, 1]`.
+pub fn heat(t: f64) -> RGBColor {
+    use plotters::style::colors::colormaps::ViridisRGB;
+    ViridisRGB::get_color(t.clamp(0.0, 1.0))
+}
+
+fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Invalid(format!("{}: drawing failed: {e}", path.display()))
+}
+
+/// Writes `buf` (RGB, `w × h`) to `path` as PNG through a temp file + rename.
+pub fn save_png(path: &Path, buf: Vec<u8>, w: u32, h: u32) -> Result<()> {
+    let img = RgbImage::from_raw(w, h, buf).ok_or_else(|| plot_err(path, "buffer size"))?;
+    let tmp = path.with_extension("png.tmp");
+    img.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| plot_err(path, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Bilinear upsampling of a `side × side` map to `size × size` (pixel centres aligned), then
+/// min–max normalised to [0, 1].
+pub fn upsample_normalized(values: &[f32], side: usize, size: usize) -> Vec<f64> {
+    let (lo, hi) = values.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    let range = if hi > lo { (hi - lo) as f64 } else { 1.0 };
+    let at = |r: usize, c: usize| (values[r * side + c] - lo) as f64 / range;
+    let mut out = vec![0.0; size * size];
+    for y in 0..size {
+        let fy = ((y as f64 + 0.5) * side as f64 / size as f64 - 0.5).clamp(0.0, (side - 1) as f64);
+        let (y0, ty) = (fy.floor() as usize, fy - fy.floor());
+        let y1 = (y0 + 1).min(side - 1);
+        for x in 0..size {
+            let fx = ((x as f64 + 0.5) * side as f64 / size as f64 - 0.5).clamp(0.0, (side - 1) as f64);
+            let (x0, tx) = (fx.floor() as usize, fx - fx.floor());
+            let x1 = (x0 + 1).min(side - 1);
+            out[y * size + x] = (1.0 - ty) * ((1.0 - tx) * at(y0, x0) + tx * at(y0, x1))
+                + ty * ((1.0 - tx) * at(y1, x0) + tx * at(y1, x1));
+        }
+    }
+    out
+}
+
+/// A grid of attention overlays: `cells[row][col]` is a `side × side` map drawn over `base`.
+pub struct OverlayGrid<'a> {
+    pub title: String,
+    pub base: &'a RgbImage,
+    pub cells: Vec<Vec<(Vec<f32>, usize)>>,
+    pub row_labels: Vec<String>,
+    pub col_labels: Vec<String>,
+    /// Displayed size of each cell in pixels.
+    pub cell: u32,
+    /// Weight of the heat colour over the image (0..1).
+    pub alpha: f64,
+}
+
+/// Renders an [`OverlayGrid`] to PNG.
+pub fn overlay_grid_png(path: &Path, g: &OverlayGrid) -> Result<()> {
+    init_fonts();
+    let (rows, cols) = (g.cells.len() as u32, g.cells.iter().map(|r| r.len()).max().unwrap_or(0) as u32);
+    let (left, top, pad) = (70u32, 56u32, 4u32);
+    let w = left + cols * (g.cell + pad) + pad;
+    let h = top + rows * (g.cell + pad) + pad;
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+        let font = ("sans-serif", 16).into_font();
+        root.draw_text(&g.title, &font.color(&BLACK), (8, 6)).map_err(|e| plot_err(path, e))?;
+        let small = ("sans-serif", 13).into_font();
+        for (c, label) in g.col_labels.iter().enumerate() {
+            let x = (left + c as u32 * (g.cell + pad) + 4) as i32;
+            root.draw_text(label, &small.color(&BLACK), (x, (top - 18) as i32)).map_err(|e| plot_err(path, e))?;
+        }
+        let base = image::imageops::resize(g.base, g.cell, g.cell, image::imageops::FilterType::Triangle);
+        for (r, row) in g.cells.iter().enumerate() {
+            let y0 = top + r as u32 * (g.cell + pad);
+            if let Some(label) = g.row_labels.get(r) {
+                root.draw_text(label, &small.color(&BLACK), (6, (y0 + g.cell / 2 - 6) as i32)).map_err(|e| plot_err(path, e))?;
+            }
+            for (c, (values, side)) in row.iter().enumerate() {
+                let x0 = left + c as u32 * (g.cell + pad);
+                let up = upsample_normalized(values, *side, g.cell as usize);
+                for y in 0..g.cell {
+                    for x in 0..g.cell {
+                        let p = base.get_pixel(x, y);
+                        let hc = heat(up[(y * g.cell + x) as usize]);
+                        let mix = |a: u8, b: u8| ((1.0 - g.alpha) * a as f64 + g.alpha * b as f64).round() as u8;
+                        let col = RGBColor(mix(p[0], hc.0), mix(p[1], hc.1), mix(p[2], hc.2));
+                        root.draw_pixel(((x0 + x) as i32, (y0 + y) as i32), &col).map_err(|e| plot_err(path, e))?;
+                    }
+                }
+            }
+        }
+        root.present().map_err(|e| plot_err(path, e))?;
+    }
+    save_png(path, buf, w, h)
+}
+
+/// A labelled square matrix heatmap (e.g. caption token × token attention).
+pub struct Matrix<'a> {
+    pub title: String,
+    pub values: &'a [f32],
+    pub side: usize,
+    pub labels: Vec<String>,
+}
+
+fn draw_matrix<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, m: &Matrix, cell: i32) -> std::result::Result<(), String> {
+    let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
+    root.fill(&WHITE).map_err(e)?;
+    let (left, top) = (110, 40);
+    root.draw_text(&m.title, &("sans-serif", 16).into_font().color(&BLACK), (8, 8)).map_err(e)?;
+    let hi = m.values.iter().cloned().fold(f32::MIN, f32::max).max(1e-12) as f64;
+    let font = ("sans-serif", 12).into_font();
+    for (i, label) in m.labels.iter().enumerate() {
+        root.draw_text(label, &font.color(&BLACK), (6, top + i as i32 * cell + cell / 2 - 6)).map_err(e)?;
+    }
+    for r in 0..m.side {
+        for c in 0..m.side {
+            let v = m.values[r * m.side + c] as f64 / hi;
+            let (x, y) = (left + c as i32 * cell, top + r as i32 * cell);
+            root.draw(&Rectangle::new([(x, y), (x + cell - 1, y + cell - 1)], heat(v).filled())).map_err(e)?;
+        }
+    }
+    // Column labels: vertical text under the matrix.
+    let below = top + m.side as i32 * cell + 4;
+    let vfont = font.transform(FontTransform::Rotate90);
+    for (i, label) in m.labels.iter().enumerate() {
+        root.draw_text(label, &vfont.color(&BLACK), (left + i as i32 * cell + cell / 2 + 6, below)).map_err(e)?;
+    }
+    root.present().map_err(e)?;
+    Ok(())
+}
+
+/// Renders a [`Matrix`] to `stem.png` and `stem.svg`.
+pub fn matrix_png_svg(stem: &Path, m: &Matrix) -> Result<()> {
+    init_fonts();
+    let cell = 22;
+    let w = (110 + m.side as i32 * cell + 20) as u32;
+    let h = (40 + m.side as i32 * cell + 110) as u32;
+    let png = stem.with_extension("png");
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    draw_matrix(BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area(), m, cell).map_err(|e| plot_err(&png, e))?;
+    save_png(&png, buf, w, h)?;
+    let svg = stem.with_extension("svg");
+    let mut text = String::new();
+    draw_matrix(SVGBackend::with_string(&mut text, (w, h)).into_drawing_area(), m, cell).map_err(|e| plot_err(&svg, e))?;
+    crate::io::write_atomic(&svg, text.as_bytes())
+}

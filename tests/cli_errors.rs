@@ -1,0 +1,118 @@
+//! Bad input gives a clear error naming the key/value and exit status 2, never a panic.
+
+use std::process::Command;
+
+use msclip::model::ModelConfig;
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_msclip-analyze")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn with_config(text: &str) -> (i32, String) {
+    let dir = std::env::temp_dir().join(format!("msclip-cli-{}-{}", std::process::id(), text.len()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.toml");
+    std::fs::write(&path, text).unwrap();
+    let (code, _, err) = run(&["params", "--config", path.to_str().unwrap()]);
+    (code, err)
+}
+
+fn preset_text(name: &str) -> String {
+    ModelConfig::preset(name).unwrap().to_toml()
+}
+
+#[test]
+fn params_json_prints_the_exact_totals() {
+    let (code, out, _) = run(&["params", "--model", "msclip-s-b16", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["total"], 132_503_617);
+    assert_eq!(v["shared"], 77_932_800);
+    assert_eq!(v["total"].as_i64().unwrap(), ["shared", "vision_only", "text_only"].iter().map(|k| v[k].as_i64().unwrap()).sum::<i64>() + 1);
+}
+
+#[test]
+fn config_file_round_trips_through_params() {
+    let (code, _) = with_config(&preset_text("tiny-msclip-s"));
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn unknown_preset_is_exit_2_with_the_name() {
+    let (code, _, err) = run(&["params", "--model", "msclip-xl"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("msclip-xl") && err.contains("unknown preset"), "{err}");
+}
+
+#[test]
+fn malformed_toml_names_file_and_line() {
+    let (code, err) = with_config("name = \"x\"\nembed_dim = = 3\n");
+    assert_eq!(code, 2);
+    assert!(err.contains("model.toml") && err.contains("line 2"), "{err}");
+    let (code, err) = with_config(&preset_text("tiny-clip").replace("ln_eps", "ln_epsilon"));
+    assert_eq!(code, 2);
+    assert!(err.contains("ln_epsilon"), "{err}");
+}
+
+#[test]
+fn impossible_configs_name_key_and_value() {
+    let t = preset_text("tiny-clip");
+    let (code, err) = with_config(&t.replacen("heads = 4", "heads = 5", 1));
+    assert_eq!(code, 2);
+    assert!(err.contains("vision.heads") && err.contains('5') && err.contains("divisible"), "{err}");
+    let (code, err) = with_config(&t.replace("image_size = 64", "image_size = 60"));
+    assert_eq!(code, 2);
+    assert!(err.contains("vision.image_size") && err.contains("60"), "{err}");
+    // Sharing across towers of different widths.
+    let s = preset_text("tiny-msclip");
+    let text_width = s.replacen("width = 128\nheads = 4\nlayers = 6\n\n[preprocess]", "width = 256\nheads = 4\nlayers = 6\n\n[preprocess]", 1);
+    assert_ne!(text_width, s, "test edits the text tower width");
+    let (code, err) = with_config(&text_width);
+    assert_eq!(code, 2);
+    assert!(err.contains("text.width") && err.contains("256"), "{err}");
+    // Sharing slot 0 with an early-conv stem.
+    let es = preset_text("tiny-msclip-s").replace("slots = [1, 2, 3, 4, 5]\nsites", "slots = [0, 1, 2, 3, 4, 5]\nsites");
+    let (code, err) = with_config(&es);
+    assert_eq!(code, 2);
+    assert!(err.contains("sharing[0].slots") && err.contains('0'), "{err}");
+}
+
+#[test]
+fn tokenize_and_attention_errors() {
+    let (code, out, _) = run(&["tokenize", "a photo of a cat", "--json"]);
+    assert_eq!(code, 0);
+    let ids: Vec<i64> = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(ids.len(), 77);
+    assert_eq!(&ids[..7], &[49406, 320, 1125, 539, 320, 2368, 49407]);
+    let dir = std::env::temp_dir().join(format!("msclip-att-{}", std::process::id()));
+    let (code, _, err) = run(&["attention", "--model", "tiny-clip", "--out", dir.to_str().unwrap(), "--layers", "9"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("layer 9"), "{err}");
+    let (code, _, err) = run(&["attention", "--model", "tiny-clip", "--out", dir.to_str().unwrap(), "--image", "/nonexistent.png", "--caption", "x"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent.png"), "{err}");
+}
+
+#[test]
+fn attention_writes_maps_for_every_layer() {
+    let dir = std::env::temp_dir().join(format!("msclip-att-ok-{}", std::process::id()));
+    let (code, _, err) = run(&["attention", "--model", "tiny-msclip-s", "--out", dir.to_str().unwrap(), "--seed", "3"]);
+    assert_eq!(code, 0, "{err}");
+    let png = image::open(dir.join("vision_cls_attention.png")).unwrap().to_rgb8();
+    // 5 rows of attention layers (slots 1..5) × (4 heads + mean).
+    assert!(png.width() > 400 && png.height() > 400);
+    let distinct: std::collections::HashSet<_> = png.pixels().map(|p| p.0).collect();
+    assert!(distinct.len() > 500, "overlay has real content");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("attention.json")).unwrap()).unwrap();
+    assert_eq!(json["vision_slots"], serde_json::json!([1, 2, 3, 4, 5]));
+    assert_eq!(json["text_slots"], serde_json::json!([0, 1, 2, 3, 4, 5]));
+    assert_eq!(json["provenance"]["preprocess"]["mean"], serde_json::json!([0.485, 0.456, 0.406]));
+    let csv = std::fs::read_to_string(dir.join("attention.csv")).unwrap();
+    assert!(csv.starts_with("# provenance: "));
+    // Vision rows: 5 slots × 5 maps (4 heads + mean) × 64 patches.
+    assert_eq!(csv.lines().filter(|l| l.starts_with("vision,")).count(), 5 * 5 * 64);
+    for slot in 0..6 {
+        assert!(dir.join(format!("text_attention_slot{slot}.svg")).exists());
+    }
+}
