@@ -1,12 +1,14 @@
 //! msclip: train, load and explain MS-CLIP (modality-shared CLIP) models on libtorch.
 
 pub mod analysis;
+pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod io;
 pub mod model;
 pub mod plot;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};
 

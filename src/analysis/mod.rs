@@ -1,3 +1,4 @@
 //! Analyses: pure functions from captured tensors to tables (no plotting here).
 
 pub mod attention;
+pub mod embedding;

@@ -1,4 +1,5 @@
 //! Data: the built-in synthetic world and image preprocessing.
 
 pub mod image;
+pub mod synthetic_set;
 pub mod synth;

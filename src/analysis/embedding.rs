@@ -1,0 +1,56 @@
+//! Embedding-space metrics on L2-normalised paired embeddings `X, Y: [N, E]` (row i of X
+//! pairs with row i of Y).
+
+use tch::{Kind, Tensor};
+
+/// Centroid modality gap (Liang et al. 2022, "Mind the Gap"): `‖mean(X) − mean(Y)‖₂`.
+pub fn centroid_gap(x: &Tensor, y: &Tensor) -> f64 {
+    (x.mean_dim(0, false, Kind::Double) - y.mean_dim(0, false, Kind::Double)).norm().double_value(&[])
+}
+
+/// Recall@k of retrieving the paired column for every row of `sim: [N, N]`.
+pub fn recall_at_k(sim: &Tensor, k: i64) -> f64 {
+    let n = sim.size()[0];
+    let diag = sim.diag(0).unsqueeze(1);
+    // Rank of the true pair = number of entries strictly greater than it.
+    let rank = sim.gt_tensor(&diag).sum_dim_intlist(&[1i64][..], false, Kind::Int64);
+    rank.lt(k).to_kind(Kind::Double).sum(Kind::Double).double_value(&[]) / n as f64
+}
+
+/// Zero-shot classifier from prompt embeddings `[C, T, E]`: per class the mean of the
+/// normalised prompt embeddings, renormalised; returns `W: [E, C]`.
+pub fn prompt_ensemble(prompt_emb: &Tensor) -> Tensor {
+    let m = prompt_emb.mean_dim(1, false, Kind::Float);
+    (&m / m.norm_scalaropt_dim(2.0, [-1], true)).tr()
+}
+
+/// Top-k accuracy of `logits: [N, C]` against `labels`.
+pub fn topk_accuracy(logits: &Tensor, labels: &[i64], k: i64) -> f64 {
+    let target = Tensor::from_slice(labels).view([-1, 1]);
+    let (_, idx) = logits.topk(k, -1, true, true);
+    idx.eq_tensor(&target).any_dim(1, false).to_kind(Kind::Double).mean(Kind::Double).double_value(&[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_on_hand_computed_inputs() {
+        let x = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0]).view([2, 2]);
+        let y = Tensor::from_slice(&[0.0f32, 1.0, 1.0, 0.0]).view([2, 2]);
+        assert!(centroid_gap(&x, &y).abs() < 1e-12);
+        let y2 = Tensor::from_slice(&[0.6f32, 0.8, 0.6, 0.8]).view([2, 2]);
+        // mean X = (0.5, 0.5), mean Y = (0.6, 0.8) → √(0.01 + 0.09).
+        assert!((centroid_gap(&x, &y2) - 0.1f64.sqrt()).abs() < 1e-6);
+        let sim = Tensor::from_slice(&[0.9f32, 0.1, 0.2, 0.8, 0.3, 0.7, 0.1, 0.4, 0.2]).view([3, 3]);
+        // Row 0: pair best; row 1: 0.3 < 0.8 → rank 1; row 2: 0.2 < 0.4 → rank 1.
+        assert!((recall_at_k(&sim, 1) - 1.0 / 3.0).abs() < 1e-12);
+        assert!((recall_at_k(&sim, 2) - 1.0).abs() < 1e-12);
+        let logits = Tensor::from_slice(&[0.1f32, 0.9, 0.8, 0.2]).view([2, 2]);
+        assert_eq!(topk_accuracy(&logits, &[1, 1], 1), 0.5);
+        let pe = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0]).view([1, 2, 2]);
+        let w = prompt_ensemble(&pe);
+        assert!((w.double_value(&[0, 0]) - 0.5f64.sqrt()).abs() < 1e-6);
+    }
+}
