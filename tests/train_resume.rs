@@ -24,8 +24,8 @@ fn config(steps: i64, save_every: i64) -> TrainConfig {
         keep: 3,
         eval_every: 0,
         eval_items: 16,
-        optimizer: Default::default(),
-        stop_after: None,
+        workers: 2,
+        ..Default::default()
     }
 }
 

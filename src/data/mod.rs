@@ -1,5 +1,7 @@
 //! Data: the built-in synthetic world and image preprocessing.
 
 pub mod image;
+pub mod loader;
+pub mod manifest;
 pub mod synthetic_set;
 pub mod synth;

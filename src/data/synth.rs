@@ -105,7 +105,7 @@ pub fn render(size: u32, n_objects: usize, rng: &mut Rng) -> Scene {
         let shape = SHAPES[rng.below(SHAPES.len() as u64) as usize];
         let (color, rgb) = COLORS[rng.below(COLORS.len() as u64) as usize];
         let large = rng.below(2) == 1;
-        let frac = if large { 0.36 + 0.08 * rng.unit() } else { 0.18 + 0.05 * rng.unit() };
+        let frac = if large { 0.42 + 0.08 * rng.unit() } else { 0.28 + 0.06 * rng.unit() };
         let side = ((size as f64) * frac).round().max(4.0) as u32;
         let x0 = rng.below((size - side) as u64 + 1) as u32;
         let y0 = rng.below((size - side) as u64 + 1) as u32;
@@ -182,6 +182,11 @@ fn center(o: &Object) -> (f64, f64) {
 /// Scene `index` of the world with `seed`: its own stream, so any subset renders identically.
 pub fn scene(seed: u64, index: u64, size: u32) -> Scene {
     let mut rng = Rng::new(seed.wrapping_mul(0x100_0000_01B3) ^ index.wrapping_mul(0x9E37_79B9));
-    let n = 1 + rng.below(3) as usize;
+    // Half the scenes hold one object, a third two, a sixth three.
+    let n = match rng.below(6) {
+        0..=2 => 1,
+        3 | 4 => 2,
+        _ => 3,
+    };
     render(size, n, &mut rng)
 }

@@ -5,6 +5,7 @@ pub mod optim;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,8 @@ use tch::{nn, Device, Tensor};
 
 use crate::analysis::embedding::{centroid_gap, prompt_ensemble, recall_at_k, topk_accuracy};
 use crate::checkpoint::{self, Meta};
+use crate::data::loader::{record_skipped, Augment, Loader, ManifestSource, PairSource, Plan, SyntheticSource};
+use crate::data::manifest::{self, ManifestFormat};
 use crate::data::synthetic_set::{self, EVAL_SEED_OFFSET, TEMPLATES};
 use crate::error::{Error, Result};
 use crate::model::{Capture, ModelConfig, MsClip};
@@ -28,8 +31,29 @@ pub const MAX_LOGIT_SCALE: f64 = 100.0;
 pub struct TrainConfig {
     /// Model preset name or a path to a model TOML.
     pub model: String,
-    /// Synthetic world size (items per epoch) and its seed.
+    /// Synthetic world size (items per epoch) when no manifest is given.
     pub data_items: usize,
+    /// Image–caption manifest (CSV/TSV, OpenCLIP convention) instead of the synthetic world.
+    #[serde(default)]
+    pub data: Option<String>,
+    #[serde(default = "default_img_key")]
+    pub csv_img_key: String,
+    #[serde(default = "default_caption_key")]
+    pub csv_caption_key: String,
+    /// Random-resized-crop area range; None = resize + centre crop only.
+    #[serde(default)]
+    pub augment_scale: Option<[f64; 2]>,
+    /// Loader threads and batches queued per thread.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    #[serde(default = "default_workers")]
+    pub prefetch: usize,
+    /// Stop at the first unreadable image instead of skipping it.
+    #[serde(default)]
+    pub strict: bool,
+    /// Split each batch into this many micro-batches with the same gradient as one big batch.
+    #[serde(default = "default_accum")]
+    pub accum_freq: usize,
     pub steps: i64,
     pub batch_size: usize,
     pub lr: f64,
@@ -49,6 +73,49 @@ pub struct TrainConfig {
     /// `steps`: for time-limited jobs that resume later.
     #[serde(default)]
     pub stop_after: Option<i64>,
+}
+
+fn default_img_key() -> String {
+    "filepath".into()
+}
+fn default_caption_key() -> String {
+    "title".into()
+}
+fn default_workers() -> usize {
+    2
+}
+fn default_accum() -> usize {
+    1
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            model: "tiny-msclip-s".into(),
+            data_items: 20000,
+            data: None,
+            csv_img_key: default_img_key(),
+            csv_caption_key: default_caption_key(),
+            augment_scale: None,
+            workers: 2,
+            prefetch: 2,
+            strict: false,
+            accum_freq: 1,
+            steps: 1000,
+            batch_size: 32,
+            lr: 1e-3,
+            min_lr: 1e-5,
+            warmup_steps: 50,
+            grad_clip: 1.0,
+            seed: 0,
+            save_every: 200,
+            keep: 2,
+            eval_every: 200,
+            eval_items: 1000,
+            optimizer: AdamWConfig::default(),
+            stop_after: None,
+        }
+    }
 }
 
 impl TrainConfig {
@@ -71,6 +138,9 @@ impl TrainConfig {
         }
         if self.data_items < self.batch_size {
             return Err(Error::config("data_items", self.data_items, "must be at least batch_size"));
+        }
+        if self.accum_freq < 1 || self.batch_size % self.accum_freq != 0 || self.batch_size / self.accum_freq < 1 {
+            return Err(Error::config("accum_freq", self.accum_freq, format!("must divide batch_size {}", self.batch_size)));
         }
         if self.steps < 1 {
             return Err(Error::config("steps", self.steps, "must be positive"));
@@ -212,30 +282,51 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, resume: Resume, device: Device, p
     let bs = tc.batch_size;
     let mut last_checkpoint = None;
     let mut last_eval = None;
-    let mut order_cache: Option<(u64, Vec<usize>)> = None;
-    let t_run = Instant::now();
     let end = tc.stop_after.map_or(tc.steps, |s| s.clamp(start, tc.steps));
+    let source: Arc<dyn PairSource> = match &tc.data {
+        Some(path) => {
+            let path = Path::new(path);
+            let mut fmt = ManifestFormat::for_path(path);
+            fmt.img_key = tc.csv_img_key.clone();
+            fmt.caption_key = tc.csv_caption_key.clone();
+            let pairs = manifest::read(path, &fmt)?;
+            if pairs.len() < tc.batch_size {
+                return Err(Error::Invalid(format!("{}: {} pairs, fewer than batch_size {}", path.display(), pairs.len(), tc.batch_size)));
+            }
+            Arc::new(ManifestSource { pairs })
+        }
+        None => Arc::new(SyntheticSource { seed: tc.seed, n, size }),
+    };
+    let plan = Plan {
+        seed: tc.seed,
+        batch_size: bs,
+        start_step: start,
+        end_step: end,
+        image_size: size,
+        mean: cfg.preprocess.mean,
+        std: cfg.preprocess.std,
+        augment: tc.augment_scale.map(|[lo, hi]| Augment { scale: (lo, hi) }),
+    };
+    let mut loader = Loader::new(source, Arc::new(tok), plan, tc.workers, tc.prefetch);
+    let skipped_path = run_dir.join("skipped.tsv");
+    let t_run = Instant::now();
     for step in start..end {
         let t0 = Instant::now();
-        // Data cursor derived from the step: exact resume needs nothing else.
-        let first = step as u64 * bs as u64;
-        let mut indices = Vec::with_capacity(bs);
-        let mut epoch = first / n as u64;
-        for k in 0..bs as u64 {
-            let pos = first + k;
-            let e = pos / n as u64;
-            if order_cache.as_ref().is_none_or(|(oe, _)| *oe != e) {
-                order_cache = Some((e, synthetic_set::epoch_order(n, tc.seed, e)));
+        let batch = loader.next_batch().expect("loader covers the step range")?;
+        debug_assert_eq!(batch.step, step);
+        if !batch.skipped.is_empty() {
+            if tc.strict {
+                let (_, what, why) = &batch.skipped[0];
+                return Err(Error::Invalid(format!("step {}: cannot read {what}: {why} (--strict)", step + 1)));
             }
-            indices.push(order_cache.as_ref().unwrap().1[(pos % n as u64) as usize]);
-            epoch = e;
+            record_skipped(&skipped_path, step, &batch.skipped)?;
         }
-        let (images, tokens, _) = synthetic_set::batch(tc.seed, &indices, size, cfg.preprocess.mean, cfg.preprocess.std, &tok);
-        let (images, tokens) = (images.to_device(device), tokens.to_device(device));
+        let epoch = batch.epoch;
+        let (images, tokens) = (batch.images.to_device(device), batch.tokens.to_device(device));
+        let bs_now = batch.indices.len();
         let data_time = t0.elapsed().as_secs_f64();
-        let out = model.forward(&images, &tokens, &Capture::none(), true)?;
-        let loss = clip_loss(&out.logits_per_image);
-        let loss_v = loss.double_value(&[]);
+        opt.zero_grad();
+        let loss_v = loss_and_backward(&model, &vs, &images, &tokens, tc.accum_freq)?;
         if !loss_v.is_finite() {
             return Err(Error::Invalid(format!(
                 "loss is {loss_v} at step {}; stopping. The last good checkpoint stays intact in {}",
@@ -243,8 +334,6 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, resume: Resume, device: Device, p
                 ckpt_root.display()
             )));
         }
-        opt.zero_grad();
-        loss.backward();
         let grad_norm = opt.clip_grad_norm(tc.grad_clip);
         let lr = cosine_lr(step, tc.steps, tc.warmup_steps, tc.lr, tc.min_lr);
         opt.step(lr);
@@ -267,7 +356,7 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, resume: Resume, device: Device, p
             lr,
             logit_scale: model.logit_scale.exp().double_value(&[]),
             grad_norm,
-            samples_per_s: bs as f64 / elapsed,
+            samples_per_s: bs_now as f64 / elapsed,
             data_wait_frac: data_time / elapsed,
             eval,
         };
@@ -299,6 +388,58 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, resume: Resume, device: Device, p
         }
     }
     Ok(TrainOutcome { final_step: end, last_checkpoint, last_eval })
+}
+
+/// Computes the contrastive loss of the batch and accumulates its gradient.
+///
+/// With `accum > 1` (OpenCLIP PR #267's method): embed all micro-batches without gradient,
+/// then for each micro-batch j re-embed it with gradient, splice it into the cached features
+/// and back-propagate the *full-batch* loss. Σ_j of these gradients equals the gradient of one
+/// big batch for every encoder weight; the temperature's gradient is taken once (it is
+/// detached for j > 0). BatchNorm running statistics are restored after the no-grad pass so
+/// they are updated once per micro-batch, as without caching.
+pub fn loss_and_backward(model: &MsClip, vs: &nn::VarStore, images: &Tensor, tokens: &Tensor, accum: usize) -> Result<f64> {
+    if accum <= 1 {
+        let out = model.forward(images, tokens, &Capture::none(), true)?;
+        let loss = clip_loss(&out.logits_per_image);
+        let v = loss.double_value(&[]);
+        if v.is_finite() {
+            loss.backward();
+        }
+        return Ok(v);
+    }
+    let ims = images.chunk(accum as i64, 0);
+    let tks = tokens.chunk(accum as i64, 0);
+    let buffers: Vec<(Tensor, Tensor)> =
+        vs.variables().into_values().filter(|t| !t.requires_grad()).map(|t| (t.copy(), t)).collect();
+    let (ci, ct) = tch::no_grad(|| -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+        let mut cache = crate::model::ActivationCache::new();
+        let ci = ims.iter().map(|x| model.encode_image_with(x, &Capture::none(), &mut cache, true)).collect::<Result<Vec<_>>>()?;
+        let ct = tks.iter().map(|t| model.encode_text(t)).collect::<Result<Vec<_>>>()?;
+        Ok((ci, ct))
+    })?;
+    tch::no_grad(|| {
+        for (saved, mut live) in buffers {
+            live.copy_(&saved);
+        }
+    });
+    let mut value = f64::NAN;
+    for j in 0..accum {
+        let mut cache = crate::model::ActivationCache::new();
+        let fi = model.encode_image_with(&ims[j], &Capture::none(), &mut cache, true)?;
+        let ft = model.encode_text(&tks[j])?;
+        let all_i: Vec<Tensor> = (0..accum).map(|k| if k == j { fi.shallow_clone() } else { ci[k].shallow_clone() }).collect();
+        let all_t: Vec<Tensor> = (0..accum).map(|k| if k == j { ft.shallow_clone() } else { ct[k].shallow_clone() }).collect();
+        let scale = if j == 0 { model.logit_scale.exp() } else { model.logit_scale.exp().detach() };
+        let logits = Tensor::cat(&all_i, 0).matmul(&Tensor::cat(&all_t, 0).tr()) * scale;
+        let loss = clip_loss(&logits);
+        value = loss.double_value(&[]);
+        if !value.is_finite() {
+            return Ok(value);
+        }
+        loss.backward();
+    }
+    Ok(value)
 }
 
 /// Loads a model from a checkpoint directory (config from its `meta.json`).
