@@ -22,6 +22,9 @@ fn main() {
             if p % 6 == l % 6 { shape_ok += 1; }
         }
         println!("top1 {} colour {} shape {} of {}", ok, color_ok, shape_ok, labels.len());
+        let mut conf = [[0; 6]; 6];
+        for (p, l) in pred.iter().zip(&labels) { conf[(l % 6) as usize][(p % 6) as usize] += 1; }
+        for (i, row) in conf.iter().enumerate() { println!("{:>9} {:?}", msclip::data::synth::SHAPES[i], row); }
         // text-text similarity of class embeddings
         let s = w.tr().matmul(&w);
         println!("mean off-diag class sim {:.3}", (s.sum(tch::Kind::Float).double_value(&[]) - 48.0) / (48.0 * 47.0));

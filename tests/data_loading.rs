@@ -114,3 +114,44 @@ fn unreadable_images_are_skipped_and_listed_or_stop_in_strict_mode() {
     let src = ManifestSource { pairs };
     assert!(src.get(10).is_err() && src.get(11).is_err() && src.get(0).is_ok());
 }
+
+#[test]
+fn tar_shards_are_indexed_and_read_in_any_order() {
+    use msclip::data::shards::ShardSource;
+    let dir = tmp("tar");
+    for s in 0..2 {
+        let f = std::fs::File::create(dir.join(format!("shard-{s:03}.tar"))).unwrap();
+        let mut b = tar::Builder::new(f);
+        for i in 0..3 {
+            let key = s * 3 + i;
+            let sc = synth::scene(4, key as u64, 64);
+            let mut png = Vec::new();
+            image::RgbImage::from_raw(64, 64, sc.pixels)
+                .unwrap()
+                .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+                .unwrap();
+            if key == 4 {
+                png.truncate(40); // undecodable
+            }
+            for (name, data) in [(format!("{key:05}.png"), png), (format!("{key:05}.txt"), sc.caption.into_bytes())] {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(data.len() as u64);
+                h.set_mode(0o644);
+                h.set_cksum();
+                b.append_data(&mut h, name, data.as_slice()).unwrap();
+            }
+        }
+        b.finish().unwrap();
+    }
+    let pattern = format!("{}/shard-{{000..001}}.tar", dir.display());
+    let src = ShardSource::open(&pattern).unwrap();
+    assert_eq!(src.len(), 6);
+    let (img, cap) = src.get(5).unwrap();
+    assert_eq!(img.dimensions(), (64, 64));
+    assert_eq!(cap, synth::scene(4, 5, 64).caption);
+    assert_eq!(img.as_raw(), &synth::scene(4, 5, 64).pixels);
+    assert!(src.get(4).unwrap_err().contains("decode"));
+    assert!(src.describe(4).contains("shard-001.tar"));
+    let err = ShardSource::open(&format!("{}/none-{{0..1}}.tar", dir.display())).err().unwrap().to_string();
+    assert!(err.contains("none-0.tar"), "{err}");
+}

@@ -12,6 +12,11 @@ use crate::error::{Error, Result};
 /// Decodes an image file to RGB (alpha composited on white).
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     let img = image::open(path).map_err(|e| Error::Invalid(format!("{}: cannot decode image: {e}", path.display())))?;
+    Ok(composite_on_white(&img))
+}
+
+/// RGB with any alpha composited on white (transparent stamps become white-backed).
+pub fn composite_on_white(img: &image::DynamicImage) -> RgbImage {
     let rgba = img.to_rgba8();
     let (w, h) = rgba.dimensions();
     let mut out = RgbImage::new(w, h);
@@ -21,7 +26,7 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
             o[c] = ((p[c] as u32 * a + 255 * (255 - a) + 127) / 255) as u8;
         }
     }
-    Ok(out)
+    out
 }
 
 /// Bicubic resize so the shorter side is `size`, then centre crop `size × size`.

@@ -3,5 +3,6 @@
 pub mod image;
 pub mod loader;
 pub mod manifest;
+pub mod shards;
 pub mod synthetic_set;
 pub mod synth;

@@ -15,6 +15,7 @@ use crate::analysis::embedding::{centroid_gap, prompt_ensemble, recall_at_k, top
 use crate::checkpoint::{self, Meta};
 use crate::data::loader::{record_skipped, Augment, Loader, ManifestSource, PairSource, Plan, SyntheticSource};
 use crate::data::manifest::{self, ManifestFormat};
+use crate::data::shards::ShardSource;
 use crate::data::synthetic_set::{self, EVAL_SEED_OFFSET, TEMPLATES};
 use crate::error::{Error, Result};
 use crate::model::{Capture, ModelConfig, MsClip};
@@ -33,7 +34,8 @@ pub struct TrainConfig {
     pub model: String,
     /// Synthetic world size (items per epoch) when no manifest is given.
     pub data_items: usize,
-    /// Image–caption manifest (CSV/TSV, OpenCLIP convention) instead of the synthetic world.
+    /// Image–caption data instead of the synthetic world: a manifest (CSV/TSV, OpenCLIP
+    /// convention) or WebDataset tar shards (`dir/shard-{000..009}.tar`, comma-separated).
     #[serde(default)]
     pub data: Option<String>,
     #[serde(default = "default_img_key")]
@@ -284,6 +286,13 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, resume: Resume, device: Device, p
     let mut last_eval = None;
     let end = tc.stop_after.map_or(tc.steps, |s| s.clamp(start, tc.steps));
     let source: Arc<dyn PairSource> = match &tc.data {
+        Some(spec) if spec.contains(".tar") => {
+            let src = ShardSource::open(spec)?;
+            if src.len() < tc.batch_size {
+                return Err(Error::Invalid(format!("{spec}: {} pairs, fewer than batch_size {}", src.len(), tc.batch_size)));
+            }
+            Arc::new(src)
+        }
         Some(path) => {
             let path = Path::new(path);
             let mut fmt = ManifestFormat::for_path(path);
