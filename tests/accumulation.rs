@@ -12,7 +12,7 @@ fn grads(accum: usize) -> (f64, Vec<(String, Tensor)>) {
     let tok = Tokenizer::new(24);
     let idx: Vec<usize> = (0..8).collect();
     let (im, tk, _) = synthetic_set::batch(9, &idx, 64, cfg.preprocess.mean, cfg.preprocess.std, &tok);
-    let loss = loss_and_backward(&m, &vs, &im, &tk, accum).unwrap();
+    let loss = loss_and_backward(&m, &vs, &im, &tk, accum, 1.0).unwrap();
     let mut g: Vec<(String, Tensor)> =
         vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).map(|(n, t)| (n, t.grad().copy())).collect();
     g.sort_by(|a, b| a.0.cmp(&b.0));

@@ -107,7 +107,7 @@ fn capture_path_equals_fused_path() {
 #[test]
 fn causal_mask_hides_future_tokens() {
     let (_vs, m) = build("tiny-msclip-s");
-    let tok = Tokenizer::new(32);
+    let tok = Tokenizer::new(m.config.text.context_length as usize);
     let a = tok.tokenize_batch(&["a red circle above a green square"]);
     let b = a.copy();
     // Change a token after position 3; positions ≤ 3 must not move.

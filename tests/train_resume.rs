@@ -78,8 +78,17 @@ fn checkpoint_errors_name_tensors_and_files() {
     let other = ModelConfig::preset("tiny-clip").unwrap();
     let (vs, _) = MsClip::build(&other, Device::Cpu, 0);
     let err = checkpoint::load_model(&dir, &vs).unwrap_err().to_string();
-    assert!(err.contains("missing visual.patch_embed.weight"), "{err}");
-    assert!(err.contains("unexpected shared.blocks.1.fc1.weight"), "{err}");
+    // tiny-clip owns every block per tower; tiny-msclip-s shares slots 1..5 and has a conv stem.
+    assert!(err.contains("missing: text.blocks.1.attn_in.bias [384], "), "{err}");
+    assert!(err.contains("unexpected: shared.blocks.1.attn_in.bias, "), "{err}");
+    assert!(err.contains(" … and "), "long lists are cut: {err}");
+    // Same layout, other joint width: exactly the two projections mismatch.
+    let mut narrow = ModelConfig::preset("tiny-msclip-s").unwrap();
+    narrow.embed_dim = 32;
+    let (vs, _) = MsClip::build(&narrow, Device::Cpu, 0);
+    let err = checkpoint::load_model(&dir, &vs).unwrap_err().to_string();
+    assert!(err.contains("2 shape mismatches: text.projection: expected [128, 32], found [128, 64], visual.proj: expected [128, 32], found [128, 64]"), "{err}");
+    assert!(!err.contains("missing") && !err.contains("unexpected"), "{err}");
     // Truncated file: verify() names it, resume skips it.
     let model = dir.join("model.safetensors");
     let bytes = std::fs::read(&model).unwrap();

@@ -44,9 +44,10 @@ mod tests {
         // mean X = (0.5, 0.5), mean Y = (0.6, 0.8) → √(0.01 + 0.09).
         assert!((centroid_gap(&x, &y2) - 0.1f64.sqrt()).abs() < 1e-6);
         let sim = Tensor::from_slice(&[0.9f32, 0.1, 0.2, 0.8, 0.3, 0.7, 0.1, 0.4, 0.2]).view([3, 3]);
-        // Row 0: pair best; row 1: 0.3 < 0.8 → rank 1; row 2: 0.2 < 0.4 → rank 1.
+        // Row 0: pair best (rank 0); row 1: 0.3 below 0.8 and 0.7 (rank 2); row 2: 0.2 below 0.4 (rank 1).
         assert!((recall_at_k(&sim, 1) - 1.0 / 3.0).abs() < 1e-12);
-        assert!((recall_at_k(&sim, 2) - 1.0).abs() < 1e-12);
+        assert!((recall_at_k(&sim, 2) - 2.0 / 3.0).abs() < 1e-12);
+        assert!((recall_at_k(&sim, 3) - 1.0).abs() < 1e-12);
         let logits = Tensor::from_slice(&[0.1f32, 0.9, 0.8, 0.2]).view([2, 2]);
         assert_eq!(topk_accuracy(&logits, &[1, 1], 1), 0.5);
         let pe = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0]).view([1, 2, 2]);

@@ -44,6 +44,18 @@ struct Cli {
     /// Stop after N steps (the schedule still spans --steps); resume later with --resume.
     #[arg(long)]
     stop_after: Option<i64>,
+    /// fp32 | amp (CUDA autocast with dynamic loss scaling)
+    #[arg(long)]
+    precision: Option<String>,
+    /// Micro-batches per batch (gradient accumulation with cached features).
+    #[arg(long)]
+    accum_freq: Option<usize>,
+    /// Image–caption data: a manifest (.tsv/.csv) or tar shards (dir/shard-{000..009}.tar).
+    #[arg(long)]
+    data: Option<String>,
+    /// Stop at the first unreadable image instead of skipping it.
+    #[arg(long)]
+    strict: bool,
     /// auto | cpu | cuda
     #[arg(long, default_value = "auto")]
     device: String,
@@ -60,10 +72,14 @@ fn run(cli: Cli) -> Result<()> {
     macro_rules! set {
         ($($f:ident),*) => { $( if let Some(v) = cli.$f.clone() { tc.$f = v; } )* };
     }
-    set!(model, steps, batch_size, lr, warmup_steps, save_every, keep, eval_every, eval_items, data_items, seed);
+    set!(model, steps, batch_size, lr, warmup_steps, save_every, keep, eval_every, eval_items, data_items, seed, precision, accum_freq);
     if cli.stop_after.is_some() {
         tc.stop_after = cli.stop_after;
     }
+    if cli.data.is_some() {
+        tc.data = cli.data.clone();
+    }
+    tc.strict |= cli.strict;
     let device = match cli.device.as_str() {
         "auto" => Device::cuda_if_available(),
         "cpu" => Device::Cpu,

@@ -149,30 +149,34 @@ pub fn load_model(dir: &Path, vs: &nn::VarStore) -> Result<()> {
 
 /// Copies `tensors` into `vs` after checking names and shapes.
 pub fn load_named(origin: &Path, tensors: &BTreeMap<String, Tensor>, vs: &nn::VarStore) -> Result<()> {
-    let vars = vs.variables();
-    let mut problems = Vec::new();
+    let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    let (mut missing, mut unexpected, mut shapes) = (Vec::new(), Vec::new(), Vec::new());
     for (name, var) in &vars {
         match tensors.get(name) {
-            None => problems.push(format!("missing {name} {:?}", var.size())),
+            None => missing.push(format!("{name} {:?}", var.size())),
             Some(t) if t.size() != var.size() => {
-                problems.push(format!("{name}: expected {:?}, found {:?}", var.size(), t.size()))
+                shapes.push(format!("{name}: expected {:?}, found {:?}", var.size(), t.size()))
             }
             Some(_) => {}
         }
     }
     for name in tensors.keys() {
         if !vars.contains_key(name) {
-            problems.push(format!("unexpected {name}"));
+            unexpected.push(name.clone());
         }
     }
-    if !problems.is_empty() {
-        let n = problems.len();
-        problems.truncate(20);
-        return Err(Error::Invalid(format!(
-            "{}: checkpoint does not fit the model ({n} problems): {}",
-            origin.display(),
-            problems.join("; ")
-        )));
+    if !(missing.is_empty() && unexpected.is_empty() && shapes.is_empty()) {
+        let list = |what: &str, v: &[String]| -> Option<String> {
+            if v.is_empty() {
+                return None;
+            }
+            let shown: Vec<&str> = v.iter().take(30).map(|s| s.as_str()).collect();
+            let more = if v.len() > 30 { format!(" … and {} more", v.len() - 30) } else { String::new() };
+            Some(format!("{} {what}: {}{more}", v.len(), shown.join(", ")))
+        };
+        let parts: Vec<String> =
+            [list("missing", &missing), list("unexpected", &unexpected), list("shape mismatches", &shapes)].into_iter().flatten().collect();
+        return Err(Error::Invalid(format!("{}: checkpoint does not fit the model: {}", origin.display(), parts.join("; "))));
     }
     tch::no_grad(|| {
         for (name, var) in &vars {

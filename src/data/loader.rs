@@ -193,7 +193,6 @@ impl Loader {
             let (tx, rx) = sync_channel::<Result<Batch>>(prefetch.max(1));
             let (src, tok, plan) = (src.clone(), tok.clone(), plan.clone());
             handles.push(std::thread::spawn(move || {
-                tch::set_num_threads(1);
                 let mut step = plan.start_step + w as i64;
                 while step < plan.end_step {
                     let b = build_batch(src.as_ref(), &tok, &plan, step);

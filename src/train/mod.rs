@@ -71,6 +71,14 @@ pub struct TrainConfig {
     pub eval_items: usize,
     #[serde(default)]
     pub optimizer: AdamWConfig,
+    /// `fp32`, or `amp`: CUDA autocast (fp16 matmuls, fp32 master weights) with a dynamic
+    /// loss scale (×2 every 2000 good steps, ½ and skip the update on overflow). CPU runs fp32.
+    #[serde(default = "default_precision")]
+    pub precision: String,
+    /// Overrides the model's initial raw `logit_scale` (official MS-CLIP: 1.0, i.e. scale e;
+    /// OpenAI: ln(1/0.07)). Short runs learn far faster from OpenAI's value.
+    #[serde(default)]
+    pub logit_scale_init: Option<f64>,
     /// Stop after this many steps (checkpointing there) while the schedule still spans
     /// `steps`: for time-limited jobs that resume later.
     #[serde(default)]
@@ -88,6 +96,9 @@ fn default_workers() -> usize {
 }
 fn default_accum() -> usize {
     1
+}
+fn default_precision() -> String {
+    "fp32".into()
 }
 
 impl Default for TrainConfig {
@@ -116,6 +127,8 @@ impl Default for TrainConfig {
             eval_items: 1000,
             optimizer: AdamWConfig::default(),
             stop_after: None,
+            logit_scale_init: None,
+            precision: default_precision(),
         }
     }
 }
@@ -126,12 +139,17 @@ impl TrainConfig {
         toml::from_str(&text).map_err(|e| Error::Parse { path: path.to_path_buf(), message: e.to_string() })
     }
 
+    /// The model config with this run's overrides applied.
     pub fn model_config(&self) -> Result<ModelConfig> {
-        if self.model.ends_with(".toml") {
-            ModelConfig::from_toml_file(Path::new(&self.model))
+        let mut cfg = if self.model.ends_with(".toml") {
+            ModelConfig::from_toml_file(Path::new(&self.model))?
         } else {
-            ModelConfig::preset(&self.model)
+            ModelConfig::preset(&self.model)?
+        };
+        if let Some(v) = self.logit_scale_init {
+            cfg.logit_scale_init = v;
         }
+        Ok(cfg)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -143,6 +161,9 @@ impl TrainConfig {
         }
         if self.accum_freq < 1 || self.batch_size % self.accum_freq != 0 || self.batch_size / self.accum_freq < 1 {
             return Err(Error::config("accum_freq", self.accum_freq, format!("must divide batch_size {}", self.batch_size)));
+        }
+        if self.precision != "fp32" && self.precision != "amp" {
+            return Err(Error::config("precision", &self.precision, "expected fp32 or amp"));
         }
         if self.steps < 1 {
             return Err(Error::config("steps", self.steps, "must be positive"));
@@ -318,6 +339,7 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, resume: Resume, device: Device, p
     };
     let mut loader = Loader::new(source, Arc::new(tok), plan, tc.workers, tc.prefetch);
     let skipped_path = run_dir.join("skipped.tsv");
+    let (mut loss_scale, mut good_steps) = (65536.0f64, 0u64);
     let t_run = Instant::now();
     for step in start..end {
         let t0 = Instant::now();
@@ -335,7 +357,9 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, resume: Resume, device: Device, p
         let bs_now = batch.indices.len();
         let data_time = t0.elapsed().as_secs_f64();
         opt.zero_grad();
-        let loss_v = loss_and_backward(&model, &vs, &images, &tokens, tc.accum_freq)?;
+        let amp = tc.precision == "amp" && device.is_cuda();
+        let scale = if amp { loss_scale } else { 1.0 };
+        let loss_v = tch::autocast(amp, || loss_and_backward(&model, &vs, &images, &tokens, tc.accum_freq, scale))?;
         if !loss_v.is_finite() {
             return Err(Error::Invalid(format!(
                 "loss is {loss_v} at step {}; stopping. The last good checkpoint stays intact in {}",
@@ -343,9 +367,27 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, resume: Resume, device: Device, p
                 ckpt_root.display()
             )));
         }
-        let grad_norm = opt.clip_grad_norm(tc.grad_clip);
         let lr = cosine_lr(step, tc.steps, tc.warmup_steps, tc.lr, tc.min_lr);
-        opt.step(lr);
+        let grad_norm = if amp {
+            // Dynamic loss scaling: unscale, skip the update on inf/NaN gradients.
+            let finite = opt.unscale_grads(1.0 / loss_scale);
+            good_steps = if finite { good_steps + 1 } else { 0 };
+            if !finite {
+                loss_scale /= 2.0;
+                f64::NAN
+            } else {
+                if good_steps % 2000 == 0 {
+                    loss_scale *= 2.0;
+                }
+                let n = opt.clip_grad_norm(tc.grad_clip);
+                opt.step(lr);
+                n
+            }
+        } else {
+            let n = opt.clip_grad_norm(tc.grad_clip);
+            opt.step(lr);
+            n
+        };
         tch::no_grad(|| {
             let _ = model.logit_scale.shallow_clone().clamp_(f64::NEG_INFINITY, MAX_LOGIT_SCALE.ln());
         });
@@ -406,14 +448,15 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, resume: Resume, device: Device, p
 /// and back-propagate the *full-batch* loss. Σ_j of these gradients equals the gradient of one
 /// big batch for every encoder weight; the temperature's gradient is taken once (it is
 /// detached for j > 0). BatchNorm running statistics are restored after the no-grad pass so
-/// they are updated once per micro-batch, as without caching.
-pub fn loss_and_backward(model: &MsClip, vs: &nn::VarStore, images: &Tensor, tokens: &Tensor, accum: usize) -> Result<f64> {
+/// they are updated once per micro-batch, as without caching. The loss is multiplied by
+/// `loss_scale` before back-propagation (1 except under mixed precision).
+pub fn loss_and_backward(model: &MsClip, vs: &nn::VarStore, images: &Tensor, tokens: &Tensor, accum: usize, loss_scale: f64) -> Result<f64> {
     if accum <= 1 {
         let out = model.forward(images, tokens, &Capture::none(), true)?;
         let loss = clip_loss(&out.logits_per_image);
         let v = loss.double_value(&[]);
         if v.is_finite() {
-            loss.backward();
+            (loss * loss_scale).backward();
         }
         return Ok(v);
     }
@@ -446,7 +489,7 @@ pub fn loss_and_backward(model: &MsClip, vs: &nn::VarStore, images: &Tensor, tok
         if !value.is_finite() {
             return Ok(value);
         }
-        loss.backward();
+        (loss * loss_scale).backward();
     }
     Ok(value)
 }

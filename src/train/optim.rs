@@ -105,6 +105,24 @@ impl AdamW {
         sq.sqrt()
     }
 
+    /// Multiplies all gradients by `factor`; returns false if any is inf/NaN (then the
+    /// update must be skipped).
+    pub fn unscale_grads(&mut self, factor: f64) -> bool {
+        let mut finite = true;
+        tch::no_grad(|| {
+            for s in &self.slots {
+                let mut g = s.param.grad();
+                if g.defined() {
+                    let _ = g.g_mul_scalar_(factor);
+                    if finite && g.isfinite().all().int64_value(&[]) == 0 {
+                        finite = false;
+                    }
+                }
+            }
+        });
+        finite
+    }
+
     /// Scales gradients so their global norm is at most `max_norm`; returns the norm before.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
         let norm = self.grad_norm();
