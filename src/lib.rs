@@ -4,6 +4,7 @@ pub mod analysis;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod io;
 pub mod model;
 pub mod plot;

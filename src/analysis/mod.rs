@@ -2,3 +2,6 @@
 
 pub mod attention;
 pub mod embedding;
+pub mod gap;
+pub mod nmi;
+pub mod npy;

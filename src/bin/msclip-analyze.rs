@@ -6,6 +6,14 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use msclip::analysis::attention::{image_query_maps, text_maps, HeadMap};
+use msclip::analysis::gap::{gap_report, GapReport};
+use msclip::analysis::nmi::{modality_nmi, LayerNmi};
+use msclip::analysis::npy;
+use msclip::data::loader::{ManifestSource, PairSource, SyntheticSource};
+use msclip::data::manifest;
+use msclip::data::synthetic_set::EVAL_SEED_OFFSET;
+use msclip::eval::{embed_pairs, LayerSpec, Pooling};
+use msclip::plot::{line_chart_png_svg, LineChart};
 use msclip::data::{image as img, synth};
 use msclip::io::{sha256_hex, write_atomic, Provenance};
 use msclip::model::{ActivationCache, Capture, Modality, ModelConfig, MsClip, Site};
@@ -64,6 +72,42 @@ impl ModelArg {
     }
 }
 
+/// Where the image–caption pairs come from.
+#[derive(Args, Clone)]
+struct DataArg {
+    /// Image–caption manifest (TSV/CSV with `filepath` and `title` columns).
+    #[arg(long, conflicts_with = "synthetic")]
+    manifest: Option<PathBuf>,
+    /// Use N held-out scenes of the synthetic world instead.
+    #[arg(long)]
+    synthetic: Option<usize>,
+    /// Seed of the synthetic world (held out from training worlds of the same seed).
+    #[arg(long, default_value_t = 0)]
+    data_seed: u64,
+    /// Use only the first N pairs (fixed order).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Batch size of the forward passes (fixed, for reproducible numbers).
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+}
+
+impl DataArg {
+    fn source(&self, image_size: u32) -> Result<(std::sync::Arc<dyn PairSource>, String)> {
+        match (&self.manifest, self.synthetic) {
+            (Some(m), _) => {
+                let pairs = manifest::read(m, &manifest::ManifestFormat::for_path(m))?;
+                Ok((std::sync::Arc::new(ManifestSource { pairs }), manifest::manifest_hash(m)?))
+            }
+            (None, Some(n)) => {
+                let seed = self.data_seed ^ EVAL_SEED_OFFSET;
+                Ok((std::sync::Arc::new(SyntheticSource { seed, n, size: image_size }), format!("synthetic:seed={seed}:n={n}")))
+            }
+            (None, None) => Err(Error::Invalid("give --manifest FILE or --synthetic N".into())),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Unique parameter counts: total, shared, vision-only, text-only.
@@ -84,6 +128,61 @@ enum Command {
     },
     /// Per-head attention maps of both towers for one image and caption.
     Attention(AttentionArgs),
+    /// Write L2-normalised image.npy and text.npy (float32, data order) for use elsewhere.
+    Embed {
+        #[command(flatten)]
+        model: ModelArg,
+        #[command(flatten)]
+        data: DataArg,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Modality-gap metrics (centroid gap, RMG, alignment/uniformity, margins, CKA, …).
+    Gap {
+        #[command(flatten)]
+        model: ModelArg,
+        #[command(flatten)]
+        data: DataArg,
+        /// Use saved embeddings instead of a model (both needed).
+        #[arg(long, requires = "text_npy")]
+        image_npy: Option<PathBuf>,
+        #[arg(long)]
+        text_npy: Option<PathBuf>,
+        /// Items for the O(n²) uniformity estimate.
+        #[arg(long, default_value_t = 5000)]
+        uniformity_max: i64,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Layer-wise NMI between k-means (k = 2) clusters and modality.
+    Nmi {
+        #[command(flatten)]
+        model: ModelArg,
+        #[command(flatten)]
+        data: DataArg,
+        #[command(flatten)]
+        nmi: NmiArgs,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// CI regression check of gap metrics and NMI against a baseline; exit 1 on drift.
+    Check {
+        #[command(flatten)]
+        model: ModelArg,
+        #[command(flatten)]
+        data: DataArg,
+        #[command(flatten)]
+        nmi: NmiArgs,
+        #[arg(long)]
+        baseline: PathBuf,
+        /// Write the current values as the new baseline (keeps existing tolerances).
+        #[arg(long)]
+        update: bool,
+    },
     /// Held-out synthetic evaluation: zero-shot (48 colour × shape classes), retrieval R@1,
     /// modality gap; one table row (or JSON).
     Eval {
@@ -97,6 +196,37 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args, Clone)]
+struct NmiArgs {
+    /// Site pooled per slot: ln1 (official OUTPUT_BEFORE_ATTN), attn_out, ln2, resid.
+    #[arg(long, default_value = "ln1")]
+    site: String,
+    #[arg(long, value_enum, default_value_t = Pooling::Special)]
+    pooling: Pooling,
+    /// Map pooled tokens through the final LN + projection (needed for unequal widths).
+    #[arg(long)]
+    projected: bool,
+    #[arg(long, default_value_t = 2)]
+    k: i64,
+    #[arg(long, default_value_t = 5)]
+    restarts: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl NmiArgs {
+    fn spec(&self) -> Result<LayerSpec> {
+        let site = match self.site.as_str() {
+            "ln1" => Site::Ln1,
+            "attn_out" => Site::AttnOut,
+            "ln2" => Site::Ln2,
+            "resid" => Site::Resid,
+            other => return Err(Error::config("--site", other, "expected ln1, attn_out, ln2 or resid")),
+        };
+        Ok(LayerSpec { site, pooling: self.pooling, projected: self.projected })
+    }
 }
 
 #[derive(Args)]
@@ -129,6 +259,21 @@ fn main() -> ExitCode {
         Command::Tokenize { text, context, json } => tokenize(&text, context, json),
         Command::Attention(a) => attention(&a),
         Command::Eval { model, items, seed, json } => eval(&model, items, seed, json),
+        Command::Embed { model, data, out } => embed(&model, &data, &out),
+        Command::Gap { model, data, image_npy, text_npy, uniformity_max, out, json } => {
+            gap(&model, &data, image_npy.as_deref(), text_npy.as_deref(), uniformity_max, out.as_deref(), json)
+        }
+        Command::Nmi { model, data, nmi, out, json } => nmi_cmd(&model, &data, &nmi, out.as_deref(), json),
+        Command::Check { model, data, nmi, baseline, update } => {
+            return match check(&model, &data, &nmi, &baseline, update) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -168,6 +313,189 @@ fn eval(model: &ModelArg, items: usize, seed: u64, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn provenance(loaded: &Loaded, data_id: String, seed: u64) -> Provenance {
+    let cfg = &loaded.model.config;
+    let mut p = Provenance::new(&cfg.name, loaded.weights_id.clone(), data_id, cfg.preprocess.clone(), seed);
+    p.notes.push("eval preprocessing: bicubic resize of the shorter side, centre crop, normalise; fp32".into());
+    p
+}
+
+fn report_skipped(skipped: &[(usize, String, String)]) {
+    for (_, what, why) in skipped.iter().take(5) {
+        eprintln!("warning: skipped {what}: {why}");
+    }
+    if skipped.len() > 5 {
+        eprintln!("warning: … {} more skipped", skipped.len() - 5);
+    }
+}
+
+fn embed(model: &ModelArg, data: &DataArg, out: &std::path::Path) -> Result<()> {
+    let loaded = model.build(0)?;
+    let (src, data_id) = data.source(loaded.model.config.vision.image_size as u32)?;
+    let n = data.limit.unwrap_or(src.len());
+    let f = embed_pairs(&loaded.model, src.as_ref(), n, data.batch, None)?;
+    report_skipped(&f.skipped);
+    npy::write_f32(&out.join("image.npy"), &f.image)?;
+    npy::write_f32(&out.join("text.npy"), &f.text)?;
+    let meta = serde_json::json!({
+        "provenance": provenance(&loaded, data_id, 0),
+        "n": f.image.size()[0],
+        "dim": f.image.size()[1],
+        "skipped": f.skipped.iter().map(|(i, w, y)| serde_json::json!({"index": i, "item": w, "reason": y})).collect::<Vec<_>>(),
+    });
+    write_atomic(&out.join("embed.json"), serde_json::to_string_pretty(&meta).unwrap().as_bytes())?;
+    println!("wrote {} pairs to {}", f.image.size()[0], out.display());
+    Ok(())
+}
+
+fn print_gap(r: &GapReport) {
+    let v = serde_json::to_value(r).unwrap();
+    for (k, x) in v.as_object().unwrap() {
+        println!("{k:<26} {x}");
+    }
+}
+
+fn gap(model: &ModelArg, data: &DataArg, image_npy: Option<&std::path::Path>, text_npy: Option<&std::path::Path>, umax: i64, out: Option<&std::path::Path>, json: bool) -> Result<()> {
+    let (x, y, prov) = match (image_npy, text_npy) {
+        (Some(a), Some(b)) => {
+            let mut p = Provenance::new("embeddings", "n/a".into(), format!("{}+{}", msclip::io::sha256_file(a)?, msclip::io::sha256_file(b)?), msclip::model::config::Preprocess { mean: [0.0; 3], std: [1.0; 3] }, 0);
+            p.notes.push(format!("embeddings read from {} and {}", a.display(), b.display()));
+            (npy::read(a)?, npy::read(b)?, p)
+        }
+        _ => {
+            let loaded = model.build(0)?;
+            let (src, data_id) = data.source(loaded.model.config.vision.image_size as u32)?;
+            let f = embed_pairs(&loaded.model, src.as_ref(), data.limit.unwrap_or(src.len()), data.batch, None)?;
+            report_skipped(&f.skipped);
+            (f.image, f.text, provenance(&loaded, data_id, 0))
+        }
+    };
+    let r = gap_report(&x, &y, umax)?;
+    if json {
+        println!("{}", serde_json::json!({"provenance": prov, "gap": r}));
+    } else {
+        print_gap(&r);
+    }
+    if let Some(dir) = out {
+        write_atomic(&dir.join("gap.json"), serde_json::to_string_pretty(&serde_json::json!({"provenance": prov, "gap": r})).unwrap().as_bytes())?;
+        let mut csv = prov.csv_header() + "metric,value\n";
+        for (k, v) in serde_json::to_value(&r).unwrap().as_object().unwrap() {
+            csv.push_str(&format!("{k},{v}\n"));
+        }
+        write_atomic(&dir.join("gap.csv"), csv.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn layer_nmi(loaded: &Loaded, data: &DataArg, a: &NmiArgs) -> Result<(Vec<LayerNmi>, GapReport, String)> {
+    let (src, data_id) = data.source(loaded.model.config.vision.image_size as u32)?;
+    let f = embed_pairs(&loaded.model, src.as_ref(), data.limit.unwrap_or(src.len()), data.batch, Some(a.spec()?))?;
+    report_skipped(&f.skipped);
+    let mut rows = Vec::new();
+    for (slot, (img, txt)) in &f.layers {
+        let (v, inertia) = modality_nmi(img, txt, a.k, a.restarts, a.seed)?;
+        rows.push(LayerNmi { slot: *slot, nmi: v, inertia });
+    }
+    // The joint embedding space as the last row (slot = number of slots).
+    let (v, inertia) = modality_nmi(&f.image, &f.text, a.k, a.restarts, a.seed)?;
+    rows.push(LayerNmi { slot: loaded.model.config.text.layers, nmi: v, inertia });
+    Ok((rows, gap_report(&f.image, &f.text, 5000)?, data_id))
+}
+
+fn nmi_cmd(model: &ModelArg, data: &DataArg, a: &NmiArgs, out: Option<&std::path::Path>, json: bool) -> Result<()> {
+    let loaded = model.build(0)?;
+    let (rows, _, data_id) = layer_nmi(&loaded, data, a)?;
+    let mut prov = provenance(&loaded, data_id, a.seed);
+    prov.notes.push(format!("NMI: site {}, pooling {:?}, projected {}, k {}, restarts {}; last row = joint embedding space", a.site, a.pooling, a.projected, a.k, a.restarts));
+    if json {
+        println!("{}", serde_json::json!({"provenance": prov, "layers": rows}));
+    } else {
+        println!("{:>5} {:>8}", "slot", "nmi");
+        for r in &rows {
+            println!("{:>5} {:>8.4}", r.slot, r.nmi);
+        }
+    }
+    if let Some(dir) = out {
+        let mut csv = prov.csv_header() + "slot,nmi,inertia\n";
+        for r in &rows {
+            csv.push_str(&format!("{},{},{}\n", r.slot, r.nmi, r.inertia));
+        }
+        write_atomic(&dir.join("nmi.csv"), csv.as_bytes())?;
+        write_atomic(&dir.join("nmi.json"), serde_json::to_string_pretty(&serde_json::json!({"provenance": prov, "layers": rows})).unwrap().as_bytes())?;
+        let pts: Vec<(f64, f64)> = rows.iter().map(|r| (r.slot as f64, r.nmi)).collect();
+        line_chart_png_svg(&dir.join("nmi"), &LineChart {
+            title: format!("{} — NMI(k-means, modality) by layer ({})", loaded.model.config.name, a.site),
+            x_label: "slot (last = joint space)".into(),
+            y_label: "NMI".into(),
+            series: vec![(loaded.model.config.name.clone(), pts)],
+            y_range: (0.0, 1.0),
+        })?;
+    }
+    Ok(())
+}
+
+/// Baseline file of `check`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Baseline {
+    /// Default absolute tolerance.
+    tolerance: f64,
+    /// Per-metric tolerances overriding the default.
+    #[serde(default)]
+    tolerances: std::collections::BTreeMap<String, f64>,
+    values: std::collections::BTreeMap<String, f64>,
+    #[serde(default)]
+    provenance: Option<serde_json::Value>,
+}
+
+fn check(model: &ModelArg, data: &DataArg, a: &NmiArgs, baseline: &std::path::Path, update: bool) -> Result<bool> {
+    let loaded = model.build(0)?;
+    let (rows, gap, data_id) = layer_nmi(&loaded, data, a)?;
+    let mut values = std::collections::BTreeMap::new();
+    for (k, v) in serde_json::to_value(&gap).unwrap().as_object().unwrap() {
+        if let Some(x) = v.as_f64() {
+            if !matches!(k.as_str(), "n" | "dim" | "uniformity_n") {
+                values.insert(format!("gap.{k}"), x);
+            }
+        }
+    }
+    for r in &rows {
+        values.insert(format!("nmi.slot{:02}", r.slot), r.nmi);
+    }
+    let prov = serde_json::to_value(provenance(&loaded, data_id, a.seed)).unwrap();
+    let existing: Option<Baseline> = match std::fs::read_to_string(baseline) {
+        Ok(t) => Some(serde_json::from_str(&t).map_err(|e| Error::Parse { path: baseline.to_path_buf(), message: e.to_string() })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && update => None,
+        Err(e) => return Err(Error::io(baseline, e)),
+    };
+    if update {
+        let (tolerance, tolerances) = existing.map(|b| (b.tolerance, b.tolerances)).unwrap_or((1e-4, Default::default()));
+        let b = Baseline { tolerance, tolerances, values, provenance: Some(prov) };
+        write_atomic(baseline, serde_json::to_string_pretty(&b).unwrap().as_bytes())?;
+        println!("baseline written to {}", baseline.display());
+        return Ok(true);
+    }
+    let b = existing.expect("read above");
+    let mut ok = true;
+    println!("{:<28} {:>14} {:>14} {:>10} {:>10}  status", "metric", "baseline", "current", "|Δ|", "tol");
+    for (k, want) in &b.values {
+        let tol = *b.tolerances.get(k).unwrap_or(&b.tolerance);
+        match values.get(k) {
+            Some(got) => {
+                let d = (got - want).abs();
+                let pass = d <= tol;
+                ok &= pass;
+                println!("{k:<28} {want:>14.6} {got:>14.6} {d:>10.2e} {tol:>10.1e}  {}", if pass { "ok" } else { "DRIFT" });
+            }
+            None => {
+                ok = false;
+                println!("{k:<28} {want:>14.6} {:>14} {:>10} {tol:>10.1e}  MISSING", "-", "-");
+            }
+        }
+    }
+    println!("{}", if ok { "check passed" } else { "check FAILED: metrics drifted beyond tolerance" });
+    Ok(ok)
 }
 
 fn tokenize(text: &str, context: usize, json: bool) -> Result<()> {

@@ -106,6 +106,12 @@ impl VisionTower {
     pub fn project(&self, pooled: &Tensor) -> Tensor {
         pooled.matmul(&self.proj.to_kind(pooled.kind()))
     }
+
+    /// The frozen output head on any residual-stream token `[B, W]`: `ln_post(t)·proj`
+    /// (the "logit lens" for intermediate layers).
+    pub fn head(&self, token: &Tensor) -> Tensor {
+        self.project(&self.ln_post.forward(token))
+    }
 }
 
 /// Text tower: token + positional embedding → causal blocks → first EOT → `ln_final` →
@@ -183,5 +189,10 @@ impl TextTower {
 
     pub fn project(&self, pooled: &Tensor) -> Tensor {
         pooled.matmul(&self.projection.to_kind(pooled.kind()))
+    }
+
+    /// The frozen output head on any residual-stream token `[B, W]`: `ln_final(t)·projection`.
+    pub fn head(&self, token: &Tensor) -> Tensor {
+        self.project(&self.ln_final.forward(token))
     }
 }

@@ -164,3 +164,72 @@ pub fn matrix_png_svg(stem: &Path, m: &Matrix) -> Result<()> {
     draw_matrix(SVGBackend::with_string(&mut text, (w, h)).into_drawing_area(), m, cell).map_err(|e| plot_err(&svg, e))?;
     crate::io::write_atomic(&svg, text.as_bytes())
 }
+
+/// A line chart: one or more named series of (x, y) points.
+pub struct LineChart {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub series: Vec<(String, Vec<(f64, f64)>)>,
+    pub y_range: (f64, f64),
+}
+
+const SERIES_COLORS: [RGBColor; 6] =
+    [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189), RGBColor(255, 127, 14), RGBColor(23, 190, 207)];
+
+fn draw_lines<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, c: &LineChart) -> std::result::Result<(), String> {
+    let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
+    root.fill(&WHITE).map_err(e)?;
+    let xs = c.series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
+    let (x0, x1) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
+    let (x0, x1) = if x0 < x1 { (x0, x1) } else { (x0 - 1.0, x0 + 1.0) };
+    let mut chart = ChartBuilder::on(&root)
+        .caption(&c.title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(x0..x1, c.y_range.0..c.y_range.1)
+        .map_err(|x| x.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc(c.x_label.as_str())
+        .y_desc(c.y_label.as_str())
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(|x| x.to_string())?;
+    for (i, (name, pts)) in c.series.iter().enumerate() {
+        let col = SERIES_COLORS[i % SERIES_COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), col.stroke_width(2)))
+            .map_err(|x| x.to_string())?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], col.stroke_width(2)));
+        chart.draw_series(pts.iter().map(|&(x, y)| Circle::new((x, y), 3, col.filled()))).map_err(|x| x.to_string())?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(|x| x.to_string())?;
+    root.present().map_err(e)?;
+    Ok(())
+}
+
+/// Renders a [`LineChart`] to `stem.png` and `stem.svg`.
+pub fn line_chart_png_svg(stem: &Path, c: &LineChart) -> Result<()> {
+    init_fonts();
+    let (w, h) = (720u32, 440u32);
+    let png = stem.with_extension("png");
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    draw_lines(BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area(), c).map_err(|e| plot_err(&png, e))?;
+    if let Some(dir) = stem.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    save_png(&png, buf, w, h)?;
+    let svg = stem.with_extension("svg");
+    let mut text = String::new();
+    draw_lines(SVGBackend::with_string(&mut text, (w, h)).into_drawing_area(), c).map_err(|e| plot_err(&svg, e))?;
+    crate::io::write_atomic(&svg, text.as_bytes())
+}

@@ -1,0 +1,137 @@
+//! Evaluation pipeline: a model and a pair source in, embeddings (and pooled per-layer
+//! features) out, in fixed order and batch size, fp32 — the inputs of the analyses.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use crate::data::image::{resize_center_crop, to_tensor};
+use crate::data::loader::PairSource;
+use crate::error::{Error, Result};
+use crate::model::{ActivationCache, Capture, Modality, MsClip, Site};
+use crate::model::towers::TextTower;
+use crate::tokenizer::Tokenizer;
+
+/// How a layer's tokens become one vector per item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// Vision CLS (token 0), text EOT (first id 49407).
+    Special,
+    /// Mean over patch tokens (CLS excluded) / over text positions up to EOT.
+    Mean,
+}
+
+/// Which per-layer features to pool.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LayerSpec {
+    pub site: Site,
+    pub pooling: Pooling,
+    /// Map pooled tokens through the frozen final LN + projection (needed when the towers'
+    /// widths differ, as in OpenAI CLIP), then L2-normalise.
+    pub projected: bool,
+}
+
+/// Embeddings of a set of pairs.
+pub struct PairFeatures {
+    /// L2-normalised `[N, E]`.
+    pub image: Tensor,
+    pub text: Tensor,
+    /// slot → (image `[N, W]`, text `[N, W]`) pooled features, for slots both towers have.
+    pub layers: BTreeMap<usize, (Tensor, Tensor)>,
+    /// Items that could not be read: (index, what, why).
+    pub skipped: Vec<(usize, String, String)>,
+}
+
+fn pool(x: &Tensor, modality: Modality, pooling: Pooling, eot: &Tensor) -> Tensor {
+    let (b, l, w) = x.size3().expect("[B, L, W]");
+    match (modality, pooling) {
+        (Modality::Vision, Pooling::Special) => x.select(1, 0),
+        (Modality::Vision, Pooling::Mean) => x.narrow(1, 1, l - 1).mean_dim(1, false, Kind::Float),
+        (Modality::Text, Pooling::Special) => x.gather(1, &eot.view([b, 1, 1]).expand([b, 1, w], true), false).squeeze_dim(1),
+        (Modality::Text, Pooling::Mean) => {
+            let pos = Tensor::arange(l, (Kind::Int64, x.device())).unsqueeze(0);
+            let mask = pos.le_tensor(&eot.unsqueeze(1)).to_kind(Kind::Float).unsqueeze(2);
+            (x * &mask).sum_dim_intlist(&[1i64][..], false, Kind::Float) / mask.sum_dim_intlist(&[1i64][..], false, Kind::Float)
+        }
+    }
+}
+
+/// Embeds items `0..n` of `src` in batches of `batch`; with `layers`, also pools the chosen
+/// site of every slot both towers have.
+pub fn embed_pairs(model: &MsClip, src: &dyn PairSource, n: usize, batch: usize, layers: Option<LayerSpec>) -> Result<PairFeatures> {
+    let cfg = &model.config;
+    let size = cfg.vision.image_size as u32;
+    let tok = Tokenizer::new(cfg.text.context_length as usize);
+    let n = n.min(src.len());
+    let slots: Vec<usize> = (0..cfg.vision.layers.max(cfg.text.layers))
+        .filter(|&s| cfg.text_has_block(s) && (cfg.vision_has_block(s) || (s == 0 && layers.is_some_and(|l| l.site == Site::Resid))))
+        .collect();
+    if let Some(spec) = layers {
+        if !spec.projected && cfg.vision.width != cfg.text.width {
+            return Err(Error::Invalid(format!(
+                "the towers' widths differ ({} vs {}): pool in the joint space with --projected",
+                cfg.vision.width, cfg.text.width
+            )));
+        }
+    }
+    let capture = match layers {
+        Some(spec) => Capture::sites(&[spec.site]),
+        None => Capture::none(),
+    };
+    let (mut ie, mut te, mut skipped) = (vec![], vec![], vec![]);
+    let mut per_layer: BTreeMap<usize, (Vec<Tensor>, Vec<Tensor>)> = BTreeMap::new();
+    let mut start = 0;
+    while start < n {
+        let end = (start + batch).min(n);
+        let (mut imgs, mut caps) = (vec![], vec![]);
+        for i in start..end {
+            match src.get(i) {
+                Ok((img, cap)) => {
+                    let img = resize_center_crop(&img, size);
+                    imgs.push(to_tensor(img.as_raw(), size, size, cfg.preprocess.mean, cfg.preprocess.std));
+                    caps.push(cap);
+                }
+                Err(why) => skipped.push((i, src.describe(i), why)),
+            }
+        }
+        start = end;
+        if imgs.is_empty() {
+            continue;
+        }
+        let images = Tensor::stack(&imgs, 0);
+        let tokens = tok.tokenize_batch(&caps);
+        let mut cache = ActivationCache::new();
+        let (i_emb, t_emb) = tch::no_grad(|| -> Result<(Tensor, Tensor)> {
+            Ok((model.encode_image_with(&images, &capture, &mut cache, false)?, model.encode_text_with(&tokens, &capture, &mut cache)?))
+        })?;
+        ie.push(i_emb);
+        te.push(t_emb);
+        if let Some(spec) = layers {
+            let eot = TextTower::pooled_positions(&tokens);
+            for &slot in &slots {
+                let (Some(xv), Some(xt)) = (cache.get(Modality::Vision, slot, spec.site), cache.get(Modality::Text, slot, spec.site)) else {
+                    continue;
+                };
+                let (mut pv, mut pt) = (pool(xv, Modality::Vision, spec.pooling, &eot), pool(xt, Modality::Text, spec.pooling, &eot));
+                if spec.projected {
+                    tch::no_grad(|| {
+                        pv = model.vision.head(&pv);
+                        pt = model.text.head(&pt);
+                    });
+                    pv = &pv / pv.norm_scalaropt_dim(2.0, [-1], true);
+                    pt = &pt / pt.norm_scalaropt_dim(2.0, [-1], true);
+                }
+                let e = per_layer.entry(slot).or_default();
+                e.0.push(pv);
+                e.1.push(pt);
+            }
+        }
+    }
+    if ie.is_empty() {
+        return Err(Error::Invalid("no readable pairs".into()));
+    }
+    let layers = per_layer.into_iter().map(|(s, (a, b))| (s, (Tensor::cat(&a, 0), Tensor::cat(&b, 0)))).collect();
+    Ok(PairFeatures { image: Tensor::cat(&ie, 0), text: Tensor::cat(&te, 0), layers, skipped })
+}
