@@ -3,5 +3,6 @@
 pub mod attention;
 pub mod embedding;
 pub mod gap;
+pub mod heads;
 pub mod nmi;
 pub mod npy;

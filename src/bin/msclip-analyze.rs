@@ -169,6 +169,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Per-head attention statistics of both towers, their cross-modal agreement (Spearman ρ
+    /// with a permutation p-value) and, on the synthetic world, grounding in object boxes.
+    Heads {
+        #[command(flatten)]
+        model: ModelArg,
+        #[command(flatten)]
+        data: DataArg,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 10000)]
+        permutations: usize,
+    },
     /// CI regression check of gap metrics and NMI against a baseline; exit 1 on drift.
     Check {
         #[command(flatten)]
@@ -263,6 +275,7 @@ fn main() -> ExitCode {
         Command::Gap { model, data, image_npy, text_npy, uniformity_max, out, json } => {
             gap(&model, &data, image_npy.as_deref(), text_npy.as_deref(), uniformity_max, out.as_deref(), json)
         }
+        Command::Heads { model, data, out, permutations } => heads(&model, &data, &out, permutations),
         Command::Nmi { model, data, nmi, out, json } => nmi_cmd(&model, &data, &nmi, out.as_deref(), json),
         Command::Check { model, data, nmi, baseline, update } => {
             return match check(&model, &data, &nmi, &baseline, update) {
@@ -496,6 +509,129 @@ fn check(model: &ModelArg, data: &DataArg, a: &NmiArgs, baseline: &std::path::Pa
     }
     println!("{}", if ok { "check passed" } else { "check FAILED: metrics drifted beyond tolerance" });
     Ok(ok)
+}
+
+fn heads(model: &ModelArg, data: &DataArg, out: &std::path::Path, permutations: usize) -> Result<()> {
+    use msclip::analysis::heads::{agreement, box_grounding, HeadAccumulator, STAT_NAMES};
+    let loaded = model.build(0)?;
+    let m = &loaded.model;
+    let cfg = &m.config;
+    let size = cfg.vision.image_size as u32;
+    let (src, data_id) = data.source(size)?;
+    let n = data.limit.unwrap_or(src.len()).min(src.len());
+    let tok = Tokenizer::new(cfg.text.context_length as usize);
+    let grid = cfg.grid();
+    let mut acc = HeadAccumulator::default();
+    // (slot, head) → (Σ share, Σ hits, count) over named objects.
+    let mut ground: std::collections::BTreeMap<(usize, usize), (f64, f64, f64)> = Default::default();
+    let vslots = cfg.vision_attention_slots();
+    let mut start = 0;
+    while start < n {
+        let end = (start + data.batch).min(n);
+        let (mut imgs, mut caps, mut ids) = (vec![], vec![], vec![]);
+        for i in start..end {
+            match src.get(i) {
+                Ok((im, cap)) => {
+                    let im = img::resize_center_crop(&im, size);
+                    imgs.push(img::to_tensor(im.as_raw(), size, size, cfg.preprocess.mean, cfg.preprocess.std));
+                    caps.push(cap);
+                    ids.push(i);
+                }
+                Err(why) => eprintln!("warning: skipped {}: {why}", src.describe(i)),
+            }
+        }
+        start = end;
+        if imgs.is_empty() {
+            continue;
+        }
+        let images = Tensor::stack(&imgs, 0);
+        let tokens = tok.tokenize_batch(&caps);
+        let eot: Vec<i64> = Vec::<i64>::try_from(&msclip::model::towers::TextTower::pooled_positions(&tokens)).unwrap();
+        let mut cache = ActivationCache::new();
+        tch::no_grad(|| -> Result<()> {
+            let _ = m.encode_image_with(&images, &Capture::attention(), &mut cache, false)?;
+            let _ = m.encode_text_with(&tokens, &Capture::attention(), &mut cache)?;
+            Ok(())
+        })?;
+        for &slot in &vslots {
+            let probs = cache.require(Modality::Vision, slot, Site::AttnProbs)?;
+            acc.add_vision(slot, probs, grid);
+            if data.synthetic.is_some() {
+                for (b, &i) in ids.iter().enumerate() {
+                    let scene = synth::scene(data.data_seed ^ EVAL_SEED_OFFSET, i as u64, size);
+                    let maps = image_query_maps(probs, slot, b as i64, 0, grid)?;
+                    for mp in maps.iter().filter(|mp| mp.head.is_some()) {
+                        for o in &scene.objects {
+                            let (share, hit) = box_grounding(&mp.values, grid as usize, cfg.vision.patch_size as f64, o.bbox);
+                            let e = ground.entry((slot, mp.head.unwrap())).or_default();
+                            e.0 += share;
+                            e.1 += hit as u8 as f64;
+                            e.2 += 1.0;
+                        }
+                    }
+                }
+            }
+        }
+        for slot in cfg.text_attention_slots() {
+            acc.add_text(slot, cache.require(Modality::Text, slot, Site::AttnProbs)?, &eot);
+        }
+    }
+    let stats = acc.finish();
+    let agree = agreement(&stats, permutations, 0);
+    let mut prov = provenance(&loaded, data_id, 0);
+    prov.notes.push("head statistics: means over items and valid queries (text: 0..=EOT); vision distance in patch-grid units; 'neighbour' = previous-token mass (text) / 4-neighbour mass (vision)".into());
+    prov.notes.push(format!("agreement: Spearman ρ over (slot, head) pairs both towers have; two-sided permutation p-value, {permutations} permutations"));
+    let mut csv = prov.csv_header() + "modality,slot,head,entropy,distance,special,self_mass,neighbour,n\n";
+    for s in &stats {
+        csv.push_str(&format!("{},{},{},{},{},{},{},{},{}\n", s.modality.name(), s.slot, s.head, s.entropy, s.distance, s.special, s.self_mass, s.neighbour, s.n));
+    }
+    write_atomic(&out.join("head_stats.csv"), csv.as_bytes())?;
+    let mut gcsv = prov.csv_header() + "slot,head,box_share,pointing_acc,objects\n";
+    for ((slot, head), (sh, hit, c)) in &ground {
+        gcsv.push_str(&format!("{slot},{head},{},{},{c}\n", sh / c, hit / c));
+    }
+    if !ground.is_empty() {
+        write_atomic(&out.join("grounding.csv"), gcsv.as_bytes())?;
+    }
+    write_atomic(&out.join("agreement.json"), serde_json::to_string_pretty(&serde_json::json!({"provenance": prov, "agreement": agree})).unwrap().as_bytes())?;
+    // Figures: slot × head heatmaps per statistic and modality; text-vs-vision scatter.
+    let heads_n = cfg.vision.heads.max(cfg.text.heads) as usize;
+    for name in STAT_NAMES {
+        let mut pts = vec![];
+        for modality in [Modality::Vision, Modality::Text] {
+            let slots: Vec<usize> = if modality == Modality::Vision { vslots.clone() } else { cfg.text_attention_slots() };
+            let values: Vec<Vec<f64>> = slots
+                .iter()
+                .map(|&sl| (0..heads_n).map(|h| stats.iter().find(|s| s.modality == modality && s.slot == sl && s.head == h).map_or(f64::NAN, |s| s.get(name))).collect())
+                .collect();
+            msclip::plot::heatmap_png_svg(&out.join(format!("{name}_{}", modality.name())), &msclip::plot::Heatmap {
+                title: format!("{} — {name}, {} (slot × head)", cfg.name, modality.name()),
+                values,
+                row_labels: slots.iter().map(|s| format!("slot {s}")).collect(),
+                col_labels: (0..heads_n).map(|h| format!("h{h}")).collect(),
+            })?;
+        }
+        for s in stats.iter().filter(|s| s.modality == Modality::Text) {
+            if let Some(v) = stats.iter().find(|v| v.modality == Modality::Vision && v.slot == s.slot && v.head == s.head) {
+                pts.push((s.get(name), v.get(name)));
+            }
+        }
+        if !pts.is_empty() {
+            let a = agree.iter().find(|a| a.statistic == name).unwrap();
+            msclip::plot::scatter_png_svg(&out.join(format!("{name}_scatter")), &msclip::plot::Scatter {
+                title: format!("{} — {name}: ρ = {:.3} (p = {:.4})", cfg.name, a.spearman, a.p_value),
+                x_label: format!("text {name}"),
+                y_label: format!("vision {name}"),
+                points: pts,
+            })?;
+        }
+    }
+    println!("{:<10} {:>6} {:>9} {:>9}", "statistic", "heads", "spearman", "p");
+    for a in &agree {
+        println!("{:<10} {:>6} {:>9.4} {:>9.4}", a.statistic, a.heads, a.spearman, a.p_value);
+    }
+    println!("wrote {}", out.display());
+    Ok(())
 }
 
 fn tokenize(text: &str, context: usize, json: bool) -> Result<()> {

@@ -233,3 +233,107 @@ pub fn line_chart_png_svg(stem: &Path, c: &LineChart) -> Result<()> {
     draw_lines(SVGBackend::with_string(&mut text, (w, h)).into_drawing_area(), c).map_err(|e| plot_err(&svg, e))?;
     crate::io::write_atomic(&svg, text.as_bytes())
 }
+
+/// A labelled heatmap of `values[row][col]` (e.g. slot × head), colour-scaled to its range.
+pub struct Heatmap {
+    pub title: String,
+    pub values: Vec<Vec<f64>>,
+    pub row_labels: Vec<String>,
+    pub col_labels: Vec<String>,
+}
+
+fn draw_heatmap<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, m: &Heatmap, cell: i32) -> std::result::Result<(), String> {
+    let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
+    root.fill(&WHITE).map_err(e)?;
+    let (left, top) = (70, 60);
+    root.draw_text(&m.title, &("sans-serif", 15).into_font().color(&BLACK), (8, 8)).map_err(e)?;
+    let vals: Vec<f64> = m.values.iter().flatten().copied().filter(|v| v.is_finite()).collect();
+    let (lo, hi) = vals.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    let range = if hi > lo { hi - lo } else { 1.0 };
+    let font = ("sans-serif", 12).into_font();
+    root.draw_text(&format!("min {lo:.3}  max {hi:.3}"), &font.color(&BLACK), (8, 30)).map_err(e)?;
+    for (c, label) in m.col_labels.iter().enumerate() {
+        root.draw_text(label, &font.color(&BLACK), (left + c as i32 * cell + 4, top - 16)).map_err(e)?;
+    }
+    for (r, row) in m.values.iter().enumerate() {
+        if let Some(label) = m.row_labels.get(r) {
+            root.draw_text(label, &font.color(&BLACK), (6, top + r as i32 * cell + cell / 2 - 6)).map_err(e)?;
+        }
+        for (c, &v) in row.iter().enumerate() {
+            let (x, y) = (left + c as i32 * cell, top + r as i32 * cell);
+            let col = if v.is_finite() { heat((v - lo) / range) } else { RGBColor(200, 200, 200) };
+            root.draw(&Rectangle::new([(x, y), (x + cell - 2, y + cell - 2)], col.filled())).map_err(e)?;
+        }
+    }
+    root.present().map_err(e)?;
+    Ok(())
+}
+
+/// Renders a [`Heatmap`] to `stem.png` and `stem.svg`.
+pub fn heatmap_png_svg(stem: &Path, m: &Heatmap) -> Result<()> {
+    init_fonts();
+    let cell = 34;
+    let cols = m.values.iter().map(|r| r.len()).max().unwrap_or(1) as i32;
+    let w = (70 + cols * cell + 20).max(360) as u32;
+    let h = (60 + m.values.len() as i32 * cell + 20) as u32;
+    let png = stem.with_extension("png");
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    draw_heatmap(BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area(), m, cell).map_err(|e| plot_err(&png, e))?;
+    if let Some(dir) = stem.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    save_png(&png, buf, w, h)?;
+    let svg = stem.with_extension("svg");
+    let mut text = String::new();
+    draw_heatmap(SVGBackend::with_string(&mut text, (w, h)).into_drawing_area(), m, cell).map_err(|e| plot_err(&svg, e))?;
+    crate::io::write_atomic(&svg, text.as_bytes())
+}
+
+/// A scatter plot of (x, y) points.
+pub struct Scatter {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+fn draw_scatter<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, s: &Scatter) -> std::result::Result<(), String> {
+    let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
+    root.fill(&WHITE).map_err(e)?;
+    let span = |f: fn(&(f64, f64)) -> f64| {
+        let (a, b) = s.points.iter().map(f).fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+        let pad = ((b - a) * 0.05).max(1e-6);
+        (a - pad)..(b + pad)
+    };
+    let mut chart = ChartBuilder::on(&root)
+        .caption(&s.title, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(span(|p| p.0), span(|p| p.1))
+        .map_err(|x| x.to_string())?;
+    chart.configure_mesh().x_desc(s.x_label.as_str()).y_desc(s.y_label.as_str()).label_style(("sans-serif", 12)).draw().map_err(|x| x.to_string())?;
+    chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 4, SERIES_COLORS[0].mix(0.8).filled()))).map_err(|x| x.to_string())?;
+    root.present().map_err(e)?;
+    Ok(())
+}
+
+/// Renders a [`Scatter`] to `stem.png` and `stem.svg`.
+pub fn scatter_png_svg(stem: &Path, s: &Scatter) -> Result<()> {
+    init_fonts();
+    if s.points.is_empty() {
+        return Err(Error::Invalid(format!("{}: no points to plot", stem.display())));
+    }
+    let (w, h) = (520u32, 440u32);
+    let png = stem.with_extension("png");
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    draw_scatter(BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area(), s).map_err(|e| plot_err(&png, e))?;
+    if let Some(dir) = stem.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    save_png(&png, buf, w, h)?;
+    let svg = stem.with_extension("svg");
+    let mut text = String::new();
+    draw_scatter(SVGBackend::with_string(&mut text, (w, h)).into_drawing_area(), s).map_err(|e| plot_err(&svg, e))?;
+    crate::io::write_atomic(&svg, text.as_bytes())
+}
