@@ -115,4 +115,17 @@ fn attention_writes_maps_for_every_layer() {
     for slot in 0..6 {
         assert!(dir.join(format!("text_attention_slot{slot}.svg")).exists());
     }
+    // Attribution methods with deletion/insertion AUCs of 11-point curves.
+    for method in ["raw", "rollout", "relevancy"] {
+        let f = &json["faithfulness"][method];
+        assert_eq!(f["deletion_curve"].as_array().unwrap().len(), 11, "{method}");
+        let ins = f["insertion_curve"].as_array().unwrap();
+        // Fully shown image at the end of insertion = the unmasked image's cosine.
+        assert!((ins[10].as_f64().unwrap() - json["similarity"].as_f64().unwrap()).abs() < 1e-4, "{method}");
+        assert!(f["deletion_auc"].as_f64().unwrap().is_finite());
+    }
+    assert!(image::open(dir.join("attribution.png")).is_ok());
+    let attr = std::fs::read_to_string(dir.join("attribution.csv")).unwrap();
+    assert_eq!(attr.lines().filter(|l| l.contains(",image_patch,")).count(), 3 * 64);
+    assert!(attr.lines().any(|l| l.starts_with("relevancy,text_token,")));
 }

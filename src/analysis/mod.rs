@@ -1,6 +1,7 @@
 //! Analyses: pure functions from captured tensors to tables (no plotting here).
 
 pub mod attention;
+pub mod attribution;
 pub mod embedding;
 pub mod gap;
 pub mod heads;

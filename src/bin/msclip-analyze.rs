@@ -262,6 +262,16 @@ struct AttentionArgs {
     /// Heads to draw (default: all).
     #[arg(long, value_delimiter = ',')]
     heads: Option<Vec<usize>>,
+    /// Attribution maps: raw (last layer, head mean), rollout, relevancy (Chefer et al. 2021), or all.
+    #[arg(long, default_value = "all")]
+    method: String,
+    /// First slot of rollout/relevancy (default: all attention layers for rollout, the last
+    /// layer for relevancy, as Transformer-MM-Explainability's CLIP default).
+    #[arg(long)]
+    start_layer: Option<usize>,
+    /// Deletion/insertion curve resolution (fractions k/steps of the patches).
+    #[arg(long, default_value_t = 10)]
+    faith_steps: usize,
 }
 
 fn main() -> ExitCode {
@@ -753,6 +763,12 @@ fn attention(a: &AttentionArgs) -> Result<()> {
         )?;
     }
     write_atomic(&a.out.join("attention.csv"), csv.as_bytes())?;
+    let methods: Vec<&str> = match a.method.as_str() {
+        "all" => vec!["raw", "rollout", "relevancy"],
+        m @ ("raw" | "rollout" | "relevancy") => vec![m],
+        other => return Err(Error::config("--method", other, "expected raw, rollout, relevancy or all")),
+    };
+    let faith = attribution_maps(model, &pixels, &tokens, enc.eot_position as i64, &methods, a.start_layer, a.faith_steps, &rgb, &a.out, &prov, &labels)?;
     let summary = serde_json::json!({
         "provenance": prov,
         "caption": caption,
@@ -763,10 +779,127 @@ fn attention(a: &AttentionArgs) -> Result<()> {
         "vision_slots": vslots,
         "text_slots": tslots,
         "grid": grid,
+        "faithfulness": faith,
     });
     write_atomic(&a.out.join("attention.json"), serde_json::to_string_pretty(&summary).unwrap().as_bytes())?;
     println!("wrote {} (image–caption cosine {similarity:.4})", a.out.display());
     Ok(())
+}
+
+/// Raw / rollout / relevancy maps for one image–caption pair, their overlays, text
+/// relevancy, and deletion/insertion AUCs of the image–caption cosine.
+#[allow(clippy::too_many_arguments)]
+fn attribution_maps(
+    m: &MsClip,
+    pixels: &Tensor,
+    tokens: &Tensor,
+    eot: i64,
+    methods: &[&str],
+    start: Option<usize>,
+    steps: usize,
+    rgb: &image::RgbImage,
+    out: &std::path::Path,
+    prov: &Provenance,
+    labels: &[String],
+) -> Result<serde_json::Value> {
+    use msclip::analysis::attribution::{auc, order_by_relevance, perturbation_masks, relevancy, rollout};
+    let cfg = &m.config;
+    let grid = cfg.grid();
+    let vslots = cfg.vision_attention_slots();
+    let tslots = cfg.text_attention_slots();
+    if let Some(s0) = start {
+        if !vslots.contains(&s0) {
+            return Err(Error::Invalid(format!("--start-layer {s0} is not a vision attention slot ({vslots:?})")));
+        }
+    }
+    // One forward with the graph kept, so ∂s/∂A can be taken for relevancy.
+    let mut cache = ActivationCache::new();
+    let cap = Capture::attention().keep_graph();
+    let ie = m.encode_image_with(pixels, &cap, &mut cache, false)?;
+    let te = m.encode_text_with(tokens, &cap, &mut cache)?;
+    let score = (&ie * &te).sum(tch::Kind::Float) * m.logit_scale.exp();
+    let pv: Vec<Tensor> = vslots.iter().map(|&s| cache.require(Modality::Vision, s, Site::AttnProbs).map(|t| t.shallow_clone())).collect::<Result<_>>()?;
+    let pt: Vec<Tensor> = tslots.iter().map(|&s| cache.require(Modality::Text, s, Site::AttnProbs).map(|t| t.shallow_clone())).collect::<Result<_>>()?;
+    let mut maps: Vec<(String, Vec<f32>)> = Vec::new();
+    let mut text_rel: Vec<(String, Vec<f64>)> = Vec::new();
+    let to_f32 = |t: &Tensor| Vec::<f32>::try_from(t.to_kind(tch::Kind::Float).contiguous().view([-1])).unwrap();
+    let e = eot;
+    for &method in methods {
+        match method {
+            "raw" => {
+                let last = pv.last().unwrap().get(0).detach().mean_dim(0, false, tch::Kind::Float);
+                maps.push(("raw".into(), to_f32(&last.get(0).narrow(0, 1, grid * grid))));
+            }
+            "rollout" => {
+                let from = vslots.iter().position(|&s| Some(s) == start).unwrap_or(0);
+                let r = rollout(&pv[from..].iter().map(|t| t.get(0).detach()).collect::<Vec<_>>());
+                maps.push(("rollout".into(), to_f32(&r.get(0).narrow(0, 1, grid * grid))));
+                let rt = rollout(&pt.iter().map(|t| t.get(0).detach()).collect::<Vec<_>>());
+                text_rel.push(("rollout".into(), Vec::<f64>::try_from(rt.get(e).narrow(0, 0, e + 1)).unwrap()));
+            }
+            "relevancy" => {
+                let from = vslots.iter().position(|&s| Some(s) == start).unwrap_or(vslots.len() - 1);
+                let inputs: Vec<&Tensor> = pv[from..].iter().chain(pt.iter()).collect();
+                let grads = Tensor::run_backward(&[&score], &inputs, true, false);
+                let nv = pv.len() - from;
+                let rv = relevancy(&pv[from..].iter().map(|t| t.get(0).detach()).collect::<Vec<_>>(), &grads[..nv].iter().map(|g| g.get(0)).collect::<Vec<_>>());
+                maps.push(("relevancy".into(), to_f32(&rv.get(0).narrow(0, 1, grid * grid))));
+                let rt = relevancy(&pt.iter().map(|t| t.get(0).detach()).collect::<Vec<_>>(), &grads[nv..].iter().map(|g| g.get(0)).collect::<Vec<_>>());
+                let row = Vec::<f64>::try_from(rt.get(e).narrow(0, 0, e + 1)).unwrap();
+                // Words only (1..e), normalised to sum 1.
+                let words: f64 = row[1..e as usize].iter().sum();
+                let norm: Vec<f64> = row.iter().enumerate().map(|(i, v)| if i >= 1 && i < e as usize && words > 0.0 { v / words } else { 0.0 }).collect();
+                text_rel.push(("relevancy".into(), norm));
+            }
+            _ => unreachable!(),
+        }
+    }
+    // Faithfulness: mask patches (normalised value 0 = the mean colour) in relevance order.
+    let p = cfg.vision.patch_size;
+    let mut report = serde_json::Map::new();
+    for (name, map) in &maps {
+        let order = order_by_relevance(map);
+        let mut entry = serde_json::Map::new();
+        for (kind, insertion) in [("deletion", false), ("insertion", true)] {
+            let masks = perturbation_masks(&order, steps, insertion);
+            let mk = Tensor::from_slice(&masks.concat()).view([masks.len() as i64, 1, grid, grid]);
+            let up = mk.repeat_interleave_self_int(p, Some(2), None).repeat_interleave_self_int(p, Some(3), None);
+            let batch = pixels * up;
+            let curve: Vec<f64> = tch::no_grad(|| -> Result<Vec<f64>> {
+                let emb = m.encode_image(&batch)?;
+                Ok(Vec::<f64>::try_from(emb.matmul(&te.detach().tr()).squeeze_dim(1).to_kind(tch::Kind::Double)).unwrap())
+            })?;
+            entry.insert(format!("{kind}_auc"), serde_json::json!(auc(&curve)));
+            entry.insert(format!("{kind}_curve"), serde_json::json!(curve));
+        }
+        report.insert(name.clone(), serde_json::Value::Object(entry));
+    }
+    // Figures and numbers.
+    overlay_grid_png(
+        &out.join("attribution.png"),
+        &OverlayGrid {
+            title: format!("{} — image attribution for the caption", cfg.name),
+            base: rgb,
+            cells: vec![maps.iter().map(|(_, v)| (v.clone(), grid as usize)).collect()],
+            row_labels: vec!["image".into()],
+            col_labels: maps.iter().map(|(n, _)| n.clone()).collect(),
+            cell: 128,
+            alpha: 0.55,
+        },
+    )?;
+    let mut csv = prov.csv_header() + "method,kind,index,label,value\n";
+    for (name, v) in &maps {
+        for (i, x) in v.iter().enumerate() {
+            csv.push_str(&format!("{name},image_patch,{i},,{x:.6e}\n"));
+        }
+    }
+    for (name, v) in &text_rel {
+        for (i, x) in v.iter().enumerate() {
+            csv.push_str(&format!("{name},text_token,{i},{},{x:.6e}\n", labels.get(i).map(|s| s.replace(',', " ")).unwrap_or_default()));
+        }
+    }
+    write_atomic(&out.join("attribution.csv"), csv.as_bytes())?;
+    Ok(serde_json::Value::Object(report))
 }
 
 fn push_csv(csv: &mut String, modality: &str, m: &HeadMap, query: i64) {
