@@ -59,3 +59,35 @@ fn embed_gap_nmi_and_heads_write_their_outputs() {
         nontrivial_png(&dir.join("heads").join(f));
     }
 }
+
+#[test]
+fn zeroshot_on_an_image_folder_and_retrieval() {
+    let dir = std::env::temp_dir().join(format!("msclip-zs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for (class, rgb) in [("red_thing", [220u8, 40, 40]), ("blue_thing", [40, 80, 220])] {
+        std::fs::create_dir_all(dir.join("folder").join(class)).unwrap();
+        for i in 0..3 {
+            let img = image::RgbImage::from_fn(80, 64, |x, _| if x > 10 + i * 5 { image::Rgb(rgb) } else { image::Rgb([255, 255, 255]) });
+            img.save(dir.join("folder").join(class).join(format!("{i}.png"))).unwrap();
+        }
+    }
+    std::fs::write(dir.join("templates.txt"), "a photo of a {}\na {}\n").unwrap();
+    let d = |s: &str| dir.join(s).display().to_string();
+    let (code, out, err) = run(&["zeroshot", "--model", "tiny-clip", "--folder", &d("folder"), "--templates", &d("templates.txt"), "--out", &d("zs")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("n 6 classes 2 templates 2"), "{out}");
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("zs/zeroshot.json")).unwrap()).unwrap();
+    assert_eq!(j["classes"], serde_json::json!(["blue thing", "red thing"]));
+    let top1 = j["top1"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&top1) && j["top5"].as_f64().unwrap() == 1.0);
+    std::fs::write(dir.join("bad.txt"), "a photo\n").unwrap();
+    let (code, _, err) = run(&["zeroshot", "--model", "tiny-clip", "--folder", &d("folder"), "--templates", &d("bad.txt")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("bad.txt") && err.contains("line 1"), "{err}");
+    let (code, out, err) = run(&["retrieval", "--model", "tiny-clip", "--synthetic", "16"]);
+    assert_eq!(code, 0, "{err}");
+    // Recall grows with k.
+    let vals: Vec<f64> = out.split_whitespace().filter_map(|w| w.parse::<f64>().ok()).filter(|v| *v <= 1.0).collect();
+    assert_eq!(vals.len(), 6, "{out}");
+    assert!(vals[0] <= vals[1] && vals[1] <= vals[2] && vals[3] <= vals[4] && vals[4] <= vals[5], "{out}");
+}

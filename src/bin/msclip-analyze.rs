@@ -181,6 +181,35 @@ enum Command {
         #[arg(long, default_value_t = 10000)]
         permutations: usize,
     },
+    /// Zero-shot classification with a prompt ensemble (mean of normalised prompt embeddings,
+    /// renormalised; ×100 logits): top-1, top-5, mean-per-class. An ImageFolder tree, or the
+    /// synthetic world's 48 colour × shape classes.
+    Zeroshot {
+        #[command(flatten)]
+        model: ModelArg,
+        /// ImageFolder root (one sub-folder per class; folder names are the class names).
+        #[arg(long, conflicts_with = "synthetic")]
+        folder: Option<PathBuf>,
+        /// N held-out single-object synthetic images instead.
+        #[arg(long)]
+        synthetic: Option<usize>,
+        /// Templates file: one template per line with `{}` for the class name.
+        #[arg(long)]
+        templates: Option<PathBuf>,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Image↔text retrieval R@1/5/10 in both directions on paired data.
+    Retrieval {
+        #[command(flatten)]
+        model: ModelArg,
+        #[command(flatten)]
+        data: DataArg,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// CI regression check of gap metrics and NMI against a baseline; exit 1 on drift.
     Check {
         #[command(flatten)]
@@ -285,6 +314,8 @@ fn main() -> ExitCode {
         Command::Gap { model, data, image_npy, text_npy, uniformity_max, out, json } => {
             gap(&model, &data, image_npy.as_deref(), text_npy.as_deref(), uniformity_max, out.as_deref(), json)
         }
+        Command::Zeroshot { model, folder, synthetic, templates, batch, out } => zeroshot(&model, folder.as_deref(), synthetic, templates.as_deref(), batch, out.as_deref()),
+        Command::Retrieval { model, data, out } => retrieval(&model, &data, out.as_deref()),
         Command::Heads { model, data, out, permutations } => heads(&model, &data, &out, permutations),
         Command::Nmi { model, data, nmi, out, json } => nmi_cmd(&model, &data, &nmi, out.as_deref(), json),
         Command::Check { model, data, nmi, baseline, update } => {
@@ -641,6 +672,99 @@ fn heads(model: &ModelArg, data: &DataArg, out: &std::path::Path, permutations: 
         println!("{:<10} {:>6} {:>9.4} {:>9.4}", a.statistic, a.heads, a.spearman, a.p_value);
     }
     println!("wrote {}", out.display());
+    Ok(())
+}
+
+fn zeroshot(model: &ModelArg, folder: Option<&std::path::Path>, synthetic: Option<usize>, templates: Option<&std::path::Path>, batch: usize, out: Option<&std::path::Path>) -> Result<()> {
+    use msclip::analysis::embedding::{prompt_ensemble, topk_accuracy};
+    let loaded = model.build(0)?;
+    let m = &loaded.model;
+    let cfg = &m.config;
+    let size = cfg.vision.image_size as u32;
+    let templates: Vec<String> = match templates {
+        Some(p) => {
+            let t: Vec<String> = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+            if let Some((i, bad)) = t.iter().enumerate().find(|(_, l)| !l.contains("{}")) {
+                return Err(Error::Parse { path: p.to_path_buf(), message: format!("line {}: template {bad:?} has no {{}}", i + 1) });
+            }
+            t
+        }
+        None => msclip::data::synthetic_set::TEMPLATES.iter().map(|s| s.to_string()).collect(),
+    };
+    let (images, labels, classes, data_id) = match (folder, synthetic) {
+        (Some(root), _) => {
+            let (paths, labels, classes) = msclip::data::shards::image_folder(root)?;
+            let mut ts = Vec::new();
+            for p in &paths {
+                let im = img::resize_center_crop(&img::load_rgb(p)?, size);
+                ts.push(img::to_tensor(im.as_raw(), size, size, cfg.preprocess.mean, cfg.preprocess.std));
+            }
+            if ts.is_empty() {
+                return Err(Error::Invalid(format!("{}: no images", root.display())));
+            }
+            (Tensor::stack(&ts, 0), labels, classes.iter().map(|c| c.replace('_', " ")).collect::<Vec<_>>(), format!("folder:{}", root.display()))
+        }
+        (None, Some(n)) => {
+            let (im, l) = msclip::data::synthetic_set::zero_shot_set(0, n, size, cfg.preprocess.mean, cfg.preprocess.std);
+            (im, l, msclip::data::synthetic_set::zero_shot_classes(), format!("synthetic-zeroshot:seed=0:n={n}"))
+        }
+        _ => return Err(Error::Invalid("give --folder DIR or --synthetic N".into())),
+    };
+    let tok = Tokenizer::new(cfg.text.context_length as usize);
+    let prompts: Vec<String> = classes.iter().flat_map(|c| templates.iter().map(move |t| t.replace("{}", c))).collect();
+    let (logits, n) = tch::no_grad(|| -> Result<(Tensor, i64)> {
+        let mut pe = Vec::new();
+        for chunk in prompts.chunks(256) {
+            pe.push(m.encode_text(&tok.tokenize_batch(chunk))?);
+        }
+        let w = prompt_ensemble(&Tensor::cat(&pe, 0).view([classes.len() as i64, templates.len() as i64, -1]));
+        let mut ie = Vec::new();
+        for chunk in images.split(batch as i64, 0) {
+            ie.push(m.encode_image(&chunk)?);
+        }
+        Ok((MsClip::zero_shot_logits(&Tensor::cat(&ie, 0), &w), images.size()[0]))
+    })?;
+    let top1 = topk_accuracy(&logits, &labels, 1);
+    let top5 = topk_accuracy(&logits, &labels, 5.min(classes.len() as i64));
+    let pred = Vec::<i64>::try_from(logits.argmax(-1, false)).unwrap();
+    let mut per_class = vec![(0.0, 0.0); classes.len()];
+    for (p, l) in pred.iter().zip(&labels) {
+        per_class[*l as usize].1 += 1.0;
+        if p == l {
+            per_class[*l as usize].0 += 1.0;
+        }
+    }
+    let present: Vec<f64> = per_class.iter().filter(|(_, c)| *c > 0.0).map(|(h, c)| h / c).collect();
+    let mpc = present.iter().sum::<f64>() / present.len().max(1) as f64;
+    println!("{:<14} n {n} classes {} templates {} | top1 {top1:.4} top5 {top5:.4} mean-per-class {mpc:.4}", cfg.name, classes.len(), templates.len());
+    if let Some(dir) = out {
+        let mut prov = provenance(&loaded, data_id, 0);
+        prov.notes.push("classifier: mean of L2-normalised prompt embeddings per class, renormalised; logits = 100 · image · W".into());
+        let j = serde_json::json!({"provenance": prov, "n": n, "classes": classes, "templates": templates, "top1": top1, "top5": top5, "mean_per_class": mpc});
+        write_atomic(&dir.join("zeroshot.json"), serde_json::to_string_pretty(&j).unwrap().as_bytes())?;
+    }
+    Ok(())
+}
+
+fn retrieval(model: &ModelArg, data: &DataArg, out: Option<&std::path::Path>) -> Result<()> {
+    use msclip::analysis::embedding::recall_at_k;
+    let loaded = model.build(0)?;
+    let (src, data_id) = data.source(loaded.model.config.vision.image_size as u32)?;
+    let f = embed_pairs(&loaded.model, src.as_ref(), data.limit.unwrap_or(src.len()), data.batch, None)?;
+    report_skipped(&f.skipped);
+    let sim = f.image.matmul(&f.text.tr());
+    let mut r = serde_json::Map::new();
+    for k in [1, 5, 10] {
+        r.insert(format!("image_to_text_r{k}"), serde_json::json!(recall_at_k(&sim, k)));
+        r.insert(format!("text_to_image_r{k}"), serde_json::json!(recall_at_k(&sim.tr(), k)));
+    }
+    println!("{:<14} n {} | i→t R@1 {:.4} R@5 {:.4} R@10 {:.4} | t→i R@1 {:.4} R@5 {:.4} R@10 {:.4}", loaded.model.config.name, f.image.size()[0],
+        r["image_to_text_r1"].as_f64().unwrap(), r["image_to_text_r5"].as_f64().unwrap(), r["image_to_text_r10"].as_f64().unwrap(),
+        r["text_to_image_r1"].as_f64().unwrap(), r["text_to_image_r5"].as_f64().unwrap(), r["text_to_image_r10"].as_f64().unwrap());
+    if let Some(dir) = out {
+        let j = serde_json::json!({"provenance": provenance(&loaded, data_id, 0), "n": f.image.size()[0], "retrieval": r});
+        write_atomic(&dir.join("retrieval.json"), serde_json::to_string_pretty(&j).unwrap().as_bytes())?;
+    }
     Ok(())
 }
 
