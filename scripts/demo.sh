@@ -3,7 +3,8 @@
 #  1. the parameter table of every preset;
 #  2. train tiny-clip and tiny-msclip-s for the same budget on the synthetic world;
 #  3. a comparison table on held-out data (zero-shot, retrieval R@1, modality gap, params);
-#  4. attention maps of both trained models on a held-out scene and its caption.
+#  4. every figure of analyses/*.toml (attention gallery, head statistics, NMI and gap by
+#     layer, training curves, comparison table) into figures/ (FIGURES=DIR to redirect).
 # DEMO_STEPS overrides the step budget (e.g. DEMO_STEPS=50 for a quick look).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,9 +47,7 @@ PY
 } | tee "$OUT/comparison.txt"
 
 echo
-echo "== attention capture on a held-out scene =="
-for m in tiny-clip tiny-msclip-s; do
-  "$BIN/msclip-analyze" attention --checkpoint "$(latest "$m")" --seed 7 --out "$OUT/attention-$m"
-done
+echo "== figures (recipes in analyses/ → figures/) =="
+"$BIN/msclip-analyze" figures --recipes analyses --out "${FIGURES:-figures}"
 echo
-echo "demo outputs in $OUT/: params.txt, comparison.txt, runs/*/metrics.jsonl, attention-*/"
+echo "demo outputs: $OUT/ (params.txt, comparison.txt, runs/*/metrics.jsonl, checkpoints) and ${FIGURES:-figures}/README.md"

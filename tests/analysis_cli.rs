@@ -91,3 +91,45 @@ fn zeroshot_on_an_image_folder_and_retrieval() {
     assert_eq!(vals.len(), 6, "{out}");
     assert!(vals[0] <= vals[1] && vals[1] <= vals[2] && vals[3] <= vals[4] && vals[4] <= vals[5], "{out}");
 }
+
+#[test]
+fn figures_regenerate_from_recipes() {
+    let dir = std::env::temp_dir().join(format!("msclip-figs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let recipes = dir.join("analyses");
+    std::fs::create_dir_all(&recipes).unwrap();
+    let ck = format!("{}/fixtures/check/ckpt", env!("CARGO_MANIFEST_DIR"));
+    // A run directory with eval telemetry for the training-curves recipe.
+    let run_dir = dir.join("run-a");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let lines: Vec<String> = (1..=3)
+        .map(|s| format!(r#"{{"step":{},"loss":{},"eval":{{"zero_shot_top1":{},"image_to_text_r1":0.1,"modality_gap":{}}}}}"#, s * 10, 3.0 / s as f64, 0.1 * s as f64, 0.5 / s as f64))
+        .collect();
+    std::fs::write(run_dir.join("metrics.jsonl"), lines.join("\n") + "\n").unwrap();
+    for (name, analysis, runs) in [
+        ("comparison", "comparison", ck.clone()),
+        ("nmi", "nmi-by-layer", ck.clone()),
+        ("gap", "gap-by-layer", ck.clone()),
+        ("heads", "heads-transfer", ck.clone()),
+        ("gallery", "attention-gallery", ck.clone()),
+        ("curves", "training-curves", run_dir.display().to_string()),
+    ] {
+        std::fs::write(recipes.join(format!("{name}.toml")), format!("analysis = \"{analysis}\"\ntitle = \"{name}\"\nruns = [\"{runs}\"]\nsynthetic = 16\n")).unwrap();
+    }
+    let out = dir.join("figures");
+    let (code, _, err) = run(&["figures", "--recipes", recipes.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    for png in ["nmi/nmi_by_layer.png", "gap/gap_by_layer.png", "curves/modality_gap.png", "curves/zero_shot.png", "heads/micro-msclip-s/entropy_scatter.png", "gallery/micro-msclip-s/attribution.png"] {
+        nontrivial_png(&out.join(png));
+    }
+    for csv in ["nmi/nmi_by_layer.csv", "gap/gap_by_layer.csv", "comparison/comparison.csv", "curves/training_curves.csv"] {
+        assert!(std::fs::read_to_string(out.join(csv)).unwrap().starts_with("# provenance: "), "{csv}");
+    }
+    let index = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(index.contains("![nmi_by_layer.png](nmi/nmi_by_layer.png)"), "{index}");
+    // A recipe naming an unknown analysis is an error naming it.
+    std::fs::write(recipes.join("zz.toml"), "analysis = \"bogus\"\ntitle = \"x\"\nruns = []\n").unwrap();
+    let (code, _, err) = run(&["figures", "--recipes", recipes.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("bogus"), "{err}");
+}

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod figures;
+
 use clap::{Args, Parser, Subcommand};
 use msclip::analysis::attention::{image_query_maps, text_maps, HeadMap};
 use msclip::analysis::gap::{gap_report, GapReport};
@@ -210,6 +212,13 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Regenerate every figure from the recipes in analyses/ into figures/<recipe>/.
+    Figures {
+        #[arg(long, default_value = "analyses")]
+        recipes: PathBuf,
+        #[arg(long, default_value = "figures")]
+        out: PathBuf,
+    },
     /// CI regression check of gap metrics and NMI against a baseline; exit 1 on drift.
     Check {
         #[command(flatten)]
@@ -316,6 +325,7 @@ fn main() -> ExitCode {
         }
         Command::Zeroshot { model, folder, synthetic, templates, batch, out } => zeroshot(&model, folder.as_deref(), synthetic, templates.as_deref(), batch, out.as_deref()),
         Command::Retrieval { model, data, out } => retrieval(&model, &data, out.as_deref()),
+        Command::Figures { recipes, out } => figures::run_all(&recipes, &out),
         Command::Heads { model, data, out, permutations } => heads(&model, &data, &out, permutations),
         Command::Nmi { model, data, nmi, out, json } => nmi_cmd(&model, &data, &nmi, out.as_deref(), json),
         Command::Check { model, data, nmi, baseline, update } => {
