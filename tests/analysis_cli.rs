@@ -133,3 +133,20 @@ fn figures_regenerate_from_recipes() {
     assert_eq!(code, 2);
     assert!(err.contains("bogus"), "{err}");
 }
+
+#[test]
+fn linear_probe_on_synthetic_classes() {
+    let dir = std::env::temp_dir().join(format!("msclip-probe-{}", std::process::id()));
+    let d = dir.display().to_string();
+    let (code, out, err) = run(&["probe", "--model", "tiny-clip", "--synthetic", "--train", "96", "--val", "48", "--test", "48", "--c", "1,10", "--out", &d, "--save-features", &d]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("pre features 128"), "{out}");
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("probe.json")).unwrap()).unwrap();
+    assert_eq!(j["result"]["sweep"].as_array().unwrap().len(), 2);
+    assert_eq!(j["result"]["n_test"], 48);
+    assert!((0.0..=1.0).contains(&j["result"]["test_top1"].as_f64().unwrap()));
+    assert_eq!(msclip::analysis::npy::read(&dir.join("train.npy")).unwrap().size(), [96, 128]);
+    let (code, _, err) = run(&["probe", "--model", "tiny-clip", "--synthetic", "--feature", "mid"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--feature"), "{err}");
+}

@@ -7,3 +7,4 @@ pub mod gap;
 pub mod heads;
 pub mod nmi;
 pub mod npy;
+pub mod probe;

@@ -162,12 +162,27 @@ fn fetch_tuxpaint(cache: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// Fashion-MNIST (MIT) from the Debian package `dataset-fashion-mnist`: the four IDX files.
+fn fetch_fashion_mnist(cache: &std::path::Path) -> Result<()> {
+    let base = cache.join("fashion-mnist");
+    let root = debian_package("dataset-fashion-mnist", &base.join("deb"))?;
+    let src = root.join("usr/share/datasets/fashion-mnist");
+    for f in ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"] {
+        let (dims, _) = msclip::data::idx::read(&src.join(f))?;
+        let dst = base.join(f);
+        std::fs::copy(src.join(f), &dst).map_err(|e| Error::io(&dst, e))?;
+        println!("{} {:?}", dst.display(), dims);
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Synth { n, seed, size, out } => synth_cmd(n, seed, size, &out),
         Command::Fetch { dataset, cache } => match dataset.as_str() {
             "tuxpaint" => fetch_tuxpaint(&cache_dir(cache)),
-            other => Err(Error::config("dataset", other, "known: tuxpaint")),
+            "fashion-mnist" => fetch_fashion_mnist(&cache_dir(cache)),
+            other => Err(Error::config("dataset", other, "known: tuxpaint, fashion-mnist")),
         },
     };
     match result {

@@ -1,5 +1,6 @@
 //! Data: the built-in synthetic world and image preprocessing.
 
+pub mod idx;
 pub mod image;
 pub mod loader;
 pub mod manifest;

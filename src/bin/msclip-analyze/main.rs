@@ -203,6 +203,36 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Linear probe on frozen image features: multinomial logistic regression (L-BFGS on
+    /// tch), C swept on a validation split, refit on train+val, test top-1 / mean-per-class.
+    Probe {
+        #[command(flatten)]
+        model: ModelArg,
+        /// Fashion-MNIST folder with the IDX files (`msclip-data fetch fashion-mnist`).
+        #[arg(long, conflicts_with = "synthetic")]
+        fashion_mnist: Option<PathBuf>,
+        /// The synthetic world's 48 colour × shape classes (single objects).
+        #[arg(long)]
+        synthetic: bool,
+        /// Features: `pre` = pre-projection CLS after ln_post (OpenAI's probe choice), `post` =
+        /// projected, L2-normalised embedding (CLIP_benchmark's).
+        #[arg(long, default_value = "pre")]
+        feature: String,
+        #[arg(long, default_value_t = 5000)]
+        train: usize,
+        #[arg(long, default_value_t = 1000)]
+        val: usize,
+        #[arg(long, default_value_t = 2000)]
+        test: usize,
+        /// Values of C (scikit-learn's inverse regularisation) to sweep.
+        #[arg(long, value_delimiter = ',', default_value = "0.01,0.1,1,10,100")]
+        c: Vec<f64>,
+        /// Also write the features and labels (NPY/JSON) for side-by-side benchmarks.
+        #[arg(long)]
+        save_features: Option<PathBuf>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Image↔text retrieval R@1/5/10 in both directions on paired data.
     Retrieval {
         #[command(flatten)]
@@ -324,6 +354,9 @@ fn main() -> ExitCode {
             gap(&model, &data, image_npy.as_deref(), text_npy.as_deref(), uniformity_max, out.as_deref(), json)
         }
         Command::Zeroshot { model, folder, synthetic, templates, batch, out } => zeroshot(&model, folder.as_deref(), synthetic, templates.as_deref(), batch, out.as_deref()),
+        Command::Probe { model, fashion_mnist, synthetic, feature, train, val, test, c, save_features, out } => {
+            probe(&model, fashion_mnist.as_deref(), synthetic, &feature, [train, val, test], &c, save_features.as_deref(), out.as_deref())
+        }
         Command::Retrieval { model, data, out } => retrieval(&model, &data, out.as_deref()),
         Command::Figures { recipes, out } => figures::run_all(&recipes, &out),
         Command::Heads { model, data, out, permutations } => heads(&model, &data, &out, permutations),
@@ -752,6 +785,96 @@ fn zeroshot(model: &ModelArg, folder: Option<&std::path::Path>, synthetic: Optio
         prov.notes.push("classifier: mean of L2-normalised prompt embeddings per class, renormalised; logits = 100 · image · W".into());
         let j = serde_json::json!({"provenance": prov, "n": n, "classes": classes, "templates": templates, "top1": top1, "top5": top5, "mean_per_class": mpc});
         write_atomic(&dir.join("zeroshot.json"), serde_json::to_string_pretty(&j).unwrap().as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Images (normalised tensors) and labels of one split.
+fn probe_split(fashion: Option<&std::path::Path>, which: &str, start: usize, n: usize, size: u32, mean: [f64; 3], std: [f64; 3]) -> Result<(Tensor, Vec<i64>)> {
+    match fashion {
+        Some(dir) => {
+            let prefix = if which == "test" { "t10k" } else { "train" };
+            let (dims, pixels) = msclip::data::idx::read(&dir.join(format!("{prefix}-images-idx3-ubyte.gz")))?;
+            let (_, labels) = msclip::data::idx::read(&dir.join(format!("{prefix}-labels-idx1-ubyte.gz")))?;
+            let (h, w) = (dims[1], dims[2]);
+            if start + n > dims[0] {
+                return Err(Error::Invalid(format!("{}: {which} split asks for items {start}..{} of {}", dir.display(), start + n, dims[0])));
+            }
+            let mut ts = Vec::with_capacity(n);
+            for i in start..start + n {
+                let g = &pixels[i * h * w..(i + 1) * h * w];
+                let rgb = image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
+                    let v = g[y as usize * w + x as usize];
+                    image::Rgb([v, v, v])
+                });
+                let im = img::resize_center_crop(&rgb, size);
+                ts.push(img::to_tensor(im.as_raw(), size, size, mean, std));
+            }
+            Ok((Tensor::stack(&ts, 0), labels[start..start + n].iter().map(|&l| l as i64).collect()))
+        }
+        None => {
+            let seed = match which { "train" => 101, "val" => 202, _ => 303 };
+            Ok(msclip::data::synthetic_set::zero_shot_set(seed, n, size, mean, std))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn probe(model: &ModelArg, fashion: Option<&std::path::Path>, synthetic: bool, feature: &str, sizes: [usize; 3], cs: &[f64], save: Option<&std::path::Path>, out: Option<&std::path::Path>) -> Result<()> {
+    use msclip::analysis::probe::sweep_and_fit;
+    if fashion.is_none() && !synthetic {
+        return Err(Error::Invalid("give --fashion-mnist DIR or --synthetic".into()));
+    }
+    if !matches!(feature, "pre" | "post") {
+        return Err(Error::config("--feature", feature, "expected pre or post"));
+    }
+    if cs.is_empty() || cs.iter().any(|c| !(*c > 0.0)) {
+        return Err(Error::config("--c", format!("{cs:?}"), "values must be positive"));
+    }
+    let loaded = model.build(0)?;
+    let m = &loaded.model;
+    let cfg = &m.config;
+    let size = cfg.vision.image_size as u32;
+    let (classes, data_id) = match fashion {
+        Some(d) => (10, format!("fashion-mnist:{}", msclip::io::sha256_file(&d.join("train-labels-idx1-ubyte.gz"))?)),
+        None => (48, "synthetic-zeroshot-splits:101/202/303".to_string()),
+    };
+    let t0 = std::time::Instant::now();
+    let featurize = |images: &Tensor| -> Result<Tensor> {
+        tch::no_grad(|| {
+            let mut parts = vec![];
+            for chunk in images.split(256, 0) {
+                parts.push(if feature == "post" {
+                    m.encode_image(&chunk)?
+                } else {
+                    m.vision.forward_features(&chunk, &Capture::none(), &mut ActivationCache::new(), false)
+                });
+            }
+            Ok(Tensor::cat(&parts, 0))
+        })
+    };
+    let (xtr, ytr) = probe_split(fashion, "train", 0, sizes[0], size, cfg.preprocess.mean, cfg.preprocess.std)?;
+    let (xva, yva) = probe_split(fashion, "val", if fashion.is_some() { sizes[0] } else { 0 }, sizes[1], size, cfg.preprocess.mean, cfg.preprocess.std)?;
+    let (xte, yte) = probe_split(fashion, "test", 0, sizes[2], size, cfg.preprocess.mean, cfg.preprocess.std)?;
+    let (ftr, fva, fte) = (featurize(&xtr)?, featurize(&xva)?, featurize(&xte)?);
+    let feat_s = t0.elapsed().as_secs_f64();
+    let t1 = std::time::Instant::now();
+    let r = sweep_and_fit((&ftr, &ytr), (&fva, &yva), (&fte, &yte), classes, cs)?;
+    let fit_s = t1.elapsed().as_secs_f64();
+    println!("{:<14} {feature} features {} | best C {} | test top1 {:.4} mean-per-class {:.4} | features {feat_s:.1}s, sweep+refit {fit_s:.2}s",
+        cfg.name, ftr.size()[1], r.best_c, r.test_top1, r.test_mean_per_class);
+    if let Some(dir) = save {
+        npy::write_f32(&dir.join("train.npy"), &ftr)?;
+        npy::write_f32(&dir.join("val.npy"), &fva)?;
+        npy::write_f32(&dir.join("test.npy"), &fte)?;
+        let j = serde_json::json!({"train": ytr, "val": yva, "test": yte, "classes": classes, "c": cs});
+        write_atomic(&dir.join("labels.json"), j.to_string().as_bytes())?;
+    }
+    if let Some(dir) = out {
+        let mut prov = provenance(&loaded, data_id, 0);
+        prov.notes.push(format!("probe features: {feature}; multinomial logistic regression, L-BFGS, λ = 1/(C·n), bias unpenalised"));
+        let j = serde_json::json!({"provenance": prov, "feature": feature, "result": r, "fit_seconds": fit_s});
+        write_atomic(&dir.join("probe.json"), serde_json::to_string_pretty(&j).unwrap().as_bytes())?;
     }
     Ok(())
 }
