@@ -11,8 +11,10 @@ setup:
 build: setup
 	$(CARGO) build --release --bins
 
+# One libtorch thread per test process: tests run in parallel, and oversubscribed OpenMP
+# threads make small-op code (L-BFGS, k-means, tiny models) orders of magnitude slower.
 test: setup
-	$(CARGO) test --release
+	OMP_NUM_THREADS=1 $(CARGO) test --release
 
 demo: build
 	scripts/demo.sh $(DEMO_OUT)

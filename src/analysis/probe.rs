@@ -145,7 +145,17 @@ pub struct ProbeResult {
 }
 
 /// Sweeps `cs` (scikit-learn's C) on train→val, refits the best on train+val, scores test.
+/// Runs on one intra-op thread: L-BFGS is many small ops, where thread hand-offs (and any
+/// oversubscription) cost more than they save.
 pub fn sweep_and_fit(train: (&Tensor, &[i64]), val: (&Tensor, &[i64]), test: (&Tensor, &[i64]), classes: i64, cs: &[f64]) -> Result<ProbeResult> {
+    let threads = tch::get_num_threads();
+    tch::set_num_threads(1);
+    let r = sweep_and_fit_inner(train, val, test, classes, cs);
+    tch::set_num_threads(threads);
+    r
+}
+
+fn sweep_and_fit_inner(train: (&Tensor, &[i64]), val: (&Tensor, &[i64]), test: (&Tensor, &[i64]), classes: i64, cs: &[f64]) -> Result<ProbeResult> {
     let mut sweep = vec![];
     for &c in cs {
         let lambda = 1.0 / (c * train.0.size()[0] as f64);
