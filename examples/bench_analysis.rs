@@ -45,7 +45,7 @@ fn main() {
     let y = Tensor::randn([n, 512], (Kind::Float, Device::Cpu)) - 0.5;
     let (x, y) = (&x / x.norm_scalaropt_dim(2.0, [-1], true), &y / y.norm_scalaropt_dim(2.0, [-1], true));
     let t = Instant::now();
-    let g = gap_report(&x, &y, 5000).unwrap();
+    let g = gap_report(&x, &y, msclip::analysis::gap::DEFAULT_UNIFORMITY_MAX).unwrap();
     let gap_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let (nmi, _) = modality_nmi(&x, &y, 2, 3, 0).unwrap();

@@ -1,12 +1,16 @@
 //! Modality-gap metrics on paired, L2-normalised embeddings `X, Y: [n, d]` (row i of X is
 //! paired with row i of Y). Formulas: shared/spec/analysis-methods.md §B; computed in f64.
 //! Everything but uniformity is O(n·d) (pairwise sums in closed form), so 100k pairs take
-//! seconds; uniformity is estimated on the first `uniformity_max` items (recorded).
+//! seconds; uniformity is estimated on the first `uniformity_max` items (recorded; default
+//! [`DEFAULT_UNIFORMITY_MAX`]).
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
+
+/// Default number of items for the O(n²·d) uniformity estimates (the first ones, fixed order).
+pub const DEFAULT_UNIFORMITY_MAX: i64 = 2000;
 
 /// All gap metrics of one embedding set.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

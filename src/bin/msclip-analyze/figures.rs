@@ -186,7 +186,7 @@ fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
                 let e = msclip::train::evaluate(&loaded.model, r.seed, r.synthetic)?;
                 let (src, data_id) = data_arg(r.synthetic, r.seed).source(loaded.model.config.vision.image_size as u32)?;
                 let f = embed_pairs(&loaded.model, src.as_ref(), r.synthetic, 64, None)?;
-                let g = gap_report(&f.image, &f.text, 5000)?;
+                let g = gap_report(&f.image, &f.text, msclip::analysis::gap::DEFAULT_UNIFORMITY_MAX)?;
                 let n = &loaded.model.config.name;
                 csv.push_str(&format!("{n},{},{},{},{},{},{},{},{},{}\n", c.total, c.shared, e.zero_shot_top1, e.zero_shot_top5, e.image_to_text_r1, e.text_to_image_r1, e.modality_gap, g.rmg, g.margin));
                 md.push_str(&format!("| {n} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n", c.total, c.shared, e.zero_shot_top1, e.zero_shot_top5, e.image_to_text_r1, e.text_to_image_r1, e.modality_gap, g.rmg));

@@ -151,7 +151,7 @@ enum Command {
         #[arg(long)]
         text_npy: Option<PathBuf>,
         /// Items for the O(n²) uniformity estimate.
-        #[arg(long, default_value_t = 5000)]
+        #[arg(long, default_value_t = msclip::analysis::gap::DEFAULT_UNIFORMITY_MAX)]
         uniformity_max: i64,
         #[arg(long)]
         out: Option<PathBuf>,
@@ -498,7 +498,7 @@ fn layer_nmi(loaded: &Loaded, data: &DataArg, a: &NmiArgs) -> Result<(Vec<LayerN
     // The joint embedding space as the last row (slot = number of slots).
     let (v, inertia) = modality_nmi(&f.image, &f.text, a.k, a.restarts, a.seed)?;
     rows.push(LayerNmi { slot: loaded.model.config.text.layers, nmi: v, inertia });
-    Ok((rows, gap_report(&f.image, &f.text, 5000)?, data_id))
+    Ok((rows, gap_report(&f.image, &f.text, msclip::analysis::gap::DEFAULT_UNIFORMITY_MAX)?, data_id))
 }
 
 fn nmi_cmd(model: &ModelArg, data: &DataArg, a: &NmiArgs, out: Option<&std::path::Path>, json: bool) -> Result<()> {
