@@ -114,6 +114,31 @@ pub fn overlay_grid_png(path: &Path, g: &OverlayGrid) -> Result<()> {
     save_png(path, buf, w, h)
 }
 
+/// A figure drawable on any plotters backend at a fixed size.
+pub trait Figure {
+    fn size(&self) -> (u32, u32);
+    fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String>;
+}
+
+/// Renders `fig` to `stem.png` (bitmap, saved with `image`) and `stem.svg`, both atomically.
+pub fn render(stem: &Path, fig: &impl Figure) -> Result<()> {
+    init_fonts();
+    let (w, h) = fig.size();
+    if let Some(dir) = stem.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+    }
+    let png = stem.with_extension("png");
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    fig.draw(BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area()).map_err(|e| plot_err(&png, e))?;
+    save_png(&png, buf, w, h)?;
+    let svg = stem.with_extension("svg");
+    let mut text = String::new();
+    fig.draw(SVGBackend::with_string(&mut text, (w, h)).into_drawing_area()).map_err(|e| plot_err(&svg, e))?;
+    crate::io::write_atomic(&svg, text.as_bytes())
+}
+
 /// A labelled square matrix heatmap (e.g. caption token × token attention).
 pub struct Matrix<'a> {
     pub title: String,
@@ -151,18 +176,17 @@ fn draw_matrix<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>
 
 /// Renders a [`Matrix`] to `stem.png` and `stem.svg`.
 pub fn matrix_png_svg(stem: &Path, m: &Matrix) -> Result<()> {
-    init_fonts();
-    let cell = 22;
-    let w = (110 + m.side as i32 * cell + 20) as u32;
-    let h = (40 + m.side as i32 * cell + 110) as u32;
-    let png = stem.with_extension("png");
-    let mut buf = vec![255u8; (w * h * 3) as usize];
-    draw_matrix(BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area(), m, cell).map_err(|e| plot_err(&png, e))?;
-    save_png(&png, buf, w, h)?;
-    let svg = stem.with_extension("svg");
-    let mut text = String::new();
-    draw_matrix(SVGBackend::with_string(&mut text, (w, h)).into_drawing_area(), m, cell).map_err(|e| plot_err(&svg, e))?;
-    crate::io::write_atomic(&svg, text.as_bytes())
+    render(stem, m)
+}
+
+impl Figure for Matrix<'_> {
+    fn size(&self) -> (u32, u32) {
+        let cell = 22;
+        ((110 + self.side as i32 * cell + 20) as u32, (40 + self.side as i32 * cell + 110) as u32)
+    }
+    fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
+        draw_matrix(root, self, 22)
+    }
 }
 
 /// A line chart: one or more named series of (x, y) points.
@@ -219,19 +243,16 @@ fn draw_lines<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>,
 
 /// Renders a [`LineChart`] to `stem.png` and `stem.svg`.
 pub fn line_chart_png_svg(stem: &Path, c: &LineChart) -> Result<()> {
-    init_fonts();
-    let (w, h) = (720u32, 440u32);
-    let png = stem.with_extension("png");
-    let mut buf = vec![255u8; (w * h * 3) as usize];
-    draw_lines(BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area(), c).map_err(|e| plot_err(&png, e))?;
-    if let Some(dir) = stem.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    render(stem, c)
+}
+
+impl Figure for LineChart {
+    fn size(&self) -> (u32, u32) {
+        (720, 440)
     }
-    save_png(&png, buf, w, h)?;
-    let svg = stem.with_extension("svg");
-    let mut text = String::new();
-    draw_lines(SVGBackend::with_string(&mut text, (w, h)).into_drawing_area(), c).map_err(|e| plot_err(&svg, e))?;
-    crate::io::write_atomic(&svg, text.as_bytes())
+    fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
+        draw_lines(root, self)
+    }
 }
 
 /// A labelled heatmap of `values[row][col]` (e.g. slot × head), colour-scaled to its range.
@@ -271,22 +292,18 @@ fn draw_heatmap<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift
 
 /// Renders a [`Heatmap`] to `stem.png` and `stem.svg`.
 pub fn heatmap_png_svg(stem: &Path, m: &Heatmap) -> Result<()> {
-    init_fonts();
-    let cell = 34;
-    let cols = m.values.iter().map(|r| r.len()).max().unwrap_or(1) as i32;
-    let w = (70 + cols * cell + 20).max(360) as u32;
-    let h = (60 + m.values.len() as i32 * cell + 20) as u32;
-    let png = stem.with_extension("png");
-    let mut buf = vec![255u8; (w * h * 3) as usize];
-    draw_heatmap(BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area(), m, cell).map_err(|e| plot_err(&png, e))?;
-    if let Some(dir) = stem.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    render(stem, m)
+}
+
+impl Figure for Heatmap {
+    fn size(&self) -> (u32, u32) {
+        let cell = 34;
+        let cols = self.values.iter().map(|r| r.len()).max().unwrap_or(1) as i32;
+        ((70 + cols * cell + 20).max(360) as u32, (60 + self.values.len() as i32 * cell + 20) as u32)
     }
-    save_png(&png, buf, w, h)?;
-    let svg = stem.with_extension("svg");
-    let mut text = String::new();
-    draw_heatmap(SVGBackend::with_string(&mut text, (w, h)).into_drawing_area(), m, cell).map_err(|e| plot_err(&svg, e))?;
-    crate::io::write_atomic(&svg, text.as_bytes())
+    fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
+        draw_heatmap(root, self, 34)
+    }
 }
 
 /// A scatter plot of (x, y) points.
@@ -320,20 +337,17 @@ fn draw_scatter<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift
 
 /// Renders a [`Scatter`] to `stem.png` and `stem.svg`.
 pub fn scatter_png_svg(stem: &Path, s: &Scatter) -> Result<()> {
-    init_fonts();
     if s.points.is_empty() {
         return Err(Error::Invalid(format!("{}: no points to plot", stem.display())));
     }
-    let (w, h) = (520u32, 440u32);
-    let png = stem.with_extension("png");
-    let mut buf = vec![255u8; (w * h * 3) as usize];
-    draw_scatter(BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area(), s).map_err(|e| plot_err(&png, e))?;
-    if let Some(dir) = stem.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    render(stem, s)
+}
+
+impl Figure for Scatter {
+    fn size(&self) -> (u32, u32) {
+        (520, 440)
     }
-    save_png(&png, buf, w, h)?;
-    let svg = stem.with_extension("svg");
-    let mut text = String::new();
-    draw_scatter(SVGBackend::with_string(&mut text, (w, h)).into_drawing_area(), s).map_err(|e| plot_err(&svg, e))?;
-    crate::io::write_atomic(&svg, text.as_bytes())
+    fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
+        draw_scatter(root, self)
+    }
 }

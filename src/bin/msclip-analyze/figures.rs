@@ -182,7 +182,7 @@ fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
             let mut header = String::new();
             for ck in &cks()? {
                 let loaded = model_arg(ck).build(0)?;
-                let c = MsClip::param_count(&loaded._vs);
+                let c = MsClip::param_count(&loaded.vs);
                 let e = msclip::train::evaluate(&loaded.model, r.seed, r.synthetic)?;
                 let (src, data_id) = data_arg(r.synthetic, r.seed).source(loaded.model.config.vision.image_size as u32)?;
                 let f = embed_pairs(&loaded.model, src.as_ref(), r.synthetic, 64, None)?;
@@ -212,6 +212,7 @@ fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
                     seed: r.seed,
                     layers: None,
                     heads: None,
+                    query: 0,
                     method: "all".into(),
                     start_layer: None,
                     faith_steps: 10,

@@ -47,7 +47,7 @@ struct ModelArg {
 /// A model ready to run and the identity of its weights for provenance.
 struct Loaded {
     model: MsClip,
-    _vs: tch::nn::VarStore,
+    vs: tch::nn::VarStore,
     weights_id: String,
 }
 
@@ -66,11 +66,11 @@ impl ModelArg {
         if let Some(dir) = &self.checkpoint {
             let (vs, model, meta) = msclip::train::load_checkpoint(dir, Device::Cpu)?;
             let sha = meta.sha256.get("model.safetensors").cloned().unwrap_or_default();
-            return Ok(Loaded { model, _vs: vs, weights_id: sha });
+            return Ok(Loaded { model, vs, weights_id: sha });
         }
         let cfg = self.load()?;
         let (vs, model) = MsClip::build(&cfg, Device::Cpu, seed as i64);
-        Ok(Loaded { model, _vs: vs, weights_id: format!("init:seed={seed}") })
+        Ok(Loaded { model, vs, weights_id: format!("init:seed={seed}") })
     }
 }
 
@@ -330,6 +330,9 @@ struct AttentionArgs {
     /// Heads to draw (default: all).
     #[arg(long, value_delimiter = ',')]
     heads: Option<Vec<usize>>,
+    /// Query token of the image maps: 0 = CLS, 1 + r·grid + c = the patch at row r, column c.
+    #[arg(long, default_value_t = 0)]
+    query: i64,
     /// Attribution maps: raw (last layer, head mean), rollout, relevancy (Chefer et al. 2021), or all.
     #[arg(long, default_value = "all")]
     method: String,
@@ -982,10 +985,10 @@ fn attention(a: &AttentionArgs) -> Result<()> {
     let mut csv = prov.csv_header() + "modality,slot,head,query,key,value\n";
     for &slot in &vslots {
         let probs = cache.require(Modality::Vision, slot, Site::AttnProbs)?;
-        let maps = image_query_maps(probs, slot, 0, 0, grid)?;
+        let maps = image_query_maps(probs, slot, 0, a.query, grid)?;
         let mut row = Vec::new();
         for m in maps.iter().filter(|m| m.head.is_none_or(|h| heads.contains(&h) && h < cfg.vision.heads as usize)) {
-            push_csv(&mut csv, "vision", m, 0);
+            push_csv(&mut csv, "vision", m, a.query);
             row.push((m.values.clone(), m.side));
         }
         cells.push(row);
@@ -995,7 +998,7 @@ fn attention(a: &AttentionArgs) -> Result<()> {
     overlay_grid_png(
         &a.out.join("vision_cls_attention.png"),
         &OverlayGrid {
-            title: format!("{} — CLS→patch attention, \"{}\"", cfg.name, short(&caption)),
+            title: format!("{} — {}→patch attention, \"{}\"", cfg.name, if a.query == 0 { "CLS".to_string() } else { format!("patch {}", a.query - 1) }, short(&caption)),
             base: &rgb,
             cells,
             row_labels: vslots.iter().map(|s| format!("slot {s}")).collect(),
