@@ -16,6 +16,8 @@ use crate::error::{Error, Result};
 use crate::io::{sha256_file, write_atomic};
 use crate::model::ModelConfig;
 
+pub mod torch_zip;
+
 /// What `meta.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Meta {

@@ -1,0 +1,69 @@
+//! The safe `torch.save` reader on fixtures written by PyTorch (fixtures/gen_torch_checkpoints.py).
+
+use std::path::Path;
+
+use msclip::checkpoint::torch_zip::read;
+use tch::Kind;
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/torch").join(name)
+}
+
+fn check_against(expected: &serde_json::Value, got: &[(String, tch::Tensor)]) {
+    let exp = expected.as_object().unwrap();
+    assert_eq!(got.len(), exp.len());
+    for (name, t) in got {
+        let e = &exp[name];
+        let shape: Vec<i64> = e["shape"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        assert_eq!(t.size(), shape, "{name}");
+        let kind = match e["dtype"].as_str().unwrap() {
+            "float32" => Kind::Float,
+            "float16" => Kind::Half,
+            "bfloat16" => Kind::BFloat16,
+            "int64" => Kind::Int64,
+            other => panic!("{other}"),
+        };
+        assert_eq!(t.kind(), kind, "{name}");
+        let want: Vec<f64> = e["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let have = Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap_or_else(|_| vec![t.to_kind(Kind::Double).double_value(&[])]);
+        // The stored values are f32 or narrower: equal as f32 means bit-exact (JSON's decimal
+        // round trip only perturbs the f64 below f32 precision). int64 compares exactly.
+        if kind == Kind::Int64 {
+            assert_eq!(have, want, "{name}");
+        } else {
+            let h: Vec<f32> = have.iter().map(|&v| v as f32).collect();
+            let w: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+            assert_eq!(h, w, "{name}: values");
+        }
+    }
+}
+
+#[test]
+fn reads_views_offsets_dtypes_and_parameters() {
+    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("expected.json")).unwrap()).unwrap();
+    let got = read(&fixture("plain.pth")).unwrap();
+    let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["a.weight", "a.bias", "a.weight_t", "slice", "big", "half", "bf16", "idx", "scalar", "param"]);
+    check_against(&expected["plain"], &got);
+}
+
+#[test]
+fn unwraps_state_dict_and_module_prefix() {
+    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("expected.json")).unwrap()).unwrap();
+    let got = read(&fixture("wrapped.pth")).unwrap();
+    check_against(&expected["wrapped"], &got);
+}
+
+#[test]
+fn refuses_foreign_globals_and_non_checkpoints() {
+    let err = read(&fixture("evil.pth")).unwrap_err().to_string();
+    assert!(err.contains("refusing to load global `posix.system`"), "{err}");
+    assert!(err.contains("evil.pth"), "{err}");
+    let err = read(&fixture("not-a-checkpoint.pth")).unwrap_err().to_string();
+    assert!(err.contains("not a PyTorch zip checkpoint"), "{err}");
+    // A truncated copy of a real checkpoint is an error, not a panic.
+    let bytes = std::fs::read(fixture("plain.pth")).unwrap();
+    let p = std::env::temp_dir().join(format!("msclip-trunc-{}.pth", std::process::id()));
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(read(&p).is_err());
+}
