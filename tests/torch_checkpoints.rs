@@ -67,3 +67,30 @@ fn refuses_foreign_globals_and_non_checkpoints() {
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
     assert!(read(&p).is_err());
 }
+
+#[test]
+fn openclip_state_dict_imports_with_matching_embeddings() {
+    use msclip::checkpoint::import::import_into;
+    use msclip::model::{ModelConfig, MsClip};
+    let cfg = ModelConfig::from_toml_file(&fixture("openclip-micro.toml")).unwrap();
+    let (vs, m) = MsClip::build(&cfg, tch::Device::Cpu, 0);
+    import_into(read(&fixture("openclip-micro.pth")).unwrap(), &cfg, &vs, "openclip-micro.pth").unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("openclip-micro.json")).unwrap()).unwrap();
+    let floats = |k: &str| -> Vec<f32> { r[k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect() };
+    let images = tch::Tensor::from_slice(&floats("images")).view([2, 3, 32, 32]);
+    let toks: Vec<i64> = r["tokens"].as_array().unwrap().iter().flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_i64().unwrap())).collect();
+    let tokens = tch::Tensor::from_slice(&toks).view([2, 8]);
+    let (ie, te) = tch::no_grad(|| (m.encode_image(&images).unwrap(), m.encode_text(&tokens).unwrap()));
+    let want_i = tch::Tensor::from_slice(&floats("image_embeds")).view([2, 16]);
+    let want_t = tch::Tensor::from_slice(&floats("text_embeds")).view([2, 16]);
+    let di = (&ie - &want_i).abs().max().double_value(&[]);
+    let dt = (&te - &want_t).abs().max().double_value(&[]);
+    assert!(di <= 1e-5 && dt <= 1e-5, "image {di:.2e}, text {dt:.2e}");
+    assert!((m.logit_scale.double_value(&[]) - r["logit_scale"].as_f64().unwrap()).abs() < 1e-6);
+    // The same file into the wrong architecture names the offending tensors.
+    let other = ModelConfig::preset("tiny-clip").unwrap();
+    let (vs2, _) = MsClip::build(&other, tch::Device::Cpu, 0);
+    let err = import_into(read(&fixture("openclip-micro.pth")).unwrap(), &other, &vs2, "openclip-micro.pth").unwrap_err().to_string();
+    assert!(err.contains("visual.transformer.resblocks.0.attn.in_proj_weight: expected [384, 128], found [96, 32]"), "{err}");
+    assert!(err.contains("does not fit model tiny-clip ("), "{err}");
+}

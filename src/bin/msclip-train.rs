@@ -10,14 +10,16 @@ use msclip::{Error, Result};
 use tch::Device;
 
 #[derive(Parser)]
-#[command(name = "msclip-train", version, about = "Train CLIP / MS-CLIP models")]
+#[command(name = "msclip-train", version, about = "Train CLIP / MS-CLIP models", args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
     /// Training config TOML (see configs/train/).
     #[arg(long)]
-    config: PathBuf,
+    config: Option<PathBuf>,
     /// Run directory (checkpoints/, metrics.jsonl, train.toml).
     #[arg(long)]
-    out: PathBuf,
+    out: Option<PathBuf>,
     /// Override `model` (preset name or model TOML).
     #[arg(long)]
     model: Option<String>,
@@ -67,8 +69,66 @@ struct Cli {
     progress: bool,
 }
 
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// Import published weights (torch.save zip: OpenAI/OpenCLIP CLIP state dicts, the official
+    /// MS-CLIP-S layout; or safetensors) as an msclip checkpoint directory.
+    Import {
+        #[arg(long)]
+        from: PathBuf,
+        /// A preset name, `auto` (inferred from keys and shapes), or use --model-config.
+        #[arg(long, default_value = "auto")]
+        model: String,
+        /// A model config TOML instead of a preset.
+        #[arg(long)]
+        model_config: Option<PathBuf>,
+        /// Checkpoint directory to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn import(from: &std::path::Path, model: &str, model_config: Option<&std::path::Path>, out: &std::path::Path) -> Result<()> {
+    use msclip::checkpoint::{import::{import_into, infer_preset}, save_dir, torch_zip, Meta};
+    let t0 = std::time::Instant::now();
+    let tensors = if from.extension().is_some_and(|e| e == "safetensors") {
+        tch::Tensor::read_safetensors(from).map_err(|e| Error::Invalid(format!("{}: {e}", from.display())))?
+    } else {
+        torch_zip::read(from)?
+    };
+    let read_s = t0.elapsed().as_secs_f64();
+    let cfg = match (model_config, model) {
+        (Some(p), _) => msclip::model::ModelConfig::from_toml_file(p)?,
+        (None, "auto") => infer_preset(&tensors)?,
+        (None, name) => msclip::model::ModelConfig::preset(name)?,
+    };
+    let t1 = std::time::Instant::now();
+    let (vs, _m) = msclip::model::MsClip::build(&cfg, Device::Cpu, 0);
+    import_into(tensors, &cfg, &vs, &from.display().to_string())?;
+    let meta = Meta {
+        tool_version: msclip::VERSION.into(),
+        model: cfg.clone(),
+        step: 0,
+        epoch: 0,
+        samples_seen: 0,
+        data_cursor: 0,
+        seed: 0,
+        train_config: format!("imported from {} (sha256 {})", from.display(), msclip::io::sha256_file(from)?),
+        sha256: Default::default(),
+    };
+    save_dir(out, &vs, &[], meta)?;
+    println!("imported {} as {} into {} (read {read_s:.2}s, map+save {:.2}s)", from.display(), cfg.name, out.display(), t1.elapsed().as_secs_f64());
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
-    let mut tc = TrainConfig::from_toml_file(&cli.config)?;
+    if let Some(Sub::Import { from, model, model_config, out }) = &cli.command {
+        return import(from, model, model_config.as_deref(), out);
+    }
+    let (Some(config), Some(out)) = (cli.config.clone(), cli.out.clone()) else {
+        return Err(Error::Invalid("give --config FILE and --out RUN_DIR (or a subcommand: import)".into()));
+    };
+    let mut tc = TrainConfig::from_toml_file(&config)?;
     macro_rules! set {
         ($($f:ident),*) => { $( if let Some(v) = cli.$f.clone() { tc.$f = v; } )* };
     }
@@ -93,7 +153,7 @@ fn run(cli: Cli) -> Result<()> {
         Some(p) => Resume::Path(PathBuf::from(p)),
     };
     let progress = cli.progress || std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let outcome = train(&tc, &cli.out, resume, device, progress)?;
+    let outcome = train(&tc, &out, resume, device, progress)?;
     if let Some(e) = &outcome.last_eval {
         println!("{}", serde_json::to_string(e).unwrap());
     }

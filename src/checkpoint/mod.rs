@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::io::{sha256_file, write_atomic};
 use crate::model::ModelConfig;
 
+pub mod import;
 pub mod torch_zip;
 
 /// What `meta.json` holds.
@@ -58,10 +59,20 @@ pub fn named_tensors(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
 }
 
 /// Writes a checkpoint under `root/step-NNNNNNNN` atomically; returns its path.
-pub fn save(root: &Path, vs: &nn::VarStore, optim: &[(String, Tensor)], mut meta: Meta) -> Result<PathBuf> {
+pub fn save(root: &Path, vs: &nn::VarStore, optim: &[(String, Tensor)], meta: Meta) -> Result<PathBuf> {
     std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
     let final_dir = root.join(step_dir_name(meta.step));
-    let tmp = root.join(format!(".tmp-{}-{}", step_dir_name(meta.step), std::process::id()));
+    save_dir(&final_dir, vs, optim, meta)?;
+    Ok(final_dir)
+}
+
+/// Writes a checkpoint into `final_dir` atomically (temp dir + fsync + rename; an existing
+/// checkpoint there is replaced only after the new one is complete).
+pub fn save_dir(final_dir: &Path, vs: &nn::VarStore, optim: &[(String, Tensor)], mut meta: Meta) -> Result<()> {
+    let root = final_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+    let name = final_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "checkpoint".into());
+    let tmp = root.join(format!(".tmp-{name}-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
@@ -69,20 +80,22 @@ pub fn save(root: &Path, vs: &nn::VarStore, optim: &[(String, Tensor)], mut meta
     let model_path = tmp.join("model.safetensors");
     Tensor::write_safetensors(&named_tensors(vs), &model_path)?;
     fsync_file(&model_path)?;
-    let optim_path = tmp.join("optim.safetensors");
-    Tensor::write_safetensors(optim, &optim_path)?;
-    fsync_file(&optim_path)?;
     meta.sha256.insert("model.safetensors".into(), sha256_file(&model_path)?);
-    meta.sha256.insert("optim.safetensors".into(), sha256_file(&optim_path)?);
+    if !optim.is_empty() {
+        let optim_path = tmp.join("optim.safetensors");
+        Tensor::write_safetensors(optim, &optim_path)?;
+        fsync_file(&optim_path)?;
+        meta.sha256.insert("optim.safetensors".into(), sha256_file(&optim_path)?);
+    }
     write_atomic(&tmp.join("meta.json"), serde_json::to_string_pretty(&meta).unwrap().as_bytes())?;
     fsync_dir(&tmp);
     if final_dir.exists() {
         // Same step saved again (e.g. after a resume): replace it.
-        std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
+        std::fs::remove_dir_all(final_dir).map_err(|e| Error::io(final_dir, e))?;
     }
-    std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
+    std::fs::rename(&tmp, final_dir).map_err(|e| Error::io(final_dir, e))?;
     fsync_dir(root);
-    Ok(final_dir)
+    Ok(())
 }
 
 /// Reads and verifies `dir/meta.json` and the hashes of its tensor files.
