@@ -94,3 +94,62 @@ fn openclip_state_dict_imports_with_matching_embeddings() {
     assert!(err.contains("visual.transformer.resblocks.0.attn.in_proj_weight: expected [384, 128], found [96, 32]"), "{err}");
     assert!(err.contains("does not fit model tiny-clip ("), "{err}");
 }
+
+#[test]
+fn official_msclip_s_layout_lands_where_it_belongs() {
+    use msclip::checkpoint::import::{import_into, key_map};
+    use msclip::model::{ModelConfig, MsClip};
+    let cfg = ModelConfig::from_toml_file(&fixture("official-micro.toml")).unwrap();
+    let (vs, m) = MsClip::build(&cfg, tch::Device::Cpu, 0);
+    let src = read(&fixture("official-micro.pth")).unwrap();
+    assert!(!src.iter().any(|(k, _)| k == "visual.conv1.weight"));
+    let by_name: std::collections::HashMap<String, tch::Tensor> = src.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
+    import_into(src, &cfg, &vs, "official-micro.pth").unwrap();
+    let vars = vs.variables();
+    let (map, dups) = key_map(&cfg);
+    assert_eq!(map.len(), vars.len(), "every variable (parameters and BN buffers) has one source key");
+    for (key, ours) in &map {
+        assert!(vars[ours].equal(&by_name[key]), "{key} → {ours}");
+    }
+    // The text-side duplicates of shared sites (5 slots × 8 tensors) equal the vision ones.
+    assert_eq!(dups.len(), 5 * 8);
+    for (t, v) in &dups {
+        assert!(by_name[t].equal(&by_name[v]));
+    }
+    assert!(vars["visual.parallel.adapters.0.t2b_dw.bn.running_var"].equal(&by_name["visual.transformer.parallel_lateral_adapter.0.top2bottom_dw_conv.bn.running_var"]));
+    // It runs.
+    let e = tch::no_grad(|| m.encode_image(&tch::Tensor::zeros([1, 3, 32, 32], (tch::Kind::Float, tch::Device::Cpu))).unwrap());
+    assert_eq!(e.size(), [1, 32]);
+    // A shared duplicate that differs is reported.
+    let mut bad = read(&fixture("official-micro.pth")).unwrap();
+    for (k, t) in bad.iter_mut() {
+        if k == "transformer.resblocks.3.mlp.c_fc.bias" {
+            *t = &*t + 1.0;
+        }
+    }
+    let err = import_into(bad, &cfg, &vs, "x.pth").unwrap_err().to_string();
+    assert!(err.contains("transformer.resblocks.3.mlp.c_fc.bias differs from the shared visual.transformer.resblocks.3.mlp.c_fc.bias"), "{err}");
+}
+
+#[test]
+fn official_msclip_s_b32_keys_and_shapes_are_covered() {
+    use msclip::checkpoint::import::key_map;
+    use msclip::model::{ModelConfig, MsClip};
+    let listing: std::collections::BTreeMap<String, Vec<i64>> = serde_json::from_slice(&std::fs::read(fixture("official-msclip-s-b32-keys.json")).unwrap()).unwrap();
+    let cfg = ModelConfig::preset("msclip-s-b32").unwrap();
+    let (vs, _) = MsClip::build(&cfg, tch::Device::Cpu, 0);
+    let vars = vs.variables();
+    let (map, dups) = key_map(&cfg);
+    let mut covered: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    for (key, ours) in &map {
+        assert_eq!(listing.get(key), Some(&vars[ours].size()), "{key} → {ours}");
+        covered.insert(key.clone());
+    }
+    for (t, v) in &dups {
+        assert_eq!(listing[t], listing[v]);
+        covered.insert(t.clone());
+    }
+    let rest: Vec<&String> = listing.keys().filter(|k| !covered.contains(*k) && !k.ends_with("num_batches_tracked")).collect();
+    assert!(rest.is_empty(), "official keys with no destination: {rest:?}");
+    assert_eq!(listing.len(), 521);
+}
