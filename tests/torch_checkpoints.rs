@@ -153,3 +153,38 @@ fn official_msclip_s_b32_keys_and_shapes_are_covered() {
     assert!(rest.is_empty(), "official keys with no destination: {rest:?}");
     assert_eq!(listing.len(), 521);
 }
+
+#[test]
+fn import_export_cli_round_trip() {
+    let bin = env!("CARGO_BIN_EXE_msclip-train");
+    let dir = std::env::temp_dir().join(format!("msclip-imp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(bin).args(args).output().unwrap();
+        (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr))
+    };
+    let pth = fixture("openclip-micro.pth");
+    let toml = fixture("openclip-micro.toml");
+    let ck = dir.join("ck");
+    let (code, out) = run(&["import", "--from", pth.to_str().unwrap(), "--model-config", toml.to_str().unwrap(), "--out", ck.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let exp = dir.join("exp.safetensors");
+    let (code, out) = run(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", exp.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    // Exported names and values equal the original OpenCLIP state dict.
+    let orig: std::collections::BTreeMap<String, tch::Tensor> = read(&pth).unwrap().into_iter().collect();
+    let back: std::collections::BTreeMap<String, tch::Tensor> = tch::Tensor::read_safetensors(&exp).unwrap().into_iter().collect();
+    assert_eq!(orig.keys().collect::<Vec<_>>(), back.keys().collect::<Vec<_>>());
+    for (k, t) in &orig {
+        assert!(t.equal(&back[k]), "{k}");
+    }
+    // Re-importing the safetensors export works too; `auto` finds no preset for this micro model.
+    let (code, out) = run(&["import", "--from", exp.to_str().unwrap(), "--model-config", toml.to_str().unwrap(), "--out", dir.join("ck2").to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run(&["import", "--from", pth.to_str().unwrap(), "--out", dir.join("ck3").to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(out.contains("no preset matches"), "{out}");
+    let (code, out) = run(&["import", "--from", fixture("evil.pth").to_str().unwrap(), "--model", "tiny-clip", "--out", dir.join("ck4").to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(out.contains("posix.system"), "{out}");
+}

@@ -86,6 +86,33 @@ enum Sub {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Export a checkpoint as an OpenAI/OpenCLIP-named state dict (safetensors), loadable by
+    /// OpenCLIP for vanilla CLIP models (`load_state_dict` after `safetensors.torch.load_file`).
+    Export {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// openclip (the only format so far).
+        #[arg(long, default_value = "openclip")]
+        format: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn export(checkpoint: &std::path::Path, format: &str, out: &std::path::Path) -> Result<()> {
+    if format != "openclip" {
+        return Err(Error::config("--format", format, "expected openclip"));
+    }
+    let (vs, m, _) = msclip::train::load_checkpoint(checkpoint, Device::Cpu)?;
+    if !m.config.sharing.is_empty() || m.config.vision.stem != msclip::model::StemKind::Patch {
+        eprintln!("note: {} is not a vanilla CLIP; the file uses the official MS-CLIP key names, which OpenCLIP cannot load", m.config.name);
+    }
+    let sd = msclip::checkpoint::import::export_state_dict(&m.config, &vs);
+    let tmp = out.with_extension("safetensors.tmp");
+    tch::Tensor::write_safetensors(&sd, &tmp)?;
+    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
+    println!("wrote {} tensors to {}", sd.len(), out.display());
+    Ok(())
 }
 
 fn import(from: &std::path::Path, model: &str, model_config: Option<&std::path::Path>, out: &std::path::Path) -> Result<()> {
@@ -122,8 +149,10 @@ fn import(from: &std::path::Path, model: &str, model_config: Option<&std::path::
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if let Some(Sub::Import { from, model, model_config, out }) = &cli.command {
-        return import(from, model, model_config.as_deref(), out);
+    match &cli.command {
+        Some(Sub::Import { from, model, model_config, out }) => return import(from, model, model_config.as_deref(), out),
+        Some(Sub::Export { checkpoint, format, out }) => return export(checkpoint, format, out),
+        None => {}
     }
     let (Some(config), Some(out)) = (cli.config.clone(), cli.out.clone()) else {
         return Err(Error::Invalid("give --config FILE and --out RUN_DIR (or a subcommand: import)".into()));

@@ -196,6 +196,13 @@ pub fn infer_preset(tensors: &[(String, Tensor)]) -> Result<ModelConfig> {
     let shapes: BTreeMap<&str, Vec<i64>> = tensors.iter().map(|(k, t)| (k.as_str(), t.size())).collect();
     for (name, _) in crate::model::config::PRESETS {
         let cfg = ModelConfig::preset(name)?;
+        // Cheap filter on two shapes before building the candidate.
+        let g = cfg.grid();
+        if shapes.get("visual.positional_embedding") != Some(&vec![g * g + 1, cfg.vision.width])
+            || shapes.get("token_embedding.weight") != Some(&vec![cfg.text.vocab_size, cfg.text.width])
+        {
+            continue;
+        }
         let (vs, _) = crate::model::MsClip::build(&cfg, tch::Device::Cpu, 0);
         let vars = vs.variables();
         let (map, _) = key_map(&cfg);
@@ -204,4 +211,18 @@ pub fn infer_preset(tensors: &[(String, Tensor)]) -> Result<ModelConfig> {
         }
     }
     Err(Error::Invalid("no preset matches the checkpoint's keys and shapes; pass --model PRESET or --config FILE".into()))
+}
+
+/// The OpenAI/OpenCLIP state dict of a model (inverse of [`key_map`]); shared sites are
+/// written under both towers' keys, as PyTorch's `state_dict()` does. BN buffers included.
+pub fn export_state_dict(cfg: &ModelConfig, vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let vars = vs.variables();
+    let (map, dups) = key_map(cfg);
+    let mut out: Vec<(String, Tensor)> = map.iter().map(|(k, o)| (k.clone(), vars[o].detach().copy())).collect();
+    let by_key: BTreeMap<String, Tensor> = out.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
+    for (t, v) in dups {
+        out.push((t, by_key[&v].copy()));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
 }
