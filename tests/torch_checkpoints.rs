@@ -188,3 +188,25 @@ fn import_export_cli_round_trip() {
     assert_eq!(code, 2);
     assert!(out.contains("posix.system"), "{out}");
 }
+
+#[test]
+fn openai_torchscript_archive_imports_with_matching_embeddings() {
+    use msclip::checkpoint::import::import_into;
+    use msclip::model::{ModelConfig, MsClip};
+    let src = read(&fixture("openai-micro-jit.pt")).unwrap();
+    // Tensors come out of the module tree by attribute path; OpenAI's fp16 weights stay fp16 here.
+    let conv = src.iter().find(|(k, _)| k == "visual.conv1.weight").unwrap();
+    assert_eq!(conv.1.kind(), tch::Kind::Half);
+    let cfg = ModelConfig::from_toml_file(&fixture("openai-micro.toml")).unwrap();
+    let (vs, m) = MsClip::build(&cfg, tch::Device::Cpu, 0);
+    import_into(src, &cfg, &vs, "openai-micro-jit.pt").unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("openai-micro-jit.json")).unwrap()).unwrap();
+    let floats = |k: &str| -> Vec<f32> { r[k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect() };
+    let toks: Vec<i64> = r["tokens"].as_array().unwrap().iter().flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_i64().unwrap())).collect();
+    let (ie, te) = tch::no_grad(|| {
+        (m.encode_image(&tch::Tensor::from_slice(&floats("images")).view([2, 3, 32, 32])).unwrap(), m.encode_text(&tch::Tensor::from_slice(&toks).view([2, 8])).unwrap())
+    });
+    let di = (&ie - tch::Tensor::from_slice(&floats("image_embeds")).view([2, 16])).abs().max().double_value(&[]);
+    let dt = (&te - tch::Tensor::from_slice(&floats("text_embeds")).view([2, 16])).abs().max().double_value(&[]);
+    assert!(di <= 1e-5 && dt <= 1e-5, "image {di:.2e}, text {dt:.2e}");
+}

@@ -4,7 +4,9 @@
 //! only what state dicts need — protocol 2–5 opcodes for containers, strings and numbers,
 //! `collections.OrderedDict`, `torch._utils._rebuild_tensor_v2`, `torch._utils._rebuild_parameter`
 //! and the `torch.*Storage` types as persistent ids into `ARCHIVE/data/KEY`. Any other global is
-//! refused with an error naming it: nothing is ever executed. Storages shared by several keys
+//! refused with an error naming it: nothing is ever executed. TorchScript archives (OpenAI's
+//! `ViT-B-32.pt`) are read the same way: their `__torch__.*` module classes become inert
+//! attribute containers whose tensors are named by attribute path; no code is run. Storages shared by several keys
 //! (views, offsets, strides) are read once and viewed with `as_strided`.
 
 use std::collections::HashMap;
@@ -31,6 +33,8 @@ enum Value {
     Storage(Kind, String),
     /// A tensor view of a storage.
     Tensor { kind: Kind, key: String, offset: i64, size: Vec<i64>, stride: Vec<i64> },
+    /// An inert TorchScript module object (`__torch__.*` class) and its attributes.
+    Object(Vec<(String, Value)>),
     Mark,
 }
 
@@ -55,6 +59,8 @@ fn allowed_global(module: &str, name: &str) -> bool {
         (module, name),
         ("collections", "OrderedDict") | ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_parameter")
     ) || (module == "torch" && storage_kind(name).is_some())
+        // TorchScript module classes: only ever built as inert attribute containers.
+        || module.starts_with("__torch__.")
 }
 
 fn ints(v: &Value, what: &str) -> Result<Vec<i64>> {
@@ -206,6 +212,7 @@ fn unpickle(data: &[u8], origin: &str) -> Result<Value> {
                 let Value::Global(m, n) = func else { return Err(err("REDUCE of a non-global".into())) };
                 let Value::Tuple(a) = args else { return Err(err("REDUCE arguments are not a tuple".into())) };
                 let v = match n.as_str() {
+                    _ if m.starts_with("__torch__.") => Value::Object(vec![]),
                     "OrderedDict" => Value::Dict(vec![]),
                     "_rebuild_tensor_v2" => match a.as_slice() {
                         [Value::Storage(kind, key), Value::Int(off), size, stride, ..] => Value::Tensor {
@@ -223,8 +230,16 @@ fn unpickle(data: &[u8], origin: &str) -> Result<Value> {
                 stack.push(v)
             }
             b'b' => {
-                // BUILD: state for an object; dict state (OrderedDict._metadata) is ignored.
-                stack.pop();
+                // BUILD: a TorchScript object's attributes; other dict state
+                // (OrderedDict._metadata) is ignored.
+                let state = stack.pop().ok_or_else(|| err("BUILD on empty stack".into()))?;
+                if let (Some(Value::Object(fields)), Value::Dict(d)) = (stack.last_mut(), state) {
+                    for (k, v) in d {
+                        if let Value::Str(k) = k {
+                            fields.push((k, v));
+                        }
+                    }
+                }
             }
             b's' => {
                 let v = stack.pop();
@@ -257,7 +272,18 @@ fn unpickle(data: &[u8], origin: &str) -> Result<Value> {
     }
 }
 
-/// Reads every tensor of a `torch.save` zip file as `(name, tensor)` pairs in file order.
+fn flatten_object(prefix: &str, fields: Vec<(String, Value)>, out: &mut Vec<(Value, Value)>) {
+    for (k, v) in fields {
+        let path = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
+        match v {
+            Value::Object(f) => flatten_object(&path, f, out),
+            t @ Value::Tensor { .. } => out.push((Value::Str(path), t)),
+            _ => {}
+        }
+    }
+}
+
+/// Reads every tensor of a `torch.save` zip file (or a TorchScript archive's module state) as `(name, tensor)` pairs in file order.
 /// Wrappers are unwrapped (`state_dict`, `model` entries holding the tensors) and a leading
 /// `module.` is stripped from every name.
 pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
@@ -275,9 +301,15 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
         .and_then(|mut f| f.read_to_end(&mut pkl).map_err(Into::into))
         .map_err(|e| Error::Invalid(format!("{origin}: {pkl_name}: {e}")))?;
     let top = unpickle(&pkl, &origin)?;
-    // Unwrap {"state_dict": {...}} / {"model": {...}} wrappers.
+    // Unwrap {"state_dict": {...}} / {"model": {...}} wrappers; flatten TorchScript modules
+    // into dotted attribute paths (`visual.conv1.weight`).
     let mut dict = match top {
         Value::Dict(d) => d,
+        Value::Object(fields) => {
+            let mut flat = vec![];
+            flatten_object("", fields, &mut flat);
+            flat
+        }
         _ => return Err(Error::Invalid(format!("{origin}: the pickle is not a dict of tensors"))),
     };
     for wrapper in ["state_dict", "model"] {
