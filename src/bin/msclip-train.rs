@@ -130,7 +130,7 @@ fn import(from: &std::path::Path, model: &str, model_config: Option<&std::path::
         (None, name) => msclip::model::ModelConfig::preset(name)?,
     };
     let t1 = std::time::Instant::now();
-    let (vs, _m) = msclip::model::MsClip::build(&cfg, Device::Cpu, 0);
+    let (vs, _m) = msclip::model::MsClip::build_for_loading(&cfg, Device::Cpu);
     import_into(tensors, &cfg, &vs, &from.display().to_string())?;
     let meta = Meta {
         tool_version: msclip::VERSION.into(),

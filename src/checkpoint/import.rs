@@ -203,7 +203,7 @@ pub fn infer_preset(tensors: &[(String, Tensor)]) -> Result<ModelConfig> {
         {
             continue;
         }
-        let (vs, _) = crate::model::MsClip::build(&cfg, tch::Device::Cpu, 0);
+        let (vs, _) = crate::model::MsClip::build_for_loading(&cfg, tch::Device::Cpu);
         let vars = vs.variables();
         let (map, _) = key_map(&cfg);
         if map.len() <= shapes.len() && map.iter().all(|(k, o)| shapes.get(k.as_str()) == vars.get(o).map(|v| v.size()).as_ref()) {

@@ -68,6 +68,12 @@ impl MsClip {
         (vs, model)
     }
 
+    /// A VarStore with the model's variables but no random initialisation (zeros), for
+    /// loading weights into.
+    pub fn build_for_loading(config: &ModelConfig, device: Device) -> (nn::VarStore, MsClip) {
+        super::init::without_init(|| MsClip::build(config, device, 0))
+    }
+
     /// Image embeddings `[B, E]` (L2-normalised), recording what `capture` asks for.
     pub fn encode_image_with(
         &self,

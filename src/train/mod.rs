@@ -497,7 +497,7 @@ pub fn loss_and_backward(model: &MsClip, vs: &nn::VarStore, images: &Tensor, tok
 /// Loads a model from a checkpoint directory (config from its `meta.json`).
 pub fn load_checkpoint(dir: &Path, device: Device) -> Result<(nn::VarStore, MsClip, Meta)> {
     let meta = checkpoint::verify(dir)?;
-    let (vs, model) = MsClip::build(&meta.model, device, 0);
+    let (vs, model) = MsClip::build_for_loading(&meta.model, device);
     checkpoint::load_model(dir, &vs)?;
     Ok((vs, model, meta))
 }

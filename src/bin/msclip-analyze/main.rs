@@ -386,7 +386,7 @@ fn main() -> ExitCode {
 
 fn params(model: &ModelArg, json: bool) -> Result<()> {
     let cfg = model.load()?;
-    let (vs, _m) = MsClip::build(&cfg, Device::Cpu, 0);
+    let (vs, _m) = MsClip::build_for_loading(&cfg, Device::Cpu);
     let c = MsClip::param_count(&vs);
     if json {
         println!("{}", serde_json::to_string(&c).unwrap());
