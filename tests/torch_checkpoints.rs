@@ -87,6 +87,28 @@ fn openclip_state_dict_imports_with_matching_embeddings() {
     let dt = (&te - &want_t).abs().max().double_value(&[]);
     assert!(di <= 1e-5 && dt <= 1e-5, "image {di:.2e}, text {dt:.2e}");
     assert!((m.logit_scale.double_value(&[]) - r["logit_scale"].as_f64().unwrap()).abs() < 1e-6);
+    // Per-head attention of every layer (vision 0, 1 then text 0, 1) against OpenCLIP's.
+    use msclip::model::{ActivationCache, Capture, Modality, Site};
+    let mut cache = ActivationCache::new();
+    tch::no_grad(|| {
+        let _ = m.encode_image_with(&images, &Capture::attention(), &mut cache, false).unwrap();
+        let _ = m.encode_text_with(&tokens, &Capture::attention(), &mut cache).unwrap();
+    });
+    let att = r["attention"].as_array().unwrap();
+    let shapes = r["attention_shapes"].as_array().unwrap();
+    for (i, (modality, slot)) in [(Modality::Vision, 0), (Modality::Vision, 1), (Modality::Text, 0), (Modality::Text, 1)].into_iter().enumerate() {
+        let shape: Vec<i64> = shapes[i].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let want: Vec<f32> = att[i].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let got = cache.get(modality, slot, Site::AttnProbs).unwrap();
+        assert_eq!(got.size(), shape);
+        let d = (got - tch::Tensor::from_slice(&want).view(shape.as_slice())).abs().max().double_value(&[]);
+        assert!(d <= 1e-5, "{modality:?} slot {slot}: attention differs by {d:.2e}");
+    }
+    // OpenCLIP's safetensors of the same weights gives the same model.
+    let (vs3, m3) = MsClip::build_for_loading(&cfg, tch::Device::Cpu);
+    import_into(tch::Tensor::read_safetensors(fixture("openclip-micro.safetensors")).unwrap(), &cfg, &vs3, "openclip-micro.safetensors").unwrap();
+    let ie3 = tch::no_grad(|| m3.encode_image(&images).unwrap());
+    assert!(ie3.equal(&ie));
     // The same file into the wrong architecture names the offending tensors.
     let other = ModelConfig::preset("tiny-clip").unwrap();
     let (vs2, _) = MsClip::build(&other, tch::Device::Cpu, 0);
