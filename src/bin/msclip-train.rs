@@ -132,6 +132,8 @@ fn import(from: &std::path::Path, model: &str, model_config: Option<&std::path::
     let t1 = std::time::Instant::now();
     let (vs, _m) = msclip::model::MsClip::build_for_loading(&cfg, Device::Cpu);
     import_into(tensors, &cfg, &vs, &from.display().to_string())?;
+    let map_s = t1.elapsed().as_secs_f64();
+    let t2 = std::time::Instant::now();
     let meta = Meta {
         tool_version: msclip::VERSION.into(),
         model: cfg.clone(),
@@ -144,7 +146,13 @@ fn import(from: &std::path::Path, model: &str, model_config: Option<&std::path::
         sha256: Default::default(),
     };
     save_dir(out, &vs, &[], meta)?;
-    println!("imported {} as {} into {} (read {read_s:.2}s, map+save {:.2}s)", from.display(), cfg.name, out.display(), t1.elapsed().as_secs_f64());
+    println!(
+        "imported {} as {} into {} (read {read_s:.2}s, map {map_s:.2}s, write checkpoint {:.2}s)",
+        from.display(),
+        cfg.name,
+        out.display(),
+        t2.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
