@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded synthetic data (run by `make demo` after the build):
 #  1. the parameter table of every preset;
-#  2. train tiny-clip and tiny-msclip-s for the same budget on the synthetic world;
+#  2. train tiny-clip, tiny-msclip and tiny-msclip-s for the same budget on the synthetic world;
 #  3. a comparison table on held-out data (zero-shot, retrieval R@1, modality gap, params);
 #  4. every figure of analyses/*.toml (attention gallery, head statistics, NMI and gap by
 #     layer, training curves, comparison table) into figures/ (FIGURES=DIR to redirect).
@@ -18,7 +18,7 @@ for m in clip-b32 clip-b16 msclip-b32 msclip-s-b32 msclip-s-b16 tiny-clip tiny-m
   "$BIN/msclip-analyze" params --model "$m" | tail -n 1
 done | tee "$OUT/params.txt"
 
-for m in tiny-clip tiny-msclip-s; do
+for m in tiny-clip tiny-msclip tiny-msclip-s; do
   echo
   echo "== training $m on the synthetic world =="
   args=(--config "configs/train/$m.toml" --out "$OUT/runs/$m" --progress)
@@ -33,7 +33,7 @@ echo
 echo "== held-out comparison (1,000 single-object images for zero-shot over 48 classes; 1,000 pairs for R@1 and gap) =="
 {
   printf '%-14s %10s %10s %9s %9s %8s %12s %12s\n' model zs_top1 zs_top5 R1_i2t R1_t2i gap params shared
-  for m in tiny-clip tiny-msclip-s; do
+  for m in tiny-clip tiny-msclip tiny-msclip-s; do
     ck=$(latest "$m")
     e=$("$BIN/msclip-analyze" eval --checkpoint "$ck" --items 1000 --json)
     p=$("$BIN/msclip-analyze" params --model "$m" --json)
