@@ -640,21 +640,23 @@ fn heads(model: &ModelArg, data: &DataArg, out: &std::path::Path, permutations: 
             let _ = m.encode_text_with(&tokens, &Capture::attention(), &mut cache)?;
             Ok(())
         })?;
+        // Ground-truth boxes of the batch's synthetic scenes (rendered once, not per slot).
+        let objects: Vec<Vec<synth::Object>> = match data.synthetic {
+            Some(_) => ids.iter().map(|&i| synth::scene(data.data_seed ^ EVAL_SEED_OFFSET, i as u64, size).objects).collect(),
+            None => vec![],
+        };
         for &slot in &vslots {
             let probs = cache.require(Modality::Vision, slot, Site::AttnProbs)?;
             acc.add_vision(slot, probs, grid);
-            if data.synthetic.is_some() {
-                for (b, &i) in ids.iter().enumerate() {
-                    let scene = synth::scene(data.data_seed ^ EVAL_SEED_OFFSET, i as u64, size);
-                    let maps = image_query_maps(probs, slot, b as i64, 0, grid)?;
-                    for mp in maps.iter().filter(|mp| mp.head.is_some()) {
-                        for o in &scene.objects {
-                            let (share, hit) = box_grounding(&mp.values, grid as usize, cfg.vision.patch_size as f64, o.bbox);
-                            let e = ground.entry((slot, mp.head.unwrap())).or_default();
-                            e.0 += share;
-                            e.1 += hit as u8 as f64;
-                            e.2 += 1.0;
-                        }
+            for (b, scene_objects) in objects.iter().enumerate() {
+                let maps = image_query_maps(probs, slot, b as i64, 0, grid)?;
+                for mp in maps.iter().filter(|mp| mp.head.is_some()) {
+                    for o in scene_objects {
+                        let (share, hit) = box_grounding(&mp.values, grid as usize, cfg.vision.patch_size as f64, o.bbox);
+                        let e = ground.entry((slot, mp.head.unwrap())).or_default();
+                        e.0 += share;
+                        e.1 += hit as u8 as f64;
+                        e.2 += 1.0;
                     }
                 }
             }
@@ -936,7 +938,9 @@ fn select<T: Copy + PartialEq + std::fmt::Display>(wanted: &Option<Vec<T>>, all:
 }
 
 fn attention(a: &AttentionArgs) -> Result<()> {
-    let cfg = a.model.load()?;
+    let loaded = a.model.build(a.seed)?;
+    let model = &loaded.model;
+    let cfg = model.config.clone();
     let size = cfg.vision.image_size as u32;
     let (rgb, default_caption, data_id) = match &a.image {
         Some(path) => {
@@ -956,8 +960,6 @@ fn attention(a: &AttentionArgs) -> Result<()> {
     if enc.truncated {
         eprintln!("note: caption longer than {} tokens; truncated", cfg.text.context_length);
     }
-    let loaded = a.model.build(a.seed)?;
-    let model = &loaded.model;
     let pixels = img::to_tensor(rgb.as_raw(), size, size, cfg.preprocess.mean, cfg.preprocess.std).unsqueeze(0);
     let tokens = Tensor::from_slice(&enc.ids).view([1, -1]);
     let vslots = select(&a.layers.as_ref().map(|l| l.iter().copied().filter(|s| cfg.vision_has_block(*s)).collect()), &cfg.vision_attention_slots(), "layer")?;
