@@ -175,3 +175,64 @@ fn same_seed_same_model_and_output() {
     let oc = tch::no_grad(|| mc.encode_image(&images).unwrap());
     assert!(!oa.image.equal(&oc));
 }
+
+/// The last block computes only the pooled row when nothing there is captured; the result and
+/// the gradients must equal the full path's, for captions of different lengths (different EOT
+/// rows), a row without EOT (argmax pooling) and every sharing pattern.
+#[test]
+fn pooled_last_block_equals_full_forward_and_gradients() {
+    for name in ["tiny-clip", "tiny-msclip", "tiny-msclip-s"] {
+        let (vs, m) = build(name);
+        let s = m.config.vision.image_size;
+        tch::manual_seed(3);
+        let images = Tensor::randn([3, 3, s, s], (Kind::Float, Device::Cpu));
+        let tok = Tokenizer::new(m.config.text.context_length as usize);
+        let tokens = tok.tokenize_batch(&["a red circle", "a large green triangle left of a small blue square above", "x"]);
+        // Third row: no EOT at all → pooled at the largest id.
+        let _ = tokens.get(2).copy_(&Tensor::randint_low(1, 40000, [m.config.text.context_length], (Kind::Int64, Device::Cpu)));
+        let only_last = |modality_slots: usize| Capture::sites(&[Site::Resid]).with_slots(vec![modality_slots]).keep_graph();
+        let last = m.config.text.layers - 1;
+        let run = |cap: &Capture| {
+            vs.variables().into_values().for_each(|mut t| t.zero_grad());
+            let out = m.forward(&images, &tokens, cap, true).unwrap();
+            (out.image.sum(Kind::Float) * 3.0 + out.text.sum(Kind::Float) * 2.0 + (&out.image * &out.text).sum(Kind::Float)).backward();
+            let grads: std::collections::BTreeMap<String, Tensor> = vs
+                .variables()
+                .into_iter()
+                .map(|(n, t)| {
+                    let g = t.grad();
+                    (n, if g.defined() { g.copy() } else { g })
+                })
+                .collect();
+            (out.image, out.text, grads)
+        };
+        let (pi, pt, pg) = run(&Capture::none());
+        let (fi, ft, fg) = run(&only_last(last));
+        let di = (&pi - &fi).abs().max().double_value(&[]);
+        let dt = (&pt - &ft).abs().max().double_value(&[]);
+        assert!(di < 1e-5 && dt < 1e-5, "{name}: image {di} text {dt}");
+        for ((n, a), (_, b)) in pg.iter().zip(fg.iter()) {
+            if !a.defined() || !b.defined() {
+                assert_eq!(a.defined(), b.defined(), "{name}: {n}");
+                continue;
+            }
+            let scale = b.abs().max().double_value(&[]).max(1e-3);
+            let d = (a - b).abs().max().double_value(&[]) / scale;
+            assert!(d < 1e-4, "{name}: gradient of {n} differs by {d} (relative)");
+        }
+    }
+}
+
+/// QuickGELU folded into the FFN weights (`silu(1.702·x)/1.702`) equals `x·σ(1.702x)`.
+#[test]
+fn folded_quick_gelu_mlp_equals_the_textbook_form() {
+    let (_vs, m) = build("tiny-clip");
+    let block = &m.text.blocks[2];
+    tch::manual_seed(5);
+    let h = Tensor::randn([2, 7, m.config.text.width], (Kind::Float, Device::Cpu)) * 3.0;
+    let z = h.linear(&block.fc1.weight, block.fc1.bias.as_ref());
+    let textbook = (&z * (&z * 1.702).sigmoid()).linear(&block.fc2.weight, block.fc2.bias.as_ref());
+    let folded = block.mlp(&h);
+    let d = (textbook - folded).abs().max().double_value(&[]);
+    assert!(d < 1e-5, "{d}");
+}

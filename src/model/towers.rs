@@ -89,6 +89,7 @@ impl VisionTower {
             cache.insert(Modality::Vision, 0, Site::Resid, if capture.detach { x.detach() } else { x.shallow_clone() });
         }
         let mut branch: Option<Tensor> = None;
+        let last = self.blocks.iter().rposition(|b| b.is_some());
         for (slot, block) in self.blocks.iter().enumerate() {
             let Some(block) = block else { continue };
             if let Some(pb) = &self.parallel {
@@ -97,6 +98,11 @@ impl VisionTower {
                     x = pb.adapters[k].forward(&top, &x, self.grid, train);
                     branch = Some(top);
                 }
+            }
+            if Some(slot) == last && block.can_pool_early(capture) {
+                // Only CLS leaves the tower: the last block computes that row alone.
+                let cls = Tensor::zeros([b], (Kind::Int64, x.device()));
+                return self.ln_post.forward(&block.forward_pooled(&x, &cls));
             }
             x = block.forward(&x, capture, cache);
         }
@@ -178,11 +184,15 @@ impl TextTower {
         let len = tokens.size()[1];
         let mut x = Tensor::embedding(&self.token_embedding, tokens, -1, false, false)
             + self.positional_embedding.narrow(0, 0, len);
-        for block in &self.blocks {
-            x = block.forward(&x, capture, cache);
-        }
         let idx = Self::pooled_positions(tokens);
         let b = tokens.size()[0];
+        for (i, block) in self.blocks.iter().enumerate() {
+            if i + 1 == self.blocks.len() && block.can_pool_early(capture) {
+                // Only the EOT row leaves the tower: the last block computes that row alone.
+                return self.ln_final.forward(&block.forward_pooled(&x, &idx));
+            }
+            x = block.forward(&x, capture, cache);
+        }
         let pooled = x.gather(1, &idx.view([b, 1, 1]).expand([b, 1, x.size()[2]], true), false).squeeze_dim(1);
         self.ln_final.forward(&pooled)
     }
