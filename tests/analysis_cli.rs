@@ -55,9 +55,24 @@ fn embed_gap_nmi_and_heads_write_their_outputs() {
     let agree: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("heads/agreement.json")).unwrap()).unwrap();
     assert_eq!(agree["agreement"][0]["heads"], 20);
     assert!(std::fs::read_to_string(dir.join("heads/grounding.csv")).unwrap().lines().count() > 20);
-    for f in ["entropy_vision.png", "entropy_text.png", "distance_scatter.png"] {
+    for f in ["entropy_vision.png", "entropy_text.png", "distance_scatter.png", "gallery_slot1.png", "gallery_slot5.png"] {
         nontrivial_png(&dir.join("heads").join(f));
     }
+    assert!(!dir.join("heads/gallery_slot0.png").exists(), "slot 0 is the conv stem: no attention");
+    // Caption-conditioned grounding: three methods over every object of the 12 scenes.
+    let rel = std::fs::read_to_string(dir.join("heads/grounding_relevancy.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = rel.lines().filter(|l| !l.starts_with('#') && !l.starts_with("method")).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.iter().map(|r| r[0]).collect::<Vec<_>>(), ["relevancy_all", "relevancy_last", "rollout"]);
+    let objects: usize = (0..12).map(|i| msclip::data::synth::scene(msclip::data::synthetic_set::EVAL_SEED_OFFSET, i, 64).objects.len()).sum();
+    for r in &rows {
+        let (share, point, uniform): (f64, f64, f64) = (r[1].parse().unwrap(), r[2].parse().unwrap(), r[3].parse().unwrap());
+        assert!((0.0..=1.0).contains(&share) && (0.0..=1.0).contains(&point), "{r:?}");
+        assert!(uniform > 0.0 && uniform < 1.0, "{r:?}");
+        assert_eq!(r[4].parse::<f64>().unwrap() as usize, objects, "{r:?}");
+    }
+    let (code, _, err) = run(&["heads", "--model", "tiny-msclip-s", "--synthetic", "4", "--out", &d("heads0"), "--gallery-slots", "0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--gallery-slots") && err.contains("slot 0"), "{err}");
 }
 
 #[test]

@@ -4,13 +4,20 @@ batch, same thread count) of msclip vs OpenCLIP (open_clip_torch on torch 2.11.0
 libtorch). Runs the two alternately, reports median samples/s and the ratio msclip/OpenCLIP.
 
   scripts/bench/train_step.py [--threads 2] [--steps 5]
-(needs `scripts/bench/setup-venv.sh` and a release build of examples/bench_step)."""
+  scripts/bench/train_step.py --device cuda --precision amp-bf16 --batch-tiny 512 --batch-b32 256
+(needs `scripts/bench/setup-venv.sh` and a release build of examples/bench_step; for CUDA a
+`--features cuda` build, its path in $MSCLIP_BENCH_BIN). On CUDA both sides synchronise after
+every step; `amp-bf16` runs both under bf16 autocast with fp32 master weights."""
 import argparse, json, os, platform, subprocess, sys, time
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--steps", type=int, default=5)
 ap.add_argument("--rounds", type=int, default=2)
+ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+ap.add_argument("--precision", default="fp32", choices=["fp32", "amp-bf16"])
+ap.add_argument("--batch-tiny", type=int, default=64)
+ap.add_argument("--batch-b32", type=int, default=8)
 args = ap.parse_args()
 
 import torch, open_clip  # noqa: E402
@@ -19,48 +26,58 @@ torch.set_num_threads(args.threads)
 CASES = [  # (msclip preset, open_clip config, batch)
     ("tiny-clip", dict(embed_dim=64, quick_gelu=True,
                        vision_cfg=dict(image_size=64, layers=6, width=128, patch_size=8, head_width=32),
-                       text_cfg=dict(context_length=24, vocab_size=49408, width=128, heads=4, layers=6)), 64),
-    ("clip-b32", "ViT-B-32-quickgelu", 8),
+                       text_cfg=dict(context_length=24, vocab_size=49408, width=128, heads=4, layers=6)), args.batch_tiny),
+    ("clip-b32", "ViT-B-32-quickgelu", args.batch_b32),
 ]
+dev = torch.device(args.device)
+
+def sync():
+    if args.device == "cuda":
+        torch.cuda.synchronize()
 
 def torch_step(cfg, bs):
     if isinstance(cfg, str):
         model = open_clip.create_model(cfg)
     else:
         model = open_clip.CLIP(**cfg)
-    model.train()
+    model.to(dev).train()
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     ctx = model.context_length
     g = torch.Generator().manual_seed(0)
-    images = torch.randn(bs, 3, size, size, generator=g)
+    images = torch.randn(bs, 3, size, size, generator=g).to(dev)
     tokens = torch.randint(1, 49000, (bs, ctx), generator=g)
     tokens[:, -1] = 49407
+    tokens = tokens.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.2, betas=(0.9, 0.98), eps=1e-6)
-    labels = torch.arange(bs)
+    labels = torch.arange(bs, device=dev)
     times = []
-    for i in range(args.steps + 2):
+    for i in range(args.steps + 3):
+        sync()
         t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        fi, ft, scale = model(images, tokens)
-        logits = scale * fi @ ft.t()
-        loss = (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.t(), labels)) / 2
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.precision == "amp-bf16"):
+            fi, ft, scale = model(images, tokens)
+            logits = scale * fi @ ft.t()
+            loss = (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.t(), labels)) / 2
         loss.backward()
         opt.step()
-        if i >= 2:
+        sync()
+        if i >= 3:
             times.append(time.perf_counter() - t)
     times.sort()
     return times[len(times) // 2]
 
 root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-rust = os.path.join(root, "target", "release", "examples", "bench_step")
+rust = os.environ.get("MSCLIP_BENCH_BIN") or os.path.join(root, "target", "release", "examples", "bench_step")
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-print(f"machine: {cpu}, {os.cpu_count()} cores; threads={args.threads}; torch {torch.__version__}, open_clip {open_clip.__version__}")
+gpu = f"; GPU {torch.cuda.get_device_name(0)}" if args.device == "cuda" else ""
+print(f"machine: {cpu}, {os.cpu_count()} cores{gpu}; device={args.device} precision={args.precision} threads={args.threads}; torch {torch.__version__}, open_clip {open_clip.__version__}")
 print(f"{'model':<10} {'batch':>5} {'msclip samples/s':>17} {'OpenCLIP samples/s':>19} {'ratio':>6}")
 for name, cfg, bs in CASES:
     rs, ps = [], []
     for _ in range(args.rounds):
-        out = subprocess.run([rust, name, str(bs), str(args.steps), str(args.threads)], capture_output=True, text=True, check=True)
+        out = subprocess.run([rust, name, str(bs), str(args.steps), str(args.threads), args.device, args.precision], capture_output=True, text=True, check=True)
         rs.append(json.loads(out.stdout.strip().splitlines()[-1])["step_s"])
         ps.append(torch_step(cfg, bs))
     r, p = min(rs), min(ps)

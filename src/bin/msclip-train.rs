@@ -46,7 +46,7 @@ struct Cli {
     /// Stop after N steps (the schedule still spans --steps); resume later with --resume.
     #[arg(long)]
     stop_after: Option<i64>,
-    /// fp32 | amp (CUDA autocast with dynamic loss scaling)
+    /// fp32 | amp (= amp-fp16: CUDA autocast, dynamic loss scale) | amp-bf16 (CUDA autocast in bf16)
     #[arg(long)]
     precision: Option<String>,
     /// Micro-batches per batch (gradient accumulation with cached features).

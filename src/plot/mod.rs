@@ -351,3 +351,81 @@ impl Figure for Scatter {
         draw_scatter(root, self)
     }
 }
+
+/// One head of a [`HeadPairs`] gallery.
+pub struct HeadPairRow {
+    pub label: String,
+    /// Caption token × token attention, `labels.len()²`, row-major (rows = queries).
+    pub text: Vec<f32>,
+    /// CLS → patch attention, `grid²`, row-major.
+    pub image_map: Vec<f32>,
+}
+
+/// "The same head on a caption and on its image": per row, the caption's token × token matrix
+/// and the image overlay of the same (slot, head). Drawn with rectangles only (the image at
+/// 32 px), so the SVG stays small.
+pub struct HeadPairs<'a> {
+    pub title: String,
+    pub base: &'a RgbImage,
+    pub grid: usize,
+    pub labels: Vec<String>,
+    pub rows: Vec<HeadPairRow>,
+}
+
+impl HeadPairs<'_> {
+    const CELL: i32 = 18;
+    const IMG: u32 = 32;
+    const SCALE: i32 = 6;
+    const TOP: i32 = 40;
+    const LEFT: i32 = 48;
+    const LABEL_W: i32 = 90;
+    fn panel(&self) -> i32 {
+        (self.labels.len() as i32 * Self::CELL).max(Self::IMG as i32 * Self::SCALE)
+    }
+}
+
+impl Figure for HeadPairs<'_> {
+    fn size(&self) -> (u32, u32) {
+        let w = Self::LEFT + Self::LABEL_W + self.labels.len() as i32 * Self::CELL + 24 + Self::IMG as i32 * Self::SCALE + 16;
+        let h = Self::TOP + 20 + self.rows.len() as i32 * (self.panel() + 16);
+        (w.max(640) as u32, h as u32)
+    }
+    fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
+        let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
+        root.fill(&WHITE).map_err(e)?;
+        root.draw_text(&self.title, &("sans-serif", 15).into_font().color(&BLACK), (8, 8)).map_err(e)?;
+        let font = ("sans-serif", 11).into_font();
+        let n = self.labels.len();
+        let base = image::imageops::resize(self.base, Self::IMG, Self::IMG, image::imageops::FilterType::Triangle);
+        let x_text = Self::LEFT + Self::LABEL_W;
+        let x_img = x_text + n as i32 * Self::CELL + 24;
+        root.draw_text("caption (query × key)", &font.color(&BLACK), (x_text, Self::TOP - 14)).map_err(e)?;
+        root.draw_text("image (CLS → patches)", &font.color(&BLACK), (x_img, Self::TOP - 14)).map_err(e)?;
+        for (r, row) in self.rows.iter().enumerate() {
+            let y0 = Self::TOP + r as i32 * (self.panel() + 16);
+            root.draw_text(&row.label, &("sans-serif", 14).into_font().color(&BLACK), (6, y0 + self.panel() / 2 - 7)).map_err(e)?;
+            let hi = row.text.iter().cloned().fold(f32::MIN, f32::max).max(1e-12) as f64;
+            for (i, label) in self.labels.iter().enumerate() {
+                root.draw_text(label, &font.color(&BLACK), (Self::LEFT, y0 + i as i32 * Self::CELL + 1)).map_err(e)?;
+                for j in 0..n {
+                    let v = row.text[i * n + j] as f64 / hi;
+                    let (x, y) = (x_text + j as i32 * Self::CELL, y0 + i as i32 * Self::CELL);
+                    root.draw(&Rectangle::new([(x, y), (x + Self::CELL - 1, y + Self::CELL - 1)], heat(v).filled())).map_err(e)?;
+                }
+            }
+            let up = upsample_normalized(&row.image_map, self.grid, Self::IMG as usize);
+            for y in 0..Self::IMG {
+                for x in 0..Self::IMG {
+                    let p = base.get_pixel(x, y);
+                    let hc = heat(up[(y * Self::IMG + x) as usize]);
+                    let mix = |a: u8, b: u8| (0.45 * a as f64 + 0.55 * b as f64).round() as u8;
+                    let (px, py) = (x_img + x as i32 * Self::SCALE, y0 + y as i32 * Self::SCALE);
+                    let col = RGBColor(mix(p[0], hc.0), mix(p[1], hc.1), mix(p[2], hc.2));
+                    root.draw(&Rectangle::new([(px, py), (px + Self::SCALE, py + Self::SCALE)], col.filled())).map_err(e)?;
+                }
+            }
+        }
+        root.present().map_err(e)?;
+        Ok(())
+    }
+}

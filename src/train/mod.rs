@@ -1,5 +1,6 @@
 //! Contrastive training with exact resume and per-step telemetry.
 
+pub mod amp;
 pub mod loss;
 pub mod optim;
 
@@ -71,8 +72,9 @@ pub struct TrainConfig {
     pub eval_items: usize,
     #[serde(default)]
     pub optimizer: AdamWConfig,
-    /// `fp32`, or `amp`: CUDA autocast (fp16 matmuls, fp32 master weights) with a dynamic
-    /// loss scale (×2 every 2000 good steps, ½ and skip the update on overflow). CPU runs fp32.
+    /// `fp32`; `amp` (= `amp-fp16`): CUDA autocast (fp16 matmuls, fp32 master weights) with a
+    /// dynamic loss scale (×2 every 2000 good steps, ½ and skip the update on overflow);
+    /// `amp-bf16`: CUDA autocast in bf16, no loss scale. CPU runs fp32.
     #[serde(default = "default_precision")]
     pub precision: String,
     /// Overrides the model's initial raw `logit_scale` (official MS-CLIP: 1.0, i.e. scale e;
@@ -162,9 +164,7 @@ impl TrainConfig {
         if self.accum_freq < 1 || self.batch_size % self.accum_freq != 0 || self.batch_size / self.accum_freq < 1 {
             return Err(Error::config("accum_freq", self.accum_freq, format!("must divide batch_size {}", self.batch_size)));
         }
-        if self.precision != "fp32" && self.precision != "amp" {
-            return Err(Error::config("precision", &self.precision, "expected fp32 or amp"));
-        }
+        amp::Precision::parse(&self.precision)?;
         if self.steps < 1 {
             return Err(Error::config("steps", self.steps, "must be positive"));
         }
@@ -340,6 +340,11 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, resume: Resume, device: Device, p
     let mut loader = Loader::new(source, Arc::new(tok), plan, tc.workers, tc.prefetch);
     let skipped_path = run_dir.join("skipped.tsv");
     let (mut loss_scale, mut good_steps) = (65536.0f64, 0u64);
+    let precision = amp::Precision::parse(&tc.precision)?;
+    let autocast = device.is_cuda() && precision.autocast_kind().is_some();
+    if let (true, Some(kind)) = (autocast, precision.autocast_kind()) {
+        amp::set_cuda_autocast_kind(kind);
+    }
     let t_run = Instant::now();
     for step in start..end {
         let t0 = Instant::now();
@@ -357,9 +362,9 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, resume: Resume, device: Device, p
         let bs_now = batch.indices.len();
         let data_time = t0.elapsed().as_secs_f64();
         opt.zero_grad();
-        let amp = tc.precision == "amp" && device.is_cuda();
+        let amp = precision.needs_loss_scale() && device.is_cuda();
         let scale = if amp { loss_scale } else { 1.0 };
-        let loss_v = tch::autocast(amp, || loss_and_backward(&model, &vs, &images, &tokens, tc.accum_freq, scale))?;
+        let loss_v = tch::autocast(autocast, || loss_and_backward(&model, &vs, &images, &tokens, tc.accum_freq, scale))?;
         if !loss_v.is_finite() {
             return Err(Error::Invalid(format!(
                 "loss is {loss_v} at step {}; stopping. The last good checkpoint stays intact in {}",

@@ -197,8 +197,11 @@ fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
         }
         "heads-transfer" => {
             for ck in &cks()? {
-                let name = model_arg(ck).load()?.name;
-                heads(&model_arg(ck), &data_arg(r.synthetic, r.seed), &dir.join(&name), 2000)?;
+                let cfg = model_arg(ck).load()?;
+                let name = cfg.name.clone();
+                // One gallery per model (the last attention slot) keeps figures/ small.
+                let last = cfg.vision_attention_slots().last().copied();
+                heads(&model_arg(ck), &data_arg(r.synthetic, r.seed), &dir.join(&name), 2000, &last.into_iter().collect::<Vec<_>>())?;
             }
         }
         "attention-gallery" => {

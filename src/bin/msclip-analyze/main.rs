@@ -182,6 +182,10 @@ enum Command {
         out: PathBuf,
         #[arg(long, default_value_t = 10000)]
         permutations: usize,
+        /// Slots of the caption/image head gallery (gallery_slot{S}.png/.svg; synthetic data
+        /// only). Default: every attention slot both towers have.
+        #[arg(long, value_delimiter = ',')]
+        gallery_slots: Vec<usize>,
     },
     /// Zero-shot classification with a prompt ensemble (mean of normalised prompt embeddings,
     /// renormalised; ×100 logits): top-1, top-5, mean-per-class. An ImageFolder tree, or the
@@ -362,7 +366,7 @@ fn main() -> ExitCode {
         }
         Command::Retrieval { model, data, out } => retrieval(&model, &data, out.as_deref()),
         Command::Figures { recipes, out } => figures::run_all(&recipes, &out),
-        Command::Heads { model, data, out, permutations } => heads(&model, &data, &out, permutations),
+        Command::Heads { model, data, out, permutations, gallery_slots } => heads(&model, &data, &out, permutations, &gallery_slots),
         Command::Nmi { model, data, nmi, out, json } => nmi_cmd(&model, &data, &nmi, out.as_deref(), json),
         Command::Check { model, data, nmi, baseline, update } => {
             return match check(&model, &data, &nmi, &baseline, update) {
@@ -598,7 +602,7 @@ fn check(model: &ModelArg, data: &DataArg, a: &NmiArgs, baseline: &std::path::Pa
     Ok(ok)
 }
 
-fn heads(model: &ModelArg, data: &DataArg, out: &std::path::Path, permutations: usize) -> Result<()> {
+fn heads(model: &ModelArg, data: &DataArg, out: &std::path::Path, permutations: usize, gallery_slots: &[usize]) -> Result<()> {
     use msclip::analysis::heads::{agreement, box_grounding, HeadAccumulator, STAT_NAMES};
     let loaded = model.build(0)?;
     let m = &loaded.model;
@@ -612,6 +616,13 @@ fn heads(model: &ModelArg, data: &DataArg, out: &std::path::Path, permutations: 
     // (slot, head) → (Σ share, Σ hits, count) over named objects.
     let mut ground: std::collections::BTreeMap<(usize, usize), (f64, f64, f64)> = Default::default();
     let vslots = cfg.vision_attention_slots();
+    if let Some(bad) = gallery_slots.iter().find(|s| !vslots.contains(s) || !cfg.text_attention_slots().contains(s)) {
+        return Err(Error::Invalid(format!("--gallery-slots: slot {bad} has no attention in both towers (vision {vslots:?})")));
+    }
+    let gallery_slots: Vec<usize> = if gallery_slots.is_empty() { vslots.clone() } else { gallery_slots.to_vec() };
+    // method → (Σ share, Σ hits, Σ uniform share, count) of caption-conditioned maps.
+    let mut rel_ground: std::collections::BTreeMap<&'static str, [f64; 4]> = Default::default();
+    let mut gallery: Option<GalleryItem> = None;
     let mut start = 0;
     while start < n {
         let end = (start + data.batch).min(n);
@@ -664,6 +675,12 @@ fn heads(model: &ModelArg, data: &DataArg, out: &std::path::Path, permutations: 
         for slot in cfg.text_attention_slots() {
             acc.add_text(slot, cache.require(Modality::Text, slot, Site::AttnProbs)?, &eot);
         }
+        if !objects.is_empty() {
+            relevancy_grounding(m, &images, &objects, &tok, &mut rel_ground)?;
+        }
+        if gallery.is_none() && !objects.is_empty() {
+            gallery = Some(GalleryItem::take(&cache, src.as_ref(), ids[0], &tokens, &gallery_slots, cfg)?);
+        }
     }
     let stats = acc.finish();
     let agree = agreement(&stats, permutations, 0);
@@ -681,6 +698,18 @@ fn heads(model: &ModelArg, data: &DataArg, out: &std::path::Path, permutations: 
     }
     if !ground.is_empty() {
         write_atomic(&out.join("grounding.csv"), gcsv.as_bytes())?;
+        let mut rcsv = prov.csv_header() + "method,box_share,pointing_acc,uniform_share,objects\n";
+        println!("{:<16} {:>9} {:>9} {:>9} {:>8}", "grounding", "box_share", "pointing", "uniform", "objects");
+        let best = ground.values().map(|(sh, hit, c)| (sh / c, hit / c)).fold((0.0f64, 0.0f64), |a, b| (a.0.max(b.0), a.1.max(b.1)));
+        for (method, [sh, hit, uni, c]) in &rel_ground {
+            rcsv.push_str(&format!("{method},{},{},{},{c}\n", sh / c, hit / c, uni / c));
+            println!("{method:<16} {:>9.3} {:>9.3} {:>9.3} {c:>8}", sh / c, hit / c, uni / c);
+        }
+        println!("{:<16} {:>9.3} {:>9.3}", "best head (CLS)", best.0, best.1);
+        write_atomic(&out.join("grounding_relevancy.csv"), rcsv.as_bytes())?;
+    }
+    if let Some(g) = &gallery {
+        g.render(out, cfg)?;
     }
     write_atomic(&out.join("agreement.json"), serde_json::to_string_pretty(&serde_json::json!({"provenance": prov, "agreement": agree})).unwrap().as_bytes())?;
     // Figures: slot × head heatmaps per statistic and modality; text-vs-vision scatter.
@@ -721,6 +750,112 @@ fn heads(model: &ModelArg, data: &DataArg, out: &std::path::Path, permutations: 
     }
     println!("wrote {}", out.display());
     Ok(())
+}
+
+/// Grounding of caption-conditioned maps on the synthetic scenes: for every object, the phrase
+/// naming it (`a {size} {colour} {shape}`) scores s = ⟨image, phrase⟩; the image map of each
+/// method is compared with the object's box ([`box_grounding`]); `uniform` is the share a flat
+/// map would get (the chance level). Methods: Chefer relevancy from the last attention layer
+/// (the `attention` command's default) and from all layers, and caption-independent rollout.
+/// Items do not interact in the vision tower, so one backward per object index serves a batch.
+fn relevancy_grounding(
+    m: &MsClip,
+    images: &Tensor,
+    objects: &[Vec<synth::Object>],
+    tok: &Tokenizer,
+    acc: &mut std::collections::BTreeMap<&'static str, [f64; 4]>,
+) -> Result<()> {
+    use msclip::analysis::attribution::{relevancy, rollout};
+    use msclip::analysis::heads::box_grounding;
+    let cfg = &m.config;
+    let (grid, patch) = (cfg.grid(), cfg.vision.patch_size as f64);
+    let vslots = cfg.vision_attention_slots();
+    let mut cache = ActivationCache::new();
+    let ie = m.encode_image_with(images, &Capture::attention().keep_graph(), &mut cache, false)?;
+    let pv: Vec<Tensor> = vslots.iter().map(|&s| cache.require(Modality::Vision, s, Site::AttnProbs).map(|t| t.shallow_clone())).collect::<Result<_>>()?;
+    let to_f32 = |t: &Tensor| Vec::<f32>::try_from(t.to_kind(tch::Kind::Float).contiguous().view([-1])).unwrap();
+    let kmax = objects.iter().map(|o| o.len()).max().unwrap_or(0);
+    for k in 0..kmax {
+        let phrases: Vec<String> = objects.iter().map(|os| os.get(k).map_or_else(|| "a".to_string(), |o| format!("a {} {} {}", o.size, o.color, o.shape))).collect();
+        let te = tch::no_grad(|| m.encode_text(&tok.tokenize_batch(&phrases)))?;
+        let present: Vec<f32> = objects.iter().map(|os| if os.len() > k { 1.0 } else { 0.0 }).collect();
+        let score = ((&ie * te).sum_dim_intlist(&[-1i64][..], false, tch::Kind::Float) * Tensor::from_slice(&present).to_device(ie.device())).sum(tch::Kind::Float);
+        let grads = Tensor::run_backward(&[&score], &pv.iter().collect::<Vec<_>>(), true, false);
+        for (b, os) in objects.iter().enumerate() {
+            let Some(o) = os.get(k) else { continue };
+            let b = b as i64;
+            let item = |ts: &[Tensor]| ts.iter().map(|t| t.get(b).detach()).collect::<Vec<_>>();
+            let last = pv.len() - 1;
+            let maps = [
+                ("relevancy_last", relevancy(&item(&pv[last..]), &item(&grads[last..]))),
+                ("relevancy_all", relevancy(&item(&pv), &item(&grads))),
+                ("rollout", rollout(&item(&pv))),
+            ];
+            let (uniform, _) = box_grounding(&vec![1.0; (grid * grid) as usize], grid as usize, patch, o.bbox);
+            for (name, r) in maps {
+                let map = to_f32(&r.get(0).narrow(0, 1, grid * grid));
+                let (share, hit) = box_grounding(&map, grid as usize, patch, o.bbox);
+                let e = acc.entry(name).or_default();
+                e[0] += share;
+                e[1] += hit as u8 as f64;
+                e[2] += uniform;
+                e[3] += 1.0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One item's attention for the "same head on a caption and on its image" gallery.
+struct GalleryItem {
+    rgb: image::RgbImage,
+    /// (slot, text probs `[H, L, L]` cut to SOT..=EOT, vision CLS maps `[H, g²]`).
+    slots: Vec<(usize, Tensor, Tensor)>,
+    labels: Vec<String>,
+}
+
+impl GalleryItem {
+    fn take(cache: &ActivationCache, src: &dyn PairSource, index: usize, tokens: &Tensor, vslots: &[usize], cfg: &ModelConfig) -> Result<GalleryItem> {
+        let eot = msclip::model::towers::TextTower::pooled_positions(&tokens.get(0).unsqueeze(0)).int64_value(&[0]);
+        let g = cfg.grid();
+        let mut slots = Vec::new();
+        for &slot in vslots {
+            let (Some(t), Some(v)) = (cache.get(Modality::Text, slot, Site::AttnProbs), cache.get(Modality::Vision, slot, Site::AttnProbs)) else { continue };
+            let t = t.get(0).narrow(1, 0, eot + 1).narrow(2, 0, eot + 1).to_kind(tch::Kind::Float);
+            let v = v.get(0).select(1, 0).narrow(1, 1, g * g).to_kind(tch::Kind::Float);
+            slots.push((slot, t, v));
+        }
+        let tok = Tokenizer::new(cfg.text.context_length as usize);
+        let ids: Vec<i64> = Vec::<i64>::try_from(tokens.get(0).narrow(0, 0, eot + 1)).unwrap();
+        let labels = ids.iter().map(|&i| tok.token_label(i)).collect();
+        let (im, _) = src.get(index).map_err(|why| Error::Invalid(format!("{}: {why}", src.describe(index))))?;
+        Ok(GalleryItem { rgb: img::resize_center_crop(&im, cfg.vision.image_size as u32), slots, labels })
+    }
+
+    /// `gallery_slot{S}.png/.svg` per slot: one row per head, the caption's token × token
+    /// matrix next to the CLS → patch map on the image, from the same weights (shared slots)
+    /// or the same position (CLIP).
+    fn render(&self, out: &std::path::Path, cfg: &ModelConfig) -> Result<()> {
+        for (slot, t, v) in &self.slots {
+            let heads = t.size()[0].min(v.size()[0]);
+            let rows = (0..heads)
+                .map(|h| msclip::plot::HeadPairRow {
+                    label: format!("h{h}"),
+                    text: Vec::<f32>::try_from(t.get(h).contiguous().view([-1])).unwrap(),
+                    image_map: Vec::<f32>::try_from(v.get(h).contiguous()).unwrap(),
+                })
+                .collect();
+            let shared = cfg.is_shared(*slot, msclip::model::config::SharedSite::AttnIn);
+            msclip::plot::render(&out.join(format!("gallery_slot{slot}")), &msclip::plot::HeadPairs {
+                title: format!("{} slot {slot} ({}): each head on the caption and on its image", cfg.name, if shared { "shared attention" } else { "separate weights" }),
+                base: &self.rgb,
+                grid: cfg.grid() as usize,
+                labels: self.labels.clone(),
+                rows,
+            })?;
+        }
+        Ok(())
+    }
 }
 
 fn zeroshot(model: &ModelArg, folder: Option<&std::path::Path>, synthetic: Option<usize>, templates: Option<&std::path::Path>, batch: usize, out: Option<&std::path::Path>) -> Result<()> {

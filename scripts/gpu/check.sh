@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# CUDA checks and GPU benchmarks, as one script for a lent GPU machine (CI has no GPU).
+# Prepare here:  scripts/gpu/build.sh   (a --features cuda build against the bench venv's
+#                torch 2.11 → .gpu/, plus the OpenCLIP wheels → .whl/)
+# Run there:     scripts/gpu/check.sh OUT_DIR
+# Steps: (1) CPU vs CUDA parity of embeddings, attention, gradients; autocast vs fp32;
+# (2) training on CUDA in fp32 / amp (fp16 + loss scale) / amp-bf16, and a stop + resume;
+# (3) a longer bf16 run of tiny-clip and tiny-msclip-s (zero-shot after more steps than the
+# CPU demo affords); (4) the side-by-side train-step benchmark against OpenCLIP on the GPU.
+set -u
+OUTD="${1:?output folder}"
+mkdir -p "$OUTD"
+B=.gpu
+TL=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib
+export LD_LIBRARY_PATH="$TL"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUTD/gpu.txt"
+ldd $B/msclip-train | grep -E "torch|not found" | tee -a "$OUTD/gpu.txt"
+
+echo "== 1. parity =="
+timeout 120 $B/gpu_check 2>&1 | tee "$OUTD/parity.jsonl"
+
+echo "== 2. training precisions and resume =="
+for p in fp32 amp amp-bf16; do
+  timeout 90 $B/msclip-train --config configs/train/tiny-msclip-s.toml --out /tmp/run-$p --device cuda --precision $p \
+    --steps 300 --eval-every 300 --save-every 150 > /tmp/run-$p.eval 2> /tmp/run-$p.err
+  echo "$p rc=$? $(tail -n 1 /tmp/run-$p.eval)"
+  tail -n 2 /tmp/run-$p.err
+  python3 -c "
+import json,sys
+rows=[json.loads(l) for l in open('/tmp/run-$p/metrics.jsonl') if '\"loss\"' in l]
+L=[r['loss'] for r in rows if 'loss' in r]
+print('$p', 'steps', len(L), 'loss first/last', round(L[0],4), round(L[-1],4), 'samples/s median', sorted(r.get('samples_per_s',0) for r in rows)[len(rows)//2])"
+done 2>&1 | tee "$OUTD/train.txt"
+timeout 60 $B/msclip-train --config configs/train/tiny-msclip-s.toml --out /tmp/run-resume --device cuda --steps 300 --eval-every 0 --save-every 150 --stop-after 150 > /dev/null 2>&1
+timeout 60 $B/msclip-train --config configs/train/tiny-msclip-s.toml --out /tmp/run-resume --device cuda --steps 300 --eval-every 0 --save-every 150 --resume > /dev/null 2>&1
+python3 - <<'PY' 2>&1 | tee -a "$OUTD/train.txt"
+import json
+def losses(p): return {r['step']: r['loss'] for r in map(json.loads, open(p)) if 'loss' in r}
+a, b = losses('/tmp/run-fp32/metrics.jsonl'), losses('/tmp/run-resume/metrics.jsonl')
+common = sorted(set(a) & set(b))
+d = max(abs(a[s] - b[s]) for s in common)
+print(f"resume on CUDA: {len(common)} common steps, max |loss diff| vs uninterrupted = {d:.3e} (first 150 steps: {max(abs(a[s]-b[s]) for s in common if s <= 150):.3e})")
+PY
+
+echo "== 3. longer bf16 runs (2000 steps x 256) =="
+for m in tiny-clip tiny-msclip-s; do
+  timeout 150 $B/msclip-train --config configs/train/$m.toml --out /tmp/long-$m --device cuda --precision amp-bf16 \
+    --steps 2000 --batch-size 256 --data-items 400000 --warmup-steps 100 --eval-every 500 --eval-items 1000 --save-every 1000 > /tmp/long-$m.eval 2> /tmp/long-$m.err
+  echo "$m rc=$?"; tail -n 1 /tmp/long-$m.err
+  grep '"eval"' /tmp/long-$m/metrics.jsonl | python3 -c "
+import json,sys
+for l in sys.stdin:
+    r=json.loads(l); e=r['eval']; print('$m', r['step'], {k: round(v,3) for k,v in e.items() if isinstance(v,(int,float))})"
+done 2>&1 | tee "$OUTD/long.txt"
+
+echo "== 4. benchmark vs OpenCLIP =="
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+for p in fp32 amp-bf16; do
+  MSCLIP_BENCH_BIN=$B/bench_step PYTHONUNBUFFERED=1 timeout 150 python3 scripts/bench/train_step.py --device cuda --precision $p \
+    --threads 8 --steps 20 --rounds 2 --batch-tiny 512 --batch-b32 256 2>&1 | grep -v -i warn
+done | tee "$OUTD/bench.txt"
