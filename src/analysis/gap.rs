@@ -2,7 +2,8 @@
 //! paired with row i of Y). Formulas: shared/spec/analysis-methods.md §B; computed in f64.
 //! Everything but uniformity is O(n·d) (pairwise sums in closed form), so 100k pairs take
 //! seconds; uniformity is estimated on the first `uniformity_max` items (recorded; default
-//! [`DEFAULT_UNIFORMITY_MAX`]).
+//! [`DEFAULT_UNIFORMITY_MAX`]). [`GapAccumulator`] streams: two passes over chunks, memory
+//! independent of n (`msclip-analyze gap` reads `.npy` files chunk by chunk).
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -56,21 +57,6 @@ fn normalize(x: &Tensor) -> Tensor {
     x / x.norm_scalaropt_dim(2.0, [-1], true)
 }
 
-/// Mean cosine over i ≠ j of unit vectors: (‖Σx‖² − n) / (n(n−1)).
-fn mean_offdiag_cos(x: &Tensor) -> f64 {
-    let n = x.size()[0] as f64;
-    let s = x.sum_dim_intlist(&[0i64][..], false, Kind::Double);
-    (scalar(&s.dot(&s)) - scalar(&(x * x).sum(Kind::Double))) / (n * (n - 1.0))
-}
-
-/// Mean of xᵢ·yⱼ over i ≠ j: ((Σx)·(Σy) − Σ xᵢ·yᵢ) / (n(n−1)).
-fn mean_cross_offdiag(x: &Tensor, y: &Tensor) -> f64 {
-    let n = x.size()[0] as f64;
-    let sx = x.sum_dim_intlist(&[0i64][..], false, Kind::Double);
-    let sy = y.sum_dim_intlist(&[0i64][..], false, Kind::Double);
-    (scalar(&sx.dot(&sy)) - scalar(&(x * y).sum(Kind::Double))) / (n * (n - 1.0))
-}
-
 /// log mean_{i<j} exp(−t‖uᵢ − uⱼ‖²), streamed over row blocks.
 pub fn uniformity(u: &Tensor, t: f64) -> f64 {
     let n = u.size()[0];
@@ -94,18 +80,182 @@ pub fn uniformity(u: &Tensor, t: f64) -> f64 {
 
 /// Linear CKA ‖YᵀX‖_F² / (‖XᵀX‖_F ‖YᵀY‖_F) on column-centred X, Y.
 pub fn linear_cka(x: &Tensor, y: &Tensor) -> f64 {
-    let x = x.to_kind(Kind::Double);
-    let y = y.to_kind(Kind::Double);
-    let x = &x - x.mean_dim(0, true, Kind::Double);
-    let y = &y - y.mean_dim(0, true, Kind::Double);
-    let yx = y.tr().matmul(&x);
-    let xx = x.tr().matmul(&x);
-    let yy = y.tr().matmul(&y);
-    let num = scalar(&(&yx * &yx).sum(Kind::Double));
-    num / (scalar(&xx.norm()) * scalar(&yy.norm()))
+    let mut acc = GapAccumulator::new(x.size()[1], 0);
+    acc.add(x, y).expect("equal shapes");
+    acc.cka()
 }
 
-/// Computes every metric of [`GapReport`]. `x`, `y` are renormalised defensively.
+/// The gap metrics computed from chunks of pairs, in memory bounded by the chunk and
+/// `O(d² + uniformity_max·d)`: the first pass ([`GapAccumulator::add`]) keeps sums, the
+/// `d × d` Gram matrices of CKA and the uniformity sample; the second
+/// ([`GapAccumulator::add_centred`], the same chunks again) the mean-centred sums, which need
+/// the means of the first. Pairwise means come from closed forms: for unit vectors
+/// `mean_{i≠j} xᵢ·yⱼ = ((Σx)·(Σy) − Σ xᵢ·yᵢ) / (n(n−1))` and
+/// `mean_{i≠j} xᵢ·xⱼ = (‖Σx‖² − n) / (n(n−1))`; centred Grams are `XᵀX − n·x̄x̄ᵀ`.
+pub struct GapAccumulator {
+    dim: i64,
+    n: i64,
+    sum_x: Tensor,
+    sum_y: Tensor,
+    matched: f64,
+    distance: f64,
+    alignment: f64,
+    xx: Tensor,
+    yy: Tensor,
+    yx: Tensor,
+    uniformity_max: i64,
+    ux: Vec<Tensor>,
+    uy: Vec<Tensor>,
+    kept: i64,
+    // Second pass.
+    c_n: i64,
+    c_sum_x: Tensor,
+    c_sum_y: Tensor,
+    c_matched: f64,
+}
+
+impl GapAccumulator {
+    pub fn new(dim: i64, uniformity_max: i64) -> GapAccumulator {
+        let z = |shape: &[i64]| Tensor::zeros(shape, (Kind::Double, tch::Device::Cpu));
+        GapAccumulator {
+            dim,
+            n: 0,
+            sum_x: z(&[dim]),
+            sum_y: z(&[dim]),
+            matched: 0.0,
+            distance: 0.0,
+            alignment: 0.0,
+            xx: z(&[dim, dim]),
+            yy: z(&[dim, dim]),
+            yx: z(&[dim, dim]),
+            uniformity_max,
+            ux: vec![],
+            uy: vec![],
+            kept: 0,
+            c_n: 0,
+            c_sum_x: z(&[dim]),
+            c_sum_y: z(&[dim]),
+            c_matched: 0.0,
+        }
+    }
+
+    fn check(&self, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (sx, sy) = (x.size(), y.size());
+        if sx.len() != 2 || sx != sy || sx[1] != self.dim {
+            return Err(Error::Invalid(format!("paired embeddings must have equal [n, {}] shapes; got {sx:?} and {sy:?}", self.dim)));
+        }
+        let cpu = |t: &Tensor| normalize(&t.to_device(tch::Device::Cpu).to_kind(Kind::Double));
+        Ok((cpu(x), cpu(y)))
+    }
+
+    /// First pass: a chunk of pairs (rows renormalised defensively).
+    pub fn add(&mut self, x: &Tensor, y: &Tensor) -> Result<()> {
+        let (x, y) = self.check(x, y)?;
+        self.n += x.size()[0];
+        self.sum_x += x.sum_dim_intlist(&[0i64][..], false, Kind::Double);
+        self.sum_y += y.sum_dim_intlist(&[0i64][..], false, Kind::Double);
+        self.matched += scalar(&(&x * &y).sum(Kind::Double));
+        let diff = &x - &y;
+        self.distance += scalar(&diff.norm_scalaropt_dim(2.0, [1], false).sum(Kind::Double));
+        self.alignment += scalar(&(&diff * &diff).sum(Kind::Double));
+        self.xx += x.tr().matmul(&x);
+        self.yy += y.tr().matmul(&y);
+        self.yx += y.tr().matmul(&x);
+        let take = (self.uniformity_max - self.kept).min(x.size()[0]);
+        if take > 0 {
+            self.ux.push(x.narrow(0, 0, take));
+            self.uy.push(y.narrow(0, 0, take));
+            self.kept += take;
+        }
+        Ok(())
+    }
+
+    fn means(&self) -> (Tensor, Tensor) {
+        (&self.sum_x / self.n as f64, &self.sum_y / self.n as f64)
+    }
+
+    /// Second pass: the same chunks again, in any order.
+    pub fn add_centred(&mut self, x: &Tensor, y: &Tensor) -> Result<()> {
+        let (x, y) = self.check(x, y)?;
+        let (mx, my) = self.means();
+        let xc = normalize(&(&x - mx));
+        let yc = normalize(&(&y - my));
+        self.c_n += x.size()[0];
+        self.c_sum_x += xc.sum_dim_intlist(&[0i64][..], false, Kind::Double);
+        self.c_sum_y += yc.sum_dim_intlist(&[0i64][..], false, Kind::Double);
+        self.c_matched += scalar(&(&xc * &yc).sum(Kind::Double));
+        Ok(())
+    }
+
+    fn cka(&self) -> f64 {
+        let n = self.n as f64;
+        let (mx, my) = self.means();
+        let outer = |a: &Tensor, b: &Tensor| a.unsqueeze(1).matmul(&b.unsqueeze(0)) * n;
+        let yx = &self.yx - outer(&my, &mx);
+        let xx = &self.xx - outer(&mx, &mx);
+        let yy = &self.yy - outer(&my, &my);
+        scalar(&(&yx * &yx).sum(Kind::Double)) / (scalar(&xx.norm()) * scalar(&yy.norm()))
+    }
+
+    /// All metrics; needs both passes over the same `n ≥ 3` pairs.
+    pub fn finish(&self) -> Result<GapReport> {
+        if self.n < 3 {
+            return Err(Error::Invalid(format!("need at least 3 pairs, got {}", self.n)));
+        }
+        if self.c_n != self.n {
+            return Err(Error::Invalid(format!("second pass saw {} pairs, the first {}", self.c_n, self.n)));
+        }
+        let n = self.n as f64;
+        let (mx, my) = self.means();
+        let centroid_gap = scalar(&(&mx - &my).norm());
+        let centroid_cosine = scalar(&mx.dot(&my)) / (scalar(&mx.norm()) * scalar(&my.norm()));
+        let pairs = n * (n - 1.0);
+        let matched_cosine = self.matched / n;
+        let unmatched_cosine = (scalar(&self.sum_x.dot(&self.sum_y)) - self.matched) / pairs;
+        // Rows are unit vectors, so Σ‖xᵢ‖² = trace(XᵀX) (= n up to rounding).
+        let cone_image = (scalar(&self.sum_x.dot(&self.sum_x)) - scalar(&self.xx.trace())) / pairs;
+        let cone_text = (scalar(&self.sum_y.dot(&self.sum_y)) - scalar(&self.yy.trace())) / pairs;
+        let m = ((1.0 - matched_cosine) / 2.0).max(1e-3);
+        let dx = 1.0 - (cone_image + 1.0) / 2.0;
+        let dy = 1.0 - (cone_text + 1.0) / 2.0;
+        let (ux, uy) = (Tensor::cat(&self.ux, 0), Tensor::cat(&self.uy, 0));
+        let (uniformity_image, uniformity_text, uniformity_union) = if self.kept >= 2 {
+            (uniformity(&ux, 2.0), uniformity(&uy, 2.0), uniformity(&Tensor::cat(&[&ux, &uy], 0), 2.0))
+        } else {
+            (f64::NAN, f64::NAN, f64::NAN)
+        };
+        let centred_matched_cosine = self.c_matched / n;
+        let centred_unmatched_cosine = (scalar(&self.c_sum_x.dot(&self.c_sum_y)) - self.c_matched) / pairs;
+        Ok(GapReport {
+            n: self.n,
+            dim: self.dim,
+            centroid_gap,
+            centroid_cosine,
+            paired_distance: self.distance / n,
+            rmg: m / (m + (dx + dy) / 2.0),
+            alignment: self.alignment / n,
+            uniformity_image,
+            uniformity_text,
+            uniformity_union,
+            uniformity_n: self.kept,
+            matched_cosine,
+            unmatched_cosine,
+            margin: matched_cosine - unmatched_cosine,
+            cone_image,
+            cone_text,
+            cka: self.cka(),
+            centred_matched_cosine,
+            centred_unmatched_cosine,
+            centred_margin: centred_matched_cosine - centred_unmatched_cosine,
+        })
+    }
+}
+
+/// Rows per chunk when [`gap_report`] walks in-memory embeddings.
+const CHUNK: i64 = 8192;
+
+/// Computes every metric of [`GapReport`] for in-memory `x`, `y` (rows renormalised
+/// defensively), through [`GapAccumulator`] in chunks of 8,192 pairs.
 pub fn gap_report(x: &Tensor, y: &Tensor, uniformity_max: i64) -> Result<GapReport> {
     let (sx, sy) = (x.size(), y.size());
     if sx.len() != 2 || sx != sy {
@@ -114,56 +264,19 @@ pub fn gap_report(x: &Tensor, y: &Tensor, uniformity_max: i64) -> Result<GapRepo
     if sx[0] < 3 {
         return Err(Error::Invalid(format!("need at least 3 pairs, got {}", sx[0])));
     }
-    let x = normalize(&x.to_kind(Kind::Double));
-    let y = normalize(&y.to_kind(Kind::Double));
-    let n = sx[0] as f64;
-    let mx = x.mean_dim(0, false, Kind::Double);
-    let my = y.mean_dim(0, false, Kind::Double);
-    let centroid_gap = scalar(&(&mx - &my).norm());
-    let centroid_cosine = scalar(&mx.dot(&my)) / (scalar(&mx.norm()) * scalar(&my.norm()));
-    let matched = (&x * &y).sum_dim_intlist(&[1i64][..], false, Kind::Double); // cos(xᵢ, yᵢ)
-    let matched_cosine = scalar(&matched.mean(Kind::Double));
-    let paired_distance = scalar(&((&x - &y).norm_scalaropt_dim(2.0, [1], false).mean(Kind::Double)));
-    let alignment = scalar(&(((&x - &y) * (&x - &y)).sum_dim_intlist(&[1i64][..], false, Kind::Double).mean(Kind::Double)));
-    let cone_image = mean_offdiag_cos(&x);
-    let cone_text = mean_offdiag_cos(&y);
-    let unmatched_cosine = mean_cross_offdiag(&x, &y);
-    let m = ((1.0 - matched_cosine) / 2.0).max(1e-3);
-    let dx = 1.0 - (cone_image + 1.0) / 2.0;
-    let dy = 1.0 - (cone_text + 1.0) / 2.0;
-    let rmg = m / (m + (dx + dy) / 2.0);
-    let k = uniformity_max.min(sx[0]);
-    let (ux, uy) = (x.narrow(0, 0, k), y.narrow(0, 0, k));
-    let uniformity_image = uniformity(&ux, 2.0);
-    let uniformity_text = uniformity(&uy, 2.0);
-    let uniformity_union = uniformity(&Tensor::cat(&[&ux, &uy], 0), 2.0);
-    let cka = linear_cka(&x, &y);
-    let xc = normalize(&(&x - &mx));
-    let yc = normalize(&(&y - &my));
-    let centred_matched_cosine = scalar(&(&xc * &yc).sum(Kind::Double)) / n;
-    let centred_unmatched_cosine = mean_cross_offdiag(&xc, &yc);
-    Ok(GapReport {
-        n: sx[0],
-        dim: sx[1],
-        centroid_gap,
-        centroid_cosine,
-        paired_distance,
-        rmg,
-        alignment,
-        uniformity_image,
-        uniformity_text,
-        uniformity_union,
-        uniformity_n: k,
-        matched_cosine,
-        unmatched_cosine,
-        margin: matched_cosine - unmatched_cosine,
-        cone_image,
-        cone_text,
-        cka,
-        centred_matched_cosine,
-        centred_unmatched_cosine,
-        centred_margin: centred_matched_cosine - centred_unmatched_cosine,
-    })
+    let mut acc = GapAccumulator::new(sx[1], uniformity_max);
+    let chunks = |f: &mut dyn FnMut(&Tensor, &Tensor) -> Result<()>| -> Result<()> {
+        let mut start = 0;
+        while start < sx[0] {
+            let len = CHUNK.min(sx[0] - start);
+            f(&x.narrow(0, start, len), &y.narrow(0, start, len))?;
+            start += len;
+        }
+        Ok(())
+    };
+    chunks(&mut |a, b| acc.add(a, b))?;
+    chunks(&mut |a, b| acc.add_centred(a, b))?;
+    acc.finish()
 }
 
 #[cfg(test)]
@@ -198,6 +311,35 @@ mod tests {
         // CKA of identical sets is 1.
         assert!((linear_cka(&x, &x) - 1.0).abs() < 1e-12);
         assert!(gap_report(&x, &t(&[1.0, 0.0], 1), 10).is_err());
+    }
+
+    /// Streaming over uneven chunks gives the in-memory report; a short second pass is refused.
+    #[test]
+    fn chunked_accumulation_equals_one_shot() {
+        tch::manual_seed(2);
+        let x = Tensor::randn([103, 6], (Kind::Float, tch::Device::Cpu)) + 0.5;
+        let y = Tensor::randn([103, 6], (Kind::Float, tch::Device::Cpu)) - 0.3;
+        let whole = gap_report(&x, &y, 40).unwrap();
+        let mut acc = GapAccumulator::new(6, 40);
+        let cuts = [(0, 17), (17, 1), (18, 60), (78, 25)];
+        for &(s, l) in &cuts {
+            acc.add(&x.narrow(0, s, l), &y.narrow(0, s, l)).unwrap();
+        }
+        for &(s, l) in cuts.iter().rev() {
+            acc.add_centred(&x.narrow(0, s, l), &y.narrow(0, s, l)).unwrap();
+        }
+        let streamed = acc.finish().unwrap();
+        assert_eq!(streamed.uniformity_n, 40);
+        let (a, b) = (serde_json::to_value(&whole).unwrap(), serde_json::to_value(&streamed).unwrap());
+        for (k, v) in a.as_object().unwrap() {
+            let (p, q) = (v.as_f64().unwrap(), b[k].as_f64().unwrap());
+            assert!((p - q).abs() < 1e-12, "{k}: {p} vs {q}");
+        }
+        let mut short = GapAccumulator::new(6, 10);
+        short.add(&x, &y).unwrap();
+        short.add_centred(&x.narrow(0, 0, 50), &y.narrow(0, 0, 50)).unwrap();
+        assert!(short.finish().unwrap_err().to_string().contains("second pass saw 50"));
+        assert!(short.add(&x.narrow(1, 0, 5), &y.narrow(1, 0, 5)).is_err());
     }
 
     #[test]

@@ -29,16 +29,76 @@ pub fn write_f32(path: &Path, t: &Tensor) -> Result<()> {
     crate::io::write_atomic(path, &bytes)
 }
 
-/// Reads a 2-D little-endian float32 (or float64) C-order `.npy` file.
-pub fn read(path: &Path) -> Result<Tensor> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+/// A 2-D `.npy` file read by row ranges (memory bounded by the range).
+pub struct Reader {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    data_offset: u64,
+    kind: Kind,
+    pub rows: i64,
+    pub cols: i64,
+}
+
+impl Reader {
+    pub fn open(path: &Path) -> Result<Reader> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut head = vec![0u8; 12];
+        let got = file.read(&mut head).map_err(|e| Error::io(path, e))?;
+        head.truncate(got);
+        let hlen = match head.get(6) {
+            Some(1) if got >= 10 => u16::from_le_bytes([head[8], head[9]]) as usize + 10,
+            Some(2 | 3) if got >= 12 => u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize + 12,
+            _ => 12,
+        };
+        let mut bytes = head;
+        bytes.resize(hlen.max(bytes.len()), 0);
+        use std::io::{Seek, SeekFrom};
+        file.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
+        let n = file.read(&mut bytes).map_err(|e| Error::io(path, e))?;
+        bytes.truncate(n);
+        let (kind, dims, start) = parse_header(path, &bytes)?;
+        let elt = if kind == Kind::Float { 4 } else { 8 };
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let need = start as u64 + (dims[0] * dims[1]) as u64 * elt;
+        if len < need {
+            return Err(Error::Invalid(format!("{}: not a supported .npy file: truncated data ({} of {} bytes)", path.display(), len - start as u64, need - start as u64)));
+        }
+        Ok(Reader { file, path: path.to_path_buf(), data_offset: start as u64, kind, rows: dims[0], cols: dims[1] })
+    }
+
+    /// Rows `start..start+count` as a `[count, cols]` tensor (float32 or float64).
+    pub fn read_rows(&mut self, start: i64, count: i64) -> Result<Tensor> {
+        use std::io::{Read, Seek, SeekFrom};
+        let elt = if self.kind == Kind::Float { 4 } else { 8 };
+        let count = count.min(self.rows - start).max(0);
+        let mut buf = vec![0u8; (count * self.cols) as usize * elt];
+        let p = &self.path;
+        self.file.seek(SeekFrom::Start(self.data_offset + (start * self.cols) as u64 * elt as u64)).map_err(|e| Error::io(p, e))?;
+        self.file.read_exact(&mut buf).map_err(|e| Error::io(p, e))?;
+        Ok(decode(&buf, self.kind).view([count, self.cols]))
+    }
+}
+
+fn decode(data: &[u8], kind: Kind) -> Tensor {
+    if kind == Kind::Float {
+        let v: Vec<f32> = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        Tensor::from_slice(&v)
+    } else {
+        let v: Vec<f64> = data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
+        Tensor::from_slice(&v)
+    }
+}
+
+/// (dtype, [rows, cols], offset of the data) of a `.npy` header at the start of `bytes`.
+fn parse_header(path: &Path, bytes: &[u8]) -> Result<(Kind, Vec<i64>, usize)> {
     let bad = |why: &str| Error::Invalid(format!("{}: not a supported .npy file: {why}", path.display()));
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad("missing magic"));
     }
     let (hlen, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
         _ => return Err(bad("unknown version")),
     };
     let header = std::str::from_utf8(bytes.get(start..start + hlen).ok_or_else(|| bad("truncated header"))?)
@@ -58,20 +118,14 @@ pub fn read(path: &Path) -> Result<Tensor> {
     if dims.len() != 2 {
         return Err(bad("array must be 2-D"));
     }
-    let data = &bytes[start + hlen..];
-    let elt = if kind == Kind::Float { 4 } else { 8 };
-    let need = (dims[0] * dims[1]) as usize * elt;
-    if data.len() < need {
-        return Err(bad(&format!("truncated data ({} of {need} bytes)", data.len())));
-    }
-    let t = if kind == Kind::Float {
-        let v: Vec<f32> = data[..need].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-        Tensor::from_slice(&v)
-    } else {
-        let v: Vec<f64> = data[..need].chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
-        Tensor::from_slice(&v)
-    };
-    Ok(t.view([dims[0], dims[1]]))
+    Ok((kind, dims, start + hlen))
+}
+
+/// Reads a 2-D little-endian float32 (or float64) C-order `.npy` file.
+pub fn read(path: &Path) -> Result<Tensor> {
+    let mut r = Reader::open(path)?;
+    let rows = r.rows;
+    r.read_rows(0, rows)
 }
 
 #[cfg(test)]
@@ -88,5 +142,12 @@ mod tests {
         assert!(read(&p).unwrap().equal(&t));
         std::fs::write(&p, &bytes[..bytes.len() - 4]).unwrap();
         assert!(read(&p).unwrap_err().to_string().contains("truncated"));
+        write_f32(&p, &t).unwrap();
+        let mut r = Reader::open(&p).unwrap();
+        assert_eq!((r.rows, r.cols), (3, 2));
+        assert!(r.read_rows(1, 2).unwrap().equal(&t.narrow(0, 1, 2)));
+        assert!(r.read_rows(2, 5).unwrap().equal(&t.narrow(0, 2, 1)));
+        std::fs::write(&p, b"\x93NUMPX").unwrap();
+        assert!(read(&p).unwrap_err().to_string().contains("missing magic"));
     }
 }

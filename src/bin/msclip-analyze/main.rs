@@ -461,22 +461,46 @@ fn print_gap(r: &GapReport) {
     }
 }
 
+/// Rows per chunk when `gap` streams `.npy` files.
+const GAP_CHUNK: i64 = 4096;
+
+/// Gap metrics of two `.npy` files, read chunk by chunk (memory independent of n).
+fn gap_from_npy(a: &std::path::Path, b: &std::path::Path, umax: i64) -> Result<GapReport> {
+    let (mut ra, mut rb) = (npy::Reader::open(a)?, npy::Reader::open(b)?);
+    if (ra.rows, ra.cols) != (rb.rows, rb.cols) {
+        return Err(Error::Invalid(format!("{} is [{}, {}] but {} is [{}, {}]: paired embeddings must have equal shapes", a.display(), ra.rows, ra.cols, b.display(), rb.rows, rb.cols)));
+    }
+    if ra.rows < 3 {
+        return Err(Error::Invalid(format!("{}: need at least 3 pairs, got {}", a.display(), ra.rows)));
+    }
+    let mut acc = msclip::analysis::gap::GapAccumulator::new(ra.cols, umax);
+    for pass in 0..2 {
+        let mut start = 0;
+        while start < ra.rows {
+            let (x, y) = (ra.read_rows(start, GAP_CHUNK)?, rb.read_rows(start, GAP_CHUNK)?);
+            if pass == 0 { acc.add(&x, &y)? } else { acc.add_centred(&x, &y)? }
+            start += GAP_CHUNK;
+        }
+    }
+    acc.finish()
+}
+
 fn gap(model: &ModelArg, data: &DataArg, image_npy: Option<&std::path::Path>, text_npy: Option<&std::path::Path>, umax: i64, out: Option<&std::path::Path>, json: bool) -> Result<()> {
-    let (x, y, prov) = match (image_npy, text_npy) {
+    let (r, prov) = match (image_npy, text_npy) {
         (Some(a), Some(b)) => {
             let mut p = Provenance::new("embeddings", "n/a".into(), format!("{}+{}", msclip::io::sha256_file(a)?, msclip::io::sha256_file(b)?), msclip::model::config::Preprocess { mean: [0.0; 3], std: [1.0; 3] }, 0);
             p.notes.push(format!("embeddings read from {} and {}", a.display(), b.display()));
-            (npy::read(a)?, npy::read(b)?, p)
+            p.notes.push(format!("streamed: two passes over chunks of {GAP_CHUNK} rows"));
+            (gap_from_npy(a, b, umax)?, p)
         }
         _ => {
             let loaded = model.build(0)?;
             let (src, data_id) = data.source(loaded.model.config.vision.image_size as u32)?;
             let f = embed_pairs(&loaded.model, src.as_ref(), data.limit.unwrap_or(src.len()), data.batch, None)?;
             report_skipped(&f.skipped);
-            (f.image, f.text, provenance(&loaded, data_id, 0))
+            (gap_report(&f.image, &f.text, umax)?, provenance(&loaded, data_id, 0))
         }
     };
-    let r = gap_report(&x, &y, umax)?;
     if json {
         println!("{}", serde_json::json!({"provenance": prov, "gap": r}));
     } else {
