@@ -44,7 +44,9 @@ PY
 
 echo "== 3. longer bf16 runs (2000 steps x 256) =="
 for m in tiny-clip tiny-msclip-s; do
-  timeout 150 $B/msclip-train --config configs/train/$m.toml --out /tmp/long-$m --device cuda --precision amp-bf16 \
+  # 12 loader workers (the synthetic world renders on the CPU): before the first table.
+  sed '1a workers = 12' configs/train/$m.toml > /tmp/$m-gpu.toml
+  timeout 150 $B/msclip-train --config /tmp/$m-gpu.toml --out /tmp/long-$m --device cuda --precision amp-bf16 \
     --steps 2000 --batch-size 256 --data-items 400000 --warmup-steps 100 --eval-every 500 --eval-items 1000 --save-every 1000 > /tmp/long-$m.eval 2> /tmp/long-$m.err
   echo "$m rc=$?"; tail -n 1 /tmp/long-$m.err
   grep '"eval"' /tmp/long-$m/metrics.jsonl | python3 -c "
