@@ -5,8 +5,8 @@
 # Run there:     scripts/gpu/check.sh OUT_DIR
 # Steps: (1) CPU vs CUDA parity of embeddings, attention, gradients; autocast vs fp32;
 # (2) training on CUDA in fp32 / amp (fp16 + loss scale) / amp-bf16, and a stop + resume;
-# (3) a longer bf16 run of tiny-clip and tiny-msclip-s (zero-shot after more steps than the
-# CPU demo affords); (4) the side-by-side train-step benchmark against OpenCLIP on the GPU.
+# (4) the side-by-side train-step benchmark against OpenCLIP on the GPU; (3, last) a longer
+# bf16 run of tiny-clip and tiny-msclip-s (zero-shot after more steps than the CPU demo affords).
 set -u
 OUTD="${1:?output folder}"
 mkdir -p "$OUTD"
@@ -21,7 +21,7 @@ timeout 120 $B/gpu_check 2>&1 | tee "$OUTD/parity.jsonl"
 
 echo "== 2. training precisions and resume =="
 for p in fp32 amp amp-bf16; do
-  timeout 90 $B/msclip-train --config configs/train/tiny-msclip-s.toml --out /tmp/run-$p --device cuda --precision $p \
+  timeout 60 $B/msclip-train --config configs/train/tiny-msclip-s.toml --out /tmp/run-$p --device cuda --precision $p \
     --steps 300 --eval-every 300 --save-every 150 > /tmp/run-$p.eval 2> /tmp/run-$p.err
   echo "$p rc=$? $(tail -n 1 /tmp/run-$p.eval)"
   tail -n 2 /tmp/run-$p.err
@@ -42,11 +42,18 @@ d = max(abs(a[s] - b[s]) for s in common)
 print(f"resume on CUDA: {len(common)} common steps, max |loss diff| vs uninterrupted = {d:.3e} (first 150 steps: {max(abs(a[s]-b[s]) for s in common if s <= 150):.3e})")
 PY
 
+echo "== 4. benchmark vs OpenCLIP =="
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+for p in fp32 amp-bf16; do
+  MSCLIP_BENCH_BIN=$B/bench_step PYTHONUNBUFFERED=1 timeout 120 python3 scripts/bench/train_step.py --device cuda --precision $p \
+    --threads 8 --steps 20 --rounds 2 --batch-tiny 512 --batch-b32 256 2>&1 | grep -v -i warn
+done | tee "$OUTD/bench.txt"
+
 echo "== 3. longer bf16 runs (2000 steps x 256) =="
 for m in tiny-clip tiny-msclip-s; do
   # 12 loader workers (the synthetic world renders on the CPU): before the first table.
   sed '1a workers = 12' configs/train/$m.toml > /tmp/$m-gpu.toml
-  timeout 150 $B/msclip-train --config /tmp/$m-gpu.toml --out /tmp/long-$m --device cuda --precision amp-bf16 \
+  timeout 120 $B/msclip-train --config /tmp/$m-gpu.toml --out /tmp/long-$m --device cuda --precision amp-bf16 \
     --steps 2000 --batch-size 256 --data-items 400000 --warmup-steps 100 --eval-every 500 --eval-items 1000 --save-every 1000 > /tmp/long-$m.eval 2> /tmp/long-$m.err
   echo "$m rc=$?"; tail -n 1 /tmp/long-$m.err
   grep '"eval"' /tmp/long-$m/metrics.jsonl | python3 -c "
@@ -55,9 +62,3 @@ for l in sys.stdin:
     r=json.loads(l); e=r['eval']; print('$m', r['step'], {k: round(v,3) for k,v in e.items() if isinstance(v,(int,float))})"
 done 2>&1 | tee "$OUTD/long.txt"
 
-echo "== 4. benchmark vs OpenCLIP =="
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-for p in fp32 amp-bf16; do
-  MSCLIP_BENCH_BIN=$B/bench_step PYTHONUNBUFFERED=1 timeout 150 python3 scripts/bench/train_step.py --device cuda --precision $p \
-    --threads 8 --steps 20 --rounds 2 --batch-tiny 512 --batch-b32 256 2>&1 | grep -v -i warn
-done | tee "$OUTD/bench.txt"
