@@ -221,11 +221,17 @@ impl SharedBlock {
         let (k, v) = (kv.get(0), kv.get(1));
         let q = q.view([b, 1, self.heads, hd]).transpose(1, 2); // [B, H, 1, hd]
         let scale = (hd as f64).powf(-0.5);
-        let mask = self.causal.then(|| {
-            // Boolean "may attend": key position ≤ the query's row.
-            Tensor::arange(l, (Kind::Int64, x.device())).view([1, l]).le_tensor(&rows.view([b, 1])).view([b, 1, 1, l])
-        });
-        let o = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, false, scale, false);
+        // One query row: explicit attention costs nothing here and keeps the softmax in fp32
+        // under autocast (a fused kernel picked for a 1-row query with a mask is not needed).
+        let logits = q.matmul(&k.transpose(-2, -1)).to_kind(Kind::Float) * scale; // [B, H, 1, L]
+        let logits = if self.causal {
+            // −∞ where the key lies after the query's row.
+            let after = Tensor::arange(l, (Kind::Int64, x.device())).view([1, l]).gt_tensor(&rows.view([b, 1])).view([b, 1, 1, l]);
+            logits.masked_fill(&after, f64::NEG_INFINITY)
+        } else {
+            logits
+        };
+        let o = logits.softmax(-1, Kind::Float).to_kind(v.kind()).matmul(&v);
         let a = self.attn_out.forward(&o.transpose(1, 2).reshape([b, 1, d]));
         let x_row = pick(x) + a;
         let x_row = &x_row + self.mlp(&self.ln2.forward(&x_row));

@@ -61,6 +61,18 @@ impl MsClip {
         MsClip { config: config.clone(), vision, text, logit_scale }
     }
 
+    /// The device the parameters live on.
+    pub fn device(&self) -> Device {
+        self.logit_scale.device()
+    }
+
+    fn check_device(&self, what: &str, t: &Tensor) -> Result<()> {
+        if t.device() != self.device() {
+            return Err(crate::Error::Invalid(format!("{what} tensor is on {:?} but the model is on {:?}", t.device(), self.device())));
+        }
+        Ok(())
+    }
+
     /// A fresh VarStore on `device` with the model initialised from `seed`.
     pub fn build(config: &ModelConfig, device: Device, seed: i64) -> (nn::VarStore, MsClip) {
         let vs = nn::VarStore::new(device);
@@ -83,6 +95,7 @@ impl MsClip {
         train: bool,
     ) -> Result<Tensor> {
         self.vision.check_input(images)?;
+        self.check_device("image", images)?;
         let pooled = self.vision.forward_features(images, capture, cache, train);
         Ok(l2_normalize(&self.vision.project(&pooled)))
     }
@@ -90,6 +103,7 @@ impl MsClip {
     /// Text embeddings `[B, E]` (L2-normalised), recording what `capture` asks for.
     pub fn encode_text_with(&self, tokens: &Tensor, capture: &Capture, cache: &mut ActivationCache) -> Result<Tensor> {
         self.text.check_input(tokens)?;
+        self.check_device("token", tokens)?;
         let pooled = self.text.forward_features(tokens, capture, cache);
         Ok(l2_normalize(&self.text.project(&pooled)))
     }

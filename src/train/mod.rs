@@ -197,20 +197,22 @@ pub fn evaluate(model: &MsClip, seed: u64, n: usize) -> Result<EvalResult> {
         let classes = synthetic_set::zero_shot_classes();
         let prompts: Vec<String> =
             classes.iter().flat_map(|c| TEMPLATES.iter().map(move |t| t.replace("{}", c))).collect();
-        let pe = model.encode_text(&tok.tokenize_batch(&prompts))?.view([classes.len() as i64, TEMPLATES.len() as i64, -1]);
+        let dev = model.device();
+        let cpu = tch::Device::Cpu;
+        let pe = model.encode_text(&tok.tokenize_batch(&prompts).to_device(dev))?.to_device(cpu).view([classes.len() as i64, TEMPLATES.len() as i64, -1]);
         let w = prompt_ensemble(&pe);
         let (images, labels) = synthetic_set::zero_shot_set(seed, n, size, cfg.preprocess.mean, cfg.preprocess.std);
         let mut img = Vec::new();
         for chunk in images.split(256, 0) {
-            img.push(model.encode_image(&chunk)?);
+            img.push(model.encode_image(&chunk.to_device(dev))?.to_device(cpu));
         }
         let logits = MsClip::zero_shot_logits(&Tensor::cat(&img, 0), &w);
         let indices: Vec<usize> = (0..n).collect();
         let (pi, pt, _) = synthetic_set::batch(seed ^ EVAL_SEED_OFFSET, &indices, size, cfg.preprocess.mean, cfg.preprocess.std, &tok);
         let (mut ie, mut te) = (Vec::new(), Vec::new());
         for (ci, ct) in pi.split(256, 0).iter().zip(pt.split(256, 0).iter()) {
-            ie.push(model.encode_image(ci)?);
-            te.push(model.encode_text(ct)?);
+            ie.push(model.encode_image(&ci.to_device(dev))?.to_device(cpu));
+            te.push(model.encode_text(&ct.to_device(dev))?.to_device(cpu));
         }
         let (ie, te) = (Tensor::cat(&ie, 0), Tensor::cat(&te, 0));
         let sim = ie.matmul(&te.tr());
