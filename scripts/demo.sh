@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job on the embedded synthetic data (run by `make demo` after the build):
 #  1. the parameter table of every preset;
-#  2. train tiny-clip, tiny-msclip and tiny-msclip-s for the same budget on the synthetic world;
+#  2. train the sharing spectrum for the same budget on the synthetic world: tiny-clip (nothing
+#     shared), tiny-msclip-attn (attention), tiny-msclip (attention + FFN), tiny-msclip-ln
+#     (everything, LayerNorms too) and tiny-msclip-s (early specialization + parallel branch);
 #  3. a comparison table on held-out data (zero-shot, retrieval R@1, modality gap, params);
 #  4. every figure of analyses/*.toml (attention gallery, head statistics, NMI and gap by
 #     layer, training curves, comparison table) into figures/ (FIGURES=DIR to redirect).
@@ -14,11 +16,12 @@ BIN=target/release
 mkdir -p "$OUT"
 echo "== parameter counts (unique; shared tensors counted once) =="
 printf '%-14s %14s %14s %14s %14s\n' model total shared vision_only text_only
-for m in clip-b32 clip-b16 msclip-b32 msclip-s-b32 msclip-s-b16 tiny-clip tiny-msclip tiny-msclip-s; do
+for m in clip-b32 clip-b16 msclip-b32 msclip-s-b32 msclip-s-b16 tiny-clip tiny-msclip-attn tiny-msclip tiny-msclip-ln tiny-msclip-s; do
   "$BIN/msclip-analyze" params --model "$m" | tail -n 1
 done | tee "$OUT/params.txt"
 
-for m in tiny-clip tiny-msclip tiny-msclip-s; do
+MODELS="tiny-clip tiny-msclip-attn tiny-msclip tiny-msclip-ln tiny-msclip-s"
+for m in $MODELS; do
   echo
   echo "== training $m on the synthetic world =="
   args=(--config "configs/train/$m.toml" --out "$OUT/runs/$m" --progress)
@@ -32,17 +35,11 @@ latest() { ls -d "$OUT/runs/$1/checkpoints"/step-* | sort | tail -n 1; }
 echo
 echo "== held-out comparison (1,000 single-object images for zero-shot over 48 classes; 1,000 pairs for R@1 and gap) =="
 {
-  printf '%-14s %10s %10s %9s %9s %8s %12s %12s\n' model zs_top1 zs_top5 R1_i2t R1_t2i gap params shared
-  for m in tiny-clip tiny-msclip tiny-msclip-s; do
+  for m in $MODELS; do
     ck=$(latest "$m")
-    e=$("$BIN/msclip-analyze" eval --checkpoint "$ck" --items 1000 --json)
-    p=$("$BIN/msclip-analyze" params --model "$m" --json)
-    python3 - "$m" "$e" "$p" <<'PY'
-import json, sys
-m, e, p = sys.argv[1], json.loads(sys.argv[2])["eval"], json.loads(sys.argv[3])
-print(f"{m:<14} {e['zero_shot_top1']:>10.3f} {e['zero_shot_top5']:>10.3f} {e['image_to_text_r1']:>9.3f} "
-      f"{e['text_to_image_r1']:>9.3f} {e['modality_gap']:>8.3f} {p['total']:>12,} {p['shared']:>12,}")
-PY
+    e=$("$BIN/msclip-analyze" eval --checkpoint "$ck" --items 1000)
+    p=$("$BIN/msclip-analyze" params --model "$m" | tail -n 1)
+    echo "$e | params $(echo "$p" | awk '{print $2}') shared $(echo "$p" | awk '{print $3}')"
   done
 } | tee "$OUT/comparison.txt"
 

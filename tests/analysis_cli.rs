@@ -134,7 +134,7 @@ fn figures_regenerate_from_recipes() {
     let out = dir.join("figures");
     let (code, _, err) = run(&["figures", "--recipes", recipes.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    for png in ["nmi/nmi_by_layer.png", "gap/gap_by_layer.png", "curves/modality_gap.png", "curves/zero_shot.png", "heads/micro-msclip-s/entropy_scatter.png", "gallery/micro-msclip-s/attribution.png"] {
+    for png in ["nmi/nmi_by_layer.png", "gap/gap_by_layer.png", "curves/modality_gap.png", "curves/zero_shot.png", "heads/micro-msclip-s/entropy_scatter.png", "heads/entropy_side_by_side.png", "heads/micro-msclip-s/gallery_slot5.png", "gallery/micro-msclip-s/attribution.png"] {
         nontrivial_png(&out.join(png));
     }
     for csv in ["nmi/nmi_by_layer.csv", "gap/gap_by_layer.csv", "comparison/comparison.csv", "curves/training_curves.csv"] {
@@ -160,7 +160,13 @@ fn linear_probe_on_synthetic_classes() {
     assert_eq!(j["result"]["sweep"].as_array().unwrap().len(), 2);
     assert_eq!(j["result"]["n_test"], 48);
     assert!((0.0..=1.0).contains(&j["result"]["test_top1"].as_f64().unwrap()));
-    assert_eq!(msclip::analysis::npy::read(&dir.join("train.npy")).unwrap().size(), [96, 128]);
+    let saved = msclip::analysis::npy::read(&dir.join("train.npy")).unwrap();
+    assert_eq!(saved.size(), [96, 128]);
+    // Standardised with the train split's statistics: zero mean, unit (population) variance.
+    let mean = saved.mean_dim(0, false, tch::Kind::Float).abs().max().double_value(&[]);
+    let sd = (saved.std_dim(0, false, false) - 1.0).abs().max().double_value(&[]);
+    assert!(mean < 1e-4 && sd < 1e-3, "mean {mean} sd {sd}");
+    assert_eq!(j["standardized"], true);
     let (code, _, err) = run(&["probe", "--model", "tiny-clip", "--synthetic", "--feature", "mid"]);
     assert_eq!(code, 2);
     assert!(err.contains("--feature"), "{err}");

@@ -173,6 +173,8 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("tiny-clip", include_str!("../../configs/models/tiny-clip.toml")),
     ("tiny-msclip", include_str!("../../configs/models/tiny-msclip.toml")),
     ("tiny-msclip-s", include_str!("../../configs/models/tiny-msclip-s.toml")),
+    ("tiny-msclip-attn", include_str!("../../configs/models/tiny-msclip-attn.toml")),
+    ("tiny-msclip-ln", include_str!("../../configs/models/tiny-msclip-ln.toml")),
 ];
 
 impl ModelConfig {

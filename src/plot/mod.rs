@@ -263,22 +263,23 @@ pub struct Heatmap {
     pub col_labels: Vec<String>,
 }
 
-fn draw_heatmap<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, m: &Heatmap, cell: i32) -> std::result::Result<(), String> {
+/// (min, max) of the finite values.
+fn finite_range<'a>(values: impl Iterator<Item = &'a f64>) -> (f64, f64) {
+    values.filter(|v| v.is_finite()).fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)))
+}
+
+/// Labels and cells of a heatmap with its top-left cell at `origin`, coloured on `[lo, hi]`.
+fn draw_heat_cells<DB: DrawingBackend>(root: &DrawingArea<DB, plotters::coord::Shift>, m: &Heatmap, cell: i32, origin: (i32, i32), x0: i32, (lo, hi): (f64, f64)) -> std::result::Result<(), String> {
     let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
-    root.fill(&WHITE).map_err(e)?;
-    let (left, top) = (70, 60);
-    root.draw_text(&m.title, &("sans-serif", 15).into_font().color(&BLACK), (8, 8)).map_err(e)?;
-    let vals: Vec<f64> = m.values.iter().flatten().copied().filter(|v| v.is_finite()).collect();
-    let (lo, hi) = vals.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    let (left, top) = origin;
     let range = if hi > lo { hi - lo } else { 1.0 };
     let font = ("sans-serif", 12).into_font();
-    root.draw_text(&format!("min {lo:.3}  max {hi:.3}"), &font.color(&BLACK), (8, 30)).map_err(e)?;
     for (c, label) in m.col_labels.iter().enumerate() {
         root.draw_text(label, &font.color(&BLACK), (left + c as i32 * cell + 4, top - 16)).map_err(e)?;
     }
     for (r, row) in m.values.iter().enumerate() {
         if let Some(label) = m.row_labels.get(r) {
-            root.draw_text(label, &font.color(&BLACK), (6, top + r as i32 * cell + cell / 2 - 6)).map_err(e)?;
+            root.draw_text(label, &font.color(&BLACK), (x0 + 6, top + r as i32 * cell + cell / 2 - 6)).map_err(e)?;
         }
         for (c, &v) in row.iter().enumerate() {
             let (x, y) = (left + c as i32 * cell, top + r as i32 * cell);
@@ -286,8 +287,59 @@ fn draw_heatmap<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift
             root.draw(&Rectangle::new([(x, y), (x + cell - 2, y + cell - 2)], col.filled())).map_err(e)?;
         }
     }
+    Ok(())
+}
+
+fn draw_heatmap<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, m: &Heatmap, cell: i32) -> std::result::Result<(), String> {
+    let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
+    root.fill(&WHITE).map_err(e)?;
+    root.draw_text(&m.title, &("sans-serif", 15).into_font().color(&BLACK), (8, 8)).map_err(e)?;
+    let (lo, hi) = finite_range(m.values.iter().flatten());
+    root.draw_text(&format!("min {lo:.3}  max {hi:.3}"), &("sans-serif", 12).into_font().color(&BLACK), (8, 30)).map_err(e)?;
+    draw_heat_cells(&root, m, cell, (70, 60), 0, (lo, hi))?;
     root.present().map_err(e)?;
     Ok(())
+}
+
+/// Heatmaps side by side on one colour scale: `panels[row][col]` (e.g. models × {text,
+/// vision}), each panel titled by its own `title`.
+pub struct HeatmapPanels {
+    pub title: String,
+    pub panels: Vec<Vec<Heatmap>>,
+}
+
+impl HeatmapPanels {
+    const CELL: i32 = 24;
+    fn panel_size(&self) -> (i32, i32) {
+        let cols = self.panels.iter().flatten().map(|h| h.values.iter().map(|r| r.len()).max().unwrap_or(1)).max().unwrap_or(1) as i32;
+        let rows = self.panels.iter().flatten().map(|h| h.values.len()).max().unwrap_or(1) as i32;
+        ((64 + cols * Self::CELL + 24).max(220), 44 + rows * Self::CELL + 16)
+    }
+}
+
+impl Figure for HeatmapPanels {
+    fn size(&self) -> (u32, u32) {
+        let (pw, ph) = self.panel_size();
+        let cols = self.panels.iter().map(|r| r.len()).max().unwrap_or(1) as i32;
+        ((cols * pw + 16).max(420) as u32, (56 + self.panels.len() as i32 * ph) as u32)
+    }
+    fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
+        let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
+        root.fill(&WHITE).map_err(e)?;
+        root.draw_text(&self.title, &("sans-serif", 15).into_font().color(&BLACK), (8, 8)).map_err(e)?;
+        let range = finite_range(self.panels.iter().flatten().flat_map(|h| h.values.iter().flatten()));
+        root.draw_text(&format!("one colour scale: min {:.3}  max {:.3}", range.0, range.1), &("sans-serif", 12).into_font().color(&BLACK), (8, 30)).map_err(e)?;
+        let (pw, ph) = self.panel_size();
+        for (r, row) in self.panels.iter().enumerate() {
+            for (c, h) in row.iter().enumerate() {
+                let (x0, y0) = (8 + c as i32 * pw, 56 + r as i32 * ph);
+                root.draw_text(&h.title, &("sans-serif", 13).into_font().color(&BLACK), (x0, y0)).map_err(e)?;
+                draw_heat_cells(&root, h, Self::CELL, (x0 + 58, y0 + 36), x0, range)?;
+            }
+        }
+        root.present().map_err(e)?;
+        Ok(())
+    }
 }
 
 /// Renders a [`Heatmap`] to `stem.png` and `stem.svg`.

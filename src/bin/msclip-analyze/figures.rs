@@ -196,13 +196,16 @@ fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
             write_atomic(&dir.join("comparison.md"), md.as_bytes())?;
         }
         "heads-transfer" => {
+            let mut all = Vec::new();
             for ck in &cks()? {
                 let cfg = model_arg(ck).load()?;
                 let name = cfg.name.clone();
                 // One gallery per model (the last attention slot) keeps figures/ small.
                 let last = cfg.vision_attention_slots().last().copied();
-                heads(&model_arg(ck), &data_arg(r.synthetic, r.seed), &dir.join(&name), 2000, &last.into_iter().collect::<Vec<_>>())?;
+                let stats = heads(&model_arg(ck), &data_arg(r.synthetic, r.seed), &dir.join(&name), 2000, &last.into_iter().collect::<Vec<_>>())?;
+                all.push((cfg, stats));
             }
+            heads_side_by_side(dir, &all)?;
         }
         "attention-gallery" => {
             for ck in &cks()? {

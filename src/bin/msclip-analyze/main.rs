@@ -231,7 +231,13 @@ enum Command {
         /// Values of C (scikit-learn's inverse regularisation) to sweep.
         #[arg(long, value_delimiter = ',', default_value = "0.01,0.1,1,10,100")]
         c: Vec<f64>,
-        /// Also write the features and labels (NPY/JSON) for side-by-side benchmarks.
+        /// Fit on raw features instead of standardised ones (by default each feature is
+        /// centred and scaled with the train split's mean and standard deviation, which lets
+        /// L-BFGS converge at large C).
+        #[arg(long)]
+        no_standardize: bool,
+        /// Also write the features and labels (NPY/JSON) for side-by-side benchmarks (after
+        /// standardisation: what is fitted).
         #[arg(long)]
         save_features: Option<PathBuf>,
         #[arg(long)]
@@ -361,12 +367,12 @@ fn main() -> ExitCode {
             gap(&model, &data, image_npy.as_deref(), text_npy.as_deref(), uniformity_max, out.as_deref(), json)
         }
         Command::Zeroshot { model, folder, synthetic, templates, batch, out } => zeroshot(&model, folder.as_deref(), synthetic, templates.as_deref(), batch, out.as_deref()),
-        Command::Probe { model, fashion_mnist, synthetic, feature, train, val, test, c, save_features, out } => {
-            probe(&model, fashion_mnist.as_deref(), synthetic, &feature, [train, val, test], &c, save_features.as_deref(), out.as_deref())
+        Command::Probe { model, fashion_mnist, synthetic, feature, train, val, test, c, no_standardize, save_features, out } => {
+            probe(&model, fashion_mnist.as_deref(), synthetic, &feature, [train, val, test], &c, !no_standardize, save_features.as_deref(), out.as_deref())
         }
         Command::Retrieval { model, data, out } => retrieval(&model, &data, out.as_deref()),
         Command::Figures { recipes, out } => figures::run_all(&recipes, &out),
-        Command::Heads { model, data, out, permutations, gallery_slots } => heads(&model, &data, &out, permutations, &gallery_slots),
+        Command::Heads { model, data, out, permutations, gallery_slots } => heads(&model, &data, &out, permutations, &gallery_slots).map(|_| ()),
         Command::Nmi { model, data, nmi, out, json } => nmi_cmd(&model, &data, &nmi, out.as_deref(), json),
         Command::Check { model, data, nmi, baseline, update } => {
             return match check(&model, &data, &nmi, &baseline, update) {
@@ -626,7 +632,7 @@ fn check(model: &ModelArg, data: &DataArg, a: &NmiArgs, baseline: &std::path::Pa
     Ok(ok)
 }
 
-fn heads(model: &ModelArg, data: &DataArg, out: &std::path::Path, permutations: usize, gallery_slots: &[usize]) -> Result<()> {
+fn heads(model: &ModelArg, data: &DataArg, out: &std::path::Path, permutations: usize, gallery_slots: &[usize]) -> Result<Vec<msclip::analysis::heads::HeadStat>> {
     use msclip::analysis::heads::{agreement, box_grounding, HeadAccumulator, STAT_NAMES};
     let loaded = model.build(0)?;
     let m = &loaded.model;
@@ -737,21 +743,12 @@ fn heads(model: &ModelArg, data: &DataArg, out: &std::path::Path, permutations: 
     }
     write_atomic(&out.join("agreement.json"), serde_json::to_string_pretty(&serde_json::json!({"provenance": prov, "agreement": agree})).unwrap().as_bytes())?;
     // Figures: slot × head heatmaps per statistic and modality; text-vs-vision scatter.
-    let heads_n = cfg.vision.heads.max(cfg.text.heads) as usize;
     for name in STAT_NAMES {
         let mut pts = vec![];
         for modality in [Modality::Vision, Modality::Text] {
-            let slots: Vec<usize> = if modality == Modality::Vision { vslots.clone() } else { cfg.text_attention_slots() };
-            let values: Vec<Vec<f64>> = slots
-                .iter()
-                .map(|&sl| (0..heads_n).map(|h| stats.iter().find(|s| s.modality == modality && s.slot == sl && s.head == h).map_or(f64::NAN, |s| s.get(name))).collect())
-                .collect();
-            msclip::plot::heatmap_png_svg(&out.join(format!("{name}_{}", modality.name())), &msclip::plot::Heatmap {
-                title: format!("{} — {name}, {} (slot × head)", cfg.name, modality.name()),
-                values,
-                row_labels: slots.iter().map(|s| format!("slot {s}")).collect(),
-                col_labels: (0..heads_n).map(|h| format!("h{h}")).collect(),
-            })?;
+            let mut hm = stat_heatmap(cfg, &stats, modality, name);
+            hm.title = format!("{} — {name}, {} (slot × head)", cfg.name, modality.name());
+            msclip::plot::heatmap_png_svg(&out.join(format!("{name}_{}", modality.name())), &hm)?;
         }
         for s in stats.iter().filter(|s| s.modality == Modality::Text) {
             if let Some(v) = stats.iter().find(|v| v.modality == Modality::Vision && v.slot == s.slot && v.head == s.head) {
@@ -773,6 +770,32 @@ fn heads(model: &ModelArg, data: &DataArg, out: &std::path::Path, permutations: 
         println!("{:<10} {:>6} {:>9.4} {:>9.4}", a.statistic, a.heads, a.spearman, a.p_value);
     }
     println!("wrote {}", out.display());
+    Ok(stats)
+}
+
+/// The slot × head heatmap of one statistic for one modality (NaN where a slot has no head).
+fn stat_heatmap(cfg: &ModelConfig, stats: &[msclip::analysis::heads::HeadStat], modality: Modality, name: &str) -> msclip::plot::Heatmap {
+    let heads_n = cfg.vision.heads.max(cfg.text.heads) as usize;
+    let slots: Vec<usize> = if modality == Modality::Vision { cfg.vision_attention_slots() } else { cfg.text_attention_slots() };
+    let values = slots
+        .iter()
+        .map(|&sl| (0..heads_n).map(|h| stats.iter().find(|s| s.modality == modality && s.slot == sl && s.head == h).map_or(f64::NAN, |s| s.get(name))).collect())
+        .collect();
+    msclip::plot::Heatmap {
+        title: format!("{} — {}", cfg.name, modality.name()),
+        values,
+        row_labels: slots.iter().map(|s| format!("slot {s}")).collect(),
+        col_labels: (0..heads_n).map(|h| format!("h{h}")).collect(),
+    }
+}
+
+/// Per statistic, every model's text and vision heatmaps side by side on one colour scale
+/// (`{stat}_side_by_side.png/.svg`; rows = models, columns = text, vision).
+fn heads_side_by_side(out: &std::path::Path, models: &[(ModelConfig, Vec<msclip::analysis::heads::HeadStat>)]) -> Result<()> {
+    for name in msclip::analysis::heads::STAT_NAMES {
+        let panels = models.iter().map(|(cfg, stats)| vec![stat_heatmap(cfg, stats, Modality::Text, name), stat_heatmap(cfg, stats, Modality::Vision, name)]).collect();
+        msclip::plot::render(&out.join(format!("{name}_side_by_side")), &msclip::plot::HeatmapPanels { title: format!("Head {name} (slot × head): text | vision, one row per model"), panels })?;
+    }
     Ok(())
 }
 
@@ -984,7 +1007,7 @@ fn probe_split(fashion: Option<&std::path::Path>, which: &str, start: usize, n: 
 }
 
 #[allow(clippy::too_many_arguments)]
-fn probe(model: &ModelArg, fashion: Option<&std::path::Path>, synthetic: bool, feature: &str, sizes: [usize; 3], cs: &[f64], save: Option<&std::path::Path>, out: Option<&std::path::Path>) -> Result<()> {
+fn probe(model: &ModelArg, fashion: Option<&std::path::Path>, synthetic: bool, feature: &str, sizes: [usize; 3], cs: &[f64], standardize: bool, save: Option<&std::path::Path>, out: Option<&std::path::Path>) -> Result<()> {
     use msclip::analysis::probe::sweep_and_fit;
     if fashion.is_none() && !synthetic {
         return Err(Error::Invalid("give --fashion-mnist DIR or --synthetic".into()));
@@ -1020,7 +1043,14 @@ fn probe(model: &ModelArg, fashion: Option<&std::path::Path>, synthetic: bool, f
     let (xtr, ytr) = probe_split(fashion, "train", 0, sizes[0], size, cfg.preprocess.mean, cfg.preprocess.std)?;
     let (xva, yva) = probe_split(fashion, "val", if fashion.is_some() { sizes[0] } else { 0 }, sizes[1], size, cfg.preprocess.mean, cfg.preprocess.std)?;
     let (xte, yte) = probe_split(fashion, "test", 0, sizes[2], size, cfg.preprocess.mean, cfg.preprocess.std)?;
-    let (ftr, fva, fte) = (featurize(&xtr)?, featurize(&xva)?, featurize(&xte)?);
+    let (mut ftr, mut fva, mut fte) = (featurize(&xtr)?, featurize(&xva)?, featurize(&xte)?);
+    if standardize {
+        // z = (x − μ_train) / σ_train per feature (σ floored at 1e-6 for constant features).
+        let mu = ftr.mean_dim(0, true, tch::Kind::Float);
+        let sd = ftr.std_dim(0, false, true).clamp_min(1e-6);
+        let z = |t: &Tensor| (t - &mu) / &sd;
+        (ftr, fva, fte) = (z(&ftr), z(&fva), z(&fte));
+    }
     let feat_s = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
     let r = sweep_and_fit((&ftr, &ytr), (&fva, &yva), (&fte, &yte), classes, cs)?;
@@ -1037,7 +1067,8 @@ fn probe(model: &ModelArg, fashion: Option<&std::path::Path>, synthetic: bool, f
     if let Some(dir) = out {
         let mut prov = provenance(&loaded, data_id, 0);
         prov.notes.push(format!("probe features: {feature}; multinomial logistic regression, L-BFGS, λ = 1/(C·n), bias unpenalised"));
-        let j = serde_json::json!({"provenance": prov, "feature": feature, "result": r, "fit_seconds": fit_s});
+        prov.notes.push(if standardize { "features standardised with the train split's per-feature mean and standard deviation".into() } else { "raw features (--no-standardize)".to_string() });
+        let j = serde_json::json!({"provenance": prov, "feature": feature, "standardized": standardize, "result": r, "fit_seconds": fit_s});
         write_atomic(&dir.join("probe.json"), serde_json::to_string_pretty(&j).unwrap().as_bytes())?;
     }
     Ok(())
