@@ -162,7 +162,7 @@ pub fn relevancy_grounding(
     let kmax = objects.iter().map(|o| o.len()).max().unwrap_or(0);
     for k in 0..kmax {
         let phrases: Vec<String> = objects.iter().map(|os| os.get(k).map_or_else(|| "a".to_string(), |o| format!("a {} {} {}", o.size, o.color, o.shape))).collect();
-        let te = tch::no_grad(|| m.encode_text(&tok.tokenize_batch(&phrases)))?;
+        let te = tch::no_grad(|| m.encode_text(&tok.tokenize_batch(&phrases).to_device(m.device())))?;
         let present: Vec<f32> = objects.iter().map(|os| if os.len() > k { 1.0 } else { 0.0 }).collect();
         let score = ((&ie * te).sum_dim_intlist(&[-1i64][..], false, Kind::Float) * Tensor::from_slice(&present).to_device(ie.device())).sum(Kind::Float);
         let grads = Tensor::run_backward(&[&score], &pv.iter().collect::<Vec<_>>(), true, false);

@@ -301,8 +301,8 @@ fn draw_heatmap<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift
     Ok(())
 }
 
-/// Heatmaps side by side on one colour scale: `panels[row][col]` (e.g. models × {text,
-/// vision}), each panel titled by its own `title`.
+/// Heatmaps side by side: `panels[row][col]` (e.g. models × {text, vision}), each titled by
+/// its own `title`, one colour scale per column so rows (models) compare directly.
 pub struct HeatmapPanels {
     pub title: String,
     pub panels: Vec<Vec<Heatmap>>,
@@ -327,14 +327,18 @@ impl Figure for HeatmapPanels {
         let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
         root.fill(&WHITE).map_err(e)?;
         root.draw_text(&self.title, &("sans-serif", 15).into_font().color(&BLACK), (8, 8)).map_err(e)?;
-        let range = finite_range(self.panels.iter().flatten().flat_map(|h| h.values.iter().flatten()));
-        root.draw_text(&format!("one colour scale: min {:.3}  max {:.3}", range.0, range.1), &("sans-serif", 12).into_font().color(&BLACK), (8, 30)).map_err(e)?;
+        // One colour scale per column (e.g. per modality), shared by every row (model).
+        let cols = self.panels.iter().map(|r| r.len()).max().unwrap_or(0);
+        let ranges: Vec<(f64, f64)> = (0..cols).map(|c| finite_range(self.panels.iter().filter_map(|r| r.get(c)).flat_map(|h| h.values.iter().flatten()))).collect();
         let (pw, ph) = self.panel_size();
+        for (c, (lo, hi)) in ranges.iter().enumerate() {
+            root.draw_text(&format!("column scale: min {lo:.3}  max {hi:.3}"), &("sans-serif", 12).into_font().color(&BLACK), (8 + c as i32 * pw, 30)).map_err(e)?;
+        }
         for (r, row) in self.panels.iter().enumerate() {
             for (c, h) in row.iter().enumerate() {
                 let (x0, y0) = (8 + c as i32 * pw, 56 + r as i32 * ph);
                 root.draw_text(&h.title, &("sans-serif", 13).into_font().color(&BLACK), (x0, y0)).map_err(e)?;
-                draw_heat_cells(&root, h, Self::CELL, (x0 + 58, y0 + 36), x0, range)?;
+                draw_heat_cells(&root, h, Self::CELL, (x0 + 58, y0 + 36), x0, ranges[c])?;
             }
         }
         root.present().map_err(e)?;

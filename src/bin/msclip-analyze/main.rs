@@ -789,8 +789,8 @@ fn stat_heatmap(cfg: &ModelConfig, stats: &[msclip::analysis::heads::HeadStat], 
     }
 }
 
-/// Per statistic, every model's text and vision heatmaps side by side on one colour scale
-/// (`{stat}_side_by_side.png/.svg`; rows = models, columns = text, vision).
+/// Per statistic, every model's text and vision heatmaps side by side (`{stat}_side_by_side`
+/// .png/.svg; rows = models, columns = text, vision; one colour scale per column).
 fn heads_side_by_side(out: &std::path::Path, models: &[(ModelConfig, Vec<msclip::analysis::heads::HeadStat>)]) -> Result<()> {
     for name in msclip::analysis::heads::STAT_NAMES {
         let panels = models.iter().map(|(cfg, stats)| vec![stat_heatmap(cfg, stats, Modality::Text, name), stat_heatmap(cfg, stats, Modality::Vision, name)]).collect();
