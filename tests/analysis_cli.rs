@@ -128,6 +128,8 @@ fn figures_regenerate_from_recipes() {
         ("heads", "heads-transfer", ck.clone()),
         ("gallery", "attention-gallery", ck.clone()),
         ("curves", "training-curves", run_dir.display().to_string()),
+        ("probe", "probe-table", ck.clone()),
+        ("zsr", "zeroshot-retrieval", ck.clone()),
     ] {
         std::fs::write(recipes.join(format!("{name}.toml")), format!("analysis = \"{analysis}\"\ntitle = \"{name}\"\nruns = [\"{runs}\"]\nsynthetic = 16\n")).unwrap();
     }
@@ -137,9 +139,17 @@ fn figures_regenerate_from_recipes() {
     for png in ["nmi/nmi_by_layer.png", "gap/gap_by_layer.png", "curves/modality_gap.png", "curves/zero_shot.png", "heads/micro-msclip-s/entropy_scatter.png", "heads/entropy_side_by_side.png", "heads/micro-msclip-s/gallery_slot5.png", "gallery/micro-msclip-s/attribution.png"] {
         nontrivial_png(&out.join(png));
     }
-    for csv in ["nmi/nmi_by_layer.csv", "gap/gap_by_layer.csv", "comparison/comparison.csv", "curves/training_curves.csv"] {
+    for csv in ["nmi/nmi_by_layer.csv", "gap/gap_by_layer.csv", "comparison/comparison.csv", "curves/training_curves.csv", "probe/probe_table.csv", "zsr/zeroshot_retrieval.csv"] {
         assert!(std::fs::read_to_string(out.join(csv)).unwrap().starts_with("# provenance: "), "{csv}");
     }
+    // Probe table: both feature choices; retrieval: recall grows with k in both directions.
+    let probe_rows: Vec<String> = std::fs::read_to_string(out.join("probe/probe_table.csv")).unwrap().lines().filter(|l| l.starts_with("micro-msclip-s,")).map(String::from).collect();
+    assert_eq!(probe_rows.len(), 2, "{probe_rows:?}");
+    assert!(probe_rows[0].contains(",pre,") && probe_rows[1].contains(",post,"));
+    let zsr = std::fs::read_to_string(out.join("zsr/zeroshot_retrieval.csv")).unwrap();
+    let row: Vec<f64> = zsr.lines().find(|l| l.starts_with("micro-msclip-s,")).unwrap().split(',').skip(1).map(|v| v.parse().unwrap()).collect();
+    assert_eq!(row.len(), 8);
+    assert!(row[2] <= row[3] && row[3] <= row[4] && row[5] <= row[6] && row[6] <= row[7], "{row:?}");
     let index = std::fs::read_to_string(out.join("README.md")).unwrap();
     assert!(index.contains("![nmi_by_layer.png](nmi/nmi_by_layer.png)"), "{index}");
     // A recipe naming an unknown analysis is an error naming it.

@@ -12,7 +12,8 @@ use super::*;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
-    /// nmi-by-layer | gap-by-layer | training-curves | comparison | heads-transfer | attention-gallery
+    /// nmi-by-layer | gap-by-layer | training-curves | comparison | heads-transfer |
+    /// attention-gallery | probe-table | zeroshot-retrieval
     pub analysis: String,
     pub title: String,
     /// Run directories (their newest checkpoint is used) or checkpoint directories.
@@ -195,6 +196,51 @@ fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
             write_atomic(&dir.join("comparison.csv"), (header + &csv).as_bytes())?;
             write_atomic(&dir.join("comparison.md"), md.as_bytes())?;
         }
+        "probe-table" => {
+            // Linear probe on the synthetic world's 48 classes, both feature choices.
+            let mut csv = String::from("model,feature,best_c,test_top1,test_mean_per_class,n_train,n_val,n_test\n");
+            let mut md = String::from("| model | feature | best C | test top-1 | mean-per-class |\n|---|---|---:|---:|---:|\n");
+            let mut header = String::new();
+            for ck in &cks()? {
+                let name = model_arg(ck).load()?.name;
+                for feature in ["pre", "post"] {
+                    let sub = dir.join(&name).join(feature);
+                    probe(&model_arg(ck), None, true, feature, [2000, 500, 1000], &[0.01, 0.1, 1.0, 10.0, 100.0], true, None, Some(&sub))?;
+                    let path = sub.join("probe.json");
+                    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).map_err(|e| Error::io(&path, e))?).map_err(|e| Error::Parse { path: path.clone(), message: e.to_string() })?;
+                    let res = &j["result"];
+                    csv.push_str(&format!("{name},{feature},{},{},{},{},{},{}\n", res["best_c"], res["test_top1"], res["test_mean_per_class"], res["n_train"], res["n_val"], res["n_test"]));
+                    md.push_str(&format!("| {name} | {feature} | {} | {:.3} | {:.3} |\n", res["best_c"], res["test_top1"].as_f64().unwrap_or(f64::NAN), res["test_mean_per_class"].as_f64().unwrap_or(f64::NAN)));
+                    if feature == "pre" {
+                        let mut prov = provenance(&model_arg(ck).build(0)?, "synthetic-zeroshot-splits:101/202/303".into(), 0);
+                        prov.notes.push("probe: multinomial logistic regression (L-BFGS), features standardised with train statistics, C swept on validation".into());
+                        header.push_str(&prov.csv_header());
+                    }
+                }
+            }
+            write_atomic(&dir.join("probe_table.csv"), (header + &csv).as_bytes())?;
+            write_atomic(&dir.join("probe_table.md"), md.as_bytes())?;
+        }
+        "zeroshot-retrieval" => {
+            use msclip::analysis::embedding::recall_at_k;
+            let mut csv = String::from("model,zero_shot_top1,zero_shot_top5,i2t_r1,i2t_r5,i2t_r10,t2i_r1,t2i_r5,t2i_r10\n");
+            let mut md = String::from("| model | zero-shot top-1 | top-5 | i→t R@1 | R@5 | R@10 | t→i R@1 | R@5 | R@10 |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            let mut header = String::new();
+            for ck in &cks()? {
+                let loaded = model_arg(ck).build(0)?;
+                let e = msclip::train::evaluate(&loaded.model, r.seed, r.synthetic)?;
+                let (src, data_id) = data_arg(r.synthetic, r.seed).source(loaded.model.config.vision.image_size as u32)?;
+                let f = embed_pairs(&loaded.model, src.as_ref(), r.synthetic, 64, None)?;
+                let sim = f.image.matmul(&f.text.tr());
+                let rk: Vec<f64> = [1, 5, 10].iter().map(|&k| recall_at_k(&sim, k)).chain([1, 5, 10].iter().map(|&k| recall_at_k(&sim.tr(), k))).collect();
+                let n = &loaded.model.config.name;
+                csv.push_str(&format!("{n},{},{},{}\n", e.zero_shot_top1, e.zero_shot_top5, rk.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")));
+                md.push_str(&format!("| {n} | {:.3} | {:.3} | {} |\n", e.zero_shot_top1, e.zero_shot_top5, rk.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(" | ")));
+                header.push_str(&provenance(&loaded, data_id, r.seed).csv_header());
+            }
+            write_atomic(&dir.join("zeroshot_retrieval.csv"), (header + &csv).as_bytes())?;
+            write_atomic(&dir.join("zeroshot_retrieval.md"), md.as_bytes())?;
+        }
         "heads-transfer" => {
             let mut all = Vec::new();
             for ck in &cks()? {
@@ -226,7 +272,7 @@ fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
             }
         }
         other => {
-            return Err(Error::config("analysis", other, "expected nmi-by-layer, gap-by-layer, training-curves, comparison, heads-transfer or attention-gallery"))
+            return Err(Error::config("analysis", other, "expected nmi-by-layer, gap-by-layer, training-curves, comparison, heads-transfer, attention-gallery, probe-table or zeroshot-retrieval"))
         }
     }
     Ok(listing(dir))
