@@ -32,6 +32,10 @@ fn embed_gap_nmi_and_heads_write_their_outputs() {
     assert_eq!(g["gap"]["n"], 24);
     assert!(g["gap"]["centroid_gap"].as_f64().unwrap() > 0.0);
 
+    let (code, out, err) = run(&["nmi", "--image-npy", &d("emb/image.npy"), "--text-npy", &d("emb/text.npy"), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!((0.0..=1.0).contains(&v["nmi"].as_f64().unwrap()) && v["inertia"].as_f64().unwrap() > 0.0, "{v}");
     let (code, out, err) = run(&["nmi", "--model", "tiny-msclip-s", "--synthetic", "24", "--json", "--out", &d("nmi")]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();

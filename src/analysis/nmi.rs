@@ -28,52 +28,163 @@ fn sq_dists(x: &Tensor, c: &Tensor) -> Tensor {
     (xx - x.matmul(&c.tr()) * 2.0 + cc).clamp_min(0.0)
 }
 
+/// Points read chunk by chunk, so k-means can run over data that is not held in memory
+/// (`msclip-analyze nmi --image-npy --text-npy`). Chunks are visited in index order and
+/// partition `0..len()`.
+pub trait Rows {
+    fn len(&self) -> i64;
+    fn chunks(&self) -> usize;
+    /// Chunk `i` as `[rows, d]` (any float kind; used in f64).
+    fn chunk(&mut self, i: usize) -> Result<Tensor>;
+    /// One row `[1, d]` by global index.
+    fn row(&mut self, index: i64) -> Result<Tensor>;
+}
+
+/// An in-memory tensor as one chunk.
+pub struct TensorRows<'a>(pub &'a Tensor);
+
+impl Rows for TensorRows<'_> {
+    fn len(&self) -> i64 {
+        self.0.size()[0]
+    }
+    fn chunks(&self) -> usize {
+        1
+    }
+    fn chunk(&mut self, _: usize) -> Result<Tensor> {
+        Ok(self.0.to_kind(Kind::Double))
+    }
+    fn row(&mut self, index: i64) -> Result<Tensor> {
+        Ok(self.0.narrow(0, index, 1).to_kind(Kind::Double))
+    }
+}
+
+/// Two `.npy` files of paired embeddings stacked (image rows, then text rows), read in
+/// chunks of `chunk` rows.
+pub struct NpyPairRows {
+    files: [crate::analysis::npy::Reader; 2],
+    chunk: i64,
+}
+
+impl NpyPairRows {
+    pub fn open(image: &std::path::Path, text: &std::path::Path, chunk: i64) -> Result<NpyPairRows> {
+        let (a, b) = (crate::analysis::npy::Reader::open(image)?, crate::analysis::npy::Reader::open(text)?);
+        if a.cols != b.cols {
+            return Err(Error::Invalid(format!("{} has {} columns but {} has {}", image.display(), a.cols, text.display(), b.cols)));
+        }
+        Ok(NpyPairRows { files: [a, b], chunk: chunk.max(1) })
+    }
+    /// Rows per modality: (image, text).
+    pub fn counts(&self) -> (i64, i64) {
+        (self.files[0].rows, self.files[1].rows)
+    }
+    fn per_file(&self, f: usize) -> usize {
+        ((self.files[f].rows + self.chunk - 1) / self.chunk) as usize
+    }
+}
+
+impl Rows for NpyPairRows {
+    fn len(&self) -> i64 {
+        self.files[0].rows + self.files[1].rows
+    }
+    fn chunks(&self) -> usize {
+        self.per_file(0) + self.per_file(1)
+    }
+    fn chunk(&mut self, i: usize) -> Result<Tensor> {
+        let (f, j) = if i < self.per_file(0) { (0, i) } else { (1, i - self.per_file(0)) };
+        let chunk = self.chunk;
+        self.files[f].read_rows(j as i64 * chunk, chunk)
+    }
+    fn row(&mut self, index: i64) -> Result<Tensor> {
+        let n0 = self.files[0].rows;
+        if index < n0 { self.files[0].read_rows(index, 1) } else { self.files[1].read_rows(index - n0, 1) }
+    }
+}
+
 /// k-means on the rows of `x: [n, d]` (computed in f64).
 pub fn kmeans(x: &Tensor, k: i64, restarts: usize, max_iter: usize, seed: u64) -> Result<KMeans> {
-    let n = x.size()[0];
+    let x = x.to_kind(Kind::Double); // once, not on every pass
+    kmeans_rows(&mut TensorRows(&x), k, restarts, max_iter, seed)
+}
+
+/// k-means over [`Rows`]: memory is one chunk plus the `n` labels. k-means++ seeding takes two
+/// passes per centre (the total of the squared distances, then the point where their running
+/// sum crosses the drawn target); each Lloyd iteration takes one pass.
+pub fn kmeans_rows(rows: &mut dyn Rows, k: i64, restarts: usize, max_iter: usize, seed: u64) -> Result<KMeans> {
+    let n = rows.len();
     if k < 1 || k > n {
         return Err(Error::Invalid(format!("k-means: k = {k} with {n} points")));
     }
-    let x = x.to_kind(Kind::Double);
+    let chunks = rows.chunks();
     let mut best: Option<KMeans> = None;
     for r in 0..restarts.max(1) {
         let mut rng = Rng::new(seed.wrapping_add(r as u64 * 0x9E37_79B9));
         // k-means++ seeding.
-        let mut idx = vec![rng.below(n as u64) as i64];
-        while (idx.len() as i64) < k {
-            let c = x.index_select(0, &Tensor::from_slice(&idx));
-            let d = sq_dists(&x, &c).min_dim(1, false).0;
-            let total = d.sum(Kind::Double).double_value(&[]);
+        let mut centers = rows.row(rng.below(n as u64) as i64)?.to_kind(Kind::Double);
+        while centers.size()[0] < k {
+            let mut total = 0.0;
+            for i in 0..chunks {
+                let x = rows.chunk(i)?.to_kind(Kind::Double);
+                total += sq_dists(&x, &centers).min_dim(1, false).0.sum(Kind::Double).double_value(&[]);
+            }
             let pick = if total <= 0.0 {
                 rng.below(n as u64) as i64
             } else {
-                let cum = Vec::<f64>::try_from(d.cumsum(0, Kind::Double)).unwrap();
                 let target = rng.unit() * total;
-                cum.iter().position(|&v| v >= target).unwrap_or(n as usize - 1) as i64
+                let (mut acc, mut start, mut found) = (0.0, 0i64, None);
+                for i in 0..chunks {
+                    let x = rows.chunk(i)?.to_kind(Kind::Double);
+                    let len = x.size()[0];
+                    let d = sq_dists(&x, &centers).min_dim(1, false).0;
+                    let cum = Vec::<f64>::try_from(d.cumsum(0, Kind::Double)).unwrap();
+                    if let Some(p) = cum.iter().position(|&v| acc + v >= target) {
+                        found = Some(start + p as i64);
+                        break;
+                    }
+                    acc += cum.last().copied().unwrap_or(0.0);
+                    start += len;
+                }
+                found.unwrap_or(n - 1)
             };
-            idx.push(pick);
+            centers = Tensor::cat(&[centers, rows.row(pick)?.to_kind(Kind::Double)], 0);
         }
-        let mut centers = x.index_select(0, &Tensor::from_slice(&idx));
-        let mut labels = Tensor::zeros([n], (Kind::Int64, x.device()));
+        let mut labels: Vec<i64> = vec![-1; n as usize];
         let mut iterations = 0;
         for it in 0..max_iter.max(1) {
             iterations = it + 1;
-            let new = sq_dists(&x, &centers).argmin(1, false);
-            let changed = it == 0 || !new.equal(&labels);
-            labels = new;
+            let mut changed = it == 0;
+            let d = centers.size()[1];
+            let (mut sums, mut counts) = (Tensor::zeros([k, d], (Kind::Double, centers.device())), Tensor::zeros([k], (Kind::Double, centers.device())));
+            let mut start = 0usize;
+            for i in 0..chunks {
+                let x = rows.chunk(i)?.to_kind(Kind::Double);
+                let new = sq_dists(&x, &centers).argmin(1, false);
+                let v = Vec::<i64>::try_from(&new).unwrap();
+                if labels[start..start + v.len()] != v[..] {
+                    changed = true;
+                    labels[start..start + v.len()].copy_from_slice(&v);
+                }
+                start += v.len();
+                let onehot = new.one_hot(k).to_kind(Kind::Double); // [rows, k]
+                counts += onehot.sum_dim_intlist(&[0i64][..], false, Kind::Double);
+                sums += onehot.tr().matmul(&x);
+            }
             // Recompute centres; an empty cluster keeps its centre.
-            let onehot = labels.one_hot(k).to_kind(Kind::Double); // [n, k]
-            let counts = onehot.sum_dim_intlist(&[0i64][..], false, Kind::Double);
-            let sums = onehot.tr().matmul(&x);
             let nonempty = counts.gt(0.0).unsqueeze(1);
             centers = (sums / counts.clamp_min(1.0).unsqueeze(1)).where_self(&nonempty, &centers);
             if !changed {
                 break;
             }
         }
-        let d = sq_dists(&x, &centers);
-        let inertia = d.gather(1, &labels.unsqueeze(1), false).sum(Kind::Double).double_value(&[]);
-        let res = KMeans { labels: Vec::<i64>::try_from(&labels).unwrap(), inertia, iterations };
+        let mut inertia = 0.0;
+        let mut start = 0i64;
+        for i in 0..chunks {
+            let x = rows.chunk(i)?.to_kind(Kind::Double);
+            let len = x.size()[0];
+            let lab = Tensor::from_slice(&labels[start as usize..(start + len) as usize]).to_device(x.device());
+            inertia += sq_dists(&x, &centers).gather(1, &lab.unsqueeze(1), false).sum(Kind::Double).double_value(&[]);
+            start += len;
+        }
+        let res = KMeans { labels, inertia, iterations };
         if best.as_ref().is_none_or(|b| res.inertia < b.inertia - 1e-12) {
             best = Some(res);
         }
@@ -139,6 +250,47 @@ pub fn modality_nmi(image: &Tensor, text: &Tensor, k: i64, restarts: usize, seed
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows of a tensor in uneven chunks.
+    struct Chunked(Tensor, Vec<i64>);
+    impl Rows for Chunked {
+        fn len(&self) -> i64 {
+            self.0.size()[0]
+        }
+        fn chunks(&self) -> usize {
+            self.1.len() - 1
+        }
+        fn chunk(&mut self, i: usize) -> Result<Tensor> {
+            Ok(self.0.narrow(0, self.1[i], self.1[i + 1] - self.1[i]))
+        }
+        fn row(&mut self, index: i64) -> Result<Tensor> {
+            Ok(self.0.narrow(0, index, 1))
+        }
+    }
+
+    /// Chunked k-means (what the streaming `nmi` runs) finds the in-memory labels and inertia,
+    /// and so does the `.npy` pair reader.
+    #[test]
+    fn chunked_kmeans_equals_in_memory() {
+        tch::manual_seed(4);
+        let a = Tensor::randn([70, 5], (Kind::Double, tch::Device::Cpu)) + 0.7;
+        let b = Tensor::randn([50, 5], (Kind::Double, tch::Device::Cpu)) - 0.7;
+        let x = Tensor::cat(&[&a, &b], 0);
+        let whole = kmeans(&x, 3, 3, 100, 9).unwrap();
+        let parts = kmeans_rows(&mut Chunked(x.shallow_clone(), vec![0, 13, 14, 61, 120]), 3, 3, 100, 9).unwrap();
+        assert_eq!(whole.labels, parts.labels);
+        assert!((whole.inertia - parts.inertia).abs() < 1e-9 * whole.inertia);
+        let dir = std::env::temp_dir().join(format!("msclip-nmi-npy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        crate::analysis::npy::write_f32(&dir.join("a.npy"), &a).unwrap();
+        crate::analysis::npy::write_f32(&dir.join("b.npy"), &b).unwrap();
+        let mut rows = NpyPairRows::open(&dir.join("a.npy"), &dir.join("b.npy"), 16).unwrap();
+        assert_eq!((rows.len(), rows.chunks(), rows.counts()), (120, 5 + 4, (70, 50)));
+        let xf = x.to_kind(Kind::Float).to_kind(Kind::Double);
+        let want = kmeans(&xf, 3, 3, 100, 9).unwrap();
+        let got = kmeans_rows(&mut rows, 3, 3, 100, 9).unwrap();
+        assert_eq!(want.labels, got.labels);
+    }
 
     #[test]
     fn nmi_matches_scikit_learn_values() {

@@ -166,6 +166,13 @@ enum Command {
         data: DataArg,
         #[command(flatten)]
         nmi: NmiArgs,
+        /// NMI of saved paired embeddings (e.g. from `embed`) instead of a model's layers.
+        /// Up to 1 GiB of data is loaded; above that k-means streams over both files in
+        /// 4,096-row chunks (memory: one chunk + the labels).
+        #[arg(long, requires = "text_npy")]
+        image_npy: Option<PathBuf>,
+        #[arg(long, requires = "image_npy")]
+        text_npy: Option<PathBuf>,
         #[arg(long)]
         out: Option<PathBuf>,
         #[arg(long)]
@@ -373,7 +380,8 @@ fn main() -> ExitCode {
         Command::Retrieval { model, data, out } => retrieval(&model, &data, out.as_deref()),
         Command::Figures { recipes, out } => figures::run_all(&recipes, &out),
         Command::Heads { model, data, out, permutations, gallery_slots } => heads(&model, &data, &out, permutations, &gallery_slots).map(|_| ()),
-        Command::Nmi { model, data, nmi, out, json } => nmi_cmd(&model, &data, &nmi, out.as_deref(), json),
+        Command::Nmi { nmi, image_npy: Some(a), text_npy: Some(b), out, json, .. } => nmi_npy(&a, &b, &nmi, out.as_deref(), json),
+        Command::Nmi { model, data, nmi, out, json, .. } => nmi_cmd(&model, &data, &nmi, out.as_deref(), json),
         Command::Check { model, data, nmi, baseline, update } => {
             return match check(&model, &data, &nmi, &baseline, update) {
                 Ok(true) => ExitCode::SUCCESS,
@@ -536,6 +544,42 @@ fn layer_nmi(loaded: &Loaded, data: &DataArg, a: &NmiArgs) -> Result<(Vec<LayerN
     let (v, inertia) = modality_nmi(&f.image, &f.text, a.k, a.restarts, a.seed)?;
     rows.push(LayerNmi { slot: loaded.model.config.text.layers, nmi: v, inertia });
     Ok((rows, gap_report(&f.image, &f.text, msclip::analysis::gap::DEFAULT_UNIFORMITY_MAX)?, data_id))
+}
+
+/// Above this much embedding data `nmi --image-npy/--text-npy` streams instead of loading.
+const NMI_IN_MEMORY_BYTES: u64 = 1 << 30;
+
+/// NMI (k-means vs modality) of two `.npy` embedding files; streamed above 1 GiB.
+fn nmi_npy(a: &std::path::Path, b: &std::path::Path, args: &NmiArgs, out: Option<&std::path::Path>, json: bool) -> Result<()> {
+    use msclip::analysis::nmi::{kmeans_rows, nmi, NpyPairRows};
+    let mut rows = NpyPairRows::open(a, b, GAP_CHUNK)?;
+    let (ni, nt) = rows.counts();
+    let t = std::time::Instant::now();
+    // Up to NMI_IN_MEMORY_BYTES of f32 data k-means runs in memory (one matmul per
+    // iteration); above it, it streams, re-reading the files on every pass. Same labels.
+    let bytes = (ni + nt) as u64 * std::fs::metadata(a).map(|m| m.len() / ni.max(1) as u64).unwrap_or(0);
+    let in_memory = bytes <= NMI_IN_MEMORY_BYTES;
+    let km = if in_memory {
+        let x = Tensor::cat(&[npy::read(a)?, npy::read(b)?], 0);
+        msclip::analysis::nmi::kmeans(&x, args.k, args.restarts, 100, args.seed)?
+    } else {
+        kmeans_rows(&mut rows, args.k, args.restarts, 100, args.seed)?
+    };
+    let truth: Vec<i64> = std::iter::repeat_n(0, ni as usize).chain(std::iter::repeat_n(1, nt as usize)).collect();
+    let v = nmi(&km.labels, &truth);
+    let mut prov = Provenance::new("embeddings", "n/a".into(), format!("{}+{}", msclip::io::sha256_file(a)?, msclip::io::sha256_file(b)?), msclip::model::config::Preprocess { mean: [0.0; 3], std: [1.0; 3] }, args.seed);
+    prov.notes.push(format!("embeddings read from {} ({ni} rows) and {} ({nt} rows), {}", a.display(), b.display(), if in_memory { "held in memory".to_string() } else { format!("streamed in chunks of {GAP_CHUNK} rows") }));
+    prov.notes.push(format!("NMI: k-means k {}, restarts {}, seed {}; arithmetic normalisation (scikit-learn's default)", args.k, args.restarts, args.seed));
+    let j = serde_json::json!({"provenance": prov, "nmi": v, "inertia": km.inertia, "iterations": km.iterations, "seconds": t.elapsed().as_secs_f64()});
+    if json {
+        println!("{j}");
+    } else {
+        println!("nmi {v:.6} inertia {:.6} ({} + {} points, {:.2}s)", km.inertia, ni, nt, t.elapsed().as_secs_f64());
+    }
+    if let Some(dir) = out {
+        write_atomic(&dir.join("nmi.json"), serde_json::to_string_pretty(&j).unwrap().as_bytes())?;
+    }
+    Ok(())
 }
 
 fn nmi_cmd(model: &ModelArg, data: &DataArg, a: &NmiArgs, out: Option<&std::path::Path>, json: bool) -> Result<()> {
