@@ -170,11 +170,12 @@ pub fn relevancy_grounding(
             let Some(o) = os.get(k) else { continue };
             let b = b as i64;
             let item = |ts: &[Tensor]| ts.iter().map(|t| t.get(b).detach()).collect::<Vec<_>>();
-            let last = pv.len() - 1;
+            let (a, g) = (item(&pv), item(&grads));
+            let last = a.len() - 1;
             let maps = [
-                ("relevancy_last", relevancy(&item(&pv[last..]), &item(&grads[last..]))),
-                ("relevancy_all", relevancy(&item(&pv), &item(&grads))),
-                ("rollout", rollout(&item(&pv))),
+                ("relevancy_last", relevancy(&a[last..], &g[last..])),
+                ("relevancy_all", relevancy(&a, &g)),
+                ("rollout", rollout(&a)),
             ];
             let (uniform, _) = box_grounding(&vec![1.0; (grid * grid) as usize], grid as usize, patch, o.bbox);
             for (name, r) in maps {

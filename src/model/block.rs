@@ -196,9 +196,7 @@ impl SharedBlock {
     /// Whether [`SharedBlock::forward_pooled`] may replace the full forward at this slot: it
     /// may when nothing is recorded here.
     pub fn can_pool_early(&self, capture: &Capture) -> bool {
-        [Site::AttnProbs, Site::AttnLogits, Site::Ln1, Site::AttnOut, Site::Ln2, Site::Resid]
-            .iter()
-            .all(|&site| !capture.wants(self.slot, site))
+        !capture.sites.iter().any(|&site| capture.wants(self.slot, site))
     }
 
     /// The block's output at one row per item, `[B, D]`, where `rows: [B]` (int64) names the

@@ -58,6 +58,13 @@ pub fn upsample_normalized(values: &[f32], side: usize, size: usize) -> Vec<f64>
     out
 }
 
+/// An image pixel under the heat colour of `v ∈ [0, 1]` with weight `alpha`.
+fn blend(p: &image::Rgb<u8>, v: f64, alpha: f64) -> RGBColor {
+    let hc = heat(v);
+    let mix = |a: u8, b: u8| ((1.0 - alpha) * a as f64 + alpha * b as f64).round() as u8;
+    RGBColor(mix(p[0], hc.0), mix(p[1], hc.1), mix(p[2], hc.2))
+}
+
 /// A grid of attention overlays: `cells[row][col]` is a `side × side` map drawn over `base`.
 pub struct OverlayGrid<'a> {
     pub title: String,
@@ -100,10 +107,7 @@ pub fn overlay_grid_png(path: &Path, g: &OverlayGrid) -> Result<()> {
                 let up = upsample_normalized(values, *side, g.cell as usize);
                 for y in 0..g.cell {
                     for x in 0..g.cell {
-                        let p = base.get_pixel(x, y);
-                        let hc = heat(up[(y * g.cell + x) as usize]);
-                        let mix = |a: u8, b: u8| ((1.0 - g.alpha) * a as f64 + g.alpha * b as f64).round() as u8;
-                        let col = RGBColor(mix(p[0], hc.0), mix(p[1], hc.1), mix(p[2], hc.2));
+                        let col = blend(base.get_pixel(x, y), up[(y * g.cell + x) as usize], g.alpha);
                         root.draw_pixel(((x0 + x) as i32, (y0 + y) as i32), &col).map_err(|e| plot_err(path, e))?;
                     }
                 }
@@ -472,11 +476,8 @@ impl Figure for HeadPairs<'_> {
             let up = upsample_normalized(&row.image_map, self.grid, Self::IMG as usize);
             for y in 0..Self::IMG {
                 for x in 0..Self::IMG {
-                    let p = base.get_pixel(x, y);
-                    let hc = heat(up[(y * Self::IMG + x) as usize]);
-                    let mix = |a: u8, b: u8| (0.45 * a as f64 + 0.55 * b as f64).round() as u8;
                     let (px, py) = (x_img + x as i32 * Self::SCALE, y0 + y as i32 * Self::SCALE);
-                    let col = RGBColor(mix(p[0], hc.0), mix(p[1], hc.1), mix(p[2], hc.2));
+                    let col = blend(base.get_pixel(x, y), up[(y * Self::IMG + x) as usize], 0.55);
                     root.draw(&Rectangle::new([(px, py), (px + Self::SCALE, py + Self::SCALE)], col.filled())).map_err(e)?;
                 }
             }

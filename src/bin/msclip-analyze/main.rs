@@ -475,6 +475,14 @@ fn print_gap(r: &GapReport) {
     }
 }
 
+/// Provenance of results computed from two saved embedding files (hashes of both).
+fn npy_provenance(a: &std::path::Path, b: &std::path::Path, seed: u64) -> Result<Provenance> {
+    let id = format!("{}+{}", msclip::io::sha256_file(a)?, msclip::io::sha256_file(b)?);
+    let mut p = Provenance::new("embeddings", "n/a".into(), id, msclip::model::config::Preprocess { mean: [0.0; 3], std: [1.0; 3] }, seed);
+    p.notes.push(format!("embeddings read from {} and {}", a.display(), b.display()));
+    Ok(p)
+}
+
 /// Rows per chunk when `gap` streams `.npy` files.
 const GAP_CHUNK: i64 = 4096;
 
@@ -502,8 +510,7 @@ fn gap_from_npy(a: &std::path::Path, b: &std::path::Path, umax: i64) -> Result<G
 fn gap(model: &ModelArg, data: &DataArg, image_npy: Option<&std::path::Path>, text_npy: Option<&std::path::Path>, umax: i64, out: Option<&std::path::Path>, json: bool) -> Result<()> {
     let (r, prov) = match (image_npy, text_npy) {
         (Some(a), Some(b)) => {
-            let mut p = Provenance::new("embeddings", "n/a".into(), format!("{}+{}", msclip::io::sha256_file(a)?, msclip::io::sha256_file(b)?), msclip::model::config::Preprocess { mean: [0.0; 3], std: [1.0; 3] }, 0);
-            p.notes.push(format!("embeddings read from {} and {}", a.display(), b.display()));
+            let mut p = npy_provenance(a, b, 0)?;
             p.notes.push(format!("streamed: two passes over chunks of {GAP_CHUNK} rows"));
             (gap_from_npy(a, b, umax)?, p)
         }
@@ -557,8 +564,8 @@ fn nmi_npy(a: &std::path::Path, b: &std::path::Path, args: &NmiArgs, out: Option
     let t = std::time::Instant::now();
     // Up to NMI_IN_MEMORY_BYTES of f32 data k-means runs in memory (one matmul per
     // iteration); above it, it streams, re-reading the files on every pass. Same labels.
-    let bytes = (ni + nt) as u64 * std::fs::metadata(a).map(|m| m.len() / ni.max(1) as u64).unwrap_or(0);
-    let in_memory = bytes <= NMI_IN_MEMORY_BYTES;
+    let file_len = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).map_err(|e| Error::io(p, e));
+    let in_memory = file_len(a)? + file_len(b)? <= NMI_IN_MEMORY_BYTES;
     let km = if in_memory {
         let x = Tensor::cat(&[npy::read(a)?, npy::read(b)?], 0);
         msclip::analysis::nmi::kmeans(&x, args.k, args.restarts, 100, args.seed)?
@@ -567,8 +574,8 @@ fn nmi_npy(a: &std::path::Path, b: &std::path::Path, args: &NmiArgs, out: Option
     };
     let truth: Vec<i64> = std::iter::repeat_n(0, ni as usize).chain(std::iter::repeat_n(1, nt as usize)).collect();
     let v = nmi(&km.labels, &truth);
-    let mut prov = Provenance::new("embeddings", "n/a".into(), format!("{}+{}", msclip::io::sha256_file(a)?, msclip::io::sha256_file(b)?), msclip::model::config::Preprocess { mean: [0.0; 3], std: [1.0; 3] }, args.seed);
-    prov.notes.push(format!("embeddings read from {} ({ni} rows) and {} ({nt} rows), {}", a.display(), b.display(), if in_memory { "held in memory".to_string() } else { format!("streamed in chunks of {GAP_CHUNK} rows") }));
+    let mut prov = npy_provenance(a, b, args.seed)?;
+    prov.notes.push(format!("{ni} + {nt} rows, {}", if in_memory { "held in memory".to_string() } else { format!("streamed in chunks of {GAP_CHUNK} rows") }));
     prov.notes.push(format!("NMI: k-means k {}, restarts {}, seed {}; arithmetic normalisation (scikit-learn's default)", args.k, args.restarts, args.seed));
     let j = serde_json::json!({"provenance": prov, "nmi": v, "inertia": km.inertia, "iterations": km.iterations, "seconds": t.elapsed().as_secs_f64()});
     if json {
@@ -701,11 +708,15 @@ fn heads(model: &ModelArg, data: &DataArg, out: &std::path::Path, permutations: 
     while start < n {
         let end = (start + data.batch).min(n);
         let (mut imgs, mut caps, mut ids) = (vec![], vec![], vec![]);
+        let mut first_rgb = None;
         for i in start..end {
             match src.get(i) {
                 Ok((im, cap)) => {
                     let im = img::resize_center_crop(&im, size);
                     imgs.push(img::to_tensor(im.as_raw(), size, size, cfg.preprocess.mean, cfg.preprocess.std));
+                    if gallery.is_none() && first_rgb.is_none() {
+                        first_rgb = Some(im);
+                    }
                     caps.push(cap);
                     ids.push(i);
                 }
@@ -753,7 +764,9 @@ fn heads(model: &ModelArg, data: &DataArg, out: &std::path::Path, permutations: 
             msclip::eval::relevancy_grounding(m, &images, &objects, &tok, &mut rel_ground)?;
         }
         if gallery.is_none() && !objects.is_empty() {
-            gallery = Some(GalleryItem::take(&cache, src.as_ref(), ids[0], &tokens, &gallery_slots, cfg)?);
+            if let Some(rgb) = first_rgb.take() {
+                gallery = Some(GalleryItem::take(&cache, rgb, &tokens, eot[0], &tok, &gallery_slots, cfg));
+            }
         }
     }
     let stats = acc.finish();
@@ -852,8 +865,8 @@ struct GalleryItem {
 }
 
 impl GalleryItem {
-    fn take(cache: &ActivationCache, src: &dyn PairSource, index: usize, tokens: &Tensor, vslots: &[usize], cfg: &ModelConfig) -> Result<GalleryItem> {
-        let eot = msclip::model::towers::TextTower::pooled_positions(&tokens.get(0).unsqueeze(0)).int64_value(&[0]);
+    /// Item 0 of a batch: its (resized) image, tokens and EOT position.
+    fn take(cache: &ActivationCache, rgb: image::RgbImage, tokens: &Tensor, eot: i64, tok: &Tokenizer, vslots: &[usize], cfg: &ModelConfig) -> GalleryItem {
         let g = cfg.grid();
         let mut slots = Vec::new();
         for &slot in vslots {
@@ -862,11 +875,9 @@ impl GalleryItem {
             let v = v.get(0).select(1, 0).narrow(1, 1, g * g).to_kind(tch::Kind::Float);
             slots.push((slot, t, v));
         }
-        let tok = Tokenizer::new(cfg.text.context_length as usize);
         let ids: Vec<i64> = Vec::<i64>::try_from(tokens.get(0).narrow(0, 0, eot + 1)).unwrap();
         let labels = ids.iter().map(|&i| tok.token_label(i)).collect();
-        let (im, _) = src.get(index).map_err(|why| Error::Invalid(format!("{}: {why}", src.describe(index))))?;
-        Ok(GalleryItem { rgb: img::resize_center_crop(&im, cfg.vision.image_size as u32), slots, labels })
+        GalleryItem { rgb, slots, labels }
     }
 
     /// `gallery_slot{S}.png/.svg` per slot: one row per head, the caption's token × token
