@@ -24,10 +24,9 @@ MODELS="tiny-clip tiny-msclip-attn tiny-msclip tiny-msclip-ln tiny-msclip-s"
 for m in $MODELS; do
   echo
   echo "== training $m on the synthetic world =="
-  args=(--config "configs/train/$m.toml" --out "$OUT/runs/$m" --progress)
-  [ -n "$STEPS" ] && args+=(--steps "$STEPS")
   # Resume when a previous demo left a run behind (finished runs resume as a no-op).
-  [ -d "$OUT/runs/$m/checkpoints" ] && args+=(--resume)
+  args=(--config "configs/train/$m.toml" --out "$OUT/runs/$m" --progress --resume-or-fresh)
+  [ -n "$STEPS" ] && args+=(--steps "$STEPS")
   "$BIN/msclip-train" "${args[@]}" > /dev/null
 done
 

@@ -17,6 +17,10 @@ pub enum Error {
     /// A request outside what the model or data offers (layer/head out of range, …).
     #[error("{0}")]
     Invalid(String),
+    /// A run stopped on its own data (non-finite loss or weights, a failed save): exit 1,
+    /// not "bad input".
+    #[error("{0}")]
+    Stopped(String),
     /// An error raised inside libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
@@ -25,6 +29,13 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// The command-line exit status: 1 for a stopped run, 2 for everything else (bad input).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Stopped(_) => 1,
+            _ => 2,
+        }
+    }
     pub fn config(key: impl Into<String>, value: impl std::fmt::Display, reason: impl Into<String>) -> Self {
         Error::Config { key: key.into(), value: value.to_string(), reason: reason.into() }
     }

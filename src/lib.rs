@@ -2,6 +2,7 @@
 
 pub mod analysis;
 pub mod checkpoint;
+pub mod cli;
 pub mod data;
 pub mod error;
 pub mod eval;

@@ -7,8 +7,7 @@ use msclip::data::loader::{Augment, Loader, ManifestSource, PairSource, Plan, Sy
 use msclip::data::manifest::{read, ManifestFormat};
 use msclip::data::synth;
 use msclip::tokenizer::Tokenizer;
-use msclip::train::{train, Resume, TrainConfig};
-use tch::Device;
+use msclip::train::{train, TrainConfig, TrainOptions};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("msclip-data-{name}-{}", std::process::id()));
@@ -93,12 +92,12 @@ fn unreadable_images_are_skipped_and_listed_or_stop_in_strict_mode() {
         ..Default::default()
     };
     let run = dir.join("run");
-    train(&tc, &run, Resume::No, Device::Cpu, false).unwrap();
+    train(&tc, &run, &TrainOptions::fresh()).unwrap();
     let skipped = std::fs::read_to_string(run.join("skipped.tsv")).unwrap();
     assert!(skipped.starts_with("step\tindex\titem\treason\n"));
     assert!(skipped.contains("broken.png") && skipped.contains("missing.png"), "{skipped}");
     assert_eq!(skipped.lines().count(), 3);
-    let err = train(&TrainConfig { strict: true, ..tc.clone() }, &dir.join("strict"), Resume::No, Device::Cpu, false)
+    let err = train(&TrainConfig { strict: true, ..tc.clone() }, &dir.join("strict"), &TrainOptions::fresh())
         .err()
         .unwrap()
         .to_string();
@@ -106,7 +105,7 @@ fn unreadable_images_are_skipped_and_listed_or_stop_in_strict_mode() {
     // A manifest with a malformed row names file and line.
     let bad = dir.join("bad.tsv");
     std::fs::write(&bad, "filepath\ttitle\n0.png\tok\n1.png\n").unwrap();
-    let err = train(&TrainConfig { data: Some(bad.display().to_string()), ..tc }, &dir.join("r2"), Resume::No, Device::Cpu, false)
+    let err = train(&TrainConfig { data: Some(bad.display().to_string()), ..tc }, &dir.join("r2"), &TrainOptions::fresh())
         .err()
         .unwrap()
         .to_string();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use msclip::checkpoint;
 use msclip::model::{ModelConfig, MsClip};
-use msclip::train::{load_checkpoint, train, Resume, TrainConfig};
+use msclip::train::{load_checkpoint, train, Resume, TrainConfig, TrainOptions};
 use tch::Device;
 
 fn config(steps: i64, save_every: i64) -> TrainConfig {
@@ -50,14 +50,14 @@ fn losses(run: &Path) -> Vec<(i64, f64)> {
 fn k_steps_resume_k_steps_equals_2k_steps() {
     let k = 3;
     let full = tmp("full");
-    train(&config(2 * k, 0), &full, Resume::No, Device::Cpu, false).unwrap();
+    train(&config(2 * k, 0), &full, &TrainOptions::fresh()).unwrap();
     let split = tmp("split");
     // Stop after k steps (the schedule still spans 2k), then resume in a second call.
     let first = TrainConfig { stop_after: Some(k), ..config(2 * k, k) };
-    let out = train(&first, &split, Resume::No, Device::Cpu, false).unwrap();
+    let out = train(&first, &split, &TrainOptions::fresh()).unwrap();
     assert_eq!(out.final_step, k);
     assert_eq!(losses(&split).len(), k as usize);
-    train(&config(2 * k, k), &split, Resume::Latest, Device::Cpu, false).unwrap();
+    train(&config(2 * k, k), &split, &TrainOptions::resume(Resume::Latest)).unwrap();
     let a = losses(&full);
     let b = losses(&split);
     assert_eq!(a.len(), (2 * k) as usize);
@@ -72,7 +72,7 @@ fn k_steps_resume_k_steps_equals_2k_steps() {
 #[test]
 fn checkpoint_errors_name_tensors_and_files() {
     let run = tmp("errs");
-    train(&config(2, 2), &run, Resume::No, Device::Cpu, false).unwrap();
+    train(&config(2, 2), &run, &TrainOptions::fresh()).unwrap();
     let dir = run.join("checkpoints").join(checkpoint::step_dir_name(2));
     // Another architecture: names the missing / unexpected tensors.
     let other = ModelConfig::preset("tiny-clip").unwrap();
@@ -101,40 +101,63 @@ fn checkpoint_errors_name_tensors_and_files() {
     assert!(checkpoint::latest_valid(&run.join("checkpoints")).is_none());
 }
 
+/// Whether a `.tmp-step-*` directory (a save in flight) exists under `root`.
+fn save_in_flight(root: &Path) -> bool {
+    std::fs::read_dir(root).map(|rd| rd.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().starts_with(".tmp-step-"))).unwrap_or(false)
+}
+
 #[test]
-fn sigkill_at_any_moment_leaves_the_run_resumable() {
+fn sigkill_mid_run_and_mid_save_leaves_the_run_resumable() {
     let run = tmp("kill");
     std::fs::create_dir_all(&run).unwrap();
+    let root = run.join("checkpoints");
     let cfg_path = run.join("train.toml.in");
     let mut tc = config(12, 1);
     tc.keep = 2;
     std::fs::write(&cfg_path, toml::to_string(&tc).unwrap()).unwrap();
     let bin = env!("CARGO_BIN_EXE_msclip-train");
-    // Kill at staggered moments (some inside saves: every step saves).
-    for (i, delay_ms) in [900u64, 1300, 1700, 2300].iter().enumerate() {
-        let mut args = vec!["--config".to_string(), cfg_path.display().to_string(), "--out".into(), run.display().to_string()];
-        if i > 0 {
-            args.push("--resume".into());
+    let args = ["--config", cfg_path.to_str().unwrap(), "--out", run.to_str().unwrap(), "--resume-or-fresh"];
+    let (mut mid_run, mut mid_save) = (0, 0);
+    // Kill 0 lands between saves once a checkpoint exists; kills 1..3 land while a save's
+    // temporary directory exists (every step saves; the directory is polled every 0.2 ms).
+    for round in 0..4 {
+        let mut child = Command::new(bin).args(args).stderr(std::process::Stdio::null()).spawn().unwrap();
+        let t0 = std::time::Instant::now();
+        loop {
+            assert!(t0.elapsed() < Duration::from_secs(120), "no kill moment reached in round {round}");
+            if let Ok(Some(_)) = child.try_wait() {
+                panic!("the run finished before round {round}'s kill");
+            }
+            let ready = if round == 0 { !checkpoint::list(&root).is_empty() && !save_in_flight(&root) } else { save_in_flight(&root) };
+            if ready {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
         }
-        let mut child = Command::new(bin).args(&args).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(*delay_ms));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
-        for dir in checkpoint::list(&run.join("checkpoints")) {
+        if round == 0 {
+            assert!(!checkpoint::list(&root).is_empty(), "checkpoints existed before the kill");
+            mid_run += 1;
+        } else if save_in_flight(&root) {
+            // The temporary directory outlived the process: the kill landed inside a save.
+            mid_save += 1;
+        }
+        for dir in checkpoint::list(&root) {
             let meta = checkpoint::verify(&dir).unwrap_or_else(|e| panic!("listed checkpoint does not verify: {e}"));
             let (vs, _) = MsClip::build(&meta.model, Device::Cpu, 0);
             checkpoint::load_model(&dir, &vs).unwrap();
         }
     }
-    let status = Command::new(bin)
-        .args(["--config", cfg_path.to_str().unwrap(), "--out", run.to_str().unwrap(), "--resume"])
-        .status()
-        .unwrap();
+    assert_eq!(mid_run, 1);
+    assert!(mid_save >= 2, "at least two kills landed mid-save ({mid_save})");
+    let status = Command::new(bin).args(args).status().unwrap();
     assert!(status.success());
+    assert!(!save_in_flight(&root), "stale temporary directories are removed");
     let l = losses(&run);
     assert_eq!(l.iter().map(|(s, _)| *s).collect::<Vec<_>>(), (1..=12).collect::<Vec<_>>());
     // The interrupted run's losses equal an uninterrupted run's.
     let clean = tmp("kill-ref");
-    train(&tc, &clean, Resume::No, Device::Cpu, false).unwrap();
+    train(&tc, &clean, &TrainOptions::fresh()).unwrap();
     assert_eq!(l, losses(&clean));
 }

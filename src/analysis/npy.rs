@@ -29,6 +29,9 @@ pub fn write_f32(path: &Path, t: &Tensor) -> Result<()> {
     crate::io::write_atomic(path, &bytes)
 }
 
+/// Largest `.npy` header accepted (numpy writes 64–128 bytes).
+const MAX_HEADER: usize = 1 << 16;
+
 /// A 2-D `.npy` file read by row ranges (memory bounded by the range).
 pub struct Reader {
     file: std::fs::File,
@@ -51,6 +54,9 @@ impl Reader {
             Some(2 | 3) if got >= 12 => u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize + 12,
             _ => 12,
         };
+        if hlen > MAX_HEADER {
+            return Err(Error::Invalid(format!("{}: not a supported .npy file: header of {hlen} bytes", path.display())));
+        }
         let mut bytes = head;
         bytes.resize(hlen.max(bytes.len()), 0);
         use std::io::{Seek, SeekFrom};
@@ -117,6 +123,12 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<(Kind, Vec<i64>, usize)> {
     let dims: Vec<i64> = shape_txt.split(',').map(|s| s.trim()).filter(|s| !s.is_empty()).map(|s| s.parse::<i64>()).collect::<std::result::Result<_, _>>().map_err(|_| bad("bad shape"))?;
     if dims.len() != 2 {
         return Err(bad("array must be 2-D"));
+    }
+    if dims[1] == 0 {
+        return Err(bad("array has 0 columns"));
+    }
+    if dims.iter().any(|&d| d < 0) || dims[0].checked_mul(dims[1]).and_then(|n| n.checked_mul(8)).is_none() {
+        return Err(bad("shape is too large"));
     }
     Ok((kind, dims, start + hlen))
 }

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use msclip::train::{train, Resume, TrainConfig};
+use msclip::cli::{int_in, positive_float};
+use msclip::train::{train, Resume, TrainConfig, TrainOptions};
 use msclip::{Error, Result};
 use tch::Device;
 
@@ -23,34 +24,36 @@ struct Cli {
     /// Override `model` (preset name or model TOML).
     #[arg(long)]
     model: Option<String>,
-    #[arg(long)]
+    #[arg(long, value_parser = int_in(1i64..=1 << 40))]
     steps: Option<i64>,
-    #[arg(long)]
+    #[arg(long, value_parser = int_in(2usize..=1 << 20))]
     batch_size: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = positive_float)]
     lr: Option<f64>,
-    #[arg(long)]
+    #[arg(long, value_parser = int_in(0i64..=1 << 40))]
     warmup_steps: Option<i64>,
-    #[arg(long)]
+    /// Save every N steps (0 = only at the end).
+    #[arg(long, value_parser = int_in(0i64..=1 << 40))]
     save_every: Option<i64>,
-    #[arg(long)]
+    #[arg(long, value_parser = int_in(1usize..=1_000_000))]
     keep: Option<usize>,
-    #[arg(long)]
+    /// Evaluate every N steps (0 = never).
+    #[arg(long, value_parser = int_in(0i64..=1 << 40))]
     eval_every: Option<i64>,
-    #[arg(long)]
+    #[arg(long, value_parser = int_in(2usize..=1_000_000))]
     eval_items: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = int_in(2usize..=1 << 40))]
     data_items: Option<usize>,
     #[arg(long)]
     seed: Option<u64>,
     /// Stop after N steps (the schedule still spans --steps); resume later with --resume.
-    #[arg(long)]
+    #[arg(long, value_parser = int_in(1i64..=1 << 40))]
     stop_after: Option<i64>,
     /// fp32 | amp (= amp-fp16: CUDA autocast, dynamic loss scale) | amp-bf16 (CUDA autocast in bf16)
     #[arg(long)]
     precision: Option<String>,
     /// Micro-batches per batch (gradient accumulation with cached features).
-    #[arg(long)]
+    #[arg(long, value_parser = int_in(1usize..=1 << 20))]
     accum_freq: Option<usize>,
     /// Image–caption data: a manifest (.tsv/.csv) or tar shards (dir/shard-{000..009}.tar).
     #[arg(long)]
@@ -61,9 +64,18 @@ struct Cli {
     /// auto | cpu | cuda
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Resume from the newest complete checkpoint in OUT, or from the given checkpoint.
-    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    /// Resume from the newest checkpoint in OUT that verifies (an error if there is none), or
+    /// from the given checkpoint directory.
+    #[arg(long, num_args = 0..=1, default_missing_value = "", conflicts_with = "resume_or_fresh")]
     resume: Option<String>,
+    /// Resume from the newest valid checkpoint in OUT, or start fresh if there is none (for
+    /// job scripts that are re-submitted until the run is done).
+    #[arg(long)]
+    resume_or_fresh: bool,
+    /// Start fresh even if OUT holds an earlier run: its metrics.jsonl and checkpoints are
+    /// deleted first.
+    #[arg(long, conflicts_with_all = ["resume", "resume_or_fresh"])]
+    force: bool,
     /// Print a progress line every 10 steps on stderr.
     #[arg(long)]
     progress: bool,
@@ -185,12 +197,13 @@ fn run(cli: Cli) -> Result<()> {
         other => return Err(Error::config("--device", other, "expected auto, cpu or cuda")),
     };
     let resume = match cli.resume.as_deref() {
+        _ if cli.resume_or_fresh => Resume::LatestOrFresh,
         None => Resume::No,
         Some("") => Resume::Latest,
         Some(p) => Resume::Path(PathBuf::from(p)),
     };
     let progress = cli.progress || std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let outcome = train(&tc, &out, resume, device, progress)?;
+    let outcome = train(&tc, &out, &TrainOptions { resume, force: cli.force, device, progress })?;
     if let Some(e) = &outcome.last_eval {
         println!("{}", serde_json::to_string(e).unwrap());
     }
@@ -202,8 +215,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            let stopped = matches!(&e, Error::Invalid(m) if m.contains("stopping") || m.contains("not saving"));
-            ExitCode::from(if stopped { 1 } else { 2 })
+            ExitCode::from(e.exit_code())
         }
     }
 }

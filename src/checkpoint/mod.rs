@@ -66,11 +66,25 @@ pub fn save(root: &Path, vs: &nn::VarStore, optim: &[(String, Tensor)], meta: Me
     Ok(final_dir)
 }
 
-/// Writes a checkpoint into `final_dir` atomically (temp dir + fsync + rename; an existing
-/// checkpoint there is replaced only after the new one is complete).
+/// Writes a checkpoint into `final_dir` atomically: a temporary directory is written and
+/// fsynced, then renamed into place; an existing checkpoint there is swapped out in one
+/// `renameat2(RENAME_EXCHANGE)` and removed only afterwards, so a crash at any moment leaves
+/// either the old or the new checkpoint under the name. Nothing non-finite is written: every
+/// parameter, buffer and optimizer tensor is checked first (the error names the tensor). An
+/// existing `final_dir` that is not a checkpoint (no `meta.json`) is never replaced.
 pub fn save_dir(final_dir: &Path, vs: &nn::VarStore, optim: &[(String, Tensor)], mut meta: Meta) -> Result<()> {
+    let model = named_tensors(vs);
+    let what = format!("checkpoint for step {}", meta.step);
+    check_finite(&what, model.iter().map(|(n, t)| (n.as_str(), t)))?;
+    check_finite(&what, optim.iter().map(|(n, t)| (n.as_str(), t)))?;
     let root = final_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+    if final_dir.exists() && !final_dir.join("meta.json").is_file() {
+        return Err(Error::Invalid(format!(
+            "{}: exists and is not a checkpoint directory; refusing to replace it",
+            final_dir.display()
+        )));
+    }
     let name = final_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "checkpoint".into());
     let tmp = root.join(format!(".tmp-{name}-{}", std::process::id()));
     if tmp.exists() {
@@ -78,7 +92,7 @@ pub fn save_dir(final_dir: &Path, vs: &nn::VarStore, optim: &[(String, Tensor)],
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let model_path = tmp.join("model.safetensors");
-    Tensor::write_safetensors(&named_tensors(vs), &model_path)?;
+    Tensor::write_safetensors(&model, &model_path)?;
     fsync_file(&model_path)?;
     meta.sha256.insert("model.safetensors".into(), sha256_file(&model_path)?);
     if !optim.is_empty() {
@@ -90,49 +104,115 @@ pub fn save_dir(final_dir: &Path, vs: &nn::VarStore, optim: &[(String, Tensor)],
     write_atomic(&tmp.join("meta.json"), serde_json::to_string_pretty(&meta).unwrap().as_bytes())?;
     fsync_dir(&tmp);
     if final_dir.exists() {
-        // Same step saved again (e.g. after a resume): replace it.
-        std::fs::remove_dir_all(final_dir).map_err(|e| Error::io(final_dir, e))?;
+        // Same step saved again (e.g. after a resume): swap atomically, then drop the old one.
+        exchange(&tmp, final_dir)?;
+        fsync_dir(root);
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    } else {
+        std::fs::rename(&tmp, final_dir).map_err(|e| Error::io(final_dir, e))?;
     }
-    std::fs::rename(&tmp, final_dir).map_err(|e| Error::io(final_dir, e))?;
     fsync_dir(root);
     Ok(())
 }
 
-/// Reads and verifies `dir/meta.json` and the hashes of its tensor files.
+/// Atomically swaps two directory entries (Linux `renameat2` with `RENAME_EXCHANGE`).
+fn exchange(a: &Path, b: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::Invalid(format!("{}: path holds a NUL byte", p.display())));
+    let (ca, cb) = (c(a)?, c(b)?);
+    // SAFETY: two valid NUL-terminated paths; the call only renames.
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
+    if rc != 0 {
+        return Err(Error::io(b, std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Reads and verifies `dir/meta.json` (its model config is validated like a TOML config) and
+/// the hashes of its tensor files.
 pub fn verify(dir: &Path) -> Result<Meta> {
     let meta_path = dir.join("meta.json");
     let text = std::fs::read_to_string(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
     let meta: Meta =
         serde_json::from_str(&text).map_err(|e| Error::Parse { path: meta_path.clone(), message: e.to_string() })?;
+    meta.model.validate().map_err(|e| Error::Parse { path: meta_path.clone(), message: format!("model config: {e}") })?;
+    if meta.step < 0 {
+        return Err(Error::Parse { path: meta_path.clone(), message: format!("step = {} is negative", meta.step) });
+    }
     for (file, want) in &meta.sha256 {
+        if !matches!(file.as_str(), "model.safetensors" | "optim.safetensors") {
+            return Err(Error::Parse { path: meta_path.clone(), message: format!("sha256 names an unknown file {file:?}") });
+        }
         let got = sha256_file(&dir.join(file))?;
         if &got != want {
             return Err(Error::Invalid(format!("{}: sha256 mismatch (file is corrupted or truncated)", dir.join(file).display())));
         }
     }
+    if !meta.sha256.contains_key("model.safetensors") {
+        return Err(Error::Parse { path: meta_path, message: "no sha256 of model.safetensors".into() });
+    }
     Ok(meta)
 }
 
-/// Complete checkpoints under `root`, newest first.
+/// [`verify`], then every tensor of `model.safetensors` and `optim.safetensors` is read and
+/// checked finite: what `--resume` requires of a checkpoint before it picks it.
+pub fn verify_deep(dir: &Path) -> Result<Meta> {
+    let meta = verify(dir)?;
+    for file in meta.sha256.keys() {
+        let path = dir.join(file);
+        let tensors = Tensor::read_safetensors(&path)
+            .map_err(|e| Error::Invalid(format!("{}: not a readable safetensors file: {e}", path.display())))?;
+        check_finite(&path.display().to_string(), tensors.iter().map(|(n, t)| (n.as_str(), t)))?;
+    }
+    Ok(meta)
+}
+
+/// Errors naming the first tensor (in the given order) holding a NaN or infinity.
+pub fn check_finite<'a>(origin: &str, tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>) -> Result<()> {
+    for (name, t) in tensors {
+        if t.is_floating_point() && t.numel() > 0 && t.isfinite().all().int64_value(&[]) == 0 {
+            let bad = t.isfinite().logical_not().sum(tch::Kind::Int64).int64_value(&[]);
+            return Err(Error::Invalid(format!("{origin}: tensor {name} has {bad} non-finite values")));
+        }
+    }
+    Ok(())
+}
+
+/// The step of a checkpoint directory name: exactly `step-` and the zero-padded step as
+/// [`step_dir_name`] writes it (`step-00000200`); anything else (`step-backup`, `step-12`,
+/// `step-00000200.old`) is not a checkpoint of the run.
+pub fn parse_step_dir(name: &str) -> Option<i64> {
+    let digits = name.strip_prefix("step-")?;
+    if digits.len() < 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let step: i64 = digits.parse().ok()?;
+    (step_dir_name(step) == name).then_some(step)
+}
+
+/// Checkpoint directories under `root` (well-formed names with a `meta.json`), newest step
+/// first. Nothing is verified here.
 pub fn list(root: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+    let mut dirs: Vec<(i64, PathBuf)> = std::fs::read_dir(root)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-")))
-                .filter(|p| p.join("meta.json").exists())
+                .filter_map(|e| {
+                    let step = parse_step_dir(e.file_name().to_str()?)?;
+                    let p = e.path();
+                    (p.is_dir() && p.join("meta.json").is_file()).then_some((step, p))
+                })
                 .collect()
         })
         .unwrap_or_default();
-    dirs.sort();
-    dirs.reverse();
-    dirs
+    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    dirs.into_iter().map(|(_, p)| p).collect()
 }
 
-/// The newest checkpoint under `root` that verifies; corrupt ones are reported and skipped.
+/// The newest checkpoint under `root` that verifies ([`verify_deep`]: hashes, config, finite
+/// tensors); corrupt ones are reported and skipped.
 pub fn latest_valid(root: &Path) -> Option<(PathBuf, Meta)> {
     for dir in list(root) {
-        match verify(&dir) {
+        match verify_deep(&dir) {
             Ok(meta) => return Some((dir, meta)),
             Err(e) => eprintln!("warning: skipping checkpoint {}: {e}", dir.display()),
         }
@@ -140,12 +220,97 @@ pub fn latest_valid(root: &Path) -> Option<(PathBuf, Meta)> {
     None
 }
 
-/// Removes all but the newest `keep` checkpoints and stale temporary directories.
-pub fn prune(root: &Path, keep: usize) -> Result<()> {
-    for dir in list(root).into_iter().skip(keep.max(1)) {
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+/// Whether `name` is a temporary directory of an interrupted [`save_dir`] into this root.
+fn is_temp_checkpoint(name: &str) -> bool {
+    name.starts_with(".tmp-step-")
+}
+
+/// Removes `.tmp-step-*` directories left by saves that were killed. Only call it while
+/// holding the run's lock ([`RunLock`]): then no save is in flight.
+pub fn remove_stale_temps(root: &Path) -> Result<usize> {
+    let mut removed = 0;
+    let Ok(rd) = std::fs::read_dir(root) else { return Ok(0) };
+    for e in rd.filter_map(|e| e.ok()) {
+        if e.file_name().to_str().is_some_and(is_temp_checkpoint) {
+            let p = e.path();
+            std::fs::remove_dir_all(&p).map_err(|err| Error::io(&p, err))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Keeps the newest `keep` checkpoints that verify and deletes older verified ones; a
+/// checkpoint that does not verify is never counted towards `keep` and never deleted (it is
+/// reported once), so valid checkpoints are never removed in favour of corrupt ones. Stale
+/// temporary directories are removed. `verified` caches the directories already found valid
+/// by this process (a fresh save is valid by construction), so each is hashed once.
+pub fn prune(root: &Path, keep: usize, verified: &mut std::collections::HashSet<PathBuf>) -> Result<()> {
+    remove_stale_temps(root)?;
+    let mut kept = 0;
+    for dir in list(root) {
+        let ok = verified.contains(&dir) || match verify_deep(&dir) {
+            Ok(_) => {
+                verified.insert(dir.clone());
+                true
+            }
+            Err(e) => {
+                eprintln!("warning: keeping unverifiable checkpoint {} untouched: {e}", dir.display());
+                false
+            }
+        };
+        if !ok {
+            continue;
+        }
+        kept += 1;
+        if kept > keep.max(1) {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            verified.remove(&dir);
+        }
     }
     Ok(())
+}
+
+/// An exclusive lock on a run directory (`RUN/.lock`, an advisory `flock` that the kernel
+/// releases when the process exits, however it exits). The file names the holder.
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    /// Takes the lock or errors naming the process that holds it.
+    pub fn acquire(run_dir: &Path) -> Result<RunLock> {
+        use std::io::{Read, Seek, Write};
+        std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+        let path = run_dir.join(".lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                return Err(Error::Invalid(format!(
+                    "{}: the run directory is in use by another training ({}); wait for it or use another --out",
+                    run_dir.display(),
+                    if holder.is_empty() { "holder unknown" } else { holder }
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let who = format!("pid {} on {} since unix time {stamp}\n", std::process::id(), host.trim());
+        let res = file.set_len(0).and_then(|_| file.rewind()).and_then(|_| file.write_all(who.as_bytes()));
+        res.map_err(|e| Error::io(&path, e))?;
+        Ok(RunLock { _file: file })
+    }
 }
 
 /// Loads `model.safetensors` of a checkpoint into `vs`. Every missing, unexpected or
@@ -159,6 +324,7 @@ pub fn load_model(dir: &Path, vs: &nn::VarStore) -> Result<()> {
         .map_err(|e| Error::Invalid(format!("{}: not a readable safetensors file: {e}", path.display())))?
         .into_iter()
         .collect();
+    check_finite(&path.display().to_string(), tensors.iter().map(|(n, t)| (n.as_str(), t)))?;
     load_named(&path, &tensors, vs)
 }
 

@@ -1,22 +1,80 @@
-//! Image loading and evaluation preprocessing: bicubic resize of the shorter side, centre
-//! crop, `(x/255 − mean)/std`, CHW float32.
+//! Image loading and evaluation preprocessing, equal to the official MS-CLIP evaluation
+//! transform (torchvision `Resize(size, BICUBIC)` + `CenterCrop(size)` on PIL images, then
+//! `(x/255 − mean)/std`, CHW float32).
+//!
+//! - Decoding goes by content, not by file extension, and an image whose header declares more
+//!   than [`MAX_IMAGE_PIXELS`] pixels (PIL's decompression-bomb limit) or a side over
+//!   [`MAX_IMAGE_SIDE`] is refused before anything is allocated.
+//! - Sizes follow torchvision exactly: the shorter side becomes `size`, the longer
+//!   `int(size · long / short)` (truncated); the crop offset is `int(round((H − size) / 2))`
+//!   with Python's round-half-to-even.
+//! - Resampling is Pillow's `ImagingResample` (Resample.c) for 8-bit images: separable Keys
+//!   cubic (a = −0.5, support 2 scaled by the reduction factor), coefficients normalised then
+//!   converted to 22-bit fixed point, the horizontal pass first with its result rounded and
+//!   clipped to 8 bits, then the vertical pass. Only the output pixels inside the crop are
+//!   computed, so an extreme aspect ratio (a 65000×1 strip) costs the crop, not the resize.
 
+use std::io::Cursor;
 use std::path::Path;
 
-use image::imageops::FilterType;
 use image::RgbImage;
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
 
+/// Largest decoded image, in pixels (Pillow's `MAX_IMAGE_PIXELS`).
+pub const MAX_IMAGE_PIXELS: u64 = 89_478_485;
+/// Largest image side, in pixels.
+pub const MAX_IMAGE_SIDE: u32 = 65_535;
+/// Largest image file read, in bytes.
+pub const MAX_IMAGE_FILE_BYTES: u64 = 256 << 20;
+
 /// Decodes an image file to RGB (alpha composited on white).
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let img = image::open(path).map_err(|e| Error::Invalid(format!("{}: cannot decode image: {e}", path.display())))?;
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut bytes = Vec::new();
+    f.take(MAX_IMAGE_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > MAX_IMAGE_FILE_BYTES {
+        return Err(Error::Invalid(format!("{}: image file larger than {MAX_IMAGE_FILE_BYTES} bytes", path.display())));
+    }
+    decode_rgb(&bytes).map_err(|why| Error::Invalid(format!("{}: {why}", path.display())))
+}
+
+/// Decodes image bytes by their content (PNG, JPEG) to RGB with alpha composited on white,
+/// after checking the header's dimensions against [`MAX_IMAGE_PIXELS`] and [`MAX_IMAGE_SIDE`].
+pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    let reader = image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| format!("cannot read image: {e}"))?;
+    if reader.format().is_none() {
+        return Err("cannot decode image: not a PNG or JPEG file".into());
+    }
+    let (w, h) = reader.into_dimensions().map_err(|e| format!("cannot decode image: {e}"))?;
+    check_dimensions(w, h)?;
+    let mut reader = image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| format!("cannot read image: {e}"))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_IMAGE_PIXELS * 8 + (64 << 20));
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| format!("cannot decode image: {e}"))?;
     Ok(composite_on_white(&img))
+}
+
+fn check_dimensions(w: u32, h: u32) -> std::result::Result<(), String> {
+    if w == 0 || h == 0 {
+        return Err(format!("image is {w}×{h}"));
+    }
+    if w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE || w as u64 * h as u64 > MAX_IMAGE_PIXELS {
+        return Err(format!("image is {w}×{h}; at most {MAX_IMAGE_PIXELS} pixels and {MAX_IMAGE_SIDE} per side are decoded"));
+    }
+    Ok(())
 }
 
 /// RGB with any alpha composited on white (transparent stamps become white-backed).
 pub fn composite_on_white(img: &image::DynamicImage) -> RgbImage {
+    if let image::DynamicImage::ImageRgb8(rgb) = img {
+        return rgb.clone();
+    }
     let rgba = img.to_rgba8();
     let (w, h) = rgba.dimensions();
     let mut out = RgbImage::new(w, h);
@@ -29,16 +87,160 @@ pub fn composite_on_white(img: &image::DynamicImage) -> RgbImage {
     out
 }
 
-/// Bicubic resize so the shorter side is `size`, then centre crop `size × size`.
+/// torchvision's `Resize(size)` output size for a `w × h` image: the shorter side becomes
+/// `size`, the longer `int(size · long / short)`.
+pub fn resized_size(w: u32, h: u32, size: u32) -> (u32, u32) {
+    let (short, long) = if w <= h { (w, h) } else { (h, w) };
+    let new_long = ((size as u64 * long as u64) as f64 / short as f64) as u32;
+    if w <= h { (size, new_long) } else { (new_long, size) }
+}
+
+/// torchvision's `CenterCrop` offset: `int(round((total − crop) / 2))`, round half to even.
+pub fn center_offset(total: u32, crop: u32) -> u32 {
+    let d = total.saturating_sub(crop);
+    // d/2 is k + ½ exactly when d is odd; Python rounds that to the even neighbour.
+    let half = d / 2;
+    if d % 2 == 1 && half % 2 == 1 { half + 1 } else { half }
+}
+
+/// `Resize(size, bicubic)` then `CenterCrop(size)`, as the official evaluation transform on a
+/// PIL image (see the module docs); only the cropped output is computed.
 pub fn resize_center_crop(img: &RgbImage, size: u32) -> RgbImage {
     let (w, h) = img.dimensions();
-    if w == size && h == size {
-        return img.clone();
+    let (nw, nh) = resized_size(w, h, size);
+    let (nw, nh) = (nw.max(size), nh.max(size));
+    let (left, top) = (center_offset(nw, size), center_offset(nh, size));
+    resize_window(img, (0.0, 0.0, w as f64, h as f64), nw, nh, left, top, size, size)
+}
+
+/// Pillow's `Image.resize((out_w, out_h), BICUBIC)` of the whole image.
+pub fn resize_bicubic(img: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    resize_window(img, (0.0, 0.0, w as f64, h as f64), out_w, out_h, 0, 0, out_w, out_h)
+}
+
+/// `img.crop(box).resize((out_w, out_h), BICUBIC)` without materialising the crop (Pillow's
+/// `resize(size, box=box)`, as torchvision's `resized_crop` on PIL images).
+pub fn resized_crop(img: &RgbImage, x: u32, y: u32, cw: u32, ch: u32, out_w: u32, out_h: u32) -> RgbImage {
+    let crop = image::imageops::crop_imm(img, x, y, cw, ch).to_image();
+    resize_bicubic(&crop, out_w, out_h)
+}
+
+/// Bits of Pillow's fixed-point coefficients for 8-bit images (`PRECISION_BITS`).
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// Keys' cubic convolution with a = −0.5 (Pillow's `bicubic_filter`, support 2).
+fn bicubic(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        (((x - 5.0) * x + 8.0) * x - 4.0) * A
+    } else {
+        0.0
     }
-    let scale = size as f64 / w.min(h) as f64;
-    let (nw, nh) = (((w as f64 * scale).round() as u32).max(size), ((h as f64 * scale).round() as u32).max(size));
-    let resized = image::imageops::resize(img, nw, nh, FilterType::CatmullRom);
-    image::imageops::crop_imm(&resized, (nw - size) / 2, (nh - size) / 2, size, size).to_image()
+}
+
+/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for output indices `first..first+n`
+/// of an axis of `in_size` pixels resampled from the box `[in0, in1)` to `out_size`: for each
+/// output index, the first input index and the fixed-point weights.
+fn coefficients(in_size: u32, in0: f64, in1: f64, out_size: u32, first: u32, n: u32) -> Vec<(usize, Vec<i32>)> {
+    let scale = (in1 - in0) / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = 2.0 * filterscale;
+    let ss = 1.0 / filterscale;
+    (first..first + n)
+        .map(|xx| {
+            let center = in0 + (xx as f64 + 0.5) * scale;
+            // C's (int) truncates toward zero; negative values are clamped to 0 below.
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64).max(xmin as i64) as usize;
+            let w: Vec<f64> = (xmin..xmax).map(|x| bicubic((x as f64 - center + 0.5) * ss)).collect();
+            let total: f64 = w.iter().sum();
+            let fixed = w
+                .iter()
+                .map(|&v| {
+                    let v = if total != 0.0 { v / total } else { v };
+                    let s = v * (1u32 << PRECISION_BITS) as f64;
+                    (if v < 0.0 { s - 0.5 } else { s + 0.5 }) as i32
+                })
+                .collect();
+            (xmin, fixed)
+        })
+        .collect()
+}
+
+/// Pillow's `clip8`: a fixed-point accumulator to a byte.
+fn clip8(v: i64) -> u8 {
+    if v >= (1i64 << PRECISION_BITS << 8) {
+        255
+    } else if v <= 0 {
+        0
+    } else {
+        (v >> PRECISION_BITS) as u8
+    }
+}
+
+/// The window `[left, left+cw) × [top, top+ch)` of the image that Pillow's bicubic resize of
+/// the source box `bx` to `out_w × out_h` would produce (horizontal pass, 8-bit rounding,
+/// vertical pass).
+#[allow(clippy::too_many_arguments)]
+fn resize_window(img: &RgbImage, bx: (f64, f64, f64, f64), out_w: u32, out_h: u32, left: u32, top: u32, cw: u32, ch: u32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let need_h = out_w != w || bx.0 != 0.0 || bx.2 != out_w as f64;
+    let need_v = out_h != h || bx.1 != 0.0 || bx.3 != out_h as f64;
+    let src = img.as_raw();
+    // Horizontal pass over the source rows the vertical pass reads.
+    let vert = need_v.then(|| coefficients(h, bx.1, bx.3, out_h, top, ch));
+    let (row0, rows) = match &vert {
+        Some(v) => {
+            let lo = v.iter().map(|(s, _)| *s).min().unwrap_or(0);
+            let hi = v.iter().map(|(s, k)| s + k.len()).max().unwrap_or(lo);
+            (lo, hi.max(lo) - lo)
+        }
+        None => (top as usize, ch as usize),
+    };
+    let cw_us = cw as usize;
+    let mut tmp = vec![0u8; rows * cw_us * 3];
+    if need_h {
+        let horiz = coefficients(w, bx.0, bx.2, out_w, left, cw);
+        for r in 0..rows {
+            let line = &src[(row0 + r) * w as usize * 3..(row0 + r + 1) * w as usize * 3];
+            for (xx, (xmin, k)) in horiz.iter().enumerate() {
+                for c in 0..3 {
+                    let mut acc: i64 = 1 << (PRECISION_BITS - 1);
+                    for (j, &kj) in k.iter().enumerate() {
+                        acc += line[(xmin + j) * 3 + c] as i64 * kj as i64;
+                    }
+                    tmp[(r * cw_us + xx) * 3 + c] = clip8(acc);
+                }
+            }
+        }
+    } else {
+        for r in 0..rows {
+            let s = ((row0 + r) * w as usize + left as usize) * 3;
+            tmp[r * cw_us * 3..(r + 1) * cw_us * 3].copy_from_slice(&src[s..s + cw_us * 3]);
+        }
+    }
+    let mut out = vec![0u8; cw_us * ch as usize * 3];
+    match &vert {
+        Some(v) => {
+            for (yy, (ymin, k)) in v.iter().enumerate() {
+                for x in 0..cw_us {
+                    for c in 0..3 {
+                        let mut acc: i64 = 1 << (PRECISION_BITS - 1);
+                        for (j, &kj) in k.iter().enumerate() {
+                            acc += tmp[((ymin - row0 + j) * cw_us + x) * 3 + c] as i64 * kj as i64;
+                        }
+                        out[(yy * cw_us + x) * 3 + c] = clip8(acc);
+                    }
+                }
+            }
+        }
+        None => out.copy_from_slice(&tmp),
+    }
+    RgbImage::from_raw(cw, ch, out).expect("window buffer")
 }
 
 /// RGB bytes (HWC) → normalised `[3, H, W]` float tensor.
@@ -47,4 +249,37 @@ pub fn to_tensor(pixels: &[u8], width: u32, height: u32, mean: [f64; 3], std: [f
     let m = Tensor::from_slice(&mean.map(|x| x as f32)).view([3, 1, 1]);
     let s = Tensor::from_slice(&std.map(|x| x as f32)).view([3, 1, 1]);
     (t - m) / s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torchvision_size_and_offset_rules() {
+        // 337×225 → shorter side 224: long = int(224·337/225) = int(335.49…) = 335.
+        assert_eq!(resized_size(337, 225, 224), (335, 224));
+        assert_eq!(resized_size(225, 337, 224), (224, 335));
+        // Offsets: round((335 − 224)/2) = round(55.5) = 56 (even); round(0.5) = 0; round(1.5) = 2.
+        assert_eq!(center_offset(335, 224), 56);
+        assert_eq!(center_offset(225, 224), 0);
+        assert_eq!(center_offset(227, 224), 2);
+        assert_eq!(center_offset(228, 224), 2);
+    }
+
+    #[test]
+    fn identity_and_constant_images() {
+        let img = RgbImage::from_fn(5, 4, |x, y| image::Rgb([(x * 40) as u8, (y * 50) as u8, 7]));
+        assert_eq!(resize_bicubic(&img, 5, 4), img);
+        // A constant image stays constant at every scale (weights are normalised).
+        let flat = RgbImage::from_pixel(37, 23, image::Rgb([200, 10, 99]));
+        for (w, h) in [(10, 6), (80, 50), (37, 1)] {
+            assert!(resize_bicubic(&flat, w, h).pixels().all(|p| p.0 == [200, 10, 99]));
+        }
+        // An extreme strip is cropped without materialising the resize.
+        let strip = RgbImage::from_pixel(65000, 1, image::Rgb([1, 2, 3]));
+        let out = resize_center_crop(&strip, 224);
+        assert_eq!(out.dimensions(), (224, 224));
+        assert!(out.pixels().all(|p| p.0 == [1, 2, 3]));
+    }
 }

@@ -15,7 +15,7 @@ use std::time::Instant;
 use image::RgbImage;
 use tch::Tensor;
 
-use super::image::{load_rgb, resize_center_crop, to_tensor};
+use super::image::{load_rgb, resize_center_crop, resized_crop, to_tensor};
 use super::manifest::Pair;
 use super::synth::{self, Rng};
 use super::synthetic_set::epoch_order;
@@ -74,7 +74,8 @@ impl PairSource for ManifestSource {
 }
 
 /// Training-time augmentation: torchvision-style random resized crop (area fraction in
-/// `scale`, aspect ratio in [3/4, 4/3], 10 tries, centre-crop fallback), bicubic resize.
+/// `scale`, aspect ratio in [3/4, 4/3], 10 tries, centre-crop fallback), Pillow's bicubic
+/// resize of the crop.
 /// `scale = (1, 1)` with an already square image is the identity.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Augment {
@@ -96,8 +97,7 @@ pub fn random_resized_crop(img: &RgbImage, size: u32, aug: Augment, rng: &mut Rn
         if cw > 0 && ch > 0 && cw <= w && ch <= h {
             let x = rng.below((w - cw + 1) as u64) as u32;
             let y = rng.below((h - ch + 1) as u64) as u32;
-            let crop = image::imageops::crop_imm(img, x, y, cw, ch).to_image();
-            return image::imageops::resize(&crop, size, size, image::imageops::FilterType::CatmullRom);
+            return resized_crop(img, x, y, cw, ch, size, size);
         }
     }
     resize_center_crop(img, size)

@@ -12,11 +12,24 @@ use image::RgbImage;
 use super::loader::PairSource;
 use crate::error::{Error, Result};
 
-/// Expands one brace range `{000..009}` (zero padding kept) in a shard pattern.
+/// Most shard files one pattern may name.
+pub const MAX_SHARDS: u64 = 100_000;
+/// Longest caption member read (bytes); longer `.txt` members are refused.
+pub const MAX_CAPTION_BYTES: u64 = 1 << 20;
+
+/// Expands one brace range `{000..009}` (zero padding kept) in a shard pattern; at most
+/// [`MAX_SHARDS`] names.
 pub fn expand_braces(pattern: &str) -> Result<Vec<String>> {
-    let (Some(a), Some(b)) = (pattern.find('{'), pattern.find('}')) else {
+    let Some(a) = pattern.find('{') else {
+        if pattern.contains('}') {
+            return Err(Error::config("shards", pattern, "`}` without a `{`"));
+        }
         return Ok(vec![pattern.to_string()]);
     };
+    let b = pattern[a..].find('}').map(|i| a + i).ok_or_else(|| Error::config("shards", pattern, "`{` without a closing `}`"))?;
+    if pattern[b + 1..].contains(['{', '}']) || pattern[..a].contains('}') {
+        return Err(Error::config("shards", pattern, "only one brace range {lo..hi} per pattern is supported"));
+    }
     let inner = &pattern[a + 1..b];
     let (lo, hi) = inner
         .split_once("..")
@@ -27,6 +40,9 @@ pub fn expand_braces(pattern: &str) -> Result<Vec<String>> {
     );
     if h < l {
         return Err(Error::config("shards", pattern, "range end is below its start"));
+    }
+    if h - l >= MAX_SHARDS {
+        return Err(Error::config("shards", pattern, format!("names {} files; at most {MAX_SHARDS} per pattern", (h - l).saturating_add(1))));
     }
     let width = lo.len();
     Ok((l..=h).map(|i| format!("{}{:0width$}{}", &pattern[..a], i, &pattern[b + 1..])).collect())
@@ -61,6 +77,7 @@ impl ShardSource {
         let mut items = Vec::new();
         for (si, path) in shards.iter().enumerate() {
             let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
             let mut ar = tar::Archive::new(file);
             let mut images: BTreeMap<String, Member> = BTreeMap::new();
             let mut captions: BTreeMap<String, String> = BTreeMap::new();
@@ -72,11 +89,22 @@ impl ShardSource {
                 let Some((key, ext)) = base.split_once('.') else { continue };
                 let key = format!("{}/{key}", name.rsplit_once('/').map(|(d, _)| d).unwrap_or(""));
                 let ext = ext.to_ascii_lowercase();
+                let (offset, len) = (entry.raw_file_position(), entry.size());
+                if offset.checked_add(len).is_none_or(|end| end > file_len) {
+                    return Err(Error::Invalid(format!("{}: member {name} claims {len} bytes at offset {offset}, past the end of the file ({file_len} bytes)", path.display())));
+                }
                 if IMAGE_EXT.contains(&ext.as_str()) {
-                    images.insert(key, Member { shard: si, offset: entry.raw_file_position(), len: entry.size() });
+                    if len > super::image::MAX_IMAGE_FILE_BYTES {
+                        return Err(Error::Invalid(format!("{}: member {name} is {len} bytes, larger than an image may be", path.display())));
+                    }
+                    images.insert(key, Member { shard: si, offset, len });
                 } else if ext == "txt" {
-                    let mut s = String::new();
-                    entry.read_to_string(&mut s).map_err(|e| Error::Invalid(format!("{}: {name}: {e}", path.display())))?;
+                    if len > MAX_CAPTION_BYTES {
+                        return Err(Error::Invalid(format!("{}: caption {name} is {len} bytes; at most {MAX_CAPTION_BYTES}", path.display())));
+                    }
+                    let mut raw = Vec::new();
+                    (&mut entry).take(MAX_CAPTION_BYTES).read_to_end(&mut raw).map_err(|e| Error::Invalid(format!("{}: {name}: {e}", path.display())))?;
+                    let s = String::from_utf8_lossy(&raw);
                     captions.insert(key, s.lines().next().unwrap_or("").trim().to_string());
                 }
             }
@@ -100,8 +128,7 @@ impl PairSource for ShardSource {
         f.seek(SeekFrom::Start(m.offset)).map_err(|e| e.to_string())?;
         let mut buf = vec![0u8; m.len as usize];
         f.read_exact(&mut buf).map_err(|e| format!("truncated member: {e}"))?;
-        let img = image::load_from_memory(&buf).map_err(|e| format!("cannot decode image: {e}"))?;
-        Ok((super::image::composite_on_white(&img), caption.clone()))
+        Ok((super::image::decode_rgb(&buf)?, caption.clone()))
     }
     fn describe(&self, i: usize) -> String {
         self.items[i].0.clone()
@@ -145,5 +172,10 @@ mod tests {
         assert_eq!(expand_braces("a/s-{008..011}.tar").unwrap(), ["a/s-008.tar", "a/s-009.tar", "a/s-010.tar", "a/s-011.tar"]);
         assert_eq!(expand_braces("x.tar").unwrap(), ["x.tar"]);
         assert!(expand_braces("s-{5..2}.tar").is_err());
+        // Hostile patterns: a huge range, a closing brace first, two ranges.
+        assert!(expand_braces("s-{0..99999999999}.tar").unwrap_err().to_string().contains("at most 100000"));
+        assert!(expand_braces("x}y{0..2}").is_err());
+        assert!(expand_braces("a{0..1}b{0..1}").is_err());
+        assert!(expand_braces("a{0..1").is_err());
     }
 }

@@ -156,6 +156,13 @@ fn default_mlp_ratio() -> i64 {
     4
 }
 
+/// Largest tower or embedding width accepted.
+pub const MAX_WIDTH: i64 = 65_536;
+/// Largest number of layer slots per tower.
+pub const MAX_LAYERS: usize = 1024;
+/// Largest (approximate) parameter count accepted: 2^33 ≈ 8.6 G parameters, 34 GB in fp32.
+pub const MAX_PARAMS: i128 = 1 << 33;
+
 /// ImageNet statistics (MS-CLIP evaluation default).
 pub const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
@@ -241,6 +248,23 @@ impl ModelConfig {
         (0..self.text.layers).collect()
     }
 
+    /// An upper bound on the parameter count (every block counted in both towers, shared or
+    /// not), in i128 so no configuration can overflow it; used to refuse configs whose
+    /// tensors could not be allocated before anything is allocated.
+    pub fn approx_params(&self) -> i128 {
+        let (v, t) = (&self.vision, &self.text);
+        let block = |w: i64| {
+            let (w, h) = (w as i128, w as i128 * self.mlp_ratio.max(0) as i128);
+            4 * w * w + 4 * w + 2 * w * h + h + w + 4 * w
+        };
+        let g = self.grid() as i128;
+        let (vw, tw, e) = (v.width as i128, t.width as i128, self.embed_dim as i128);
+        let stem = 3 * (v.patch_size as i128).pow(2) * vw + vw * vw;
+        let vision = stem + (g * g + 1) * vw + v.layers as i128 * block(v.width) + vw * e + 2 * vw * vw;
+        let text = (t.vocab_size as i128 + t.context_length as i128) * tw + t.layers as i128 * block(t.width) + tw * e;
+        vision + text
+    }
+
     /// Checks every constraint; the error names the offending key and value.
     pub fn validate(&self) -> Result<()> {
         let v = &self.vision;
@@ -258,8 +282,29 @@ impl ModelConfig {
         positive("text.heads", t.heads)?;
         positive("text.vocab_size", t.vocab_size)?;
         positive("text.context_length", t.context_length)?;
-        if !(self.ln_eps > 0.0) {
-            return Err(Error::config("ln_eps", self.ln_eps, "must be positive"));
+        if !(self.ln_eps > 0.0 && self.ln_eps.is_finite()) {
+            return Err(Error::config("ln_eps", self.ln_eps, "must be positive and finite"));
+        }
+        if !self.logit_scale_init.is_finite() {
+            return Err(Error::config("logit_scale_init", self.logit_scale_init, "must be finite"));
+        }
+        for (key, x, max) in [
+            ("embed_dim", self.embed_dim, MAX_WIDTH),
+            ("mlp_ratio", self.mlp_ratio, 64),
+            ("vision.image_size", v.image_size, 8192),
+            ("vision.width", v.width, MAX_WIDTH),
+            ("text.width", t.width, MAX_WIDTH),
+            ("text.vocab_size", t.vocab_size, 10_000_000),
+            ("text.context_length", t.context_length, 65_536),
+        ] {
+            if x > max {
+                return Err(Error::config(key, x, format!("is larger than the supported maximum {max}")));
+            }
+        }
+        for (key, x) in [("vision.layers", v.layers), ("text.layers", t.layers)] {
+            if x > MAX_LAYERS {
+                return Err(Error::config(key, x, format!("is larger than the supported maximum {MAX_LAYERS}")));
+            }
         }
         if v.layers == 0 {
             return Err(Error::config("vision.layers", v.layers, "must be at least 1"));
@@ -280,10 +325,26 @@ impl ModelConfig {
                 format!("not divisible by vision.patch_size {}", v.patch_size),
             ));
         }
+        if self.grid() > 1024 {
+            return Err(Error::config("vision.patch_size", v.patch_size, format!("gives a {0}×{0} token grid; at most 1024×1024 is supported", self.grid())));
+        }
         for (i, s) in self.preprocess.std.iter().enumerate() {
-            if !(*s > 0.0) {
-                return Err(Error::config(format!("preprocess.std[{i}]"), s, "must be positive"));
+            if !(*s > 0.0 && s.is_finite()) {
+                return Err(Error::config(format!("preprocess.std[{i}]"), s, "must be positive and finite"));
             }
+        }
+        for (i, m) in self.preprocess.mean.iter().enumerate() {
+            if !m.is_finite() {
+                return Err(Error::config(format!("preprocess.mean[{i}]"), m, "must be finite"));
+            }
+        }
+        let params = self.approx_params();
+        if params > MAX_PARAMS {
+            return Err(Error::config(
+                "model",
+                &self.name,
+                format!("would hold about {:.3e} parameters ({:.0} GB in fp32); at most {MAX_PARAMS:.0e} are supported", params as f64, params as f64 * 4e-9),
+            ));
         }
         match v.stem {
             StemKind::Patch => {
@@ -295,8 +356,8 @@ impl ModelConfig {
                 let ec = v.early_conv.as_ref().ok_or_else(|| {
                     Error::config("vision.stem", "\"early_conv\"", "needs a [vision.early_conv] table")
                 })?;
-                if ec.strides.is_empty() || ec.strides.iter().any(|&s| s <= 0) {
-                    return Err(Error::config("vision.early_conv.strides", format!("{:?}", ec.strides), "need ≥1 positive stride"));
+                if ec.strides.is_empty() || ec.strides.len() > 16 || ec.strides.iter().any(|&s| !(1..=64).contains(&s)) {
+                    return Err(Error::config("vision.early_conv.strides", format!("{:?}", ec.strides), "need 1 to 16 strides, each in 1..=64"));
                 }
                 let n = ec.strides.len() as u32;
                 if v.width % (1 << n) != 0 || v.width >> n < 1 {

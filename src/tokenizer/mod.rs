@@ -46,24 +46,48 @@ pub struct WordTokens {
 pub struct Encoding {
     /// `context_length` ids: SOT, BPE ids, EOT, zero padding.
     pub ids: Vec<i64>,
-    /// Index of the (first) EOT token, the pooled position.
+    /// The pooled position: the first EOT, or SOT (0) when [`Truncation::Official`] dropped
+    /// EOT (the official tower pools the largest id).
     pub eot_position: usize,
-    /// True when the caption did not fit and was cut (EOT then sits in the last slot).
+    /// True when the caption did not fit and was cut (with [`Truncation::KeepEot`], EOT then
+    /// sits in the last slot).
     pub truncated: bool,
     /// Word → token positions (for word-level attention analysis).
     pub words: Vec<WordTokens>,
 }
 
+/// How captions longer than the context are cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Truncation {
+    /// Keep the first `context − 1` ids and put EOT in the last slot (OpenAI's
+    /// `clip.tokenize(truncate=True)`, OpenCLIP): the text tower pools a real EOT.
+    #[default]
+    KeepEot,
+    /// Keep the first `context` ids and drop EOT, as the official MS-CLIP tokenizer does: the
+    /// tower then pools at the largest id, SOT (for exact replication of its numbers).
+    Official,
+}
+
+/// Most entries of the per-word BPE cache before it is cleared (bounds memory over long runs
+/// on unbounded vocabularies of unique words).
+const CACHE_ENTRIES: usize = 200_000;
+
 /// CLIP BPE tokenizer with a per-word cache.
 pub struct Tokenizer {
     encoder: HashMap<String, i64>,
     decoder: Vec<String>,
-    bpe_ranks: HashMap<(String, String), usize>,
+    /// `(left id, right id)` → (merge rank, merged id).
+    merges: HashMap<(i64, i64), (u32, i64)>,
     byte_encoder: [char; 256],
     byte_decoder: HashMap<char, u8>,
     pattern: Regex,
     cache: Mutex<HashMap<String, Vec<i64>>>,
     context_length: usize,
+    truncation: Truncation,
+    /// Longest vocabulary token in characters (without `</w>`): a pre-token of `m` characters
+    /// yields at least `m / longest_token` BPE tokens.
+    longest_token: usize,
 }
 
 /// GPT-2's reversible byte → printable-unicode table (`bytes_to_unicode`).
@@ -115,8 +139,16 @@ impl Tokenizer {
         vocab.push("<|startoftext|>".into());
         vocab.push("<|endoftext|>".into());
         debug_assert_eq!(vocab.len(), VOCAB_SIZE);
-        let encoder = vocab.iter().enumerate().map(|(i, s)| (s.clone(), i as i64)).collect();
-        let bpe_ranks = merges.into_iter().enumerate().map(|(i, m)| (m, i)).collect();
+        let encoder: HashMap<String, i64> = vocab.iter().enumerate().map(|(i, s)| (s.clone(), i as i64)).collect();
+        let merges = merges
+            .iter()
+            .enumerate()
+            .filter_map(|(rank, (a, b))| {
+                let (ia, ib, m) = (encoder.get(a)?, encoder.get(b)?, encoder.get(&format!("{a}{b}"))?);
+                Some(((*ia, *ib), (rank as u32, *m)))
+            })
+            .collect();
+        let longest_token = vocab.iter().map(|t| t.trim_end_matches("</w>").chars().count()).max().unwrap_or(1).max(1);
         let byte_decoder = byte_encoder.iter().enumerate().map(|(i, c)| (*c, i as u8)).collect();
         let pattern = Regex::new(
             r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+",
@@ -128,52 +160,89 @@ impl Tokenizer {
         Tokenizer {
             encoder,
             decoder: vocab,
-            bpe_ranks,
+            merges,
             byte_encoder,
             byte_decoder,
             pattern,
             cache: Mutex::new(cache),
             context_length,
+            truncation: Truncation::KeepEot,
+            longest_token,
         }
+    }
+
+    /// The same tokenizer with another truncation rule.
+    pub fn with_truncation(mut self, truncation: Truncation) -> Tokenizer {
+        self.truncation = truncation;
+        self
     }
 
     pub fn context_length(&self) -> usize {
         self.context_length
     }
 
-    /// BPE of one pre-token (already byte-mapped), as `SimpleTokenizer.bpe`.
+    pub fn truncation(&self) -> Truncation {
+        self.truncation
+    }
+
+    /// BPE of one pre-token (already byte-mapped), equal to `SimpleTokenizer.bpe`, in
+    /// O(n log n): the naive loop merges every occurrence of the lowest-ranked adjacent pair,
+    /// left to right, and repeats. Here the candidate pairs sit in a heap keyed by (rank,
+    /// position); merging a pair only creates pairs that contain the merged token, which BPE
+    /// learned after it (a higher rank), so popping (rank, position) order performs the same
+    /// merges in the same order. Stale heap entries are skipped.
     fn bpe(&self, token: &str) -> Vec<i64> {
         if let Some(ids) = self.cache.lock().unwrap().get(token) {
             return ids.clone();
         }
         let chars: Vec<char> = token.chars().collect();
-        let mut word: Vec<String> = chars.iter().map(|c| c.to_string()).collect();
-        if let Some(last) = word.last_mut() {
-            last.push_str("</w>");
-        }
-        while word.len() > 1 {
-            // The adjacent pair with the lowest merge rank.
-            let best = word
-                .windows(2)
-                .filter_map(|w| self.bpe_ranks.get(&(w[0].clone(), w[1].clone())).map(|r| (*r, w[0].clone(), w[1].clone())))
-                .min_by_key(|(r, _, _)| *r);
-            let Some((_, first, second)) = best else { break };
-            let mut merged = Vec::with_capacity(word.len());
-            let mut i = 0;
-            while i < word.len() {
-                if i + 1 < word.len() && word[i] == first && word[i + 1] == second {
-                    merged.push(format!("{first}{second}"));
-                    i += 2;
-                } else {
-                    merged.push(word[i].clone());
-                    i += 1;
-                }
+        let n = chars.len();
+        let mut ids: Vec<i64> = chars
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let s = if i + 1 == n { format!("{c}</w>") } else { c.to_string() };
+                self.encoder.get(&s).copied().unwrap_or(0)
+            })
+            .collect();
+        const NONE: usize = usize::MAX;
+        let mut next: Vec<usize> = (1..=n).map(|i| if i == n { NONE } else { i }).collect();
+        let mut prev: Vec<usize> = (0..n).map(|i| if i == 0 { NONE } else { i - 1 }).collect();
+        let mut alive = vec![true; n];
+        let mut heap = std::collections::BinaryHeap::new();
+        let push = |heap: &mut std::collections::BinaryHeap<std::cmp::Reverse<(u32, usize, i64, i64)>>, i: usize, a: i64, b: i64| {
+            if let Some(&(rank, _)) = self.merges.get(&(a, b)) {
+                heap.push(std::cmp::Reverse((rank, i, a, b)));
             }
-            word = merged;
+        };
+        for i in 0..n.saturating_sub(1) {
+            push(&mut heap, i, ids[i], ids[i + 1]);
         }
-        let ids: Vec<i64> = word.iter().map(|p| self.encoder[p.as_str()]).collect();
-        self.cache.lock().unwrap().insert(token.to_string(), ids.clone());
-        ids
+        while let Some(std::cmp::Reverse((_, i, a, b))) = heap.pop() {
+            let j = next[i];
+            if !alive[i] || ids[i] != a || j == NONE || ids[j] != b {
+                continue;
+            }
+            ids[i] = self.merges[&(a, b)].1;
+            alive[j] = false;
+            next[i] = next[j];
+            if next[j] != NONE {
+                prev[next[j]] = i;
+            }
+            if prev[i] != NONE {
+                push(&mut heap, prev[i], ids[prev[i]], ids[i]);
+            }
+            if next[i] != NONE {
+                push(&mut heap, i, ids[i], ids[next[i]]);
+            }
+        }
+        let out: Vec<i64> = (0..n).filter(|&i| alive[i]).map(|i| ids[i]).collect();
+        let mut cache = self.cache.lock().unwrap();
+        if cache.len() >= CACHE_ENTRIES {
+            cache.retain(|k, _| k.starts_with("<|"));
+        }
+        cache.insert(token.to_string(), out.clone());
+        out
     }
 
     /// The cleaned, lower-cased text the BPE sees.
@@ -183,44 +252,70 @@ impl Tokenizer {
 
     /// BPE ids of a text without SOT/EOT (as `SimpleTokenizer.encode`).
     pub fn encode(&self, text: &str) -> Vec<i64> {
-        self.encode_words(&Self::normalize(text)).into_iter().flat_map(|(_, ids)| ids).collect()
+        self.encode_words(&Self::normalize(text), None).into_iter().flat_map(|(_, ids)| ids).collect()
     }
 
-    /// Tokenizes each whitespace-separated word of already-normalized text.
-    fn encode_words(&self, normalized: &str) -> Vec<(String, Vec<i64>)> {
+    /// Tokenizes each whitespace-separated word of already-normalized text. With `budget`,
+    /// words after the first `budget` ids are listed without ids, and a pre-token longer than
+    /// `budget · longest_token` characters is cut to that length before BPE: such a pre-token
+    /// alone yields more than `budget` ids, so this cannot change the ids of any text whose
+    /// ids fit in `budget`; it keeps tokenization linear in the input.
+    fn encode_words(&self, normalized: &str, budget: Option<usize>) -> Vec<(String, Vec<i64>)> {
+        let mut total = 0usize;
         normalized
             .split(' ')
             .filter(|w| !w.is_empty())
             .map(|w| {
                 let mut ids = Vec::new();
+                if budget.is_some_and(|b| total > b) {
+                    return (w.to_string(), ids);
+                }
                 for m in self.pattern.find_iter(w) {
-                    let mapped: String = m.as_str().bytes().map(|b| self.byte_encoder[b as usize]).collect();
+                    let mut mapped: String = m.as_str().bytes().map(|b| self.byte_encoder[b as usize]).collect();
+                    if let Some(b) = budget {
+                        let cut = b.saturating_add(1).saturating_mul(self.longest_token);
+                        if let Some((at, _)) = mapped.char_indices().nth(cut) {
+                            mapped.truncate(at);
+                        }
+                    }
                     // The specials are ASCII, map to themselves and hit the seeded cache.
                     ids.extend(self.bpe(&mapped));
+                    if budget.is_some_and(|b| total + ids.len() > b) {
+                        break;
+                    }
                 }
+                total += ids.len();
                 (w.to_string(), ids)
             })
             .collect()
     }
 
-    /// Full encoding: SOT + ids + EOT, truncated (EOT forced last) and zero-padded.
+    /// Full encoding: SOT + ids + EOT, truncated per [`Truncation`] and zero-padded. Linear
+    /// in the length of `text`.
     pub fn tokenize(&self, text: &str) -> Encoding {
         let ctx = self.context_length;
+        let keep = match self.truncation {
+            Truncation::KeepEot => ctx - 1,
+            Truncation::Official => ctx,
+        };
         let mut ids = vec![SOT];
         let mut words = Vec::new();
-        for (word, wids) in self.encode_words(&Self::normalize(text)) {
+        for (word, wids) in self.encode_words(&Self::normalize(text), Some(ctx)) {
             let start = ids.len();
             ids.extend(wids);
-            let positions = (start..ids.len()).filter(|&p| p < ctx - 1).collect();
+            let positions = (start..ids.len()).filter(|&p| p < keep).collect();
             words.push(WordTokens { word, positions });
         }
         ids.push(EOT);
         let truncated = ids.len() > ctx;
         if truncated {
             ids.truncate(ctx);
-            ids[ctx - 1] = EOT;
+            if self.truncation == Truncation::KeepEot {
+                ids[ctx - 1] = EOT;
+            }
         }
-        let eot_position = ids.iter().position(|&i| i == EOT).unwrap_or(ids.len() - 1);
+        // Without EOT (official truncation) the tower pools the largest id, SOT at 0.
+        let eot_position = ids.iter().position(|&i| i == EOT).unwrap_or(0);
         ids.resize(ctx, PAD);
         Encoding { ids, eot_position, truncated, words }
     }

@@ -43,8 +43,8 @@ pub struct TrainConfig {
     pub csv_img_key: String,
     #[serde(default = "default_caption_key")]
     pub csv_caption_key: String,
-    /// Random-resized-crop area range; None = resize + centre crop only.
-    #[serde(default)]
+    /// Random-resized-crop area range `[lo, hi]`; None = resize + centre crop only.
+    #[serde(default, deserialize_with = "two_floats")]
     pub augment_scale: Option<[f64; 2]>,
     /// Loader threads and batches queued per thread.
     #[serde(default = "default_workers")]
@@ -85,6 +85,16 @@ pub struct TrainConfig {
     /// `steps`: for time-limited jobs that resume later.
     #[serde(default)]
     pub stop_after: Option<i64>,
+}
+
+/// `[lo, hi]`: exactly two numbers (serde's fixed-size arrays would silently drop extras).
+fn two_floats<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<[f64; 2]>, D::Error> {
+    let v: Option<Vec<f64>> = Option::deserialize(d)?;
+    match v {
+        None => Ok(None),
+        Some(v) if v.len() == 2 => Ok(Some([v[0], v[1]])),
+        Some(v) => Err(serde::de::Error::custom(format!("expected 2 values [lo, hi], got {}", v.len()))),
+    }
 }
 
 fn default_img_key() -> String {
@@ -154,24 +164,69 @@ impl TrainConfig {
         Ok(cfg)
     }
 
+    /// Checks every field's domain; the error names the key and the value.
     pub fn validate(&self) -> Result<()> {
-        if self.batch_size < 2 {
-            return Err(Error::config("batch_size", self.batch_size, "contrastive training needs at least 2"));
+        let finite = |key: &str, v: f64| if v.is_finite() { Ok(()) } else { Err(Error::config(key, v, "must be finite")) };
+        if !(2..=1 << 20).contains(&self.batch_size) {
+            return Err(Error::config("batch_size", self.batch_size, "contrastive training needs 2 to 1,048,576"));
         }
-        if self.data_items < self.batch_size {
-            return Err(Error::config("data_items", self.data_items, "must be at least batch_size"));
+        if self.data.is_none() && !(self.batch_size..=1 << 40).contains(&self.data_items) {
+            return Err(Error::config("data_items", self.data_items, format!("must be at least batch_size {} (and at most 2^40)", self.batch_size)));
         }
         if self.accum_freq < 1 || self.batch_size % self.accum_freq != 0 || self.batch_size / self.accum_freq < 1 {
             return Err(Error::config("accum_freq", self.accum_freq, format!("must divide batch_size {}", self.batch_size)));
         }
         amp::Precision::parse(&self.precision)?;
-        if self.steps < 1 {
-            return Err(Error::config("steps", self.steps, "must be positive"));
+        if !(1..=1i64 << 40).contains(&self.steps) {
+            return Err(Error::config("steps", self.steps, "must be in 1..=2^40"));
         }
+        finite("lr", self.lr)?;
         if !(self.lr > 0.0) {
             return Err(Error::config("lr", self.lr, "must be positive"));
         }
-        Ok(())
+        finite("min_lr", self.min_lr)?;
+        if self.min_lr < 0.0 || self.min_lr > self.lr {
+            return Err(Error::config("min_lr", self.min_lr, format!("must be in [0, lr = {}]", self.lr)));
+        }
+        if self.warmup_steps < 0 {
+            return Err(Error::config("warmup_steps", self.warmup_steps, "must not be negative"));
+        }
+        finite("grad_clip", self.grad_clip)?;
+        if self.grad_clip < 0.0 {
+            return Err(Error::config("grad_clip", self.grad_clip, "must not be negative (0 = off)"));
+        }
+        if self.save_every < 0 {
+            return Err(Error::config("save_every", self.save_every, "must not be negative (0 = only at the end)"));
+        }
+        if self.keep < 1 {
+            return Err(Error::config("keep", self.keep, "must be at least 1"));
+        }
+        if self.eval_every < 0 {
+            return Err(Error::config("eval_every", self.eval_every, "must not be negative (0 = off)"));
+        }
+        if self.eval_every > 0 && !(2..=1_000_000).contains(&self.eval_items) {
+            return Err(Error::config("eval_items", self.eval_items, "must be in 2..=1,000,000 when eval_every > 0"));
+        }
+        if !(1..=256).contains(&self.workers) {
+            return Err(Error::config("workers", self.workers, "must be in 1..=256"));
+        }
+        if !(1..=64).contains(&self.prefetch) {
+            return Err(Error::config("prefetch", self.prefetch, "must be in 1..=64"));
+        }
+        if let Some(s) = self.stop_after {
+            if s < 1 {
+                return Err(Error::config("stop_after", s, "must be at least 1"));
+            }
+        }
+        if let Some([lo, hi]) = self.augment_scale {
+            if !(lo > 0.0 && lo <= hi && hi <= 1.0) {
+                return Err(Error::config("augment_scale", format!("[{lo}, {hi}]"), "need 0 < lo ≤ hi ≤ 1 (area fractions)"));
+            }
+        }
+        if let Some(v) = self.logit_scale_init {
+            finite("logit_scale_init", v)?;
+        }
+        self.optimizer.validate()
     }
 }
 
@@ -244,14 +299,57 @@ pub struct StepMetrics {
 }
 
 /// Where training starts from.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Resume {
+    /// A fresh run; the run directory must hold no earlier run's outputs (see
+    /// [`TrainOptions::force`]).
     No,
-    /// The newest valid checkpoint of the run directory.
+    /// The newest checkpoint of the run directory that verifies; an error if there is none.
     Latest,
+    /// The newest valid checkpoint, or a fresh start when the run directory has none (for job
+    /// scripts that are re-submitted until done).
+    LatestOrFresh,
+    /// A given checkpoint directory.
     Path(PathBuf),
 }
 
+/// How [`train`] treats the run directory and where it runs.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub resume: Resume,
+    /// Start fresh even though the run directory holds an earlier run's `metrics.jsonl` or
+    /// checkpoints: they are deleted first.
+    pub force: bool,
+    pub device: Device,
+    /// Print a status line with an ETA every 10 steps on stderr.
+    pub progress: bool,
+}
+
+impl TrainOptions {
+    /// A fresh CPU run without progress output.
+    pub fn fresh() -> TrainOptions {
+        TrainOptions { resume: Resume::No, force: false, device: Device::Cpu, progress: false }
+    }
+    pub fn resume(resume: Resume) -> TrainOptions {
+        TrainOptions { resume, ..TrainOptions::fresh() }
+    }
+}
+
+/// What of an earlier run lies in `run_dir` (`metrics.jsonl`, a non-empty `checkpoints/`).
+fn earlier_outputs(run_dir: &Path) -> Vec<String> {
+    let mut found = vec![];
+    if run_dir.join("metrics.jsonl").exists() {
+        found.push("metrics.jsonl".to_string());
+    }
+    let ck = run_dir.join("checkpoints");
+    if std::fs::read_dir(&ck).map(|mut rd| rd.next().is_some()).unwrap_or(false) {
+        found.push("checkpoints/".to_string());
+    }
+    found
+}
+
 /// Outcome of [`train`].
+#[derive(Debug)]
 pub struct TrainOutcome {
     pub final_step: i64,
     pub last_checkpoint: Option<PathBuf>,
@@ -273,20 +371,59 @@ fn open_metrics(path: &Path, upto: i64) -> Result<std::fs::File> {
 }
 
 /// Trains per `tc` into `run_dir` (checkpoints in `run_dir/checkpoints`, telemetry in
-/// `run_dir/metrics.jsonl`). `progress` prints a status line every few steps.
-pub fn train(tc: &TrainConfig, run_dir: &Path, resume: Resume, device: Device, progress: bool) -> Result<TrainOutcome> {
+/// `run_dir/metrics.jsonl`). The run directory is locked for the duration (`RUN/.lock`); a
+/// fresh run refuses a directory holding an earlier run unless `opts.force`; stale temporary
+/// checkpoint directories of killed saves are removed.
+pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<TrainOutcome> {
     tc.validate()?;
     let cfg = tc.model_config()?;
-    std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+    let device = opts.device;
+    let progress = opts.progress;
+    let _lock = checkpoint::RunLock::acquire(run_dir)?;
     let ckpt_root = run_dir.join("checkpoints");
+    let removed = checkpoint::remove_stale_temps(&ckpt_root)?;
+    if removed > 0 {
+        eprintln!("removed {removed} stale temporary checkpoint director{} of interrupted saves", if removed == 1 { "y" } else { "ies" });
+    }
+    let from = match &opts.resume {
+        Resume::No => None,
+        Resume::Latest | Resume::LatestOrFresh => match checkpoint::latest_valid(&ckpt_root) {
+            Some((d, _)) => Some(d),
+            None if opts.resume == Resume::LatestOrFresh => None,
+            None => {
+                return Err(Error::Invalid(format!(
+                    "{}: --resume found no checkpoint that verifies; start fresh with --resume-or-fresh (or without --resume)",
+                    ckpt_root.display()
+                )))
+            }
+        },
+        Resume::Path(p) => Some(p.clone()),
+    };
+    if from.is_none() {
+        let found = earlier_outputs(run_dir);
+        if !found.is_empty() && !opts.force {
+            return Err(Error::Invalid(format!(
+                "{}: holds an earlier run ({}); resume it with --resume, or pass --force to delete it and start fresh",
+                run_dir.display(),
+                found.join(", ")
+            )));
+        }
+        if opts.force {
+            for f in ["metrics.jsonl", "skipped.tsv"] {
+                let p = run_dir.join(f);
+                if p.exists() {
+                    std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+                }
+            }
+            for dir in checkpoint::list(&ckpt_root) {
+                std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            }
+        }
+    }
     let (vs, model) = MsClip::build(&cfg, device, tc.seed as i64);
     let mut opt = AdamW::new(&vs, tc.optimizer.clone());
     let mut start = 0i64;
-    let from = match resume {
-        Resume::No => None,
-        Resume::Latest => checkpoint::latest_valid(&ckpt_root).map(|(d, _)| d),
-        Resume::Path(p) => Some(p),
-    };
+    let mut verified = std::collections::HashSet::new();
     if let Some(dir) = &from {
         let meta = checkpoint::verify(dir)?;
         if meta.model != cfg {
@@ -294,8 +431,17 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, resume: Resume, device: Device, p
         }
         checkpoint::load_model(dir, &vs)?;
         let optim_path = dir.join("optim.safetensors");
-        opt.load_state(Tensor::read_safetensors(&optim_path)?, &optim_path.display().to_string())?;
+        if !optim_path.exists() {
+            return Err(Error::Invalid(format!("{}: no optimizer state (an imported checkpoint cannot be resumed; train from it as a fresh run instead)", dir.display())));
+        }
+        let optim = Tensor::read_safetensors(&optim_path).map_err(|e| Error::Invalid(format!("{}: {e}", optim_path.display())))?;
+        checkpoint::check_finite(&optim_path.display().to_string(), optim.iter().map(|(n, t)| (n.as_str(), t)))?;
+        opt.load_state(optim, &optim_path.display().to_string())?;
+        if meta.step > tc.steps {
+            return Err(Error::Invalid(format!("{}: checkpoint is at step {}, past the run's steps = {}", dir.display(), meta.step, tc.steps)));
+        }
         start = meta.step;
+        verified.insert(dir.clone());
         eprintln!("resumed from {} (step {start})", dir.display());
     }
     let train_toml = toml::to_string(tc).expect("train config serialises");
@@ -368,7 +514,7 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, resume: Resume, device: Device, p
         let scale = if amp { loss_scale } else { 1.0 };
         let loss_v = tch::autocast(autocast, || loss_and_backward(&model, &vs, &images, &tokens, tc.accum_freq, scale))?;
         if !loss_v.is_finite() {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Stopped(format!(
                 "loss is {loss_v} at step {}; stopping. The last good checkpoint stays intact in {}",
                 step + 1,
                 ckpt_root.display()
@@ -395,9 +541,7 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, resume: Resume, device: Device, p
             opt.step(lr);
             n
         };
-        tch::no_grad(|| {
-            let _ = model.logit_scale.shallow_clone().clamp_(f64::NEG_INFINITY, MAX_LOGIT_SCALE.ln());
-        });
+        clamp_logit_scale(&model);
         let done = step + 1;
         let elapsed = t0.elapsed().as_secs_f64();
         let eval = if tc.eval_every > 0 && (done % tc.eval_every == 0 || done == tc.steps) {
@@ -426,10 +570,6 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, resume: Resume, device: Device, p
             eprintln!("step {done}/{} loss {loss_v:.4} lr {lr:.2e} scale {:.2} {:.1} samples/s eta {eta:.0}s", tc.steps, m.logit_scale, m.samples_per_s);
         }
         if (tc.save_every > 0 && done % tc.save_every == 0) || done == end {
-            let finite = vs.trainable_variables().iter().all(|t| t.isfinite().all().int64_value(&[]) == 1);
-            if !finite {
-                return Err(Error::Invalid(format!("non-finite weights after step {done}; not saving")));
-            }
             let meta = Meta {
                 tool_version: crate::VERSION.into(),
                 model: cfg.clone(),
@@ -441,11 +581,23 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, resume: Resume, device: Device, p
                 train_config: train_toml.clone(),
                 sha256: Default::default(),
             };
-            last_checkpoint = Some(checkpoint::save(&ckpt_root, &vs, &opt.state(), meta)?);
-            checkpoint::prune(&ckpt_root, tc.keep)?;
+            let saved = checkpoint::save(&ckpt_root, &vs, &opt.state(), meta).map_err(|e| {
+                Error::Stopped(format!("{e}; stopping, not saving. The last good checkpoint stays intact in {}", ckpt_root.display()))
+            })?;
+            verified.insert(saved.clone());
+            checkpoint::prune(&ckpt_root, tc.keep, &mut verified)?;
+            last_checkpoint = Some(saved);
         }
     }
     Ok(TrainOutcome { final_step: end, last_checkpoint, last_eval })
+}
+
+/// Clamps the raw temperature to `[0, ln 100]` in place, as OpenCLIP does after every step
+/// (`logit_scale.clamp_(0, math.log(100))`): the scale stays within `[1, 100]`.
+pub fn clamp_logit_scale(model: &MsClip) {
+    tch::no_grad(|| {
+        let _ = model.logit_scale.shallow_clone().clamp_(0.0, MAX_LOGIT_SCALE.ln());
+    });
 }
 
 /// Computes the contrastive loss of the batch and accumulates its gradient.

@@ -31,6 +31,31 @@ pub struct AdamWConfig {
     pub lr_scale_shared: f64,
 }
 
+impl AdamWConfig {
+    /// Checks the domains: β ∈ [0, 1), ε > 0, weight decays ≥ 0, the shared lr scale > 0,
+    /// all finite. The error names the key (`optimizer.beta1`, …).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |k: &str, v: f64, why: &str| Err(Error::config(format!("optimizer.{k}"), v, why));
+        for (k, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return bad(k, v, "must be in [0, 1)");
+            }
+        }
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            return bad("eps", self.eps, "must be positive and finite");
+        }
+        for (k, v) in [("weight_decay", self.weight_decay), ("weight_decay_shared", self.weight_decay_shared)] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return bad(k, v, "must be non-negative and finite");
+            }
+        }
+        if !(self.lr_scale_shared > 0.0 && self.lr_scale_shared.is_finite()) {
+            return bad("lr_scale_shared", self.lr_scale_shared, "must be positive and finite");
+        }
+        Ok(())
+    }
+}
+
 impl Default for AdamWConfig {
     fn default() -> Self {
         AdamWConfig { beta1: 0.9, beta2: 0.98, eps: 1e-6, weight_decay: 0.05, weight_decay_shared: 0.2, lr_scale_shared: 1.0 }

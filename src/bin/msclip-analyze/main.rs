@@ -7,6 +7,7 @@ use std::process::ExitCode;
 mod figures;
 
 use clap::{Args, Parser, Subcommand};
+use msclip::cli::{int_in, positive_float};
 use msclip::analysis::attention::{image_query_maps, text_maps, HeadMap};
 use msclip::analysis::gap::{gap_report, GapReport};
 use msclip::analysis::nmi::{modality_nmi, LayerNmi};
@@ -23,6 +24,11 @@ use msclip::plot::{matrix_png_svg, overlay_grid_png, Matrix, OverlayGrid};
 use msclip::tokenizer::Tokenizer;
 use msclip::{Error, Result};
 use tch::{Device, Tensor};
+
+/// Largest item count a flag accepts (synthetic scenes, limits, probe splits).
+const MAX_ITEMS: usize = 10_000_000;
+/// Largest forward batch.
+const MAX_BATCH: usize = 65_536;
 
 #[derive(Parser)]
 #[command(name = "msclip-analyze", version, about = "Inspect and explain CLIP / MS-CLIP models")]
@@ -81,16 +87,16 @@ struct DataArg {
     #[arg(long, conflicts_with = "synthetic")]
     manifest: Option<PathBuf>,
     /// Use N held-out scenes of the synthetic world instead.
-    #[arg(long)]
+    #[arg(long, value_parser = int_in(1usize..=MAX_ITEMS))]
     synthetic: Option<usize>,
     /// Seed of the synthetic world (held out from training worlds of the same seed).
     #[arg(long, default_value_t = 0)]
     data_seed: u64,
     /// Use only the first N pairs (fixed order).
-    #[arg(long)]
+    #[arg(long, value_parser = int_in(1usize..=MAX_ITEMS))]
     limit: Option<usize>,
     /// Batch size of the forward passes (fixed, for reproducible numbers).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = int_in(1usize..=MAX_BATCH))]
     batch: usize,
 }
 
@@ -123,7 +129,7 @@ enum Command {
     /// Token ids of a caption (CLIP BPE, SOT/EOT, padded to the context).
     Tokenize {
         text: String,
-        #[arg(long, default_value_t = 77)]
+        #[arg(long, default_value_t = 77, value_parser = int_in(2usize..=65_536))]
         context: usize,
         #[arg(long)]
         json: bool,
@@ -151,7 +157,7 @@ enum Command {
         #[arg(long)]
         text_npy: Option<PathBuf>,
         /// Items for the O(n²) uniformity estimate.
-        #[arg(long, default_value_t = msclip::analysis::gap::DEFAULT_UNIFORMITY_MAX)]
+        #[arg(long, default_value_t = msclip::analysis::gap::DEFAULT_UNIFORMITY_MAX, value_parser = int_in(2i64..=100_000))]
         uniformity_max: i64,
         #[arg(long)]
         out: Option<PathBuf>,
@@ -187,7 +193,8 @@ enum Command {
         data: DataArg,
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value_t = 10000)]
+        /// Permutations of the Spearman test.
+        #[arg(long, default_value_t = 10000, value_parser = int_in(1usize..=10_000_000))]
         permutations: usize,
         /// Slots of the caption/image head gallery (gallery_slot{S}.png/.svg; synthetic data
         /// only). Default: every attention slot both towers have.
@@ -204,12 +211,12 @@ enum Command {
         #[arg(long, conflicts_with = "synthetic")]
         folder: Option<PathBuf>,
         /// N held-out single-object synthetic images instead.
-        #[arg(long)]
+        #[arg(long, value_parser = int_in(1usize..=MAX_ITEMS))]
         synthetic: Option<usize>,
         /// Templates file: one template per line with `{}` for the class name.
         #[arg(long)]
         templates: Option<PathBuf>,
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 64, value_parser = int_in(1usize..=MAX_BATCH))]
         batch: usize,
         #[arg(long)]
         out: Option<PathBuf>,
@@ -229,14 +236,14 @@ enum Command {
         /// projected, L2-normalised embedding (CLIP_benchmark's).
         #[arg(long, default_value = "pre")]
         feature: String,
-        #[arg(long, default_value_t = 5000)]
+        #[arg(long, default_value_t = 5000, value_parser = int_in(2usize..=MAX_ITEMS))]
         train: usize,
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, value_parser = int_in(1usize..=MAX_ITEMS))]
         val: usize,
-        #[arg(long, default_value_t = 2000)]
+        #[arg(long, default_value_t = 2000, value_parser = int_in(1usize..=MAX_ITEMS))]
         test: usize,
         /// Values of C (scikit-learn's inverse regularisation) to sweep.
-        #[arg(long, value_delimiter = ',', default_value = "0.01,0.1,1,10,100")]
+        #[arg(long, value_delimiter = ',', default_value = "0.01,0.1,1,10,100", value_parser = positive_float)]
         c: Vec<f64>,
         /// Fit on raw features instead of standardised ones (by default each feature is
         /// centred and scaled with the train split's mean and standard deviation, which lets
@@ -285,7 +292,7 @@ enum Command {
     Eval {
         #[command(flatten)]
         model: ModelArg,
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, value_parser = int_in(2usize..=MAX_ITEMS))]
         items: usize,
         /// Seed of the held-out world (the training seed keeps it disjoint from training items).
         #[arg(long, default_value_t = 0)]
@@ -305,9 +312,9 @@ struct NmiArgs {
     /// Map pooled tokens through the final LN + projection (needed for unequal widths).
     #[arg(long)]
     projected: bool,
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = int_in(2i64..=1000))]
     k: i64,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = int_in(1usize..=1000))]
     restarts: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -348,7 +355,7 @@ struct AttentionArgs {
     #[arg(long, value_delimiter = ',')]
     heads: Option<Vec<usize>>,
     /// Query token of the image maps: 0 = CLS, 1 + r·grid + c = the patch at row r, column c.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = int_in(0i64..=1 << 20))]
     query: i64,
     /// Attribution maps: raw (last layer, head mean), rollout, relevancy (Chefer et al. 2021), or all.
     #[arg(long, default_value = "all")]
@@ -357,8 +364,9 @@ struct AttentionArgs {
     /// layer for relevancy, as Transformer-MM-Explainability's CLIP default).
     #[arg(long)]
     start_layer: Option<usize>,
-    /// Deletion/insertion curve resolution (fractions k/steps of the patches).
-    #[arg(long, default_value_t = 10)]
+    /// Deletion/insertion curve resolution (fractions k/steps of the patches; at most the
+    /// number of patches is meaningful, and at most 1,000 are run).
+    #[arg(long, default_value_t = 10, value_parser = int_in(1usize..=1000))]
     faith_steps: usize,
 }
 
@@ -662,6 +670,9 @@ fn check(model: &ModelArg, data: &DataArg, a: &NmiArgs, baseline: &std::path::Pa
         return Ok(true);
     }
     let b = existing.expect("read above");
+    if b.values.is_empty() {
+        return Err(Error::Parse { path: baseline.to_path_buf(), message: "the baseline holds no values; write one with --update".into() });
+    }
     let mut ok = true;
     println!("{:<28} {:>14} {:>14} {:>10} {:>10}  status", "metric", "baseline", "current", "|Δ|", "tol");
     for (k, want) in &b.values {
@@ -770,6 +781,9 @@ fn heads(model: &ModelArg, data: &DataArg, out: &std::path::Path, permutations: 
         }
     }
     let stats = acc.finish();
+    if stats.is_empty() {
+        return Err(Error::Invalid(format!("heads: none of the {n} items could be read")));
+    }
     let agree = agreement(&stats, permutations, 0);
     let mut prov = provenance(&loaded, data_id, 0);
     prov.notes.push("head statistics: means over items and valid queries (text: 0..=EOT); vision distance in patch-grid units; 'neighbour' = previous-token mass (text) / 4-neighbour mass (vision)".into());
@@ -917,6 +931,9 @@ fn zeroshot(model: &ModelArg, folder: Option<&std::path::Path>, synthetic: Optio
             let t: Vec<String> = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
             if let Some((i, bad)) = t.iter().enumerate().find(|(_, l)| !l.contains("{}")) {
                 return Err(Error::Parse { path: p.to_path_buf(), message: format!("line {}: template {bad:?} has no {{}}", i + 1) });
+            }
+            if t.is_empty() {
+                return Err(Error::Parse { path: p.to_path_buf(), message: "no templates (every line is empty)".into() });
             }
             t
         }

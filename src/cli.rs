@@ -1,0 +1,60 @@
+//! Value parsers shared by the command-line front-ends: every count, size and step flag is
+//! range-checked when the arguments are parsed, so a bad value is a clap error (exit 2) that
+//! names the flag, before anything runs or is written.
+
+use std::ops::RangeInclusive;
+
+/// An integer flag restricted to `range` (`value_parser = int_in(1..=65_536)`).
+pub fn int_in<T>(range: RangeInclusive<T>) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + Send + Sync + 'static,
+{
+    move |s: &str| {
+        let v: T = s.trim().parse().map_err(|_| format!("`{s}` is not an integer"))?;
+        if range.contains(&v) {
+            Ok(v)
+        } else {
+            Err(format!("{v} is out of range: must be in {}..={}", range.start(), range.end()))
+        }
+    }
+}
+
+/// A finite float flag restricted to `[lo, hi]`.
+pub fn float_in(lo: f64, hi: f64) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
+    move |s: &str| {
+        let v: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number"))?;
+        if v.is_finite() && v >= lo && v <= hi {
+            Ok(v)
+        } else {
+            Err(format!("{v} is out of range: must be a finite number in [{lo}, {hi}]"))
+        }
+    }
+}
+
+/// A strictly positive finite float (learning rates, C values).
+pub fn positive_float(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} must be a positive finite number"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_and_messages() {
+        let p = int_in(1usize..=10);
+        assert_eq!(p("3"), Ok(3));
+        assert!(p("0").unwrap_err().contains("1..=10"));
+        assert!(p("18446744073709551615").unwrap_err().contains("out of range"));
+        assert!(p("-1").unwrap_err().contains("not an integer"));
+        assert!(float_in(0.0, 1.0)("NaN").is_err());
+        assert!(float_in(0.0, 1.0)("inf").is_err());
+        assert_eq!(float_in(0.0, 1.0)("0.5"), Ok(0.5));
+        assert!(positive_float("0").is_err());
+    }
+}
