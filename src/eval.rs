@@ -120,8 +120,8 @@ pub fn embed_pairs(model: &MsClip, src: &dyn PairSource, n: usize, batch: usize,
                         pv = model.vision.head(&pv);
                         pt = model.text.head(&pt);
                     });
-                    pv = &pv / pv.norm_scalaropt_dim(2.0, [-1], true);
-                    pt = &pt / pt.norm_scalaropt_dim(2.0, [-1], true);
+                    pv = crate::tensor::l2_normalize(&pv);
+                    pt = crate::tensor::l2_normalize(&pt);
                 }
                 let e = per_layer.entry(slot).or_default();
                 e.0.push(pv);

@@ -9,6 +9,7 @@ pub mod eval;
 pub mod io;
 pub mod model;
 pub mod plot;
+pub mod tensor;
 pub mod tokenizer;
 pub mod train;
 

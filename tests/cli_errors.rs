@@ -129,3 +129,82 @@ fn attention_writes_maps_for_every_layer() {
     assert_eq!(attr.lines().filter(|l| l.contains(",image_patch,")).count(), 3 * 64);
     assert!(attr.lines().any(|l| l.starts_with("relevancy,text_token,")));
 }
+
+/// Zero, empty and huge arguments are refused when the arguments are parsed, naming the flag
+/// (issue 9 §3); none of these runs, hangs or panics.
+#[test]
+fn zero_empty_and_huge_flags_name_the_flag() {
+    let dir = std::env::temp_dir().join(format!("msclip-flags-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("out").display().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["embed", "--model", "tiny-clip", "--synthetic", "4", "--batch", "0", "--out", &out], "--batch"),
+        (vec!["gap", "--model", "tiny-clip", "--synthetic", "4", "--batch", "0"], "--batch"),
+        (vec!["nmi", "--model", "tiny-clip", "--synthetic", "4", "--batch", "0"], "--batch"),
+        (vec!["heads", "--model", "tiny-clip", "--synthetic", "4", "--batch", "0", "--out", &out], "--batch"),
+        (vec!["retrieval", "--model", "tiny-clip", "--synthetic", "4", "--batch", "0"], "--batch"),
+        (vec!["check", "--model", "tiny-clip", "--synthetic", "4", "--batch", "0", "--baseline", "x.json"], "--batch"),
+        (vec!["gap", "--model", "tiny-clip", "--synthetic", "0"], "--synthetic"),
+        (vec!["zeroshot", "--model", "tiny-clip", "--synthetic", "0"], "--synthetic"),
+        (vec!["gap", "--model", "tiny-clip", "--synthetic", "4", "--uniformity-max", "0"], "--uniformity-max"),
+        (vec!["attention", "--model", "tiny-clip", "--out", &out, "--faith-steps", "0"], "--faith-steps"),
+        (vec!["attention", "--model", "tiny-clip", "--out", &out, "--faith-steps", "100000"], "--faith-steps"),
+        (vec!["attention", "--model", "tiny-clip", "--out", &out, "--query=-1"], "--query"),
+        (vec!["tokenize", "x", "--context", "18446744073709551615"], "--context"),
+        (vec!["tokenize", "x", "--context", "1"], "--context"),
+        (vec!["probe", "--model", "tiny-clip", "--synthetic", "--train", "0"], "--train"),
+        (vec!["probe", "--model", "tiny-clip", "--synthetic", "--val", "0"], "--val"),
+        (vec!["probe", "--model", "tiny-clip", "--synthetic", "--c", "0,-1"], "--c"),
+        (vec!["eval", "--model", "tiny-clip", "--items", "0"], "--items"),
+        (vec!["nmi", "--model", "tiny-clip", "--synthetic", "4", "--k", "0"], "--k"),
+        (vec!["heads", "--model", "tiny-clip", "--synthetic", "4", "--permutations", "0", "--out", &out], "--permutations"),
+    ];
+    for (args, flag) in cases {
+        let t = std::time::Instant::now();
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(flag), "{args:?}: {err}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(20), "{args:?}");
+    }
+    assert!(!dir.join("out").exists(), "nothing was written");
+    // The train binary: --eval-items 0, --batch-size 0, huge steps.
+    let train = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_msclip-train")).args(args).output().unwrap();
+        (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    for (flag, value) in [("--eval-items", "0"), ("--batch-size", "0"), ("--steps", "-3"), ("--keep", "0"), ("--lr", "nan")] {
+        let (code, err) = train(&["--config", "configs/train/tiny-clip.toml", "--out", &out, &format!("{flag}={value}")]);
+        assert_eq!(code, 2, "{flag}: {err}");
+        assert!(err.contains(flag), "{flag}: {err}");
+    }
+}
+
+/// Empty inputs and empty results are errors, not NaN tables with exit 0.
+#[test]
+fn empty_inputs_and_results_are_errors() {
+    let dir = std::env::temp_dir().join(format!("msclip-empty-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("folder/a")).unwrap();
+    image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3])).save(dir.join("folder/a/0.png")).unwrap();
+    let d = |s: &str| dir.join(s).display().to_string();
+    std::fs::write(dir.join("empty.txt"), "\n  \n").unwrap();
+    let (code, _, err) = run(&["zeroshot", "--model", "tiny-clip", "--folder", &d("folder"), "--templates", &d("empty.txt")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("empty.txt") && err.contains("no templates"), "{err}");
+    // heads over a manifest whose images are all missing.
+    std::fs::write(dir.join("m.tsv"), "filepath\ttitle\nnope1.png\ta\nnope2.png\tb\n").unwrap();
+    let (code, _, err) = run(&["heads", "--model", "tiny-clip", "--manifest", &d("m.tsv"), "--out", &d("heads")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("none of the 2 items"), "{err}");
+    // .npy files with 0 columns.
+    std::fs::copy("fixtures/fuzz/zero-columns.npy", dir.join("a.npy")).unwrap();
+    let (code, _, err) = run(&["gap", "--image-npy", &d("a.npy"), "--text-npy", &d("a.npy")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("0 columns"), "{err}");
+    // A baseline with no values.
+    std::fs::write(dir.join("b.json"), r#"{"tolerance": 0.001, "values": {}}"#).unwrap();
+    let (code, out, err) = run(&["check", "--checkpoint", "fixtures/check/ckpt", "--manifest", "fixtures/check/data/manifest.tsv", "--baseline", &d("b.json")]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("b.json") && err.contains("no values"), "{err}");
+    assert!(!out.contains("check passed"));
+}

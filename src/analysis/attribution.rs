@@ -90,6 +90,21 @@ mod tests {
         assert!(r.allclose(&want, 1e-12, 1e-12, false));
     }
 
+    /// Chefer et al. clamp each head's gradient-weighted attention before the head mean
+    /// (`(grad * cam).clamp(min=0).mean(dim=0)`): with two heads of opposite sign the two
+    /// orders differ, and only clamp-then-mean passes.
+    #[test]
+    fn relevancy_clamps_each_head_before_the_mean() {
+        // Heads 0 and 1 over 2 tokens; at (0, 0): 0.8·0.5 = 0.4 and −1.2·0.5 = −0.6.
+        let a = Tensor::from_slice(&[0.5f64, 0.5, 0.3, 0.7, 0.5, 0.5, 0.9, 0.1]).view([2, 2, 2]);
+        let g = Tensor::from_slice(&[0.8f64, 0.0, 1.0, -1.0, -1.2, 0.4, 0.0, 2.0]).view([2, 2, 2]);
+        // clamp-then-mean: [[0.2, 0.1], [0.15, 0.1]]; mean-then-clamp would give
+        // [[0, 0.1], [0.15, 0]].
+        let r = relevancy(&[a], &[g]);
+        let want = Tensor::from_slice(&[1.2f64, 0.1, 0.15, 1.1]).view([2, 2]);
+        assert!(r.allclose(&want, 1e-12, 1e-12, false), "{r}");
+    }
+
     #[test]
     fn auc_and_masks() {
         assert!((auc(&[1.0, 1.0, 1.0]) - 1.0).abs() < 1e-12);

@@ -8,20 +8,21 @@ pub fn centroid_gap(x: &Tensor, y: &Tensor) -> f64 {
     (x.mean_dim(0, false, Kind::Double) - y.mean_dim(0, false, Kind::Double)).norm().double_value(&[])
 }
 
-/// Recall@k of retrieving the paired column for every row of `sim: [N, N]`.
+/// Recall@k of retrieving the paired column for every row of `sim: [N, N]`. Ties count
+/// against the model: the rank of the true pair is the number of *other* entries at least as
+/// high (a row of equal scores ranks its pair last), so constant embeddings score chance or
+/// below, never perfect.
 pub fn recall_at_k(sim: &Tensor, k: i64) -> f64 {
     let n = sim.size()[0];
     let diag = sim.diag(0).unsqueeze(1);
-    // Rank of the true pair = number of entries strictly greater than it.
-    let rank = sim.gt_tensor(&diag).sum_dim_intlist(&[1i64][..], false, Kind::Int64);
+    let rank = sim.ge_tensor(&diag).sum_dim_intlist(&[1i64][..], false, Kind::Int64) - 1;
     rank.lt(k).to_kind(Kind::Double).sum(Kind::Double).double_value(&[]) / n as f64
 }
 
 /// Zero-shot classifier from prompt embeddings `[C, T, E]`: per class the mean of the
 /// normalised prompt embeddings, renormalised; returns `W: [E, C]`.
 pub fn prompt_ensemble(prompt_emb: &Tensor) -> Tensor {
-    let m = prompt_emb.mean_dim(1, false, Kind::Float);
-    (&m / m.norm_scalaropt_dim(2.0, [-1], true)).tr()
+    crate::tensor::l2_normalize(&prompt_emb.mean_dim(1, false, Kind::Float)).tr()
 }
 
 /// Top-k accuracy of `logits: [N, C]` against `labels`.
@@ -48,6 +49,14 @@ mod tests {
         assert!((recall_at_k(&sim, 1) - 1.0 / 3.0).abs() < 1e-12);
         assert!((recall_at_k(&sim, 2) - 2.0 / 3.0).abs() < 1e-12);
         assert!((recall_at_k(&sim, 3) - 1.0).abs() < 1e-12);
+        // Ties are pessimistic: a constant similarity ranks every pair last.
+        let flat = Tensor::full([4, 4], 0.5, (Kind::Float, tch::Device::Cpu));
+        assert_eq!(recall_at_k(&flat, 1), 0.0);
+        assert_eq!(recall_at_k(&flat, 3), 0.0);
+        assert_eq!(recall_at_k(&flat, 4), 1.0);
+        // One tie with the true pair in row 0: rank 1, not 0.
+        let tie = Tensor::from_slice(&[0.9f32, 0.9, 0.1, 0.2, 0.8, 0.1, 0.0, 0.0, 0.5]).view([3, 3]);
+        assert!((recall_at_k(&tie, 1) - 2.0 / 3.0).abs() < 1e-12);
         let logits = Tensor::from_slice(&[0.1f32, 0.9, 0.8, 0.2]).view([2, 2]);
         assert_eq!(topk_accuracy(&logits, &[1, 1], 1), 0.5);
         let pe = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0]).view([1, 2, 2]);

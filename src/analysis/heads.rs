@@ -33,16 +33,47 @@ pub struct HeadStat {
     pub n: i64,
 }
 
-pub const STAT_NAMES: [&str; 5] = ["entropy", "distance", "special", "self_mass", "neighbour"];
+/// One of the per-head statistics of [`HeadStat`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Statistic {
+    Entropy,
+    Distance,
+    Special,
+    SelfMass,
+    Neighbour,
+}
+
+impl Statistic {
+    pub const ALL: [Statistic; 5] = [Statistic::Entropy, Statistic::Distance, Statistic::Special, Statistic::SelfMass, Statistic::Neighbour];
+
+    /// The name used in files and figures (`self_mass`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Statistic::Entropy => "entropy",
+            Statistic::Distance => "distance",
+            Statistic::Special => "special",
+            Statistic::SelfMass => "self_mass",
+            Statistic::Neighbour => "neighbour",
+        }
+    }
+
+    /// The statistic of a name; an unknown name is an error naming the known ones.
+    pub fn parse(name: &str) -> crate::Result<Statistic> {
+        Statistic::ALL.into_iter().find(|s| s.name() == name).ok_or_else(|| {
+            crate::Error::config("statistic", name, "expected entropy, distance, special, self_mass or neighbour")
+        })
+    }
+}
 
 impl HeadStat {
-    pub fn get(&self, name: &str) -> f64 {
-        match name {
-            "entropy" => self.entropy,
-            "distance" => self.distance,
-            "special" => self.special,
-            "self_mass" => self.self_mass,
-            _ => self.neighbour,
+    pub fn get(&self, stat: Statistic) -> f64 {
+        match stat {
+            Statistic::Entropy => self.entropy,
+            Statistic::Distance => self.distance,
+            Statistic::Special => self.special,
+            Statistic::SelfMass => self.self_mass,
+            Statistic::Neighbour => self.neighbour,
         }
     }
 }
@@ -192,13 +223,13 @@ pub fn agreement(stats: &[HeadStat], permutations: usize, seed: u64) -> Vec<Agre
     let vis: BTreeMap<(usize, usize), &HeadStat> = stats.iter().filter(|s| s.modality == Modality::Vision).map(|s| (key(s), s)).collect();
     let txt: BTreeMap<(usize, usize), &HeadStat> = stats.iter().filter(|s| s.modality == Modality::Text).map(|s| (key(s), s)).collect();
     let common: Vec<(usize, usize)> = vis.keys().filter(|k| txt.contains_key(k)).copied().collect();
-    STAT_NAMES
+    Statistic::ALL
         .iter()
-        .map(|name| {
-            let a: Vec<f64> = common.iter().map(|k| vis[k].get(name)).collect();
-            let b: Vec<f64> = common.iter().map(|k| txt[k].get(name)).collect();
+        .map(|&stat| {
+            let a: Vec<f64> = common.iter().map(|k| vis[k].get(stat)).collect();
+            let b: Vec<f64> = common.iter().map(|k| txt[k].get(stat)).collect();
             let (rho, p) = if common.len() >= 3 { spearman_permutation(&a, &b, permutations, seed) } else { (f64::NAN, f64::NAN) };
-            Agreement { statistic: name.to_string(), heads: common.len(), spearman: rho, p_value: p }
+            Agreement { statistic: stat.name().to_string(), heads: common.len(), spearman: rho, p_value: p }
         })
         .collect()
 }

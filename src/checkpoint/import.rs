@@ -26,15 +26,10 @@ const SITES: [(&str, &str); 10] = [
     ("ln_1.bias", "ln1.bias"),
 ];
 
-fn site_of(ours: &str) -> SharedSite {
-    match ours.split('.').next().unwrap() {
-        "attn_in" => SharedSite::AttnIn,
-        "attn_out" => SharedSite::AttnOut,
-        "fc1" => SharedSite::Fc1,
-        "fc2" => SharedSite::Fc2,
-        "ln1" => SharedSite::Ln1,
-        _ => SharedSite::Ln2,
-    }
+/// The shared site a block tensor name (`fc1.weight`) belongs to; `None` for anything else.
+fn site_of(ours: &str) -> Option<SharedSite> {
+    let prefix = ours.split('.').next()?;
+    SharedSite::ALL.into_iter().find(|s| s.name() == prefix)
 }
 
 /// (source key, our name) for every tensor the config needs; shared sites appear once, under
@@ -46,7 +41,8 @@ pub fn key_map(cfg: &ModelConfig) -> (Vec<(String, String)>, Vec<(String, String
     let block_sites: Vec<(&str, &str)> = block_sites.collect();
     for slot in 0..cfg.vision.layers.max(cfg.text.layers) {
         for &(src, ours) in &block_sites {
-            let shared = cfg.is_shared(slot, site_of(ours));
+            let site = site_of(ours).expect("every block site of the key table is a SharedSite (tested)");
+            let shared = cfg.is_shared(slot, site);
             let vkey = format!("visual.transformer.resblocks.{slot}.{src}");
             let tkey = format!("transformer.resblocks.{slot}.{src}");
             if cfg.vision_has_block(slot) {
@@ -134,6 +130,21 @@ pub fn key_map(cfg: &ModelConfig) -> (Vec<(String, String)>, Vec<(String, String
         }
     }
     (map, dups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_block_site_name_maps_to_its_shared_site() {
+        for (_, ours) in SITES.iter().chain(&[("", "ln2.weight"), ("", "ln2.bias")]) {
+            let site = site_of(ours).unwrap_or_else(|| panic!("{ours}"));
+            assert!(ours.starts_with(site.name()));
+        }
+        assert_eq!(site_of("ln3.weight"), None);
+        assert_eq!(site_of("ln2.bias"), Some(SharedSite::Ln2));
+    }
 }
 
 fn ignorable(key: &str) -> bool {

@@ -8,11 +8,13 @@
 //! - Sizes follow torchvision exactly: the shorter side becomes `size`, the longer
 //!   `int(size · long / short)` (truncated); the crop offset is `int(round((H − size) / 2))`
 //!   with Python's round-half-to-even.
-//! - Resampling is Pillow's `ImagingResample` (Resample.c) for 8-bit images: separable Keys
-//!   cubic (a = −0.5, support 2 scaled by the reduction factor), coefficients normalised then
-//!   converted to 22-bit fixed point, the horizontal pass first with its result rounded and
-//!   clipped to 8 bits, then the vertical pass. Only the output pixels inside the crop are
-//!   computed, so an extreme aspect ratio (a 65000×1 strip) costs the crop, not the resize.
+//! - Resampling is Pillow's `ImagingResample` (Resample.c, Pillow 13) for 8-bit images:
+//!   separable Keys cubic (a = −0.5, support 2 scaled by the reduction factor), coefficients
+//!   normalised then converted to 22-bit fixed point, the first pass rounded and clipped to 8
+//!   bits before the second (horizontal first, unless the height shrinks by more than twice as
+//!   many pixels as the width; Pillow ≤ 12 always went horizontal first, which differs by a few
+//!   levels on such tall images). Only the output pixels inside the crop are computed, so an
+//!   extreme aspect ratio (a 65000×1 strip) costs the crop, not the resize.
 
 use std::io::Cursor;
 use std::path::Path;
@@ -182,64 +184,101 @@ fn clip8(v: i64) -> u8 {
     }
 }
 
+/// A pixel buffer (RGB, row-major) of `w` columns.
+struct Plane<'a> {
+    px: &'a [u8],
+    w: usize,
+}
+
+/// Horizontal pass: rows `rows` of `src`, one output column per coefficient set (whose input
+/// indices are shifted by `−shift` into `src`).
+fn hpass(src: &Plane, rows: std::ops::Range<usize>, coeffs: &[(usize, Vec<i32>)], shift: usize) -> Vec<u8> {
+    let ow = coeffs.len();
+    let mut out = vec![0u8; rows.len() * ow * 3];
+    for (r, y) in rows.enumerate() {
+        let line = &src.px[y * src.w * 3..(y + 1) * src.w * 3];
+        for (xx, (xmin, k)) in coeffs.iter().enumerate() {
+            for c in 0..3 {
+                let mut acc: i64 = 1 << (PRECISION_BITS - 1);
+                for (j, &kj) in k.iter().enumerate() {
+                    acc += line[(xmin - shift + j) * 3 + c] as i64 * kj as i64;
+                }
+                out[(r * ow + xx) * 3 + c] = clip8(acc);
+            }
+        }
+    }
+    out
+}
+
+/// Vertical pass: columns `cols` of `src`, one output row per coefficient set (input rows
+/// shifted by `−shift`).
+fn vpass(src: &Plane, cols: std::ops::Range<usize>, coeffs: &[(usize, Vec<i32>)], shift: usize) -> Vec<u8> {
+    let ow = cols.len();
+    let mut out = vec![0u8; coeffs.len() * ow * 3];
+    for (yy, (ymin, k)) in coeffs.iter().enumerate() {
+        for (xo, x) in cols.clone().enumerate() {
+            for c in 0..3 {
+                let mut acc: i64 = 1 << (PRECISION_BITS - 1);
+                for (j, &kj) in k.iter().enumerate() {
+                    acc += src.px[((ymin - shift + j) * src.w + x) * 3 + c] as i64 * kj as i64;
+                }
+                out[(yy * ow + xo) * 3 + c] = clip8(acc);
+            }
+        }
+    }
+    out
+}
+
+/// The input index range the coefficient sets read.
+fn span(coeffs: &[(usize, Vec<i32>)]) -> std::ops::Range<usize> {
+    let lo = coeffs.iter().map(|(s, _)| *s).min().unwrap_or(0);
+    let hi = coeffs.iter().map(|(s, k)| s + k.len()).max().unwrap_or(lo);
+    lo..hi.max(lo)
+}
+
+/// Rows `rows`, columns `cols` of a plane, copied.
+fn window(src: &Plane, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) -> Vec<u8> {
+    rows.flat_map(|y| src.px[(y * src.w + cols.start) * 3..(y * src.w + cols.end) * 3].iter().copied()).collect()
+}
+
 /// The window `[left, left+cw) × [top, top+ch)` of the image that Pillow's bicubic resize of
-/// the source box `bx` to `out_w × out_h` would produce (horizontal pass, 8-bit rounding,
-/// vertical pass).
+/// the source box `bx` to `out_w × out_h` would produce. Pillow (13) runs the horizontal pass
+/// first, its result rounded to 8 bits, then the vertical one, unless the height shrinks by
+/// more than twice as many pixels as the width: then vertical first. Either way only the
+/// input rows/columns the window reads are resampled.
 #[allow(clippy::too_many_arguments)]
 fn resize_window(img: &RgbImage, bx: (f64, f64, f64, f64), out_w: u32, out_h: u32, left: u32, top: u32, cw: u32, ch: u32) -> RgbImage {
     let (w, h) = img.dimensions();
     let need_h = out_w != w || bx.0 != 0.0 || bx.2 != out_w as f64;
     let need_v = out_h != h || bx.1 != 0.0 || bx.3 != out_h as f64;
-    let src = img.as_raw();
-    // Horizontal pass over the source rows the vertical pass reads.
-    let vert = need_v.then(|| coefficients(h, bx.1, bx.3, out_h, top, ch));
-    let (row0, rows) = match &vert {
-        Some(v) => {
-            let lo = v.iter().map(|(s, _)| *s).min().unwrap_or(0);
-            let hi = v.iter().map(|(s, k)| s + k.len()).max().unwrap_or(lo);
-            (lo, hi.max(lo) - lo)
-        }
-        None => (top as usize, ch as usize),
-    };
-    let cw_us = cw as usize;
-    let mut tmp = vec![0u8; rows * cw_us * 3];
-    if need_h {
-        let horiz = coefficients(w, bx.0, bx.2, out_w, left, cw);
-        for r in 0..rows {
-            let line = &src[(row0 + r) * w as usize * 3..(row0 + r + 1) * w as usize * 3];
-            for (xx, (xmin, k)) in horiz.iter().enumerate() {
-                for c in 0..3 {
-                    let mut acc: i64 = 1 << (PRECISION_BITS - 1);
-                    for (j, &kj) in k.iter().enumerate() {
-                        acc += line[(xmin + j) * 3 + c] as i64 * kj as i64;
-                    }
-                    tmp[(r * cw_us + xx) * 3 + c] = clip8(acc);
-                }
-            }
+    let horizontal_first = !(h > out_h && (h - out_h) as i64 > (w as i64 - out_w as i64) * 2);
+    let hc = need_h.then(|| coefficients(w, bx.0, bx.2, out_w, left, cw));
+    let vc = need_v.then(|| coefficients(h, bx.1, bx.3, out_h, top, ch));
+    let src = Plane { px: img.as_raw(), w: w as usize };
+    let (cols, rows) = (left as usize..(left + cw) as usize, top as usize..(top + ch) as usize);
+    let out = if horizontal_first {
+        let rin = vc.as_deref().map_or(rows.clone(), span);
+        let tmp = match &hc {
+            Some(hc) => hpass(&src, rin.clone(), hc, 0),
+            None => window(&src, rin.clone(), cols.clone()),
+        };
+        let tmp = Plane { px: &tmp, w: cw as usize };
+        match &vc {
+            Some(vc) => vpass(&tmp, 0..cw as usize, vc, rin.start),
+            None => tmp.px.to_vec(),
         }
     } else {
-        for r in 0..rows {
-            let s = ((row0 + r) * w as usize + left as usize) * 3;
-            tmp[r * cw_us * 3..(r + 1) * cw_us * 3].copy_from_slice(&src[s..s + cw_us * 3]);
+        let cin = hc.as_deref().map_or(cols.clone(), span);
+        let tmp = match &vc {
+            Some(vc) => vpass(&src, cin.clone(), vc, 0),
+            None => window(&src, rows.clone(), cin.clone()),
+        };
+        let tmp = Plane { px: &tmp, w: cin.len() };
+        match &hc {
+            Some(hc) => hpass(&tmp, 0..ch as usize, hc, cin.start),
+            None => tmp.px.to_vec(),
         }
-    }
-    let mut out = vec![0u8; cw_us * ch as usize * 3];
-    match &vert {
-        Some(v) => {
-            for (yy, (ymin, k)) in v.iter().enumerate() {
-                for x in 0..cw_us {
-                    for c in 0..3 {
-                        let mut acc: i64 = 1 << (PRECISION_BITS - 1);
-                        for (j, &kj) in k.iter().enumerate() {
-                            acc += tmp[((ymin - row0 + j) * cw_us + x) * 3 + c] as i64 * kj as i64;
-                        }
-                        out[(yy * cw_us + x) * 3 + c] = clip8(acc);
-                    }
-                }
-            }
-        }
-        None => out.copy_from_slice(&tmp),
-    }
+    };
     RgbImage::from_raw(cw, ch, out).expect("window buffer")
 }
 

@@ -8,6 +8,7 @@ use super::capture::{ActivationCache, Capture};
 use super::config::ModelConfig;
 use super::towers::{TextTower, VisionTower};
 use crate::error::Result;
+use crate::tensor::l2_normalize;
 
 /// The fixed zero-shot logit scale of the official evaluation (`tools/zero_shot.py`).
 pub const ZERO_SHOT_SCALE: f64 = 100.0;
@@ -45,10 +46,6 @@ pub struct ForwardOutput {
     /// `exp(logit_scale) · image · textᵀ` `[B_img, B_txt]`.
     pub logits_per_image: Tensor,
     pub cache: ActivationCache,
-}
-
-fn l2_normalize(x: &Tensor) -> Tensor {
-    x / x.norm_scalaropt_dim(2.0, [-1], true)
 }
 
 impl MsClip {

@@ -660,3 +660,54 @@ pub fn load_checkpoint(dir: &Path, device: Device) -> Result<(nn::VarStore, MsCl
     checkpoint::load_model(dir, &vs)?;
     Ok((vs, model, meta))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// OpenCLIP's clamp: the raw temperature stays in [0, ln 100] (scale in [1, 100]).
+    #[test]
+    fn logit_scale_is_clamped_on_both_sides() {
+        let cfg = ModelConfig::preset("tiny-clip").unwrap();
+        let (_vs, model) = MsClip::build(&cfg, Device::Cpu, 0);
+        for (raw, want) in [(10.0, 100f64.ln()), (-1.0, 0.0), (2.5, 2.5), (100f64.ln(), 100f64.ln())] {
+            tch::no_grad(|| {
+                let _ = model.logit_scale.shallow_clone().fill_(raw);
+            });
+            clamp_logit_scale(&model);
+            let got = model.logit_scale.double_value(&[]);
+            assert!((got - want).abs() < 1e-6, "{raw}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn train_config_domains_name_the_key() {
+        let ok = TrainConfig::default();
+        ok.validate().unwrap();
+        let cases: Vec<(TrainConfig, &str)> = vec![
+            (TrainConfig { optimizer: AdamWConfig { beta1: 1.0, ..Default::default() }, ..ok.clone() }, "optimizer.beta1"),
+            (TrainConfig { optimizer: AdamWConfig { beta2: -0.1, ..Default::default() }, ..ok.clone() }, "optimizer.beta2"),
+            (TrainConfig { optimizer: AdamWConfig { eps: 0.0, ..Default::default() }, ..ok.clone() }, "optimizer.eps"),
+            (TrainConfig { optimizer: AdamWConfig { weight_decay: f64::NAN, ..Default::default() }, ..ok.clone() }, "optimizer.weight_decay"),
+            (TrainConfig { grad_clip: f64::INFINITY, ..ok.clone() }, "grad_clip"),
+            (TrainConfig { grad_clip: -1.0, ..ok.clone() }, "grad_clip"),
+            (TrainConfig { warmup_steps: -5, ..ok.clone() }, "warmup_steps"),
+            (TrainConfig { eval_items: 0, eval_every: 10, ..ok.clone() }, "eval_items"),
+            (TrainConfig { keep: 0, ..ok.clone() }, "keep"),
+            (TrainConfig { workers: 0, ..ok.clone() }, "workers"),
+            (TrainConfig { augment_scale: Some([0.0, 1.0]), ..ok.clone() }, "augment_scale"),
+            (TrainConfig { augment_scale: Some([0.9, 0.5]), ..ok.clone() }, "augment_scale"),
+            (TrainConfig { min_lr: 1.0, ..ok.clone() }, "min_lr"),
+            (TrainConfig { batch_size: 1, ..ok.clone() }, "batch_size"),
+            (TrainConfig { stop_after: Some(0), ..ok.clone() }, "stop_after"),
+        ];
+        for (tc, key) in cases {
+            let err = tc.validate().unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+        }
+        // An augment_scale of the wrong length is refused at parse time, not truncated.
+        let text = "augment_scale = [0.5, 0.9, 1.0]\n".to_string() + &toml::to_string(&ok).unwrap();
+        let err = toml::from_str::<TrainConfig>(&text).unwrap_err().to_string();
+        assert!(err.contains("expected 2 values") && err.contains("augment_scale"), "{err}");
+    }
+}

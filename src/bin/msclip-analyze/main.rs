@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use msclip::cli::{int_in, positive_float};
 use msclip::analysis::attention::{image_query_maps, text_maps, HeadMap};
 use msclip::analysis::gap::{gap_report, GapReport};
+use msclip::analysis::heads::Statistic;
 use msclip::analysis::nmi::{modality_nmi, LayerNmi};
 use msclip::analysis::npy;
 use msclip::data::loader::{ManifestSource, PairSource, SyntheticSource};
@@ -695,7 +696,7 @@ fn check(model: &ModelArg, data: &DataArg, a: &NmiArgs, baseline: &std::path::Pa
 }
 
 fn heads(model: &ModelArg, data: &DataArg, out: &std::path::Path, permutations: usize, gallery_slots: &[usize]) -> Result<Vec<msclip::analysis::heads::HeadStat>> {
-    use msclip::analysis::heads::{agreement, box_grounding, HeadAccumulator, STAT_NAMES};
+    use msclip::analysis::heads::{agreement, box_grounding, HeadAccumulator};
     let loaded = model.build(0)?;
     let m = &loaded.model;
     let cfg = &m.config;
@@ -814,16 +815,17 @@ fn heads(model: &ModelArg, data: &DataArg, out: &std::path::Path, permutations: 
     }
     write_atomic(&out.join("agreement.json"), serde_json::to_string_pretty(&serde_json::json!({"provenance": prov, "agreement": agree})).unwrap().as_bytes())?;
     // Figures: slot × head heatmaps per statistic and modality; text-vs-vision scatter.
-    for name in STAT_NAMES {
+    for stat in Statistic::ALL {
+        let name = stat.name();
         let mut pts = vec![];
         for modality in [Modality::Vision, Modality::Text] {
-            let mut hm = stat_heatmap(cfg, &stats, modality, name);
+            let mut hm = stat_heatmap(cfg, &stats, modality, stat);
             hm.title = format!("{} — {name}, {} (slot × head)", cfg.name, modality.name());
             msclip::plot::heatmap_png_svg(&out.join(format!("{name}_{}", modality.name())), &hm)?;
         }
         for s in stats.iter().filter(|s| s.modality == Modality::Text) {
             if let Some(v) = stats.iter().find(|v| v.modality == Modality::Vision && v.slot == s.slot && v.head == s.head) {
-                pts.push((s.get(name), v.get(name)));
+                pts.push((s.get(stat), v.get(stat)));
             }
         }
         if !pts.is_empty() {
@@ -845,12 +847,12 @@ fn heads(model: &ModelArg, data: &DataArg, out: &std::path::Path, permutations: 
 }
 
 /// The slot × head heatmap of one statistic for one modality (NaN where a slot has no head).
-fn stat_heatmap(cfg: &ModelConfig, stats: &[msclip::analysis::heads::HeadStat], modality: Modality, name: &str) -> msclip::plot::Heatmap {
+fn stat_heatmap(cfg: &ModelConfig, stats: &[msclip::analysis::heads::HeadStat], modality: Modality, stat: Statistic) -> msclip::plot::Heatmap {
     let heads_n = cfg.vision.heads.max(cfg.text.heads) as usize;
     let slots: Vec<usize> = if modality == Modality::Vision { cfg.vision_attention_slots() } else { cfg.text_attention_slots() };
     let values = slots
         .iter()
-        .map(|&sl| (0..heads_n).map(|h| stats.iter().find(|s| s.modality == modality && s.slot == sl && s.head == h).map_or(f64::NAN, |s| s.get(name))).collect())
+        .map(|&sl| (0..heads_n).map(|h| stats.iter().find(|s| s.modality == modality && s.slot == sl && s.head == h).map_or(f64::NAN, |s| s.get(stat))).collect())
         .collect();
     msclip::plot::Heatmap {
         title: format!("{} — {}", cfg.name, modality.name()),
@@ -863,8 +865,9 @@ fn stat_heatmap(cfg: &ModelConfig, stats: &[msclip::analysis::heads::HeadStat], 
 /// Per statistic, every model's text and vision heatmaps side by side (`{stat}_side_by_side`
 /// .png/.svg; rows = models, columns = text, vision; one colour scale per column).
 fn heads_side_by_side(out: &std::path::Path, models: &[(ModelConfig, Vec<msclip::analysis::heads::HeadStat>)]) -> Result<()> {
-    for name in msclip::analysis::heads::STAT_NAMES {
-        let panels = models.iter().map(|(cfg, stats)| vec![stat_heatmap(cfg, stats, Modality::Text, name), stat_heatmap(cfg, stats, Modality::Vision, name)]).collect();
+    for stat in Statistic::ALL {
+        let name = stat.name();
+        let panels = models.iter().map(|(cfg, stats)| vec![stat_heatmap(cfg, stats, Modality::Text, stat), stat_heatmap(cfg, stats, Modality::Vision, stat)]).collect();
         msclip::plot::render(&out.join(format!("{name}_side_by_side")), &msclip::plot::HeatmapPanels { title: format!("Head {name} (slot × head): text | vision, one row per model"), panels })?;
     }
     Ok(())
