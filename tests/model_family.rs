@@ -21,8 +21,12 @@ fn exact_parameter_totals_of_the_big_presets() {
         let (vs, _) = build(name);
         let c = MsClip::param_count(&vs);
         assert_eq!(c.total, total, "{name}");
-        assert_eq!(c.total, c.shared + c.vision_only + c.text_only + 1, "{name}: parts + logit_scale");
     }
+    // The text tower of clip-b32 counted from the architecture: 49,408 × 512 token and
+    // 77 × 512 position embeddings, 12 blocks of 12w² + 13w, ln_final, a 512 × 512 projection.
+    let (vs, _) = build("clip-b32");
+    let w = 512i64;
+    assert_eq!(MsClip::param_count(&vs).text_only, 49_408 * w + 77 * w + 12 * (12 * w * w + 13 * w) + 2 * w + w * 512);
     // clip-b32 has nothing shared; msclip-s-b32 shares 11 slots of attention + FFN.
     let (vs, _) = build("clip-b32");
     let c = MsClip::param_count(&vs);
@@ -190,7 +194,8 @@ fn pooled_last_block_equals_full_forward_and_gradients() {
         let tokens = tok.tokenize_batch(&["a red circle", "a large green triangle left of a small blue square above", "x"]);
         // Third row: no EOT at all → pooled at the largest id.
         let _ = tokens.get(2).copy_(&Tensor::randint_low(1, 40000, [m.config.text.context_length], (Kind::Int64, Device::Cpu)));
-        let only_last = |modality_slots: usize| Capture::sites(&[Site::Resid]).with_slots(vec![modality_slots]).keep_graph();
+        // Attention recorded at the last slot forces the full explicit forward there.
+        let only_last = |modality_slots: usize| Capture::sites(&[Site::AttnProbs]).with_slots(vec![modality_slots]).keep_graph();
         let last = m.config.text.layers - 1;
         let run = |cap: &Capture| {
             vs.variables().into_values().for_each(|mut t| t.zero_grad());
@@ -219,6 +224,28 @@ fn pooled_last_block_equals_full_forward_and_gradients() {
             let scale = b.abs().max().double_value(&[]).max(1e-3);
             let d = (a - b).abs().max().double_value(&[]) / scale;
             assert!(d < 1e-4, "{name}: gradient of {n} differs by {d} (relative)");
+        }
+    }
+}
+
+/// Recording residual-stream and LN sites (everywhere, the last slot included) leaves the
+/// computation alone: fused attention and the pooled last block stay, and the embeddings are
+/// bit for bit those of a run that records nothing; the recorded last-slot tensors are the
+/// full block's.
+#[test]
+fn non_attention_capture_is_bitwise_equal_to_a_plain_run() {
+    for name in ["tiny-clip", "tiny-msclip", "tiny-msclip-s"] {
+        let (_vs, m) = build(name);
+        let (images, tokens) = inputs(&m.config, 3);
+        let plain = tch::no_grad(|| m.forward(&images, &tokens, &Capture::none(), false).unwrap());
+        let cap = Capture::sites(&[Site::Ln1, Site::AttnOut, Site::Ln2, Site::Resid]);
+        let rec = tch::no_grad(|| m.forward(&images, &tokens, &cap, false).unwrap());
+        assert!(plain.image.equal(&rec.image) && plain.text.equal(&rec.text), "{name}: not bitwise equal");
+        let last = m.config.text.layers - 1;
+        let resid = rec.cache.require(Modality::Text, last, Site::Resid).unwrap();
+        assert_eq!(resid.size(), [3, m.config.text.context_length, m.config.text.width]);
+        for slot in m.config.vision_attention_slots() {
+            assert!(rec.cache.get(Modality::Vision, slot, Site::Ln1).is_some(), "{name}: vision ln1 at {slot}");
         }
     }
 }
@@ -268,7 +295,7 @@ fn pooled_path_under_bf16_autocast_matches_full_path() {
             o
         };
         let last = m.config.text.layers - 1;
-        let (fast, full) = (amp(&Capture::none()), amp(&Capture::sites(&[Site::Resid]).with_slots(vec![last])));
+        let (fast, full) = (amp(&Capture::none()), amp(&Capture::sites(&[Site::AttnProbs]).with_slots(vec![last])));
         assert_eq!(fast.image.kind(), Kind::BFloat16, "autocast was not active");
         let cos = |a: &Tensor, b: &Tensor| (a.to_kind(Kind::Float) * b.to_kind(Kind::Float)).sum_dim_intlist(&[-1i64][..], false, Kind::Float).min().double_value(&[]);
         for (what, a, b) in [("image", &fast.image, &full.image), ("text", &fast.text, &full.text)] {

@@ -193,10 +193,33 @@ impl SharedBlock {
         }
     }
 
-    /// Whether [`SharedBlock::forward_pooled`] may replace the full forward at this slot: it
-    /// may when nothing is recorded here.
+    /// Whether [`SharedBlock::forward_pooled`] may give this slot's output: it may unless
+    /// attention probabilities or logits are recorded here (they need the explicit softmax
+    /// over every query row).
     pub fn can_pool_early(&self, capture: &Capture) -> bool {
-        !capture.sites.iter().any(|&site| capture.wants(self.slot, site))
+        !capture.needs_explicit_attention(self.slot)
+    }
+
+    /// Whether anything is recorded at this slot.
+    pub fn records(&self, capture: &Capture) -> bool {
+        capture.sites.iter().any(|&site| capture.wants(self.slot, site))
+    }
+
+    /// The last block of a tower: its output at the pooled rows `[B, D]`. With the pooled
+    /// path allowed, the output is [`SharedBlock::forward_pooled`]'s, bit for bit what a run
+    /// recording nothing computes; sites recorded here (LN outputs, attention output,
+    /// residual) come from one extra full forward whose output is discarded. With attention
+    /// recorded here, the full explicit forward gives both.
+    pub fn forward_last(&self, x: &Tensor, rows: &Tensor, capture: &Capture, cache: &mut ActivationCache) -> Tensor {
+        if self.can_pool_early(capture) {
+            if self.records(capture) {
+                let _ = self.forward(x, capture, cache);
+            }
+            return self.forward_pooled(x, rows);
+        }
+        let (b, _, d) = x.size3().expect("block input is [B, L, D]");
+        let y = self.forward(x, capture, cache);
+        y.gather(1, &rows.view([b, 1, 1]).expand([b, 1, d], true), false).squeeze_dim(1)
     }
 
     /// The block's output at one row per item, `[B, D]`, where `rows: [B]` (int64) names the

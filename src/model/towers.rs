@@ -99,10 +99,10 @@ impl VisionTower {
                     branch = Some(top);
                 }
             }
-            if Some(slot) == last && block.can_pool_early(capture) {
+            if Some(slot) == last {
                 // Only CLS leaves the tower: the last block computes that row alone.
                 let cls = Tensor::zeros([b], (Kind::Int64, x.device()));
-                return self.ln_post.forward(&block.forward_pooled(&x, &cls));
+                return self.ln_post.forward(&block.forward_last(&x, &cls, capture, cache));
             }
             x = block.forward(&x, capture, cache);
         }
@@ -187,9 +187,9 @@ impl TextTower {
         let idx = Self::pooled_positions(tokens);
         let b = tokens.size()[0];
         for (i, block) in self.blocks.iter().enumerate() {
-            if i + 1 == self.blocks.len() && block.can_pool_early(capture) {
+            if i + 1 == self.blocks.len() {
                 // Only the EOT row leaves the tower: the last block computes that row alone.
-                return self.ln_final.forward(&block.forward_pooled(&x, &idx));
+                return self.ln_final.forward(&block.forward_last(&x, &idx, capture, cache));
             }
             x = block.forward(&x, capture, cache);
         }
