@@ -1,16 +1,19 @@
-//! Evaluation pipeline: a model and a pair source in, embeddings (and pooled per-layer
-//! features) out, in fixed order and batch size, fp32 — the inputs of the analyses.
+//! Evaluation: a model and data in, embeddings (and pooled per-layer features) or held-out
+//! scores out, in fixed order and batch size, fp32 — the inputs of the analyses.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::data::image::{resize_center_crop, to_tensor};
+use crate::analysis::embedding::{centroid_gap, prompt_ensemble, recall_at_k, topk_accuracy};
 use crate::data::loader::PairSource;
+use crate::data::pairs::{for_each_batch, Prep, Skipped};
+use crate::data::synthetic_set::{self, EVAL_SEED_OFFSET, TEMPLATES};
 use crate::error::{Error, Result};
-use crate::model::{ActivationCache, Capture, Modality, MsClip, Site};
 use crate::model::towers::TextTower;
+use crate::model::{ActivationCache, Capture, Modality, MsClip, Site};
+use crate::tensor::l2_normalize;
 use crate::tokenizer::Tokenizer;
 
 /// How a layer's tokens become one vector per item.
@@ -24,7 +27,7 @@ pub enum Pooling {
 }
 
 /// Which per-layer features to pool.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LayerSpec {
     pub site: Site,
     pub pooling: Pooling,
@@ -41,7 +44,7 @@ pub struct PairFeatures {
     /// slot → (image `[N, W]`, text `[N, W]`) pooled features, for slots both towers have.
     pub layers: BTreeMap<usize, (Tensor, Tensor)>,
     /// Items that could not be read: (index, what, why).
-    pub skipped: Vec<(usize, String, String)>,
+    pub skipped: Vec<Skipped>,
 }
 
 fn pool(x: &Tensor, modality: Modality, pooling: Pooling, eot: &Tensor) -> Tensor {
@@ -58,17 +61,17 @@ fn pool(x: &Tensor, modality: Modality, pooling: Pooling, eot: &Tensor) -> Tenso
     }
 }
 
-/// Embeds items `0..n` of `src` in batches of `batch`; with `layers`, also pools the chosen
-/// site of every slot both towers have.
-pub fn embed_pairs(model: &MsClip, src: &dyn PairSource, n: usize, batch: usize, layers: Option<LayerSpec>) -> Result<PairFeatures> {
+/// Embeds items `0..n` of `src` in batches of `batch` with `tok`; with `layers`, also pools
+/// the chosen site of every slot both towers have.
+pub fn embed_pairs(model: &MsClip, src: &dyn PairSource, n: usize, batch: usize, tok: &Tokenizer, layers: Option<LayerSpec>) -> Result<PairFeatures> {
     let cfg = &model.config;
-    let size = cfg.vision.image_size as u32;
-    let tok = Tokenizer::new(cfg.text.context_length as usize);
-    let n = n.min(src.len());
     let slots: Vec<usize> = (0..cfg.vision.layers.max(cfg.text.layers))
         .filter(|&s| cfg.text_has_block(s) && (cfg.vision_has_block(s) || (s == 0 && layers.is_some_and(|l| l.site == Site::Resid))))
         .collect();
     if let Some(spec) = layers {
+        if !matches!(spec.site, Site::Ln1 | Site::AttnOut | Site::Ln2 | Site::Resid) {
+            return Err(Error::config("site", spec.site.name(), "pooled layer features come from ln1, attn_out, ln2 or resid"));
+        }
         if !spec.projected && cfg.vision.width != cfg.text.width {
             return Err(Error::Invalid(format!(
                 "the towers' widths differ ({} vs {}): pool in the joint space with --projected",
@@ -80,36 +83,18 @@ pub fn embed_pairs(model: &MsClip, src: &dyn PairSource, n: usize, batch: usize,
         Some(spec) => Capture::sites(&[spec.site]),
         None => Capture::none(),
     };
-    let (mut ie, mut te, mut skipped) = (vec![], vec![], vec![]);
+    let (mut ie, mut te) = (vec![], vec![]);
     let mut per_layer: BTreeMap<usize, (Vec<Tensor>, Vec<Tensor>)> = BTreeMap::new();
-    let mut start = 0;
-    while start < n {
-        let end = (start + batch).min(n);
-        let (mut imgs, mut caps) = (vec![], vec![]);
-        for i in start..end {
-            match src.get(i) {
-                Ok((img, cap)) => {
-                    let img = resize_center_crop(&img, size);
-                    imgs.push(to_tensor(img.as_raw(), size, size, cfg.preprocess.mean, cfg.preprocess.std));
-                    caps.push(cap);
-                }
-                Err(why) => skipped.push((i, src.describe(i), why)),
-            }
-        }
-        start = end;
-        if imgs.is_empty() {
-            continue;
-        }
-        let images = Tensor::stack(&imgs, 0);
-        let tokens = tok.tokenize_batch(&caps);
+    let prep = Prep { size: cfg.vision.image_size as u32, preprocess: &cfg.preprocess, tokenizer: tok };
+    let skipped = for_each_batch(src, n, batch, &prep, |b| {
         let mut cache = ActivationCache::new();
         let (i_emb, t_emb) = tch::no_grad(|| -> Result<(Tensor, Tensor)> {
-            Ok((model.encode_image_with(&images, &capture, &mut cache, false)?, model.encode_text_with(&tokens, &capture, &mut cache)?))
+            Ok((model.encode_image_with(&b.images, &capture, &mut cache, false)?, model.encode_text_with(&b.tokens, &capture, &mut cache)?))
         })?;
         ie.push(i_emb);
         te.push(t_emb);
         if let Some(spec) = layers {
-            let eot = TextTower::pooled_positions(&tokens);
+            let eot = TextTower::pooled_positions(&b.tokens);
             for &slot in &slots {
                 let (Some(xv), Some(xt)) = (cache.get(Modality::Vision, slot, spec.site), cache.get(Modality::Text, slot, spec.site)) else {
                     continue;
@@ -117,30 +102,110 @@ pub fn embed_pairs(model: &MsClip, src: &dyn PairSource, n: usize, batch: usize,
                 let (mut pv, mut pt) = (pool(xv, Modality::Vision, spec.pooling, &eot), pool(xt, Modality::Text, spec.pooling, &eot));
                 if spec.projected {
                     tch::no_grad(|| {
-                        pv = model.vision.head(&pv);
-                        pt = model.text.head(&pt);
+                        pv = l2_normalize(&model.vision.head(&pv));
+                        pt = l2_normalize(&model.text.head(&pt));
                     });
-                    pv = crate::tensor::l2_normalize(&pv);
-                    pt = crate::tensor::l2_normalize(&pt);
                 }
                 let e = per_layer.entry(slot).or_default();
                 e.0.push(pv);
                 e.1.push(pt);
             }
         }
-    }
+        Ok(())
+    })?;
     if ie.is_empty() {
-        return Err(Error::Invalid("no readable pairs".into()));
+        return Err(Error::Invalid(format!("none of the {} items could be read", n.min(src.len()))));
     }
     let layers = per_layer.into_iter().map(|(s, (a, b))| (s, (Tensor::cat(&a, 0), Tensor::cat(&b, 0)))).collect();
     Ok(PairFeatures { image: Tensor::cat(&ie, 0), text: Tensor::cat(&te, 0), layers, skipped })
 }
 
+/// Results of one held-out evaluation ([`evaluate`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalResult {
+    pub zero_shot_top1: f64,
+    pub zero_shot_top5: f64,
+    pub image_to_text_r1: f64,
+    pub text_to_image_r1: f64,
+    pub modality_gap: f64,
+    pub n_zero_shot: usize,
+    pub n_pairs: usize,
+}
+
+impl EvalResult {
+    /// An error naming the first non-finite metric (a diverged model scores NaN).
+    pub fn check_finite(&self) -> Result<()> {
+        for (k, v) in [
+            ("zero_shot_top1", self.zero_shot_top1),
+            ("zero_shot_top5", self.zero_shot_top5),
+            ("image_to_text_r1", self.image_to_text_r1),
+            ("text_to_image_r1", self.text_to_image_r1),
+            ("modality_gap", self.modality_gap),
+        ] {
+            if !v.is_finite() {
+                return Err(Error::Invalid(format!("evaluation gave {k} = {v}: the model's outputs are not finite")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Evaluation on held-out synthetic data: zero-shot over the 48 colour × shape classes
+/// (prompt ensemble, ×100 logits), retrieval R@1 both ways, centroid modality gap. Runs on
+/// the model's device, in chunks of 256.
+pub fn evaluate(model: &MsClip, seed: u64, n: usize) -> Result<EvalResult> {
+    if n < 2 {
+        return Err(Error::config("eval_items", n, "need at least 2"));
+    }
+    let cfg = &model.config;
+    let size = cfg.vision.image_size as u32;
+    let tok = Tokenizer::new(cfg.text.context_length as usize);
+    tch::no_grad(|| {
+        let classes = synthetic_set::zero_shot_classes();
+        let prompts: Vec<String> =
+            classes.iter().flat_map(|c| TEMPLATES.iter().map(move |t| t.replace("{}", c))).collect();
+        let dev = model.device();
+        let cpu = tch::Device::Cpu;
+        let pe = model.encode_text(&tok.tokenize_batch(&prompts).to_device(dev))?.to_device(cpu).view([classes.len() as i64, TEMPLATES.len() as i64, -1]);
+        let w = prompt_ensemble(&pe);
+        let (images, labels) = synthetic_set::zero_shot_set(seed, n, size, cfg.preprocess.mean, cfg.preprocess.std);
+        let mut img = Vec::new();
+        for chunk in images.split(256, 0) {
+            img.push(model.encode_image(&chunk.to_device(dev))?.to_device(cpu));
+        }
+        let logits = MsClip::zero_shot_logits(&Tensor::cat(&img, 0), &w);
+        let indices: Vec<usize> = (0..n).collect();
+        let (pi, pt, _) = synthetic_set::batch(seed ^ EVAL_SEED_OFFSET, &indices, size, cfg.preprocess.mean, cfg.preprocess.std, &tok);
+        let (mut ie, mut te) = (Vec::new(), Vec::new());
+        for (ci, ct) in pi.split(256, 0).iter().zip(pt.split(256, 0).iter()) {
+            ie.push(model.encode_image(&ci.to_device(dev))?.to_device(cpu));
+            te.push(model.encode_text(&ct.to_device(dev))?.to_device(cpu));
+        }
+        let (ie, te) = (Tensor::cat(&ie, 0), Tensor::cat(&te, 0));
+        let sim = ie.matmul(&te.tr());
+        Ok(EvalResult {
+            zero_shot_top1: topk_accuracy(&logits, &labels, 1),
+            zero_shot_top5: topk_accuracy(&logits, &labels, 5),
+            image_to_text_r1: recall_at_k(&sim, 1),
+            text_to_image_r1: recall_at_k(&sim.tr(), 1),
+            modality_gap: centroid_gap(&ie, &te),
+            n_zero_shot: n,
+            n_pairs: n,
+        })
+    })
+}
+
+/// What relevancy differentiates: the pair's logit `exp(logit_scale) · cos(image, text)`, as
+/// Chefer et al.'s CLIP code (`logits_per_image`). Used by `attention` and by the grounding in
+/// `heads`, so both produce the same maps.
+pub const RELEVANCY_SCORE: &str = "logit = exp(logit_scale) · cos(image, text)";
+
 /// Grounding of caption-conditioned maps on the synthetic scenes: for every object, the phrase
-/// naming it (`a {size} {colour} {shape}`) scores s = ⟨image, phrase⟩; the image map of each
-/// method is compared with the object's box ([`box_grounding`]); `uniform` is the share a flat
-/// map would get (the chance level). Methods: Chefer relevancy from the last attention layer
-/// (the `attention` command's default) and from all layers, and caption-independent rollout.
+/// naming it (`a {size} {colour} {shape}`) scores s = exp(t)·⟨image, phrase⟩ (the logit, see
+/// [`RELEVANCY_SCORE`]); the image map of each method is compared with the object's box
+/// ([`crate::analysis::heads::box_grounding`]); `uniform` is the share a flat map would get
+/// (the chance level). Methods: Chefer relevancy from the last attention layer (the
+/// `attention` command's default) and from all layers, and caption-independent rollout.
 /// Items do not interact in the vision tower, so one backward per object index serves a batch.
 /// `acc[method]` accumulates (Σ box share, Σ pointing hits, Σ uniform share, objects).
 pub fn relevancy_grounding(
@@ -152,19 +217,20 @@ pub fn relevancy_grounding(
 ) -> Result<()> {
     use crate::analysis::attribution::{relevancy, rollout};
     use crate::analysis::heads::box_grounding;
+    use crate::tensor::to_vec_f32;
     let cfg = &m.config;
     let (grid, patch) = (cfg.grid(), cfg.vision.patch_size as f64);
     let vslots = cfg.vision_attention_slots();
     let mut cache = ActivationCache::new();
     let ie = m.encode_image_with(images, &Capture::attention().keep_graph(), &mut cache, false)?;
     let pv: Vec<Tensor> = vslots.iter().map(|&s| cache.require(Modality::Vision, s, Site::AttnProbs).map(|t| t.shallow_clone())).collect::<Result<_>>()?;
-    let to_f32 = |t: &Tensor| Vec::<f32>::try_from(t.to_kind(Kind::Float).contiguous().view([-1])).unwrap();
     let kmax = objects.iter().map(|o| o.len()).max().unwrap_or(0);
+    let scale = m.logit_scale.exp().detach();
     for k in 0..kmax {
         let phrases: Vec<String> = objects.iter().map(|os| os.get(k).map_or_else(|| "a".to_string(), |o| format!("a {} {} {}", o.size, o.color, o.shape))).collect();
         let te = tch::no_grad(|| m.encode_text(&tok.tokenize_batch(&phrases).to_device(m.device())))?;
         let present: Vec<f32> = objects.iter().map(|os| if os.len() > k { 1.0 } else { 0.0 }).collect();
-        let score = ((&ie * te).sum_dim_intlist(&[-1i64][..], false, Kind::Float) * Tensor::from_slice(&present).to_device(ie.device())).sum(Kind::Float);
+        let score = ((&ie * te).sum_dim_intlist(&[-1i64][..], false, Kind::Float) * Tensor::from_slice(&present).to_device(ie.device())).sum(Kind::Float) * &scale;
         let grads = Tensor::run_backward(&[&score], &pv.iter().collect::<Vec<_>>(), true, false);
         for (b, os) in objects.iter().enumerate() {
             let Some(o) = os.get(k) else { continue };
@@ -179,7 +245,7 @@ pub fn relevancy_grounding(
             ];
             let (uniform, _) = box_grounding(&vec![1.0; (grid * grid) as usize], grid as usize, patch, o.bbox);
             for (name, r) in maps {
-                let map = to_f32(&r.get(0).narrow(0, 1, grid * grid));
+                let map = to_vec_f32(&r.get(0).narrow(0, 1, grid * grid));
                 let (share, hit) = box_grounding(&map, grid as usize, patch, o.bbox);
                 let e = acc.entry(name).or_default();
                 e[0] += share;

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use msclip::checkpoint;
 use msclip::model::{ModelConfig, MsClip};
-use msclip::train::{load_checkpoint, train, Resume, TrainConfig, TrainOptions};
+use msclip::checkpoint::load as load_checkpoint;
+use msclip::train::{train, Resume, TrainConfig, TrainOptions};
 use tch::Device;
 
 fn config(steps: i64, save_every: i64) -> TrainConfig {

@@ -32,6 +32,23 @@ pub fn topk_accuracy(logits: &Tensor, labels: &[i64], k: i64) -> f64 {
     idx.eq_tensor(&target).any_dim(1, false).to_kind(Kind::Double).mean(Kind::Double).double_value(&[])
 }
 
+/// Accuracy and mean-per-class accuracy (the mean over classes present in `y` of each class's
+/// accuracy, as CLIP_benchmark's `mean_per_class_recall`) of predicted class indices.
+pub fn accuracies(pred: &[i64], y: &[i64], classes: i64) -> (f64, f64) {
+    let mut per = vec![(0.0, 0.0); classes.max(0) as usize];
+    let mut hits = 0.0;
+    for (p, t) in pred.iter().zip(y) {
+        let Some(slot) = per.get_mut(*t as usize) else { continue };
+        slot.1 += 1.0;
+        if p == t {
+            hits += 1.0;
+            slot.0 += 1.0;
+        }
+    }
+    let present: Vec<f64> = per.iter().filter(|(_, c)| *c > 0.0).map(|(h, c)| h / c).collect();
+    (hits / y.len().max(1) as f64, present.iter().sum::<f64>() / present.len().max(1) as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,6 +76,9 @@ mod tests {
         assert!((recall_at_k(&tie, 1) - 2.0 / 3.0).abs() < 1e-12);
         let logits = Tensor::from_slice(&[0.1f32, 0.9, 0.8, 0.2]).view([2, 2]);
         assert_eq!(topk_accuracy(&logits, &[1, 1], 1), 0.5);
+        // 3 of class 0 (2 right), 1 of class 1 (right): top-1 3/4, mean per class (2/3 + 1)/2.
+        let (acc, mpc) = accuracies(&[0, 0, 1, 1], &[0, 0, 0, 1], 2);
+        assert!((acc - 0.75).abs() < 1e-12 && (mpc - 5.0 / 6.0).abs() < 1e-12);
         let pe = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0]).view([1, 2, 2]);
         let w = prompt_ensemble(&pe);
         assert!((w.double_value(&[0, 0]) - 0.5f64.sqrt()).abs() < 1e-6);

@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod attribution;
+pub mod check;
 pub mod embedding;
 pub mod gap;
 pub mod heads;

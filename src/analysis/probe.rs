@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use crate::analysis::embedding::accuracies;
 use crate::error::{Error, Result};
 
 /// A fitted probe.
@@ -113,21 +114,6 @@ impl Probe {
     pub fn predict(&self, x: &Tensor) -> Vec<i64> {
         Vec::<i64>::try_from((x.to_kind(Kind::Double).matmul(&self.w) + &self.b).argmax(-1, false)).unwrap()
     }
-}
-
-/// Accuracy and mean-per-class accuracy of predictions.
-pub fn accuracies(pred: &[i64], y: &[i64], classes: i64) -> (f64, f64) {
-    let mut per = vec![(0.0, 0.0); classes as usize];
-    let mut hits = 0.0;
-    for (p, t) in pred.iter().zip(y) {
-        per[*t as usize].1 += 1.0;
-        if p == t {
-            hits += 1.0;
-            per[*t as usize].0 += 1.0;
-        }
-    }
-    let present: Vec<f64> = per.iter().filter(|(_, c)| *c > 0.0).map(|(h, c)| h / c).collect();
-    (hits / y.len() as f64, present.iter().sum::<f64>() / present.len().max(1) as f64)
 }
 
 /// Result of [`sweep_and_fit`].

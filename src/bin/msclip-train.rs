@@ -97,6 +97,9 @@ enum Sub {
         /// Checkpoint directory to write.
         #[arg(long)]
         out: PathBuf,
+        /// Replace an existing checkpoint at OUT.
+        #[arg(long)]
+        force: bool,
     },
     /// Export a checkpoint as an OpenAI/OpenCLIP-named state dict (safetensors), loadable by
     /// OpenCLIP for vanilla CLIP models (`load_state_dict` after `safetensors.torch.load_file`).
@@ -108,70 +111,47 @@ enum Sub {
         format: String,
         #[arg(long)]
         out: PathBuf,
+        /// Replace an existing file at OUT.
+        #[arg(long)]
+        force: bool,
     },
 }
 
-fn export(checkpoint: &std::path::Path, format: &str, out: &std::path::Path) -> Result<()> {
+fn export(checkpoint: &std::path::Path, format: &str, out: &std::path::Path, force: bool) -> Result<()> {
     if format != "openclip" {
         return Err(Error::config("--format", format, "expected openclip"));
     }
-    let (vs, m, _) = msclip::train::load_checkpoint(checkpoint, Device::Cpu)?;
-    if !m.config.sharing.is_empty() || m.config.vision.stem != msclip::model::StemKind::Patch {
-        eprintln!("note: {} is not a vanilla CLIP; the file uses the official MS-CLIP key names, which OpenCLIP cannot load", m.config.name);
+    let (n, vanilla) = msclip::checkpoint::import::export_file(checkpoint, out, force)?;
+    if !vanilla {
+        eprintln!("note: the model is not a vanilla CLIP; the file uses the official MS-CLIP key names, which OpenCLIP cannot load");
     }
-    let sd = msclip::checkpoint::import::export_state_dict(&m.config, &vs);
-    let tmp = out.with_extension("safetensors.tmp");
-    tch::Tensor::write_safetensors(&sd, &tmp)?;
-    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
-    println!("wrote {} tensors to {}", sd.len(), out.display());
+    println!("wrote {n} tensors to {}", out.display());
     Ok(())
 }
 
-fn import(from: &std::path::Path, model: &str, model_config: Option<&std::path::Path>, out: &std::path::Path) -> Result<()> {
-    use msclip::checkpoint::{import::{import_into, infer_preset}, save_dir, torch_zip, Meta};
-    let t0 = std::time::Instant::now();
-    let tensors = if from.extension().is_some_and(|e| e == "safetensors") {
-        tch::Tensor::read_safetensors(from).map_err(|e| Error::Invalid(format!("{}: {e}", from.display())))?
-    } else {
-        torch_zip::read(from)?
-    };
-    let read_s = t0.elapsed().as_secs_f64();
+fn import(from: &std::path::Path, model: &str, model_config: Option<&std::path::Path>, out: &std::path::Path, force: bool) -> Result<()> {
     let cfg = match (model_config, model) {
-        (Some(p), _) => msclip::model::ModelConfig::from_toml_file(p)?,
-        (None, "auto") => infer_preset(&tensors)?,
-        (None, name) => msclip::model::ModelConfig::preset(name)?,
+        (Some(p), _) => Some(msclip::model::ModelConfig::from_toml_file(p)?),
+        (None, "auto") => None,
+        (None, name) => Some(msclip::model::ModelConfig::preset(name)?),
     };
-    let t1 = std::time::Instant::now();
-    let (vs, _m) = msclip::model::MsClip::build_for_loading(&cfg, Device::Cpu);
-    import_into(tensors, &cfg, &vs, &from.display().to_string())?;
-    let map_s = t1.elapsed().as_secs_f64();
-    let t2 = std::time::Instant::now();
-    let meta = Meta {
-        tool_version: msclip::VERSION.into(),
-        model: cfg.clone(),
-        step: 0,
-        epoch: 0,
-        samples_seen: 0,
-        data_cursor: 0,
-        seed: 0,
-        train_config: format!("imported from {} (sha256 {})", from.display(), msclip::io::sha256_file(from)?),
-        sha256: Default::default(),
-    };
-    save_dir(out, &vs, &[], meta)?;
+    let r = msclip::checkpoint::import::import_file(from, cfg, out, force)?;
     println!(
-        "imported {} as {} into {} (read {read_s:.2}s, map {map_s:.2}s, write checkpoint {:.2}s)",
+        "imported {} as {} into {} (read {:.2}s, map {:.2}s, write checkpoint {:.2}s)",
         from.display(),
-        cfg.name,
+        r.model,
         out.display(),
-        t2.elapsed().as_secs_f64()
+        r.read_s,
+        r.map_s,
+        r.write_s
     );
     Ok(())
 }
 
 fn run(cli: Cli) -> Result<()> {
     match &cli.command {
-        Some(Sub::Import { from, model, model_config, out }) => return import(from, model, model_config.as_deref(), out),
-        Some(Sub::Export { checkpoint, format, out }) => return export(checkpoint, format, out),
+        Some(Sub::Import { from, model, model_config, out, force }) => return import(from, model, model_config.as_deref(), out, *force),
+        Some(Sub::Export { checkpoint, format, out, force }) => return export(checkpoint, format, out, *force),
         None => {}
     }
     let (Some(config), Some(out)) = (cli.config.clone(), cli.out.clone()) else {

@@ -237,3 +237,69 @@ pub fn export_state_dict(cfg: &ModelConfig, vs: &nn::VarStore) -> Vec<(String, T
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
+
+/// What [`import_file`] did, with the time of each phase.
+#[derive(Debug, Clone)]
+pub struct ImportReport {
+    pub model: String,
+    pub read_s: f64,
+    pub map_s: f64,
+    pub write_s: f64,
+}
+
+/// Imports published weights (`torch.save` zip, TorchScript archive, or safetensors) as an
+/// msclip checkpoint directory `out`. `cfg`: the model config; `None` infers the preset from
+/// keys and shapes. An existing `out` is replaced only with `force`.
+pub fn import_file(from: &std::path::Path, cfg: Option<ModelConfig>, out: &std::path::Path, force: bool) -> Result<ImportReport> {
+    if out.exists() && !force {
+        return Err(Error::Invalid(format!("{}: exists; pass --force to replace it", out.display())));
+    }
+    let t0 = std::time::Instant::now();
+    let tensors = if from.extension().is_some_and(|e| e == "safetensors") {
+        Tensor::read_safetensors(from).map_err(|e| Error::Invalid(format!("{}: {e}", from.display())))?
+    } else {
+        super::torch_zip::read(from)?
+    };
+    let read_s = t0.elapsed().as_secs_f64();
+    let cfg = match cfg {
+        Some(c) => c,
+        None => infer_preset(&tensors)?,
+    };
+    let t1 = std::time::Instant::now();
+    let (vs, _m) = crate::model::MsClip::build_for_loading(&cfg, tch::Device::Cpu);
+    import_into(tensors, &cfg, &vs, &from.display().to_string())?;
+    let map_s = t1.elapsed().as_secs_f64();
+    let t2 = std::time::Instant::now();
+    let meta = super::Meta {
+        tool_version: crate::VERSION.into(),
+        model: cfg.clone(),
+        step: 0,
+        epoch: 0,
+        samples_seen: 0,
+        data_cursor: 0,
+        seed: 0,
+        train_config: format!("imported from {} (sha256 {})", from.display(), crate::io::sha256_file(from)?),
+        sha256: Default::default(),
+    };
+    super::save_dir(out, &vs, &[], meta)?;
+    Ok(ImportReport { model: cfg.name, read_s, map_s, write_s: t2.elapsed().as_secs_f64() })
+}
+
+/// Writes a checkpoint as an OpenAI/OpenCLIP-named state dict (safetensors, atomically).
+/// Returns the number of tensors and whether the names are OpenCLIP-loadable (vanilla CLIP);
+/// MS-CLIP models keep the official code's key names.
+pub fn export_file(checkpoint: &std::path::Path, out: &std::path::Path, force: bool) -> Result<(usize, bool)> {
+    if out.exists() && !force {
+        return Err(Error::Invalid(format!("{}: exists; pass --force to replace it", out.display())));
+    }
+    let (vs, m, _) = super::load(checkpoint, tch::Device::Cpu)?;
+    let vanilla = m.config.sharing.is_empty() && m.config.vision.stem == StemKind::Patch;
+    let sd = export_state_dict(&m.config, &vs);
+    let mut tmp = out.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    Tensor::write_safetensors(&sd, &tmp)?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
+    Ok((sd.len(), vanilla))
+}

@@ -14,7 +14,7 @@ use tch::{nn, Tensor};
 
 use crate::error::{Error, Result};
 use crate::io::{sha256_file, write_atomic};
-use crate::model::ModelConfig;
+use crate::model::{ModelConfig, MsClip};
 
 pub mod import;
 pub mod torch_zip;
@@ -365,4 +365,72 @@ pub fn load_named(origin: &Path, tensors: &BTreeMap<String, Tensor>, vs: &nn::Va
         }
     });
     Ok(())
+}
+
+/// Loads a model from a checkpoint directory (config from its validated `meta.json`, hashes
+/// verified, every tensor checked finite).
+pub fn load(dir: &Path, device: tch::Device) -> Result<(nn::VarStore, MsClip, Meta)> {
+    let meta = verify(dir)?;
+    let (vs, model) = MsClip::build_for_loading(&meta.model, device);
+    load_model(dir, &vs)?;
+    Ok((vs, model, meta))
+}
+
+/// Where a model's weights come from: a checkpoint, or a fresh initialisation of a preset or
+/// a config file (for plumbing and tests).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSource {
+    /// A built-in preset by name (`tiny-msclip-s`, `clip-b32`, …), initialised from a seed.
+    Preset(String),
+    /// A model config TOML, initialised from a seed.
+    Config(PathBuf),
+    /// A checkpoint directory (`RUN/checkpoints/step-NNNNNNNN`, or an imported one).
+    Checkpoint(PathBuf),
+}
+
+/// A model ready to run, with the identity of its weights for provenance.
+pub struct LoadedModel {
+    pub model: MsClip,
+    pub vs: nn::VarStore,
+    /// sha256 of `model.safetensors`, or `init:seed=S` for a fresh initialisation.
+    pub weights_id: String,
+    /// The checkpoint's metadata, when loaded from one.
+    pub meta: Option<Meta>,
+}
+
+impl ModelSource {
+    /// The model config alone (no weights are built).
+    pub fn config(&self) -> Result<ModelConfig> {
+        match self {
+            ModelSource::Preset(name) => ModelConfig::preset(name),
+            ModelSource::Config(path) => ModelConfig::from_toml_file(path),
+            ModelSource::Checkpoint(dir) => Ok(verify(dir)?.model),
+        }
+    }
+
+    /// The model with its weights on the CPU: a checkpoint's, or a fresh initialisation from
+    /// `seed`.
+    pub fn load(&self, seed: u64) -> Result<LoadedModel> {
+        if let ModelSource::Checkpoint(dir) = self {
+            let (vs, model, meta) = load(dir, tch::Device::Cpu)?;
+            let weights_id = meta.sha256.get("model.safetensors").cloned().unwrap_or_default();
+            return Ok(LoadedModel { model, vs, weights_id, meta: Some(meta) });
+        }
+        let cfg = self.config()?;
+        let (vs, model) = MsClip::build(&cfg, tch::Device::Cpu, seed as i64);
+        Ok(LoadedModel { model, vs, weights_id: format!("init:seed={seed}"), meta: None })
+    }
+
+    /// A run directory's newest checkpoint, or the directory itself when it is a checkpoint
+    /// (how recipes name their models).
+    pub fn for_run(path: &Path) -> Result<ModelSource> {
+        if path.join("meta.json").exists() {
+            return Ok(ModelSource::Checkpoint(path.to_path_buf()));
+        }
+        list(&path.join("checkpoints"))
+            .into_iter()
+            .next()
+            .map(ModelSource::Checkpoint)
+            .ok_or_else(|| Error::Invalid(format!("{}: no checkpoint (run `make demo` first)", path.display())))
+    }
 }

@@ -1,9 +1,11 @@
 //! Data: the built-in synthetic world and image preprocessing.
 
+pub mod fetch;
 pub mod idx;
 pub mod image;
 pub mod loader;
 pub mod manifest;
+pub mod pairs;
 pub mod shards;
 pub mod synthetic_set;
 pub mod synth;

@@ -1,10 +1,14 @@
 //! The synthetic world as a data set: item `i` of a world with seed `s` is `synth::scene(s, i)`;
 //! the epoch order is a permutation drawn from `(seed, epoch)` alone (independent of threads).
 
+use std::path::{Path, PathBuf};
+
 use tch::{Kind, Tensor};
 
 use super::image::to_tensor;
 use super::synth::{self, Rng, COLORS, SHAPES};
+use crate::error::{Error, Result};
+use crate::io::write_atomic;
 use crate::tokenizer::Tokenizer;
 
 /// Seed offset of the held-out evaluation worlds (never used for training items).
@@ -55,6 +59,35 @@ pub fn zero_shot_set(seed: u64, n: usize, size: u32, mean: [f64; 3], std: [f64; 
         imgs.push(to_tensor(&sc.pixels, size, size, mean, std));
     }
     (Tensor::stack(&imgs, 0).to_kind(Kind::Float), labels)
+}
+
+/// Writes `n` scenes of the world `seed` at `size` pixels into `out`: `images/NNNNNNN.png`,
+/// a sidecar `images/NNNNNNN.json` per image (boxes, attributes, the caption words naming
+/// each object) and `manifest.tsv` (OpenCLIP's `filepath`/`title` columns). Returns the
+/// manifest's path.
+pub fn write_dataset(n: usize, seed: u64, size: u32, out: &Path) -> Result<PathBuf> {
+    if !(16..=1024).contains(&size) {
+        return Err(Error::config("size", size, "must be in 16..=1024"));
+    }
+    let images = out.join("images");
+    std::fs::create_dir_all(&images).map_err(|e| Error::io(&images, e))?;
+    let mut manifest = String::from("filepath\ttitle\n");
+    for i in 0..n {
+        let scene = super::synth::scene(seed, i as u64, size);
+        let name = format!("{i:07}");
+        let png = images.join(format!("{name}.png"));
+        let img = image::RgbImage::from_raw(size, size, scene.pixels.clone()).expect("scene buffer");
+        let mut bytes = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", png.display())))?;
+        write_atomic(&png, &bytes)?;
+        let side = serde_json::json!({"index": i, "seed": seed, "caption": scene.caption, "size": size, "objects": scene.objects});
+        write_atomic(&images.join(format!("{name}.json")), serde_json::to_string_pretty(&side).expect("a sidecar serialises").as_bytes())?;
+        manifest.push_str(&format!("images/{name}.png\t{}\n", scene.caption));
+    }
+    let path = out.join("manifest.tsv");
+    write_atomic(&path, manifest.as_bytes())?;
+    Ok(path)
 }
 
 #[cfg(test)]

@@ -46,6 +46,15 @@ pub enum Site {
 }
 
 impl Site {
+    pub const ALL: [Site; 6] = [Site::AttnProbs, Site::AttnLogits, Site::Ln1, Site::AttnOut, Site::Ln2, Site::Resid];
+
+    /// The site of a name (`ln1`, `resid`, …); an unknown name is an error listing the known.
+    pub fn parse(name: &str) -> crate::Result<Site> {
+        Site::ALL.into_iter().find(|s| s.name() == name).ok_or_else(|| {
+            crate::Error::config("site", name, "expected attn_probs, attn_logits, ln1, attn_out, ln2 or resid")
+        })
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Site::AttnProbs => "attn_probs",

@@ -12,13 +12,12 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
-use crate::analysis::embedding::{centroid_gap, prompt_ensemble, recall_at_k, topk_accuracy};
 use crate::checkpoint::{self, Meta};
 use crate::data::loader::{record_skipped, Augment, Loader, ManifestSource, PairSource, Plan, SyntheticSource};
 use crate::data::manifest::{self, ManifestFormat};
 use crate::data::shards::ShardSource;
-use crate::data::synthetic_set::{self, EVAL_SEED_OFFSET, TEMPLATES};
 use crate::error::{Error, Result};
+use crate::eval::{evaluate, EvalResult};
 use crate::model::{Capture, ModelConfig, MsClip};
 use crate::tokenizer::Tokenizer;
 use loss::clip_loss;
@@ -228,59 +227,6 @@ impl TrainConfig {
         }
         self.optimizer.validate()
     }
-}
-
-/// Results of one evaluation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EvalResult {
-    pub zero_shot_top1: f64,
-    pub zero_shot_top5: f64,
-    pub image_to_text_r1: f64,
-    pub text_to_image_r1: f64,
-    pub modality_gap: f64,
-    pub n_zero_shot: usize,
-    pub n_pairs: usize,
-}
-
-/// Evaluation on held-out synthetic data: zero-shot over the 48 colour × shape classes
-/// (prompt ensemble, ×100 logits), retrieval R@1 both ways, centroid modality gap.
-pub fn evaluate(model: &MsClip, seed: u64, n: usize) -> Result<EvalResult> {
-    let cfg = &model.config;
-    let size = cfg.vision.image_size as u32;
-    let tok = Tokenizer::new(cfg.text.context_length as usize);
-    tch::no_grad(|| {
-        let classes = synthetic_set::zero_shot_classes();
-        let prompts: Vec<String> =
-            classes.iter().flat_map(|c| TEMPLATES.iter().map(move |t| t.replace("{}", c))).collect();
-        let dev = model.device();
-        let cpu = tch::Device::Cpu;
-        let pe = model.encode_text(&tok.tokenize_batch(&prompts).to_device(dev))?.to_device(cpu).view([classes.len() as i64, TEMPLATES.len() as i64, -1]);
-        let w = prompt_ensemble(&pe);
-        let (images, labels) = synthetic_set::zero_shot_set(seed, n, size, cfg.preprocess.mean, cfg.preprocess.std);
-        let mut img = Vec::new();
-        for chunk in images.split(256, 0) {
-            img.push(model.encode_image(&chunk.to_device(dev))?.to_device(cpu));
-        }
-        let logits = MsClip::zero_shot_logits(&Tensor::cat(&img, 0), &w);
-        let indices: Vec<usize> = (0..n).collect();
-        let (pi, pt, _) = synthetic_set::batch(seed ^ EVAL_SEED_OFFSET, &indices, size, cfg.preprocess.mean, cfg.preprocess.std, &tok);
-        let (mut ie, mut te) = (Vec::new(), Vec::new());
-        for (ci, ct) in pi.split(256, 0).iter().zip(pt.split(256, 0).iter()) {
-            ie.push(model.encode_image(&ci.to_device(dev))?.to_device(cpu));
-            te.push(model.encode_text(&ct.to_device(dev))?.to_device(cpu));
-        }
-        let (ie, te) = (Tensor::cat(&ie, 0), Tensor::cat(&te, 0));
-        let sim = ie.matmul(&te.tr());
-        Ok(EvalResult {
-            zero_shot_top1: topk_accuracy(&logits, &labels, 1),
-            zero_shot_top5: topk_accuracy(&logits, &labels, 5),
-            image_to_text_r1: recall_at_k(&sim, 1),
-            text_to_image_r1: recall_at_k(&sim.tr(), 1),
-            modality_gap: centroid_gap(&ie, &te),
-            n_zero_shot: n,
-            n_pairs: n,
-        })
-    })
 }
 
 /// One line of `metrics.jsonl`.
@@ -651,14 +597,6 @@ pub fn loss_and_backward(model: &MsClip, vs: &nn::VarStore, images: &Tensor, tok
         (loss * loss_scale).backward();
     }
     Ok(value)
-}
-
-/// Loads a model from a checkpoint directory (config from its `meta.json`).
-pub fn load_checkpoint(dir: &Path, device: Device) -> Result<(nn::VarStore, MsClip, Meta)> {
-    let meta = checkpoint::verify(dir)?;
-    let (vs, model) = MsClip::build_for_loading(&meta.model, device);
-    checkpoint::load_model(dir, &vs)?;
-    Ok((vs, model, meta))
 }
 
 #[cfg(test)]
