@@ -15,6 +15,8 @@ build: setup
 # threads make small-op code (L-BFGS, k-means, tiny models) orders of magnitude slower.
 test: setup
 	OMP_NUM_THREADS=1 $(CARGO) test --release
+	$(CARGO) run --release --example analyze_checkpoint -- fixtures/check/ckpt fixtures/check/data/manifest.tsv target/example-out
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --lib
 
 demo: build
 	scripts/demo.sh $(DEMO_OUT)

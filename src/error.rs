@@ -3,17 +3,35 @@
 
 use std::path::PathBuf;
 
+/// What went wrong; every variant names the file, key, value or tensor.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A configuration value is impossible or unknown.
     #[error("config: `{key}` = {value}: {reason}")]
-    Config { key: String, value: String, reason: String },
+    Config {
+        /// The key (`vision.heads`, `--batch`, …).
+        key: String,
+        /// The offending value.
+        value: String,
+        /// Why it is impossible.
+        reason: String,
+    },
     /// A TOML/JSON file could not be parsed.
     #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said, with the line where it knows it.
+        message: String,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The system's error.
+        source: std::io::Error,
+    },
     /// A request outside what the model or data offers (layer/head out of range, …).
     #[error("{0}")]
     Invalid(String),
@@ -26,6 +44,7 @@ pub enum Error {
     Torch(#[from] tch::TchError),
 }
 
+/// The crate's result type.
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
@@ -36,9 +55,11 @@ impl Error {
             _ => 2,
         }
     }
+    /// A [`Error::Config`] naming `key` and `value`.
     pub fn config(key: impl Into<String>, value: impl std::fmt::Display, reason: impl Into<String>) -> Self {
         Error::Config { key: key.into(), value: value.to_string(), reason: reason.into() }
     }
+    /// A [`Error::Io`] naming `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
     }

@@ -29,7 +29,9 @@ pub enum Pooling {
 /// Which per-layer features to pool.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LayerSpec {
+    /// The site recorded per slot.
     pub site: Site,
+    /// How its tokens are pooled.
     pub pooling: Pooling,
     /// Map pooled tokens through the frozen final LN + projection (needed when the towers'
     /// widths differ, as in OpenAI CLIP), then L2-normalise.
@@ -40,6 +42,7 @@ pub struct LayerSpec {
 pub struct PairFeatures {
     /// L2-normalised `[N, E]`.
     pub image: Tensor,
+    /// L2-normalised text embeddings `[N, E]`.
     pub text: Tensor,
     /// slot → (image `[N, W]`, text `[N, W]`) pooled features, for slots both towers have.
     pub layers: BTreeMap<usize, (Tensor, Tensor)>,
@@ -123,12 +126,19 @@ pub fn embed_pairs(model: &MsClip, src: &dyn PairSource, n: usize, batch: usize,
 /// Results of one held-out evaluation ([`evaluate`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalResult {
+    /// Zero-shot top-1 accuracy over the 48 colour × shape classes.
     pub zero_shot_top1: f64,
+    /// Zero-shot top-5 accuracy.
     pub zero_shot_top5: f64,
+    /// Image → text recall@1 on held-out captioned scenes.
     pub image_to_text_r1: f64,
+    /// Text → image recall@1.
     pub text_to_image_r1: f64,
+    /// Centroid modality gap ‖x̄ − ȳ‖ of the held-out pairs.
     pub modality_gap: f64,
+    /// Single-object images classified.
     pub n_zero_shot: usize,
+    /// Pairs retrieved.
     pub n_pairs: usize,
 }
 

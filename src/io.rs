@@ -43,20 +43,26 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// Where an output came from.
 #[derive(Debug, Clone, Serialize)]
 pub struct Provenance {
+    /// Always `msclip`.
     pub tool: String,
+    /// The crate version.
     pub tool_version: String,
+    /// The model's name.
     pub model: String,
     /// sha256 of the checkpoint's tensors, or `"init:seed=S"` for a freshly initialised model.
     pub checkpoint_sha256: String,
     /// sha256 of the data manifest (or of the single input and caption).
     pub data_sha256: String,
+    /// The image normalisation constants used.
     pub preprocess: Preprocess,
+    /// The seed of the data or analysis.
     pub seed: u64,
     /// Choices made where the official code is silent.
     pub notes: Vec<String>,
 }
 
 impl Provenance {
+    /// A block with no notes.
     pub fn new(model: &str, checkpoint_sha256: String, data_sha256: String, preprocess: Preprocess, seed: u64) -> Provenance {
         Provenance {
             tool: "msclip".into(),

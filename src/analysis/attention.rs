@@ -9,11 +9,13 @@ use crate::error::{Error, Result};
 /// One head's (or the head-mean's) map for one item.
 #[derive(Debug, Clone, Serialize)]
 pub struct HeadMap {
+    /// The layer slot.
     pub slot: usize,
     /// `None` for the mean over heads.
     pub head: Option<usize>,
     /// Row-major values (`grid × grid` for images, `n × n` for text).
     pub values: Vec<f32>,
+    /// Side of the square map.
     pub side: usize,
 }
 

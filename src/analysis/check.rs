@@ -23,7 +23,9 @@ pub struct Baseline {
     /// Per-metric tolerances overriding the default.
     #[serde(default)]
     pub tolerances: BTreeMap<String, f64>,
+    /// Metric values, by name.
     pub values: BTreeMap<String, f64>,
+    /// Where the values came from.
     #[serde(default)]
     pub provenance: Option<serde_json::Value>,
 }
@@ -37,6 +39,7 @@ impl Baseline {
         Ok(b)
     }
 
+    /// Errors on an empty baseline, negative or non-finite tolerances, non-finite values.
     pub fn validate(&self) -> Result<()> {
         if self.values.is_empty() {
             return Err(Error::Invalid("the baseline holds no values; write one with --update".into()));
@@ -80,26 +83,37 @@ pub fn metric_values(gap: &GapReport, nmi: &[LayerNmi]) -> BTreeMap<String, f64>
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// Within tolerance.
     Ok,
+    /// Beyond tolerance (or not finite): fails.
     Drift,
+    /// In the baseline, not in the run: fails.
     Missing,
+    /// In the run, not in the baseline: listed, does not fail.
     Extra,
 }
 
 /// One row of the comparison.
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckRow {
+    /// Metric name (`gap.centroid_gap`, `nmi.slot03`, …).
     pub metric: String,
+    /// The baseline's value.
     pub baseline: Option<f64>,
+    /// This run's value.
     pub current: Option<f64>,
+    /// |current − baseline|.
     pub delta: Option<f64>,
+    /// The tolerance applied.
     pub tolerance: Option<f64>,
+    /// The verdict.
     pub status: Status,
 }
 
 /// The comparison of a run with a baseline.
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckReport {
+    /// One row per metric: the baseline's, then extras.
     pub rows: Vec<CheckRow>,
     /// No drift and nothing missing.
     pub passed: bool,

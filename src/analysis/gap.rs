@@ -16,7 +16,9 @@ pub const DEFAULT_UNIFORMITY_MAX: i64 = 2000;
 /// All gap metrics of one embedding set.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct GapReport {
+    /// Pairs.
     pub n: i64,
+    /// Embedding width.
     pub dim: i64,
     /// B1 / B4 L2M: ‖x̄ − ȳ‖₂ (Liang et al. 2022).
     pub centroid_gap: f64,
@@ -31,23 +33,30 @@ pub struct GapReport {
     pub alignment: f64,
     /// B6 uniformity log E exp(−2‖u − v‖²) over pairs i < j: images, texts, and their union.
     pub uniformity_image: f64,
+    /// Uniformity of the texts.
     pub uniformity_text: f64,
+    /// Uniformity of images and texts together.
     pub uniformity_union: f64,
     /// Items used for the uniformity estimates.
     pub uniformity_n: i64,
     /// B7: mean matched cosine A, mean unmatched cosine N, margin A − N.
     pub matched_cosine: f64,
+    /// Mean cosine of unmatched pairs (i ≠ j).
     pub unmatched_cosine: f64,
+    /// matched − unmatched.
     pub margin: f64,
     /// B3 cone effect: mean intra-modal cosine over i ≠ j.
     pub cone_image: f64,
+    /// Mean intra-modal cosine of the texts.
     pub cone_text: f64,
     /// B11 linear CKA between X and Y (Kornblith et al. 2019), of the L2-normalised
     /// embeddings (every metric here is of unit rows; see [`linear_cka`] for raw features).
     pub cka: f64,
     /// B9: A, N and margin after removing each modality's mean and renormalising.
     pub centred_matched_cosine: f64,
+    /// Unmatched cosine after centring.
     pub centred_unmatched_cosine: f64,
+    /// Margin after centring.
     pub centred_margin: f64,
 }
 
@@ -125,6 +134,7 @@ pub struct GapAccumulator {
 }
 
 impl GapAccumulator {
+    /// An empty accumulator for `dim`-wide rows, keeping `uniformity_max` rows for uniformity.
     pub fn new(dim: i64, uniformity_max: i64) -> GapAccumulator {
         let z = |shape: &[i64]| Tensor::zeros(shape, (Kind::Double, tch::Device::Cpu));
         GapAccumulator {

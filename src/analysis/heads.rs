@@ -4,10 +4,10 @@
 //! head h of the two towers is only a null baseline.
 //!
 //! Per head, averaged over items and over valid queries (text: positions 0..=EOT):
-//! - entropy H = −Σ_k A[q,k] ln A[q,k];
-//! - mean attention distance: vision Σ_k A[q,k]·‖p_q − p_k‖ over patch queries and patch keys
-//!   (grid units; the ViT paper's measure), text Σ_k A[q,k]·|q − k|;
-//! - special-token mass A[q, 0] (CLS for vision, SOT for text);
+//! - entropy H = −Σ_k `A[q,k]` ln `A[q,k]`;
+//! - mean attention distance: vision Σ_k `A[q,k]`·‖p_q − p_k‖ over patch queries and patch keys
+//!   (grid units; the ViT paper's measure), text Σ_k `A[q,k]`·|q − k|;
+//! - special-token mass `A[q, 0]` (CLS for vision, SOT for text);
 //! - self mass A[q, q]; previous-token mass A[q, q−1] (text) / mean 4-neighbour mass (vision).
 
 use std::collections::BTreeMap;
@@ -15,19 +15,27 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::data::synth::Rng;
+use crate::rng::SplitMix64 as Rng;
 use crate::model::Modality;
 
 /// The statistics of one head.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct HeadStat {
+    /// The tower.
     pub modality: Modality,
+    /// The layer slot.
     pub slot: usize,
+    /// The head.
     pub head: usize,
+    /// Mean attention entropy (nats).
     pub entropy: f64,
+    /// Mean attention distance (grid units / token positions).
     pub distance: f64,
+    /// Mass on the special token (CLS / SOT).
     pub special: f64,
+    /// Mass on the query itself.
     pub self_mass: f64,
+    /// Previous-token mass (text) / 4-neighbour mass (vision).
     pub neighbour: f64,
     /// Items averaged.
     pub n: i64,
@@ -37,14 +45,20 @@ pub struct HeadStat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Statistic {
+    /// See [`HeadStat::entropy`].
     Entropy,
+    /// See [`HeadStat::distance`].
     Distance,
+    /// See [`HeadStat::special`].
     Special,
+    /// See [`HeadStat::self_mass`].
     SelfMass,
+    /// See [`HeadStat::neighbour`].
     Neighbour,
 }
 
 impl Statistic {
+    /// Every statistic.
     pub const ALL: [Statistic; 5] = [Statistic::Entropy, Statistic::Distance, Statistic::Special, Statistic::SelfMass, Statistic::Neighbour];
 
     /// The name used in files and figures (`self_mass`, …).
@@ -67,6 +81,7 @@ impl Statistic {
 }
 
 impl HeadStat {
+    /// The value of `stat`.
     pub fn get(&self, stat: Statistic) -> f64 {
         match stat {
             Statistic::Entropy => self.entropy,
@@ -212,12 +227,17 @@ pub fn spearman_permutation(a: &[f64], b: &[f64], permutations: usize, seed: u64
 /// Cross-modal agreement of one statistic over the heads both modalities have.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Agreement {
+    /// The statistic's name.
     pub statistic: String,
+    /// Heads compared.
     pub heads: usize,
+    /// Spearman's ρ between the text and vision values.
     pub spearman: f64,
+    /// Two-sided permutation p-value.
     pub p_value: f64,
 }
 
+/// Spearman ρ (with a permutation p-value) of each statistic between the towers, over the (slot, head) pairs both have.
 pub fn agreement(stats: &[HeadStat], permutations: usize, seed: u64) -> Vec<Agreement> {
     let key = |s: &HeadStat| (s.slot, s.head);
     let vis: BTreeMap<(usize, usize), &HeadStat> = stats.iter().filter(|s| s.modality == Modality::Vision).map(|s| (key(s), s)).collect();

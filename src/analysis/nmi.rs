@@ -10,14 +10,17 @@
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::data::synth::Rng;
+use crate::rng::SplitMix64 as Rng;
 use crate::error::{Error, Result};
 
 /// Result of [`kmeans`].
 #[derive(Debug, Clone)]
 pub struct KMeans {
+    /// Cluster index of every point.
     pub labels: Vec<i64>,
+    /// Sum of squared distances to the assigned centres.
     pub inertia: f64,
+    /// Lloyd iterations of the best restart.
     pub iterations: usize,
 }
 
@@ -32,7 +35,9 @@ fn sq_dists(x: &Tensor, c: &Tensor) -> Tensor {
 /// (`msclip-analyze nmi --image-npy --text-npy`). Chunks are visited in index order and
 /// partition `0..len()`.
 pub trait Rows {
+    /// Number of rows.
     fn len(&self) -> i64;
+    /// Number of chunks.
     fn chunks(&self) -> usize;
     /// Chunk `i` as `[rows, d]` (any float kind; used in f64).
     fn chunk(&mut self, i: usize) -> Result<Tensor>;
@@ -66,6 +71,7 @@ pub struct NpyPairRows {
 }
 
 impl NpyPairRows {
+    /// Opens both files; their column counts must agree.
     pub fn open(image: &std::path::Path, text: &std::path::Path, chunk: i64) -> Result<NpyPairRows> {
         let (a, b) = (crate::analysis::npy::Reader::open(image)?, crate::analysis::npy::Reader::open(text)?);
         if a.cols != b.cols {
@@ -234,11 +240,15 @@ pub fn nmi(a: &[i64], b: &[i64]) -> f64 {
 /// NMI against the modality label (0 = image, 1 = text).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LayerNmi {
+    /// The slot (the joint space's row uses the number of text slots).
     pub slot: usize,
+    /// NMI(k-means clusters, modality).
     pub nmi: f64,
+    /// k-means inertia.
     pub inertia: f64,
 }
 
+/// (NMI, inertia) of k-means on the stacked rows of both modalities against the modality label.
 pub fn modality_nmi(image: &Tensor, text: &Tensor, k: i64, restarts: usize, seed: u64) -> Result<(f64, f64)> {
     let (ni, nt) = (image.size()[0], text.size()[0]);
     let feats = Tensor::cat(&[image.to_kind(Kind::Double), text.to_kind(Kind::Double)], 0);

@@ -38,11 +38,14 @@ pub struct Reader {
     path: std::path::PathBuf,
     data_offset: u64,
     kind: Kind,
+    /// Rows.
     pub rows: i64,
+    /// Columns.
     pub cols: i64,
 }
 
 impl Reader {
+    /// Opens a 2-D `<f4`/`<f8` C-order file, checking its header against its size.
     pub fn open(path: &Path) -> Result<Reader> {
         use std::io::Read;
         let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;

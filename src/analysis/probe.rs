@@ -13,8 +13,11 @@ use crate::error::{Error, Result};
 
 /// A fitted probe.
 pub struct Probe {
+    /// Weights `[d, classes]`.
     pub w: Tensor,
+    /// Biases `[classes]`.
     pub b: Tensor,
+    /// L-BFGS iterations run.
     pub iterations: usize,
 }
 
@@ -111,6 +114,7 @@ pub fn fit(x: &Tensor, y: &[i64], classes: i64, lambda: f64, max_iter: usize, to
 }
 
 impl Probe {
+    /// The predicted class of every row of `x`.
     pub fn predict(&self, x: &Tensor) -> Vec<i64> {
         Vec::<i64>::try_from((x.to_kind(Kind::Double).matmul(&self.w) + &self.b).argmax(-1, false)).unwrap()
     }
@@ -121,12 +125,19 @@ impl Probe {
 pub struct ProbeResult {
     /// (C, validation accuracy) for every C tried.
     pub sweep: Vec<(f64, f64)>,
+    /// The C with the best validation accuracy.
     pub best_c: f64,
+    /// Test accuracy of the refit.
     pub test_top1: f64,
+    /// Test mean-per-class accuracy.
     pub test_mean_per_class: f64,
+    /// Train items.
     pub n_train: i64,
+    /// Validation items.
     pub n_val: i64,
+    /// Test items.
     pub n_test: i64,
+    /// L-BFGS iterations of the refit.
     pub iterations: usize,
 }
 

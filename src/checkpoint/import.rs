@@ -241,9 +241,13 @@ pub fn export_state_dict(cfg: &ModelConfig, vs: &nn::VarStore) -> Vec<(String, T
 /// What [`import_file`] did, with the time of each phase.
 #[derive(Debug, Clone)]
 pub struct ImportReport {
+    /// The model the weights were imported as.
     pub model: String,
+    /// Seconds reading the file.
     pub read_s: f64,
+    /// Seconds building the model and mapping the tensors.
     pub map_s: f64,
+    /// Seconds writing the checkpoint.
     pub write_s: f64,
 }
 

@@ -22,14 +22,19 @@ pub mod torch_zip;
 /// What `meta.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Meta {
+    /// The msclip version that wrote the checkpoint.
     pub tool_version: String,
+    /// The model's config (validated on load like a TOML config).
     pub model: ModelConfig,
     /// Optimizer steps completed.
     pub step: i64,
+    /// Epochs completed (`samples_seen / data_items`).
     pub epoch: u64,
+    /// Training pairs seen.
     pub samples_seen: u64,
     /// Position in the epoch order where the next batch starts.
     pub data_cursor: u64,
+    /// The run's seed.
     pub seed: u64,
     /// The training config (TOML text) that produced the run.
     pub train_config: String,
@@ -37,6 +42,7 @@ pub struct Meta {
     pub sha256: BTreeMap<String, String>,
 }
 
+/// The directory name of the checkpoint at `step` (`step-00000200`).
 pub fn step_dir_name(step: i64) -> String {
     format!("step-{step:08}")
 }
@@ -390,7 +396,9 @@ pub enum ModelSource {
 
 /// A model ready to run, with the identity of its weights for provenance.
 pub struct LoadedModel {
+    /// The model.
     pub model: MsClip,
+    /// The VarStore holding its tensors.
     pub vs: nn::VarStore,
     /// sha256 of `model.safetensors`, or `init:seed=S` for a fresh initialisation.
     pub weights_id: String,

@@ -30,11 +30,14 @@ use crate::tokenizer::{Tokenizer, Truncation, WordTokens};
 pub enum Method {
     /// Last layer's CLS → patch attention, head mean.
     Raw,
+    /// Attention rollout (Abnar & Zuidema 2020).
     Rollout,
+    /// Gradient-weighted relevancy (Chefer et al. 2021).
     Relevancy,
 }
 
 impl Method {
+    /// `raw`, `rollout` or `relevancy`.
     pub fn name(self) -> &'static str {
         match self {
             Method::Raw => "raw",
@@ -70,6 +73,7 @@ pub struct AttentionOptions {
     pub heads: Option<Vec<usize>>,
     /// Query token of the image maps: 0 = CLS, 1 + r·grid + c = the patch at row r, column c.
     pub query: i64,
+    /// Attribution methods to compute.
     pub methods: Vec<Method>,
     /// First vision slot of rollout/relevancy (default: every layer for rollout, the last
     /// layer for relevancy).
@@ -78,6 +82,7 @@ pub struct AttentionOptions {
     pub text_start_layer: Option<usize>,
     /// Deletion/insertion curve resolution (fractions k/steps of the patches).
     pub faith_steps: usize,
+    /// How an overlong caption is cut.
     pub truncation: Truncation,
 }
 
@@ -102,19 +107,28 @@ impl Default for AttentionOptions {
 /// Which layers relevancy and rollout used, and what was differentiated.
 #[derive(Debug, Clone, Serialize)]
 pub struct AttributionSetup {
+    /// What relevancy differentiates.
     pub score: &'static str,
+    /// Vision slots relevancy propagates through.
     pub relevancy_vision_slots: Vec<usize>,
+    /// Text slots relevancy propagates through.
     pub relevancy_text_slots: Vec<usize>,
+    /// Vision slots of rollout.
     pub rollout_vision_slots: Vec<usize>,
+    /// Text slots of rollout.
     pub rollout_text_slots: Vec<usize>,
 }
 
 /// Deletion and insertion curves of one map and their areas.
 #[derive(Debug, Clone, Serialize)]
 pub struct Faithfulness {
+    /// Area under the deletion curve (lower = more faithful).
     pub deletion_auc: f64,
+    /// Cosine after removing k/steps of the patches, most relevant first.
     pub deletion_curve: Vec<f64>,
+    /// Area under the insertion curve (higher = more faithful).
     pub insertion_auc: f64,
+    /// Cosine after showing k/steps of the patches, most relevant first.
     pub insertion_curve: Vec<f64>,
 }
 
@@ -122,20 +136,32 @@ pub struct Faithfulness {
 /// figures.
 #[derive(Serialize)]
 pub struct AttentionOutput {
+    /// Where the outputs came from.
     pub provenance: Provenance,
+    /// The caption analysed.
     pub caption: String,
+    /// Its token ids.
     pub token_ids: Vec<i64>,
+    /// The pooled position.
     pub eot_position: usize,
+    /// Word → token positions.
     pub words: Vec<WordTokens>,
+    /// The image–caption cosine.
     pub similarity: f64,
+    /// Vision slots drawn.
     pub vision_slots: Vec<usize>,
+    /// Text slots drawn.
     pub text_slots: Vec<usize>,
+    /// Patch grid side.
     pub grid: i64,
     /// Per method name.
     pub faithfulness: std::collections::BTreeMap<String, Faithfulness>,
+    /// The layers and score of the attribution maps.
     pub attribution: AttributionSetup,
+    /// Per vision slot: each selected head's map, then the head mean.
     #[serde(skip)]
     pub vision_maps: Vec<Vec<HeadMap>>,
+    /// Per text slot: each head's token × token matrix, then the head mean.
     #[serde(skip)]
     pub text_maps: Vec<Vec<HeadMap>>,
     /// (method, image map over the grid).
@@ -144,18 +170,25 @@ pub struct AttentionOutput {
     /// (method, per-token relevance SOT..=EOT).
     #[serde(skip)]
     pub text_attribution: Vec<(String, Vec<f64>)>,
+    /// The image as the model saw it (resized, cropped).
     #[serde(skip)]
     pub rgb: RgbImage,
+    /// Token labels SOT..=EOT.
     #[serde(skip)]
     pub labels: Vec<String>,
+    /// Heads drawn.
     #[serde(skip)]
     pub heads: Vec<usize>,
+    /// The model's name.
     #[serde(skip)]
     pub model_name: String,
+    /// The query token of the image maps.
     #[serde(skip)]
     pub query: i64,
+    /// Vision heads.
     #[serde(skip)]
     pub vision_heads: usize,
+    /// Whether the caption was cut.
     #[serde(skip)]
     pub truncated: bool,
 }

@@ -16,9 +16,13 @@ use crate::io::Provenance;
 /// What `embed.json` holds.
 #[derive(Debug, Clone, Serialize)]
 pub struct EmbedReport {
+    /// Where the embeddings came from.
     pub provenance: Provenance,
+    /// Pairs embedded.
     pub n: i64,
+    /// Embedding width.
     pub dim: i64,
+    /// Items that could not be read.
     pub skipped: Vec<SkippedItem>,
 }
 
@@ -26,7 +30,9 @@ pub struct EmbedReport {
 pub struct EmbedOutput {
     /// `[n, E]`, L2-normalised.
     pub image: Tensor,
+    /// `[n, E]`, L2-normalised.
     pub text: Tensor,
+    /// The report.
     pub report: EmbedReport,
 }
 

@@ -9,8 +9,11 @@ use crate::eval::{evaluate, EvalResult};
 /// One evaluation row.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalOutput {
+    /// The model's name.
     pub model: String,
+    /// Its weights' identity.
     pub weights: String,
+    /// The scores.
     pub eval: EvalResult,
 }
 

@@ -42,6 +42,7 @@ pub struct Recipe {
     /// nmi-by-layer | gap-by-layer | training-curves | comparison | heads-transfer |
     /// attention-gallery | probe-table | zeroshot-retrieval
     pub analysis: String,
+    /// Title of the figure.
     pub title: String,
     /// Run directories (their newest checkpoint is used) or checkpoint directories.
     pub runs: Vec<PathBuf>,
@@ -51,6 +52,7 @@ pub struct Recipe {
     /// Site for layer-wise analyses.
     #[serde(default)]
     pub site: Option<String>,
+    /// Seed of the held-out data (and of fresh initialisations).
     #[serde(default)]
     pub seed: Option<u64>,
     /// Probe: train, validation and test sizes.

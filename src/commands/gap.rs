@@ -22,8 +22,11 @@ pub const NPY_CHUNK: i64 = 4096;
 /// The gap metrics with their provenance.
 #[derive(Debug, Clone, Serialize)]
 pub struct GapOutput {
+    /// Where the embeddings came from.
     pub provenance: Provenance,
+    /// The metrics.
     pub gap: GapReport,
+    /// Items that could not be read.
     #[serde(skip)]
     pub skipped: Vec<SkippedItem>,
 }

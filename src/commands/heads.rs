@@ -38,41 +38,58 @@ pub struct HeadsOptions {
 /// Grounding of one head's CLS map over the named objects.
 #[derive(Debug, Clone, Serialize)]
 pub struct HeadGrounding {
+    /// The layer slot.
     pub slot: usize,
+    /// The head.
     pub head: usize,
+    /// Mean share of the CLS map inside the object's box.
     pub box_share: f64,
+    /// Share of objects whose box holds the map's maximum.
     pub pointing_acc: f64,
+    /// Objects scored.
     pub objects: f64,
 }
 
 /// Grounding of one caption-conditioned method over the named objects.
 #[derive(Debug, Clone, Serialize)]
 pub struct MethodGrounding {
+    /// `relevancy_last`, `relevancy_all` or `rollout`.
     pub method: String,
+    /// Mean share of the map inside the object's box.
     pub box_share: f64,
+    /// Share of objects whose box holds the map's maximum.
     pub pointing_acc: f64,
+    /// The share a flat map would get (chance level).
     pub uniform_share: f64,
+    /// Objects scored.
     pub objects: f64,
 }
 
 /// The report of `heads`.
 #[derive(Serialize)]
 pub struct HeadsOutput {
+    /// Where the numbers came from.
     pub provenance: Provenance,
+    /// Per (modality, slot, head).
     pub stats: Vec<HeadStat>,
+    /// Per statistic.
     pub agreement: Vec<Agreement>,
     /// Per (slot, head), synthetic data only.
     pub grounding: Vec<HeadGrounding>,
     /// Per method, synthetic data only.
     pub relevancy_grounding: Vec<MethodGrounding>,
+    /// The model's config.
     #[serde(skip)]
     pub config: ModelConfig,
+    /// The caption/image head gallery of the first synthetic item.
     #[serde(skip)]
     pub gallery: Option<GalleryItem>,
+    /// Items that could not be read.
     #[serde(skip)]
     pub skipped: Vec<SkippedItem>,
 }
 
+/// Runs `heads` over `data` (see the module docs).
 pub fn run(model: &LoadedModel, data: &DataOptions, opts: &HeadsOptions) -> Result<HeadsOutput> {
     let m = &model.model;
     let cfg = &m.config;
@@ -243,9 +260,11 @@ pub fn write_side_by_side(dir: &Path, models: &[(ModelConfig, Vec<HeadStat>)]) -
 
 /// One item's attention for the "same head on a caption and on its image" gallery.
 pub struct GalleryItem {
+    /// The image as the model saw it.
     pub rgb: RgbImage,
     /// (slot, text probs `[H, L, L]` cut to SOT..=EOT, vision CLS maps `[H, g²]`).
     pub slots: Vec<(usize, Tensor, Tensor)>,
+    /// Token labels SOT..=EOT.
     pub labels: Vec<String>,
 }
 

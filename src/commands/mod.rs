@@ -44,6 +44,7 @@ use crate::tokenizer::{Tokenizer, Truncation};
 /// captions are cut.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DataOptions {
+    /// The pairs.
     pub data: PairData,
     /// Use only the first N pairs (fixed order).
     pub limit: Option<usize>,
@@ -101,12 +102,16 @@ pub fn npy_provenance(a: &Path, b: &Path, seed: u64) -> Result<Provenance> {
 /// An unreadable item as it appears in reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct SkippedItem {
+    /// Index in the source.
     pub index: usize,
+    /// What it is (a path, a shard member).
     pub item: String,
+    /// Why it could not be read.
     pub reason: String,
 }
 
 impl SkippedItem {
+    /// The report form of a loader's skipped list.
     pub fn from_all(skipped: &[Skipped]) -> Vec<SkippedItem> {
         skipped.iter().map(|(i, w, y)| SkippedItem { index: *i, item: w.clone(), reason: y.clone() }).collect()
     }

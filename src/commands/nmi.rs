@@ -27,11 +27,15 @@ pub const IN_MEMORY_BYTES: u64 = 1 << 30;
 pub struct NmiOptions {
     /// Site pooled per slot: ln1 (official OUTPUT_BEFORE_ATTN), attn_out, ln2, resid.
     pub site: Site,
+    /// How tokens are pooled.
     pub pooling: Pooling,
     /// Map pooled tokens through the final LN + projection (needed for unequal widths).
     pub projected: bool,
+    /// k-means clusters.
     pub k: i64,
+    /// k-means restarts (lowest inertia wins).
     pub restarts: usize,
+    /// Seed of k-means++ seeding.
     pub seed: u64,
 }
 
@@ -44,12 +48,17 @@ impl Default for NmiOptions {
 /// Layer-wise NMI of a model, with the joint space's gap report (what `check` compares).
 #[derive(Debug, Clone, Serialize)]
 pub struct NmiOutput {
+    /// Where the numbers came from.
     pub provenance: Provenance,
+    /// One row per slot, the joint space last.
     pub layers: Vec<LayerNmi>,
+    /// Gap metrics of the joint space (for `check`).
     #[serde(skip)]
     pub joint_gap: GapReport,
+    /// The model's name.
     #[serde(skip)]
     pub model_name: String,
+    /// Items that could not be read.
     #[serde(skip)]
     pub skipped: Vec<SkippedItem>,
 }
@@ -111,11 +120,17 @@ impl NmiOutput {
 /// NMI of two saved embedding files.
 #[derive(Debug, Clone, Serialize)]
 pub struct NmiNpyOutput {
+    /// Where the numbers came from.
     pub provenance: Provenance,
+    /// NMI(k-means clusters, modality).
     pub nmi: f64,
+    /// k-means inertia.
     pub inertia: f64,
+    /// Lloyd iterations of the best restart.
     pub iterations: usize,
+    /// Wall time.
     pub seconds: f64,
+    /// Rows of (image, text).
     #[serde(skip)]
     pub counts: (i64, i64),
 }

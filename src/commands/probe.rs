@@ -28,6 +28,7 @@ pub enum Feature {
 }
 
 impl Feature {
+    /// `pre` or `post`.
     pub fn name(self) -> &'static str {
         match self {
             Feature::Pre => "pre",
@@ -49,7 +50,9 @@ pub enum ProbeData {
 /// Settings of a probe.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeOptions {
+    /// The labelled images.
     pub data: ProbeData,
+    /// Which features.
     pub feature: Feature,
     /// Train, validation and test sizes.
     pub splits: [usize; 3],
@@ -60,6 +63,7 @@ pub struct ProbeOptions {
 }
 
 impl ProbeOptions {
+    /// Errors on empty or non-positive C values and empty splits.
     pub fn validate(&self) -> Result<()> {
         if self.cs.is_empty() || self.cs.iter().any(|c| !(*c > 0.0 && c.is_finite())) {
             return Err(Error::config("c", format!("{:?}", self.cs), "values must be positive and finite"));
@@ -75,19 +79,29 @@ impl ProbeOptions {
 /// labels actually fitted) is kept for side-by-side benchmarks.
 #[derive(Debug, Serialize)]
 pub struct ProbeOutput {
+    /// Where the numbers came from.
     pub provenance: Provenance,
+    /// `pre` or `post`.
     pub feature: &'static str,
+    /// Whether features were standardised.
     pub standardized: bool,
+    /// The sweep and the test scores.
     pub result: ProbeResult,
+    /// Seconds of sweep + refit.
     pub fit_seconds: f64,
+    /// Seconds extracting features.
     #[serde(skip)]
     pub feature_seconds: f64,
+    /// Feature width.
     #[serde(skip)]
     pub dim: i64,
+    /// (features, labels) of train, validation and test, as fitted.
     #[serde(skip)]
     pub features: Option<[(Tensor, Vec<i64>); 3]>,
+    /// Classes.
     #[serde(skip)]
     pub classes: i64,
+    /// C values swept.
     #[serde(skip)]
     pub cs: Vec<f64>,
 }
@@ -129,6 +143,7 @@ fn split(data: &ProbeData, which: &str, start: usize, n: usize, size: u32, mean:
     }
 }
 
+/// Extracts features, sweeps C and scores the test split.
 pub fn run(model: &LoadedModel, opts: &ProbeOptions) -> Result<ProbeOutput> {
     opts.validate()?;
     let m = &model.model;

@@ -16,12 +16,16 @@ use crate::io::Provenance;
 /// Recall at k for k = 1, 5, 10 in both directions.
 #[derive(Debug, Clone, Serialize)]
 pub struct RetrievalOutput {
+    /// Where the numbers came from.
     pub provenance: Provenance,
+    /// Pairs.
     pub n: i64,
     /// `image_to_text_r{k}`, `text_to_image_r{k}`.
     pub retrieval: BTreeMap<String, f64>,
+    /// The model's name.
     #[serde(skip)]
     pub model_name: String,
+    /// Items that could not be read.
     #[serde(skip)]
     pub skipped: Vec<SkippedItem>,
 }
@@ -29,6 +33,7 @@ pub struct RetrievalOutput {
 /// The k values reported.
 pub const KS: [i64; 3] = [1, 5, 10];
 
+/// Embeds the pairs and scores retrieval both ways.
 pub fn run(model: &LoadedModel, data: &DataOptions) -> Result<RetrievalOutput> {
     let (src, data_id, n) = data.open(model)?;
     let f = embed_pairs(&model.model, src.as_ref(), n, data.batch, &data.tokenizer(model), None)?;

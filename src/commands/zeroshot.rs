@@ -48,18 +48,26 @@ pub fn default_templates() -> Vec<String> {
 /// Zero-shot results.
 #[derive(Debug, Clone, Serialize)]
 pub struct ZeroshotOutput {
+    /// Where the numbers came from.
     pub provenance: Provenance,
+    /// Images classified.
     pub n: i64,
+    /// Class names.
     pub classes: Vec<String>,
+    /// Prompt templates.
     pub templates: Vec<String>,
+    /// Top-1 accuracy.
     pub top1: f64,
     /// Top-k with k = min(5, classes).
     pub top5: f64,
+    /// Mean over classes of each class's accuracy.
     pub mean_per_class: f64,
+    /// The model's name.
     #[serde(skip)]
     pub model_name: String,
 }
 
+/// Classifies the images of `data` with the prompt ensemble of `templates`.
 pub fn run(model: &LoadedModel, data: &ZeroshotData, templates: &[String], batch: usize) -> Result<ZeroshotOutput> {
     if templates.is_empty() || batch == 0 {
         return Err(Error::Invalid("zero-shot needs at least one template and a positive batch".into()));

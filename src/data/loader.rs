@@ -24,11 +24,13 @@ use crate::tokenizer::Tokenizer;
 
 /// A source of image–caption pairs.
 pub trait PairSource: Send + Sync {
+    /// Number of pairs.
     fn len(&self) -> usize;
     /// Item `i`, or why it cannot be read.
     fn get(&self, i: usize) -> std::result::Result<(RgbImage, String), String>;
     /// What to name in `skipped.tsv`.
     fn describe(&self, i: usize) -> String;
+    /// Whether the source has no pairs.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -36,8 +38,11 @@ pub trait PairSource: Send + Sync {
 
 /// The synthetic world, item `i` = `synth::scene(seed, i)`.
 pub struct SyntheticSource {
+    /// The world's seed.
     pub seed: u64,
+    /// Items per epoch.
     pub n: usize,
+    /// Image side in pixels.
     pub size: u32,
 }
 
@@ -56,6 +61,7 @@ impl PairSource for SyntheticSource {
 
 /// Pairs read from a manifest; images are decoded on demand.
 pub struct ManifestSource {
+    /// The manifest's rows.
     pub pairs: Vec<Pair>,
 }
 
@@ -79,9 +85,11 @@ impl PairSource for ManifestSource {
 /// `scale = (1, 1)` with an already square image is the identity.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Augment {
+    /// Area fraction range of the crop.
     pub scale: (f64, f64),
 }
 
+/// torchvision's `RandomResizedCrop` on `img` with `rng`, resized to `size × size`.
 pub fn random_resized_crop(img: &RgbImage, size: u32, aug: Augment, rng: &mut Rng) -> RgbImage {
     let (w, h) = img.dimensions();
     if aug.scale == (1.0, 1.0) {
@@ -105,9 +113,13 @@ pub fn random_resized_crop(img: &RgbImage, size: u32, aug: Augment, rng: &mut Rn
 
 /// A prepared batch.
 pub struct Batch {
+    /// The optimizer step this batch is for (0-based).
     pub step: i64,
+    /// The epoch of its first item.
     pub epoch: u64,
+    /// Normalised `[B, 3, S, S]`.
     pub images: Tensor,
+    /// `[B, context]` token ids.
     pub tokens: Tensor,
     /// Item indices actually in the batch.
     pub indices: Vec<usize>,
@@ -120,13 +132,21 @@ pub struct Batch {
 /// Fixed description of the batches to build.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// The run's seed.
     pub seed: u64,
+    /// Pairs per step.
     pub batch_size: usize,
+    /// First step to build.
     pub start_step: i64,
+    /// One past the last step.
     pub end_step: i64,
+    /// Image side in pixels.
     pub image_size: u32,
+    /// Normalisation mean.
     pub mean: [f64; 3],
+    /// Normalisation standard deviation.
     pub std: [f64; 3],
+    /// Random resized crop, if any.
     pub augment: Option<Augment>,
 }
 
@@ -185,6 +205,7 @@ pub struct Loader {
 }
 
 impl Loader {
+    /// Starts `workers` threads, each keeping up to `prefetch` batches ready.
     pub fn new(src: Arc<dyn PairSource>, tok: Arc<Tokenizer>, plan: Plan, workers: usize, prefetch: usize) -> Loader {
         let workers = workers.max(1);
         let mut receivers = Vec::new();

@@ -9,15 +9,20 @@ use crate::error::{Error, Result};
 /// One image–caption pair.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pair {
+    /// The image's path (relative paths are resolved against the manifest's folder).
     pub image: PathBuf,
+    /// The caption.
     pub caption: String,
 }
 
 /// How to read a manifest.
 #[derive(Debug, Clone)]
 pub struct ManifestFormat {
+    /// The image column's header.
     pub img_key: String,
+    /// The caption column's header.
     pub caption_key: String,
+    /// The field separator.
     pub separator: u8,
 }
 

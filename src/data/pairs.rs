@@ -23,7 +23,12 @@ pub enum PairData {
     Manifest(PathBuf),
     /// `n` scenes of the held-out synthetic world with seed `seed` (the world of seed
     /// `seed ^ EVAL_SEED_OFFSET`, disjoint from training worlds).
-    Synthetic { n: usize, seed: u64 },
+    Synthetic {
+        /// Scenes.
+        n: usize,
+        /// The world's seed (before the held-out offset).
+        seed: u64,
+    },
 }
 
 impl PairData {
@@ -67,13 +72,17 @@ pub struct ItemBatch {
     pub images: Tensor,
     /// `[B, context]` token ids.
     pub tokens: Tensor,
+    /// The captions.
     pub captions: Vec<String>,
 }
 
 /// How items become tensors: image side, normalisation constants, tokenizer.
 pub struct Prep<'a> {
+    /// Image side in pixels.
     pub size: u32,
+    /// Normalisation constants.
     pub preprocess: &'a Preprocess,
+    /// The tokenizer.
     pub tokenizer: &'a Tokenizer,
 }
 

@@ -16,13 +16,17 @@ pub const COLORS: [(&str, [u8; 3]); 8] = [
     ("white", [245, 245, 245]),
     ("black", [25, 25, 25]),
 ];
+/// Object sizes.
 pub const SIZES: [&str; 2] = ["small", "large"];
 
 /// A drawn object and the caption words that refer to it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Object {
+    /// One of [`SHAPES`].
     pub shape: String,
+    /// One of [`COLORS`].
     pub color: String,
+    /// One of [`SIZES`].
     pub size: String,
     /// Box `[x0, y0, x1, y1]` in pixels (exclusive end).
     pub bbox: [u32; 4],
@@ -33,35 +37,19 @@ pub struct Object {
 /// An RGB image with its caption and ground truth.
 #[derive(Debug, Clone, Serialize)]
 pub struct Scene {
+    /// RGB bytes, row-major.
     #[serde(skip)]
     pub pixels: Vec<u8>,
+    /// Side in pixels.
     pub size: u32,
+    /// The caption.
     pub caption: String,
+    /// The drawn objects.
     pub objects: Vec<Object>,
 }
 
-/// SplitMix64, the world's only source of randomness.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5EED_5EED_0000_0001)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+/// The world's source of randomness (the crate's one generator).
+pub type Rng = crate::rng::SplitMix64;
 
 fn inside(shape: &str, dx: f64, dy: f64) -> bool {
     // (dx, dy) relative to the centre, scaled so the shape fits in [-1, 1]².

@@ -41,6 +41,7 @@ pub struct SiteRegistry<'a> {
 }
 
 impl<'a> SiteRegistry<'a> {
+    /// A registry that creates shared sites under `shared_root`.
     pub fn new(shared_root: nn::Path<'a>) -> SiteRegistry<'a> {
         SiteRegistry { shared_root, created: HashMap::new() }
     }
@@ -114,16 +115,27 @@ impl<'a> SiteRegistry<'a> {
 /// A pre-LN transformer block (the official `ResidualAttentionBlock`).
 #[derive(Debug)]
 pub struct SharedBlock {
+    /// q/k/v in-projection `[3D, D]` (heads are contiguous `D/H` slices).
     pub attn_in: Linear,
+    /// Attention out-projection `[D, D]`.
     pub attn_out: Linear,
+    /// FFN first linear `[4D, D]`.
     pub fc1: Linear,
+    /// FFN second linear `[D, 4D]`.
     pub fc2: Linear,
+    /// LayerNorm before attention.
     pub ln1: LayerNorm,
+    /// LayerNorm before the FFN.
     pub ln2: LayerNorm,
+    /// Attention heads.
     pub heads: i64,
+    /// Causal attention mask (text).
     pub causal: bool,
+    /// The FFN activation.
     pub activation: Activation,
+    /// The tower this block belongs to.
     pub modality: Modality,
+    /// Its layer slot.
     pub slot: usize,
 }
 
@@ -225,7 +237,7 @@ impl SharedBlock {
     /// The block's output at one row per item, `[B, D]`, where `rows: [B]` (int64) names the
     /// row the tower pools (CLS for vision, first EOT for text). Keys and values use every
     /// row; the query, attention output and FFN only the pooled one. It is the same value as
-    /// `forward(x)[b, rows[b]]` (row-wise ops; the causal mask becomes "keys ≤ rows[b]"), at
+    /// `forward(x)[b, rows[b]]` (row-wise ops; the causal mask becomes "keys ≤ `rows[b]`"), at
     /// about a quarter of the last block's cost. Used for the last block when nothing there is
     /// captured.
     pub fn forward_pooled(&self, x: &Tensor, rows: &Tensor) -> Tensor {

@@ -10,14 +10,18 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+/// The two towers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Modality {
+    /// The image tower.
     Vision,
+    /// The text tower.
     Text,
 }
 
 impl Modality {
+    /// `vision` or `text`.
     pub fn name(self) -> &'static str {
         match self {
             Modality::Vision => "vision",
@@ -46,6 +50,7 @@ pub enum Site {
 }
 
 impl Site {
+    /// Every site.
     pub const ALL: [Site; 6] = [Site::AttnProbs, Site::AttnLogits, Site::Ln1, Site::AttnOut, Site::Ln2, Site::Resid];
 
     /// The site of a name (`ln1`, `resid`, …); an unknown name is an error listing the known.
@@ -55,6 +60,7 @@ impl Site {
         })
     }
 
+    /// The site's name in files and flags (`ln1`, `attn_probs`, …).
     pub fn name(self) -> &'static str {
         match self {
             Site::AttnProbs => "attn_probs",
@@ -71,6 +77,7 @@ impl Site {
 /// use the fused `scaled_dot_product_attention` kernel.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Capture {
+    /// Sites to record.
     pub sites: Vec<Site>,
     /// Restrict recording to these slots (None = all).
     pub slots: Option<Vec<usize>>,
@@ -79,6 +86,7 @@ pub struct Capture {
 }
 
 impl Capture {
+    /// Records nothing (fused attention, pooled last block).
     pub fn none() -> Capture {
         Capture::default()
     }
@@ -86,17 +94,21 @@ impl Capture {
     pub fn attention() -> Capture {
         Capture { sites: vec![Site::AttnProbs], slots: None, detach: true }
     }
+    /// Records `sites` at every slot, detached.
     pub fn sites(sites: &[Site]) -> Capture {
         Capture { sites: sites.to_vec(), slots: None, detach: true }
     }
+    /// Restricts recording to `slots`.
     pub fn with_slots(mut self, slots: Vec<usize>) -> Capture {
         self.slots = Some(slots);
         self
     }
+    /// Keeps recorded tensors in the autograd graph (for gradients w.r.t. them).
     pub fn keep_graph(mut self) -> Capture {
         self.detach = false;
         self
     }
+    /// Whether nothing is recorded.
     pub fn is_empty(&self) -> bool {
         self.sites.is_empty()
     }
@@ -117,12 +129,15 @@ pub struct ActivationCache {
 }
 
 impl ActivationCache {
+    /// An empty cache.
     pub fn new() -> ActivationCache {
         ActivationCache::default()
     }
+    /// Stores `t` under `(modality, slot, site)`.
     pub fn insert(&mut self, modality: Modality, slot: usize, site: Site, t: Tensor) {
         self.entries.insert((modality, slot, site), t);
     }
+    /// The tensor at `(modality, slot, site)`, if recorded.
     pub fn get(&self, modality: Modality, slot: usize, site: Site) -> Option<&Tensor> {
         self.entries.get(&(modality, slot, site))
     }
@@ -136,12 +151,15 @@ impl ActivationCache {
     pub fn slots(&self, modality: Modality, site: Site) -> Vec<usize> {
         self.entries.keys().filter(|(m, _, s)| *m == modality && *s == site).map(|(_, l, _)| *l).collect()
     }
+    /// Every recorded key, in order.
     pub fn keys(&self) -> impl Iterator<Item = &(Modality, usize, Site)> {
         self.entries.keys()
     }
+    /// Number of recorded tensors.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
+    /// Whether nothing was recorded.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

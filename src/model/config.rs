@@ -30,8 +30,10 @@ pub enum SharedSite {
 }
 
 impl SharedSite {
+    /// Every site.
     pub const ALL: [SharedSite; 6] =
         [SharedSite::AttnIn, SharedSite::AttnOut, SharedSite::Fc1, SharedSite::Fc2, SharedSite::Ln1, SharedSite::Ln2];
+    /// The site's name in configs and VarStore paths (`attn_in`, …).
     pub fn name(self) -> &'static str {
         match self {
             SharedSite::AttnIn => "attn_in",
@@ -48,7 +50,9 @@ impl SharedSite {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SharingRule {
+    /// Layer slots the rule applies to.
     pub slots: Vec<usize>,
+    /// Sites shared in those slots.
     pub sites: Vec<SharedSite>,
 }
 
@@ -62,6 +66,7 @@ pub enum StemKind {
     EarlyConv,
 }
 
+/// The FFN activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
@@ -98,30 +103,43 @@ fn default_branch_bn_eps() -> f64 {
     1e-6
 }
 
+/// The vision tower.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VisionConfig {
+    /// Input image side in pixels.
     pub image_size: i64,
     /// Patch size; for the early-conv stem it must equal 2·Π strides.
     pub patch_size: i64,
+    /// Residual stream width.
     pub width: i64,
+    /// Attention heads (dividing the width).
     pub heads: i64,
     /// Number of layer slots (slot 0 is the stem for `early_conv`).
     pub layers: usize,
+    /// Patch projection or the MS-CLIP-S conv stem.
     pub stem: StemKind,
+    /// The conv stem's strides (with `stem = "early_conv"`).
     #[serde(default)]
     pub early_conv: Option<EarlyConvConfig>,
+    /// MS-CLIP-S's parallel branch, if any.
     #[serde(default)]
     pub parallel_branch: Option<ParallelBranchConfig>,
 }
 
+/// The text tower.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TextConfig {
+    /// Token vocabulary size (49,408 for CLIP's BPE).
     pub vocab_size: i64,
+    /// Context length in tokens (77).
     pub context_length: i64,
+    /// Residual stream width.
     pub width: i64,
+    /// Attention heads (dividing the width).
     pub heads: i64,
+    /// Number of layer slots.
     pub layers: usize,
 }
 
@@ -129,25 +147,36 @@ pub struct TextConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preprocess {
+    /// Per-channel mean of `x/255`.
     pub mean: [f64; 3],
+    /// Per-channel standard deviation of `x/255`.
     pub std: [f64; 3],
 }
 
+/// A model of the CLIP / MS-CLIP family, as data (see the module docs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
+    /// Name recorded in outputs (a preset's name for presets).
     pub name: String,
+    /// Joint embedding width.
     pub embed_dim: i64,
+    /// FFN hidden width / residual width.
     #[serde(default = "default_mlp_ratio")]
     pub mlp_ratio: i64,
+    /// The FFN activation.
     pub activation: Activation,
     /// LayerNorm eps: 1e-12 in the official MS-CLIP code, 1e-5 in OpenAI CLIP.
     pub ln_eps: f64,
     /// Initial value of the raw `logit_scale` parameter (scale = exp(raw)).
     pub logit_scale_init: f64,
+    /// The vision tower.
     pub vision: VisionConfig,
+    /// The text tower.
     pub text: TextConfig,
+    /// Image normalisation constants.
     pub preprocess: Preprocess,
+    /// Which block sites are shared between the towers, in which slots (empty: CLIP).
     #[serde(default)]
     pub sharing: Vec<SharingRule>,
 }
@@ -165,9 +194,11 @@ pub const MAX_PARAMS: i128 = 1 << 33;
 
 /// ImageNet statistics (MS-CLIP evaluation default).
 pub const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
+/// ImageNet standard deviations (MS-CLIP evaluation default).
 pub const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
 /// OpenAI CLIP statistics.
 pub const OPENAI_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
+/// OpenAI CLIP standard deviations.
 pub const OPENAI_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
 
 /// Built-in presets, stored as TOML in `configs/models/`.
@@ -202,11 +233,13 @@ impl ModelConfig {
         Ok(cfg)
     }
 
+    /// Reads and validates a TOML config file.
     pub fn from_toml_file(path: &Path) -> Result<ModelConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::from_toml_str(&text, path)
     }
 
+    /// The config as TOML (round-trips through [`ModelConfig::from_toml_str`]).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("config serialises")
     }
@@ -221,6 +254,7 @@ impl ModelConfig {
         slot < self.vision.layers && !(slot == 0 && self.vision.stem == StemKind::EarlyConv)
     }
 
+    /// Whether the text tower has a block at `slot`.
     pub fn text_has_block(&self, slot: usize) -> bool {
         slot < self.text.layers
     }
@@ -230,6 +264,7 @@ impl ModelConfig {
         self.sharing.iter().filter(|r| r.slots.contains(&slot)).flat_map(|r| r.sites.iter().copied()).collect()
     }
 
+    /// Whether `site` is shared at `slot`.
     pub fn is_shared(&self, slot: usize, site: SharedSite) -> bool {
         self.sharing.iter().any(|r| r.slots.contains(&slot) && r.sites.contains(&site))
     }
@@ -244,6 +279,7 @@ impl ModelConfig {
         (0..self.vision.layers).filter(|&s| self.vision_has_block(s)).collect()
     }
 
+    /// Slots where the text tower has an attention layer (all of them).
     pub fn text_attention_slots(&self) -> Vec<usize> {
         (0..self.text.layers).collect()
     }

@@ -6,6 +6,8 @@ use std::cell::Cell;
 
 use tch::{nn, Tensor};
 
+use crate::rng::SplitMix64;
+
 thread_local! {
     static STATE: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
     static SKIP: Cell<bool> = const { Cell::new(false) };
@@ -23,9 +25,20 @@ pub fn without_init<R>(f: impl FnOnce() -> R) -> R {
 /// How a parameter starts.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Init {
+    /// Every value the same.
     Const(f64),
-    Normal { std: f64 },
-    Uniform { lo: f64, hi: f64 },
+    /// N(0, std²).
+    Normal {
+        /// Standard deviation.
+        std: f64,
+    },
+    /// U(lo, hi).
+    Uniform {
+        /// Lower bound.
+        lo: f64,
+        /// Upper bound.
+        hi: f64,
+    },
 }
 
 /// Normal with std 0.02: the official code's `trunc_normal_(std=.02)` truncates at ±2
@@ -40,27 +53,16 @@ pub fn with_seed<R>(seed: u64, f: impl FnOnce() -> R) -> R {
     r
 }
 
-fn splitmix(x: &mut u64) -> u64 {
-    *x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-fn unit(x: &mut u64) -> f64 {
-    ((splitmix(x) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-}
-
 /// `n` values from `init` on the stream `stream`.
-pub fn sample(init: Init, n: usize, mut stream: u64) -> Vec<f32> {
+pub fn sample(init: Init, n: usize, stream: u64) -> Vec<f32> {
+    let mut rng = SplitMix64::from_state(stream);
     match init {
         Init::Const(v) => vec![v as f32; n],
-        Init::Uniform { lo, hi } => (0..n).map(|_| (lo + (hi - lo) * unit(&mut stream)) as f32).collect(),
+        Init::Uniform { lo, hi } => (0..n).map(|_| (lo + (hi - lo) * rng.unit_open()) as f32).collect(),
         Init::Normal { std } => {
             let mut out = Vec::with_capacity(n + 1);
             while out.len() < n {
-                let (u1, u2) = (unit(&mut stream), unit(&mut stream));
+                let (u1, u2) = (rng.unit_open(), rng.unit_open());
                 let r = (-2.0 * u1.ln()).sqrt() * std;
                 let t = std::f64::consts::TAU * u2;
                 out.push((r * t.cos()) as f32);
@@ -86,8 +88,7 @@ pub fn var(p: &nn::Path, name: &str, dims: &[i64], init: Init) -> Tensor {
         s.set((seed, i + 1));
         (seed, i)
     });
-    let mut stream = seed ^ 0x6D73_636C_6970_0000u64.wrapping_add(index.wrapping_mul(0xA24B_AED4_963E_E407));
-    let stream = splitmix(&mut stream);
+    let stream = SplitMix64::from_state(seed ^ 0x6D73_636C_6970_0000u64.wrapping_add(index.wrapping_mul(0xA24B_AED4_963E_E407))).next_u64();
     let n = dims.iter().product::<i64>() as usize;
     let values = Tensor::from_slice(&sample(init, n, stream)).view(dims).to_device(t.device());
     tch::no_grad(|| t.shallow_clone().copy_(&values));

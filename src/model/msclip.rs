@@ -19,8 +19,11 @@ pub const ZERO_SHOT_SCALE: f64 = 100.0;
 /// `visual.*`, `text.*`, `logit_scale`.
 #[derive(Debug)]
 pub struct MsClip {
+    /// The model's config.
     pub config: ModelConfig,
+    /// The image tower.
     pub vision: VisionTower,
+    /// The text tower.
     pub text: TextTower,
     /// Raw temperature parameter; the scale is `exp(logit_scale)`.
     pub logit_scale: Tensor,
@@ -33,7 +36,9 @@ pub struct ParamCount {
     pub total: i64,
     /// Parameters used by both towers.
     pub shared: i64,
+    /// Parameters of the vision tower alone.
     pub vision_only: i64,
+    /// Parameters of the text tower alone.
     pub text_only: i64,
 }
 
@@ -45,6 +50,7 @@ pub struct ForwardOutput {
     pub text: Tensor,
     /// `exp(logit_scale) · image · textᵀ` `[B_img, B_txt]`.
     pub logits_per_image: Tensor,
+    /// What the capture spec recorded.
     pub cache: ActivationCache,
 }
 

@@ -93,11 +93,14 @@ impl LateralAdapter {
 #[derive(Debug)]
 pub struct ParallelBranch {
     stages: Vec<Stage>,
+    /// One lateral adapter per stage.
     pub adapters: Vec<LateralAdapter>,
+    /// The slot whose block each adapter precedes.
     pub adapter_slots: Vec<usize>,
 }
 
 impl ParallelBranch {
+    /// The branch of `cfg`, or `None` when it has none.
     pub fn new(p: &nn::Path, cfg: &ModelConfig) -> Option<ParallelBranch> {
         let pb = cfg.vision.parallel_branch.as_ref()?;
         let w = cfg.vision.width;

@@ -22,6 +22,7 @@ pub struct EarlySpecialization {
 }
 
 impl EarlySpecialization {
+    /// The stem for `width` channels with these block strides.
     pub fn new(p: &nn::Path, width: i64, strides: &[i64]) -> EarlySpecialization {
         let n = strides.len() as u32;
         let first = width >> n;
@@ -43,6 +44,7 @@ impl EarlySpecialization {
         EarlySpecialization { conv1, bn1, blocks, last_conv }
     }
 
+    /// `[B, 3, H, W]` → `[B, W, grid, grid]`.
     pub fn forward(&self, img: &Tensor, train: bool) -> Tensor {
         let mut x = self.bn1.forward(&self.conv1.forward(img), train).relu();
         for (conv, bn, down, down_bn) in &self.blocks {
@@ -57,10 +59,12 @@ impl EarlySpecialization {
 pub enum Stem {
     /// `conv(3→W, kernel = stride = patch, no bias)` (`visual.conv1`).
     Patch(Conv),
+    /// MS-CLIP-S's residual conv stem (slot 0).
     EarlyConv(EarlySpecialization),
 }
 
 impl Stem {
+    /// The stem `cfg` asks for.
     pub fn new(p: &nn::Path, cfg: &ModelConfig) -> Stem {
         let v = &cfg.vision;
         match v.stem {
@@ -71,6 +75,7 @@ impl Stem {
             }
         }
     }
+    /// `[B, 3, H, W]` → `[B, width, grid, grid]`.
     pub fn forward(&self, img: &Tensor, train: bool) -> Tensor {
         match self {
             Stem::Patch(c) => c.forward(img),

@@ -18,13 +18,16 @@ use crate::tokenizer::EOT;
 #[derive(Debug)]
 pub struct VisionTower {
     stem: Stem,
+    /// The CLS token `[W]`.
     pub class_embedding: Tensor,
+    /// Position embeddings `[1 + grid², W]`.
     pub positional_embedding: Tensor,
     ln_pre: LayerNorm,
     /// Indexed by slot; `None` where the conv stem occupies the slot.
     pub blocks: Vec<Option<SharedBlock>>,
     parallel: Option<ParallelBranch>,
     ln_post: LayerNorm,
+    /// Projection to the joint space `[W, E]`.
     pub proj: Tensor,
     grid: i64,
     image_size: i64,
@@ -32,6 +35,7 @@ pub struct VisionTower {
 }
 
 impl VisionTower {
+    /// Builds the tower under `p`, taking shared sites from `reg`.
     pub fn new(p: &nn::Path, cfg: &ModelConfig, reg: &mut SiteRegistry) -> VisionTower {
         let v = &cfg.vision;
         let w = v.width;
@@ -109,6 +113,7 @@ impl VisionTower {
         self.ln_post.forward(&x.select(1, 0))
     }
 
+    /// `pooled · proj`.
     pub fn project(&self, pooled: &Tensor) -> Tensor {
         pooled.matmul(&self.proj.to_kind(pooled.kind()))
     }
@@ -124,16 +129,21 @@ impl VisionTower {
 /// `x·text_projection`.
 #[derive(Debug)]
 pub struct TextTower {
+    /// Token embeddings `[vocab, W]`.
     pub token_embedding: Tensor,
+    /// Position embeddings `[context, W]`.
     pub positional_embedding: Tensor,
+    /// One block per slot.
     pub blocks: Vec<SharedBlock>,
     ln_final: LayerNorm,
+    /// Projection to the joint space `[W, E]`.
     pub projection: Tensor,
     vocab_size: i64,
     context_length: i64,
 }
 
 impl TextTower {
+    /// Builds the tower under `p`, taking shared sites from `reg`.
     pub fn new(p: &nn::Path, cfg: &ModelConfig, reg: &mut SiteRegistry) -> TextTower {
         let t = &cfg.text;
         TextTower {
@@ -197,6 +207,7 @@ impl TextTower {
         self.ln_final.forward(&pooled)
     }
 
+    /// `pooled · projection`.
     pub fn project(&self, pooled: &Tensor) -> Tensor {
         pooled.matmul(&self.projection.to_kind(pooled.kind()))
     }

@@ -67,10 +67,15 @@ fn blend(p: &image::Rgb<u8>, v: f64, alpha: f64) -> RGBColor {
 
 /// A grid of attention overlays: `cells[row][col]` is a `side × side` map drawn over `base`.
 pub struct OverlayGrid<'a> {
+    /// Title.
     pub title: String,
+    /// The image under every cell.
     pub base: &'a RgbImage,
+    /// Rows of cells, each a (row-major map, side) pair.
     pub cells: Vec<Vec<(Vec<f32>, usize)>>,
+    /// Row labels.
     pub row_labels: Vec<String>,
+    /// Column labels.
     pub col_labels: Vec<String>,
     /// Displayed size of each cell in pixels.
     pub cell: u32,
@@ -120,7 +125,9 @@ pub fn overlay_grid_png(path: &Path, g: &OverlayGrid) -> Result<()> {
 
 /// A figure drawable on any plotters backend at a fixed size.
 pub trait Figure {
+    /// Width and height in pixels.
     fn size(&self) -> (u32, u32);
+    /// Draws onto `root` (PNG or SVG backend).
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String>;
 }
 
@@ -145,9 +152,13 @@ pub fn render(stem: &Path, fig: &impl Figure) -> Result<()> {
 
 /// A labelled square matrix heatmap (e.g. caption token × token attention).
 pub struct Matrix<'a> {
+    /// Title.
     pub title: String,
+    /// Row-major `side × side` values.
     pub values: &'a [f32],
+    /// Side of the matrix.
     pub side: usize,
+    /// Labels of the rows and columns.
     pub labels: Vec<String>,
 }
 
@@ -195,10 +206,15 @@ impl Figure for Matrix<'_> {
 
 /// A line chart: one or more named series of (x, y) points.
 pub struct LineChart {
+    /// Title.
     pub title: String,
+    /// x-axis label.
     pub x_label: String,
+    /// y-axis label.
     pub y_label: String,
+    /// (name, points) per line.
     pub series: Vec<(String, Vec<(f64, f64)>)>,
+    /// y-axis range.
     pub y_range: (f64, f64),
 }
 
@@ -261,9 +277,13 @@ impl Figure for LineChart {
 
 /// A labelled heatmap of `values[row][col]` (e.g. slot × head), colour-scaled to its range.
 pub struct Heatmap {
+    /// Title.
     pub title: String,
+    /// Rows of values (NaN = no cell).
     pub values: Vec<Vec<f64>>,
+    /// Row labels.
     pub row_labels: Vec<String>,
+    /// Column labels.
     pub col_labels: Vec<String>,
 }
 
@@ -308,7 +328,9 @@ fn draw_heatmap<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift
 /// Heatmaps side by side: `panels[row][col]` (e.g. models × {text, vision}), each titled by
 /// its own `title`, one colour scale per column so rows (models) compare directly.
 pub struct HeatmapPanels {
+    /// Title.
     pub title: String,
+    /// Rows of panels; each column shares one colour scale.
     pub panels: Vec<Vec<Heatmap>>,
 }
 
@@ -368,9 +390,13 @@ impl Figure for Heatmap {
 
 /// A scatter plot of (x, y) points.
 pub struct Scatter {
+    /// Title.
     pub title: String,
+    /// x-axis label.
     pub x_label: String,
+    /// y-axis label.
     pub y_label: String,
+    /// The points.
     pub points: Vec<(f64, f64)>,
 }
 
@@ -414,6 +440,7 @@ impl Figure for Scatter {
 
 /// One head of a [`HeadPairs`] gallery.
 pub struct HeadPairRow {
+    /// Row label (the head).
     pub label: String,
     /// Caption token × token attention, `labels.len()²`, row-major (rows = queries).
     pub text: Vec<f32>,
@@ -425,10 +452,15 @@ pub struct HeadPairRow {
 /// and the image overlay of the same (slot, head). Drawn with rectangles only (the image at
 /// 32 px), so the SVG stays small.
 pub struct HeadPairs<'a> {
+    /// Title.
     pub title: String,
+    /// The image.
     pub base: &'a RgbImage,
+    /// Patch grid side.
     pub grid: usize,
+    /// Token labels.
     pub labels: Vec<String>,
+    /// One row per head.
     pub rows: Vec<HeadPairRow>,
 }
 

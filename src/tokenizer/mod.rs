@@ -37,7 +37,9 @@ static VOCAB_GZ: &[u8] = include_bytes!("../../assets/bpe_simple_vocab_16e6.txt.
 /// tokens fall past the truncation point have an empty or partial `positions`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct WordTokens {
+    /// The word.
     pub word: String,
+    /// Positions of its tokens in the id sequence.
     pub positions: Vec<usize>,
 }
 
@@ -177,10 +179,12 @@ impl Tokenizer {
         self
     }
 
+    /// The context length.
     pub fn context_length(&self) -> usize {
         self.context_length
     }
 
+    /// The truncation rule.
     pub fn truncation(&self) -> Truncation {
         self.truncation
     }

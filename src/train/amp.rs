@@ -41,6 +41,7 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// `fp32`, `amp` (= `amp-fp16`) or `amp-bf16`.
     pub fn parse(s: &str) -> Result<Precision> {
         match s {
             "fp32" => Ok(Precision::Fp32),

@@ -38,8 +38,10 @@ pub struct TrainConfig {
     /// convention) or WebDataset tar shards (`dir/shard-{000..009}.tar`, comma-separated).
     #[serde(default)]
     pub data: Option<String>,
+    /// The manifest's image column.
     #[serde(default = "default_img_key")]
     pub csv_img_key: String,
+    /// The manifest's caption column.
     #[serde(default = "default_caption_key")]
     pub csv_caption_key: String,
     /// Random-resized-crop area range `[lo, hi]`; None = resize + centre crop only.
@@ -48,6 +50,7 @@ pub struct TrainConfig {
     /// Loader threads and batches queued per thread.
     #[serde(default = "default_workers")]
     pub workers: usize,
+    /// Batches queued per loader thread.
     #[serde(default = "default_workers")]
     pub prefetch: usize,
     /// Stop at the first unreadable image instead of skipping it.
@@ -56,19 +59,29 @@ pub struct TrainConfig {
     /// Split each batch into this many micro-batches with the same gradient as one big batch.
     #[serde(default = "default_accum")]
     pub accum_freq: usize,
+    /// Optimizer steps of the schedule.
     pub steps: i64,
+    /// Pairs per step.
     pub batch_size: usize,
+    /// Peak learning rate.
     pub lr: f64,
+    /// Final learning rate of the cosine schedule.
     pub min_lr: f64,
+    /// Linear warm-up steps.
     pub warmup_steps: i64,
     /// Clip the global gradient norm (0 = off).
     pub grad_clip: f64,
+    /// Seed of the initialisation, data order and augmentation.
     pub seed: u64,
+    /// Save every N steps (0 = only at the end).
     pub save_every: i64,
+    /// Checkpoints kept.
     pub keep: usize,
+    /// Evaluate every N steps (0 = never).
     pub eval_every: i64,
     /// Held-out images for zero-shot and pairs for retrieval at each evaluation.
     pub eval_items: usize,
+    /// AdamW settings.
     #[serde(default)]
     pub optimizer: AdamWConfig,
     /// `fp32`; `amp` (= `amp-fp16`): CUDA autocast (fp16 matmuls, fp32 master weights) with a
@@ -145,6 +158,7 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Reads a training config TOML (validated by [`TrainConfig::validate`] when training).
     pub fn from_toml_file(path: &Path) -> Result<TrainConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         toml::from_str(&text).map_err(|e| Error::Parse { path: path.to_path_buf(), message: e.to_string() })
@@ -232,14 +246,23 @@ impl TrainConfig {
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepMetrics {
+    /// Steps completed.
     pub step: i64,
+    /// Epoch of the step's first item.
     pub epoch: u64,
+    /// The contrastive loss.
     pub loss: f64,
+    /// The learning rate used.
     pub lr: f64,
+    /// exp(logit_scale) after the step.
     pub logit_scale: f64,
+    /// Global gradient norm before clipping.
     pub grad_norm: f64,
+    /// Throughput of the step.
     pub samples_per_s: f64,
+    /// Share of the step spent waiting for data.
     pub data_wait_frac: f64,
+    /// The evaluation after this step, if one ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval: Option<EvalResult>,
 }
@@ -262,10 +285,12 @@ pub enum Resume {
 /// How [`train`] treats the run directory and where it runs.
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
+    /// Where to start from.
     pub resume: Resume,
     /// Start fresh even though the run directory holds an earlier run's `metrics.jsonl` or
     /// checkpoints: they are deleted first.
     pub force: bool,
+    /// The device to train on.
     pub device: Device,
     /// Print a status line with an ETA every 10 steps on stderr.
     pub progress: bool,
@@ -276,6 +301,7 @@ impl TrainOptions {
     pub fn fresh() -> TrainOptions {
         TrainOptions { resume: Resume::No, force: false, device: Device::Cpu, progress: false }
     }
+    /// A CPU run resuming per `resume`.
     pub fn resume(resume: Resume) -> TrainOptions {
         TrainOptions { resume, ..TrainOptions::fresh() }
     }
@@ -297,8 +323,11 @@ fn earlier_outputs(run_dir: &Path) -> Vec<String> {
 /// Outcome of [`train`].
 #[derive(Debug)]
 pub struct TrainOutcome {
+    /// The last step trained.
     pub final_step: i64,
+    /// The last checkpoint written.
     pub last_checkpoint: Option<PathBuf>,
+    /// The last evaluation.
     pub last_eval: Option<EvalResult>,
 }
 

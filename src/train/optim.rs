@@ -17,11 +17,15 @@ use tch::{nn, Kind, Tensor};
 
 use crate::error::{Error, Result};
 
+/// AdamW's hyper-parameters (the learning rate comes per step).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdamWConfig {
+    /// β₁.
     pub beta1: f64,
+    /// β₂.
     pub beta2: f64,
+    /// ε.
     pub eps: f64,
     /// Weight decay of modality-specific parameters (official 0.05).
     pub weight_decay: f64,
@@ -65,7 +69,9 @@ impl Default for AdamWConfig {
 /// Which group a parameter falls in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Group {
+    /// Weight decay applies.
     pub decay: bool,
+    /// A shared parameter.
     pub shared: bool,
 }
 
@@ -91,12 +97,14 @@ struct Slot {
     group: Group,
 }
 
+/// AdamW over every trainable variable of a VarStore, with savable state.
 pub struct AdamW {
+    /// Its hyper-parameters.
     pub config: AdamWConfig,
     slots: Vec<Slot>,
     /// Number of updates applied.
     pub step: i64,
-    /// Use the single-pass update ([`fused`]) on contiguous CPU fp32 tensors (default); the
+    /// Use the single-pass update (module `fused`) on contiguous CPU fp32 tensors (default); the
     /// tensor-op path is used elsewhere (CUDA) and when this is off.
     pub fused: bool,
 }
@@ -115,6 +123,7 @@ impl AdamW {
         AdamW { config, slots, step: 0, fused: true }
     }
 
+    /// Clears every gradient.
     pub fn zero_grad(&mut self) {
         for s in &mut self.slots {
             s.param.zero_grad();
