@@ -160,7 +160,7 @@ pub fn run(model: &LoadedModel, opts: &ProbeOptions) -> Result<ProbeOutput> {
             for chunk in images.split(256, 0) {
                 parts.push(match opts.feature {
                     Feature::Post => m.encode_image(&chunk)?,
-                    Feature::Pre => m.vision.forward_features(&chunk, &Capture::none(), &mut ActivationCache::new(), false),
+                    Feature::Pre => m.vision.forward_features(&chunk, &Capture::none(), &mut ActivationCache::new(), false)?,
                 });
             }
             Ok(Tensor::cat(&parts, 0))

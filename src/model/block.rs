@@ -17,6 +17,7 @@ use super::capture::{ActivationCache, Capture, Modality, Site};
 use super::config::{Activation, ModelConfig, SharedSite};
 use super::init::{Init, NORMAL_02};
 use super::layers::{activate, LayerNorm, Linear};
+use crate::error::Result;
 
 /// Parameters of one site, owned by either a tower or the shared path.
 enum SiteParams {
@@ -139,11 +140,16 @@ pub struct SharedBlock {
     pub slot: usize,
 }
 
-fn record(cache: &mut ActivationCache, capture: &Capture, m: Modality, slot: usize, site: Site, t: &Tensor) {
-    if capture.wants(slot, site) {
-        let t = if capture.detach { t.detach() } else { t.shallow_clone() };
-        cache.insert(m, slot, site, t);
+/// The site's tensor after the hooks there (checked against its shape first), recorded if
+/// asked: [`Capture::visit`] with the shape check that turns a bad hook into an error.
+pub(crate) fn visit(capture: &Capture, cache: &mut ActivationCache, m: Modality, slot: usize, site: Site, x: Tensor) -> Result<Tensor> {
+    if capture.edits(m, slot, site) {
+        let size = x.size();
+        for h in capture.hooks.iter().filter(|h| h.modality == m && h.slot == slot && h.site == site) {
+            h.check(&size)?;
+        }
     }
+    Ok(capture.visit(cache, m, slot, site, x))
 }
 
 /// Additive causal mask `[L, L]`: 0 on and below the diagonal, −∞ above.
@@ -152,39 +158,49 @@ pub fn causal_mask(len: i64, device: tch::Device) -> Tensor {
 }
 
 impl SharedBlock {
-    /// Multi-head attention on `x: [B, L, D]` (already layer-normed).
-    pub fn attention(&self, x: &Tensor, capture: &Capture, cache: &mut ActivationCache) -> Tensor {
-        let (b, l, d) = x.size3().expect("attention input is [B, L, D]");
+    /// Multi-head attention on `x: [B, L, D]` (already layer-normed), with the per-head sites
+    /// `q`, `k`, `v`, `z` and, on the explicit path, `attn_logits` and `attn_probs`.
+    pub fn attention(&self, x: &Tensor, capture: &Capture, cache: &mut ActivationCache) -> Result<Tensor> {
+        let (m, slot) = (self.modality, self.slot);
+        let (b, l, d) = x.size3().map_err(crate::Error::Torch)?;
         let hd = d / self.heads;
         let qkv = self.attn_in.forward(x).view([b, l, 3, self.heads, hd]).permute([2, 0, 3, 1, 4]);
-        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        let q = visit(capture, cache, m, slot, Site::Q, qkv.get(0))?;
+        let k = visit(capture, cache, m, slot, Site::K, qkv.get(1))?;
+        let v = visit(capture, cache, m, slot, Site::V, qkv.get(2))?;
         let scale = (hd as f64).powf(-0.5);
-        let out = if capture.needs_explicit_attention(self.slot) {
-            let logits = (q * scale).matmul(&k.transpose(-2, -1));
-            record(cache, capture, self.modality, self.slot, Site::AttnLogits, &logits);
+        let z = if capture.needs_explicit_attention(m, slot) {
+            let logits = visit(capture, cache, m, slot, Site::AttnLogits, (q * scale).matmul(&k.transpose(-2, -1)))?;
             let masked = if self.causal { &logits + causal_mask(l, x.device()).to_kind(logits.kind()) } else { logits };
-            let probs = masked.softmax(-1, masked.kind());
-            record(cache, capture, self.modality, self.slot, Site::AttnProbs, &probs);
+            let probs = visit(capture, cache, m, slot, Site::AttnProbs, masked.softmax(-1, masked.kind()))?;
             probs.matmul(&v)
         } else {
             Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, self.causal, scale, false)
         };
-        self.attn_out.forward(&out.transpose(1, 2).reshape([b, l, d]))
+        let z = visit(capture, cache, m, slot, Site::Z, z)?;
+        Ok(self.attn_out.forward(&z.transpose(1, 2).reshape([b, l, d])))
     }
 
-    /// Block forward on the residual stream `x: [B, L, D]`.
-    pub fn forward(&self, x: &Tensor, capture: &Capture, cache: &mut ActivationCache) -> Tensor {
+    /// Block forward on the residual stream `x: [B, L, D]`, visiting `resid_in`, `ln1`, the
+    /// attention sites, `attn_out`, `ln2`, `mlp_hidden`, `mlp_out` and `resid`.
+    pub fn forward(&self, x: &Tensor, capture: &Capture, cache: &mut ActivationCache) -> Result<Tensor> {
         let (m, s) = (self.modality, self.slot);
-        let h = self.ln1.forward(x);
-        record(cache, capture, m, s, Site::Ln1, &h);
-        let a = self.attention(&h, capture, cache);
-        record(cache, capture, m, s, Site::AttnOut, &a);
+        let x = visit(capture, cache, m, s, Site::ResidIn, x.shallow_clone())?;
+        let h = visit(capture, cache, m, s, Site::Ln1, self.ln1.forward(&x))?;
+        let a = self.attention(&h, capture, cache)?;
+        let a = visit(capture, cache, m, s, Site::AttnOut, a)?;
         let x = x + a;
-        let h = self.ln2.forward(&x);
-        record(cache, capture, m, s, Site::Ln2, &h);
-        let x = &x + self.mlp(&h);
-        record(cache, capture, m, s, Site::Resid, &x);
-        x
+        let h = visit(capture, cache, m, s, Site::Ln2, self.ln2.forward(&x))?;
+        let mlp = if capture.touches(m, s, Site::MlpHidden) {
+            // The textbook form, so the hidden site holds act(W1·h + b1).
+            let hidden = visit(capture, cache, m, s, Site::MlpHidden, activate(&self.fc1.forward(&h), self.activation))?;
+            self.fc2.forward(&hidden)
+        } else {
+            self.mlp(&h)
+        };
+        let mlp = visit(capture, cache, m, s, Site::MlpOut, mlp)?;
+        let x = &x + mlp;
+        visit(capture, cache, m, s, Site::Resid, x)
     }
 
     /// The FFN `W2·act(W1·h + b1) + b2`. QuickGELU is computed as
@@ -207,9 +223,9 @@ impl SharedBlock {
 
     /// Whether [`SharedBlock::forward_pooled`] may give this slot's output: it may unless
     /// attention probabilities or logits are recorded here (they need the explicit softmax
-    /// over every query row).
+    /// over every query row) or a hook edits anything here.
     pub fn can_pool_early(&self, capture: &Capture) -> bool {
-        !capture.needs_explicit_attention(self.slot)
+        !capture.needs_explicit_attention(self.modality, self.slot) && !capture.edits_slot(self.modality, self.slot)
     }
 
     /// Whether anything is recorded at this slot.
@@ -222,16 +238,16 @@ impl SharedBlock {
     /// recording nothing computes; sites recorded here (LN outputs, attention output,
     /// residual) come from one extra full forward whose output is discarded. With attention
     /// recorded here, the full explicit forward gives both.
-    pub fn forward_last(&self, x: &Tensor, rows: &Tensor, capture: &Capture, cache: &mut ActivationCache) -> Tensor {
+    pub fn forward_last(&self, x: &Tensor, rows: &Tensor, capture: &Capture, cache: &mut ActivationCache) -> Result<Tensor> {
         if self.can_pool_early(capture) {
             if self.records(capture) {
-                let _ = self.forward(x, capture, cache);
+                let _ = self.forward(x, capture, cache)?;
             }
-            return self.forward_pooled(x, rows);
+            return Ok(self.forward_pooled(x, rows));
         }
-        let (b, _, d) = x.size3().expect("block input is [B, L, D]");
-        let y = self.forward(x, capture, cache);
-        y.gather(1, &rows.view([b, 1, 1]).expand([b, 1, d], true), false).squeeze_dim(1)
+        let (b, _, d) = x.size3().map_err(crate::Error::Torch)?;
+        let y = self.forward(x, capture, cache)?;
+        Ok(y.gather(1, &rows.view([b, 1, 1]).expand([b, 1, d], true), false).squeeze_dim(1))
     }
 
     /// The block's output at one row per item, `[B, D]`, where `rows: [B]` (int64) names the

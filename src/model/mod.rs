@@ -10,6 +10,6 @@ pub mod parallel;
 pub mod stem;
 pub mod towers;
 
-pub use capture::{ActivationCache, Capture, Modality, Site};
+pub use capture::{ActivationCache, Capture, Edit, Hook, Modality, Site};
 pub use config::{ModelConfig, SharedSite, StemKind};
 pub use msclip::{ForwardOutput, MsClip, ParamCount};

@@ -99,7 +99,8 @@ impl MsClip {
     ) -> Result<Tensor> {
         self.vision.check_input(images)?;
         self.check_device("image", images)?;
-        let pooled = self.vision.forward_features(images, capture, cache, train);
+        capture.check_hooks(&self.config)?;
+        let pooled = self.vision.forward_features(images, capture, cache, train)?;
         Ok(l2_normalize(&self.vision.project(&pooled)))
     }
 
@@ -107,7 +108,8 @@ impl MsClip {
     pub fn encode_text_with(&self, tokens: &Tensor, capture: &Capture, cache: &mut ActivationCache) -> Result<Tensor> {
         self.text.check_input(tokens)?;
         self.check_device("token", tokens)?;
-        let pooled = self.text.forward_features(tokens, capture, cache);
+        capture.check_hooks(&self.config)?;
+        let pooled = self.text.forward_features(tokens, capture, cache)?;
         Ok(l2_normalize(&self.text.project(&pooled)))
     }
 

@@ -3,7 +3,7 @@
 
 use tch::{nn, Kind, Tensor};
 
-use super::block::{SharedBlock, SiteRegistry};
+use super::block::{visit, SharedBlock, SiteRegistry};
 use super::capture::{ActivationCache, Capture, Modality, Site};
 use super::config::{ModelConfig, StemKind};
 use super::init::{self, Init, NORMAL_02};
@@ -82,35 +82,74 @@ impl VisionTower {
         Ok(())
     }
 
-    /// Pre-projection pooled feature (`ln_post` of CLS) `[B, W]`; fills `cache`.
-    pub fn forward_features(&self, images: &Tensor, capture: &Capture, cache: &mut ActivationCache, train: bool) -> Tensor {
+    /// The token stream entering the first block `[B, 1 + grid², W]`: stem → `[CLS; tokens]`
+    /// + positions → `ln_pre` (for MS-CLIP-S this is conv-stem slot 0's `resid` site).
+    pub fn embed(&self, images: &Tensor, capture: &Capture, cache: &mut ActivationCache, train: bool) -> Result<Tensor> {
         let feat = self.stem.forward(images, train); // [B, W, g, g]
         let (b, w) = (feat.size()[0], feat.size()[1]);
         let tokens = feat.flatten(2, 3).transpose(1, 2); // row-major: t = r·g + c
         let cls = self.class_embedding.to_kind(tokens.kind()).view([1, 1, w]).expand([b, 1, w], true);
-        let mut x = self.ln_pre.forward(&(Tensor::cat(&[cls, tokens], 1) + &self.positional_embedding));
-        if self.early_conv && capture.wants(0, Site::Resid) {
-            cache.insert(Modality::Vision, 0, Site::Resid, if capture.detach { x.detach() } else { x.shallow_clone() });
+        let x = self.ln_pre.forward(&(Tensor::cat(&[cls, tokens], 1) + &self.positional_embedding));
+        if self.early_conv {
+            return visit(capture, cache, Modality::Vision, 0, Site::Resid, x);
         }
-        let mut branch: Option<Tensor> = None;
-        let last = self.blocks.iter().rposition(|b| b.is_some());
-        for (slot, block) in self.blocks.iter().enumerate() {
+        Ok(x)
+    }
+
+    /// The parallel branch's stage outputs for `images` (one per adapter; empty without a
+    /// branch). They depend on the image alone.
+    pub fn branch(&self, images: &Tensor, train: bool) -> Vec<Tensor> {
+        let Some(pb) = &self.parallel else { return vec![] };
+        let mut tops: Vec<Tensor> = Vec::with_capacity(pb.adapters.len());
+        for k in 0..pb.adapters.len() {
+            let top = pb.stage(k, tops.last().unwrap_or(images), train);
+            tops.push(top);
+        }
+        tops
+    }
+
+    /// The first slot with a block.
+    pub fn first_slot(&self) -> usize {
+        self.blocks.iter().position(|b| b.is_some()).expect("a vision tower has a block")
+    }
+
+    /// Runs the slots from `first` on `x`, the stream entering slot `first` (before its
+    /// adapter, if any), with the branch outputs `tops` ([`VisionTower::branch`]); returns the
+    /// pooled CLS before `ln_post` `[B, W]` (the `pooled` site, keyed by the last slot).
+    pub fn run_from(&self, first: usize, x: &Tensor, tops: &[Tensor], capture: &Capture, cache: &mut ActivationCache, train: bool) -> Result<Tensor> {
+        let b = x.size()[0];
+        let mut x = x.shallow_clone();
+        let last = self.blocks.iter().rposition(|b| b.is_some()).expect("a vision tower has a block");
+        for (slot, block) in self.blocks.iter().enumerate().skip(first) {
             let Some(block) = block else { continue };
             if let Some(pb) = &self.parallel {
                 if let Some(k) = pb.adapter_slots.iter().position(|&s| s == slot) {
-                    let top = pb.stage(k, branch.as_ref().unwrap_or(images), train);
-                    x = pb.adapters[k].forward(&top, &x, self.grid, train);
-                    branch = Some(top);
+                    x = pb.adapters[k].forward(&tops[k], &x, self.grid, train);
+                    x = visit(capture, cache, Modality::Vision, slot, Site::Adapter, x)?;
                 }
             }
-            if Some(slot) == last {
+            if slot == last {
                 // Only CLS leaves the tower: the last block computes that row alone.
                 let cls = Tensor::zeros([b], (Kind::Int64, x.device()));
-                return self.ln_post.forward(&block.forward_last(&x, &cls, capture, cache));
+                let pooled = block.forward_last(&x, &cls, capture, cache)?;
+                return visit(capture, cache, Modality::Vision, last, Site::Pooled, pooled);
             }
-            x = block.forward(&x, capture, cache);
+            x = block.forward(&x, capture, cache)?;
         }
-        self.ln_post.forward(&x.select(1, 0))
+        Err(Error::Invalid(format!("vision tower: no block at or after slot {first}")))
+    }
+
+    /// Pre-projection pooled feature (`ln_post` of CLS) `[B, W]`; fills `cache`.
+    pub fn forward_features(&self, images: &Tensor, capture: &Capture, cache: &mut ActivationCache, train: bool) -> Result<Tensor> {
+        let x = self.embed(images, capture, cache, train)?;
+        let tops = self.branch(images, train);
+        let pooled = self.run_from(self.first_slot(), &x, &tops, capture, cache, train)?;
+        Ok(self.ln_post.forward(&pooled))
+    }
+
+    /// The final LayerNorm (`ln_post`).
+    pub fn ln_post(&self) -> &LayerNorm {
+        &self.ln_post
     }
 
     /// `pooled · proj`.
@@ -189,22 +228,39 @@ impl TextTower {
         first_eot.where_self(&is_eot.any_dim(-1, false), &tokens.argmax(-1, false))
     }
 
-    /// Pre-projection pooled feature `[B, W]`; fills `cache`.
-    pub fn forward_features(&self, tokens: &Tensor, capture: &Capture, cache: &mut ActivationCache) -> Tensor {
+    /// Token + positional embeddings `[B, L, W]` (the stream entering slot 0).
+    pub fn embed(&self, tokens: &Tensor) -> Tensor {
         let len = tokens.size()[1];
-        let mut x = Tensor::embedding(&self.token_embedding, tokens, -1, false, false)
-            + self.positional_embedding.narrow(0, 0, len);
-        let idx = Self::pooled_positions(tokens);
-        let b = tokens.size()[0];
-        for (i, block) in self.blocks.iter().enumerate() {
-            if i + 1 == self.blocks.len() {
+        Tensor::embedding(&self.token_embedding, tokens, -1, false, false) + self.positional_embedding.narrow(0, 0, len)
+    }
+
+    /// Runs the slots from `first` on `x`, the stream entering slot `first`; `rows` are the
+    /// pooled positions ([`TextTower::pooled_positions`]). Returns the pooled token before
+    /// `ln_final` `[B, W]` (the `pooled` site, keyed by the last slot).
+    pub fn run_from(&self, first: usize, x: &Tensor, rows: &Tensor, capture: &Capture, cache: &mut ActivationCache) -> Result<Tensor> {
+        let mut x = x.shallow_clone();
+        let last = self.blocks.len() - 1;
+        for (i, block) in self.blocks.iter().enumerate().skip(first) {
+            if i == last {
                 // Only the EOT row leaves the tower: the last block computes that row alone.
-                return self.ln_final.forward(&block.forward_last(&x, &idx, capture, cache));
+                let pooled = block.forward_last(&x, rows, capture, cache)?;
+                return visit(capture, cache, Modality::Text, last, Site::Pooled, pooled);
             }
-            x = block.forward(&x, capture, cache);
+            x = block.forward(&x, capture, cache)?;
         }
-        let pooled = x.gather(1, &idx.view([b, 1, 1]).expand([b, 1, x.size()[2]], true), false).squeeze_dim(1);
-        self.ln_final.forward(&pooled)
+        Err(Error::Invalid(format!("text tower: no block at or after slot {first}")))
+    }
+
+    /// Pre-projection pooled feature `[B, W]`; fills `cache`.
+    pub fn forward_features(&self, tokens: &Tensor, capture: &Capture, cache: &mut ActivationCache) -> Result<Tensor> {
+        let rows = Self::pooled_positions(tokens);
+        let pooled = self.run_from(0, &self.embed(tokens), &rows, capture, cache)?;
+        Ok(self.ln_final.forward(&pooled))
+    }
+
+    /// The final LayerNorm (`ln_final`).
+    pub fn ln_final(&self) -> &LayerNorm {
+        &self.ln_final
     }
 
     /// `pooled · projection`.
