@@ -57,6 +57,7 @@
 #![warn(missing_docs)]
 
 pub mod analysis;
+pub mod causal;
 pub mod checkpoint;
 pub mod cli;
 pub mod commands;

@@ -69,6 +69,13 @@ fn inside(shape: &str, dx: f64, dy: f64) -> bool {
 
 /// Renders one scene of `n_objects` (1..=3) objects on a textured background.
 pub fn render(size: u32, n_objects: usize, rng: &mut Rng) -> Scene {
+    render_with(size, n_objects, rng, None)
+}
+
+/// [`render`], with object `recolor.0` drawn in colour `COLORS[recolor.1]` instead of the one
+/// drawn for it (every random draw is still made, so the rest of the scene is the same; the
+/// caption names the new colour).
+pub fn render_with(size: u32, n_objects: usize, rng: &mut Rng, recolor: Option<(usize, usize)>) -> Scene {
     let s = size as usize;
     let mut px = vec![0u8; s * s * 3];
     // Background: a soft two-colour gradient with stripes, never close to object colours.
@@ -91,7 +98,11 @@ pub fn render(size: u32, n_objects: usize, rng: &mut Rng) -> Scene {
     while objects.len() < n && tries < 200 {
         tries += 1;
         let shape = SHAPES[rng.below(SHAPES.len() as u64) as usize];
-        let (color, rgb) = COLORS[rng.below(COLORS.len() as u64) as usize];
+        let drawn = rng.below(COLORS.len() as u64) as usize;
+        let (color, rgb) = match recolor {
+            Some((o, c)) if o == objects.len() => COLORS[c % COLORS.len()],
+            _ => COLORS[drawn],
+        };
         let large = rng.below(2) == 1;
         let frac = if large { 0.42 + 0.08 * rng.unit() } else { 0.28 + 0.06 * rng.unit() };
         let side = ((size as f64) * frac).round().max(4.0) as u32;
@@ -169,6 +180,11 @@ fn center(o: &Object) -> (f64, f64) {
 
 /// Scene `index` of the world with `seed`: its own stream, so any subset renders identically.
 pub fn scene(seed: u64, index: u64, size: u32) -> Scene {
+    scene_with(seed, index, size, None)
+}
+
+/// [`scene`] with one object recoloured (see [`render_with`]).
+pub fn scene_with(seed: u64, index: u64, size: u32, recolor: Option<(usize, usize)>) -> Scene {
     let mut rng = Rng::new(seed.wrapping_mul(0x100_0000_01B3) ^ index.wrapping_mul(0x9E37_79B9));
     // Half the scenes hold one object, a third two, a sixth three.
     let n = match rng.below(6) {
@@ -176,5 +192,5 @@ pub fn scene(seed: u64, index: u64, size: u32) -> Scene {
         3 | 4 => 2,
         _ => 3,
     };
-    render(size, n, &mut rng)
+    render_with(size, n, &mut rng, recolor)
 }

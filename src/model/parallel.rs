@@ -78,6 +78,11 @@ impl LateralAdapter {
         }
     }
 
+    /// The adapter's output LayerNorm (`ln_adapt`).
+    pub fn ln(&self) -> &LayerNorm {
+        &self.ln_adapt
+    }
+
     /// `top: [B, C_k, h_k, w_k]`, `x: [B, 1+grid², W]` → new `x`.
     pub fn forward(&self, top: &Tensor, x: &Tensor, grid: i64, train: bool) -> Tensor {
         let (b, l, d) = x.size3().expect("adapter input is [B, L, D]");

@@ -152,6 +152,11 @@ impl VisionTower {
         &self.ln_post
     }
 
+    /// The LayerNorm of lateral adapter `k` (MS-CLIP-S), if there is one.
+    pub fn adapter_ln(&self, k: usize) -> Option<&LayerNorm> {
+        self.parallel.as_ref().and_then(|p| p.adapters.get(k)).map(|a| a.ln())
+    }
+
     /// `pooled · proj`.
     pub fn project(&self, pooled: &Tensor) -> Tensor {
         pooled.matmul(&self.proj.to_kind(pooled.kind()))

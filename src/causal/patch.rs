@@ -1,0 +1,265 @@
+//! Activation patching on minimal pairs of the synthetic world.
+//!
+//! - Text: the same image with a clean caption and a corrupted one that differs in one
+//!   attribute word (colour, shape or size of a single object; or the horizontal relation of
+//!   two), so the two tokenize to the same length and the changed position is known.
+//! - Vision: two renderings of the same scene that differ in one object's colour, with the
+//!   clean scene's caption.
+//!
+//! The logit is `L = exp(t)·cos(image, text)`. The clean activation at one (slot, token
+//! position) of the residual stream entering the slot — or one head's output `z` — is patched
+//! into the corrupted run, and the fraction of the clean − corrupted logit difference it
+//! recovers is `Σ_pairs (L_patched − L_corrupt) / Σ_pairs (L_clean − L_corrupt)` (1 = fully
+//! recovered, 0 = nothing).
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use super::sweep::Prefix;
+use crate::data::image::to_tensor;
+use crate::data::synth::{self, COLORS, SHAPES, SIZES};
+use crate::data::synthetic_set::EVAL_SEED_OFFSET;
+use crate::error::{Error, Result};
+use crate::model::{ActivationCache, Capture, Edit, Hook, Modality, MsClip, Site};
+use crate::tokenizer::Tokenizer;
+
+/// The attribute a text minimal pair changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Attribute {
+    /// The object's colour.
+    Colour,
+    /// The object's shape.
+    Shape,
+    /// The object's size.
+    Size,
+    /// `left of` ↔ `right of` between two objects.
+    Relation,
+}
+
+impl Attribute {
+    /// The role of each token of the pairs' caption template, SOT..=EOT (heatmap labels).
+    pub fn template(self) -> Vec<&'static str> {
+        match self {
+            Attribute::Relation => vec!["<sot>", "a", "size", "colour", "shape", "relation", "of", "a", "size", "colour", "shape", "<eot>"],
+            _ => vec!["<sot>", "a", "size", "colour", "shape", "<eot>"],
+        }
+    }
+    /// The word index (in the caption) that changes.
+    fn word(self) -> usize {
+        match self {
+            Attribute::Size => 1,
+            Attribute::Colour => 2,
+            Attribute::Shape => 3,
+            Attribute::Relation => 4,
+        }
+    }
+}
+
+/// A clean and a corrupted input of the same scene.
+#[derive(Debug, Clone, Serialize)]
+pub struct MinimalPair {
+    /// Scene index in the held-out world.
+    pub index: usize,
+    /// The clean caption.
+    pub clean: String,
+    /// The corrupted caption (the clean one for vision pairs).
+    pub corrupt: String,
+    /// For vision pairs, the colour the object is redrawn in.
+    pub recolor: Option<String>,
+}
+
+/// `n` text minimal pairs of the held-out world `seed` changing `attr`; scenes whose caption
+/// does not follow the attribute's template are skipped. Every pair is checked to tokenize to
+/// the same length as its partner and the template, differing only at the changed word.
+pub fn text_pairs(seed: u64, n: usize, size: u32, attr: Attribute, tok: &Tokenizer) -> Result<Vec<MinimalPair>> {
+    let world = seed ^ EVAL_SEED_OFFSET;
+    let mut pairs = vec![];
+    let want_objects = if attr == Attribute::Relation { 2 } else { 1 };
+    for index in 0..n * 60 {
+        if pairs.len() == n {
+            break;
+        }
+        let sc = synth::scene(world, index as u64, size);
+        let words: Vec<&str> = sc.caption.split(' ').collect();
+        if sc.objects.len() != want_objects || (attr == Attribute::Relation && !matches!(words.get(4), Some(&"left") | Some(&"right"))) {
+            continue;
+        }
+        let w = attr.word();
+        let options: Vec<&str> = match attr {
+            Attribute::Colour => COLORS.iter().map(|c| c.0).collect(),
+            Attribute::Shape => SHAPES.to_vec(),
+            Attribute::Size => SIZES.to_vec(),
+            Attribute::Relation => vec!["left", "right"],
+        };
+        let at = options.iter().position(|o| *o == words[w]).ok_or_else(|| Error::Invalid(format!("scene {index}: caption {:?} has no {attr:?} word at {w}", sc.caption)))?;
+        // A deterministic other value (the next one, cycling).
+        let other = options[(at + 1 + index % (options.len() - 1)) % options.len()];
+        let mut cw = words.clone();
+        cw[w] = other;
+        pairs.push(MinimalPair { index, clean: sc.caption.clone(), corrupt: cw.join(" "), recolor: None });
+    }
+    if pairs.len() < n {
+        return Err(Error::Invalid(format!("only {} of {n} scenes of the world follow the {attr:?} template", pairs.len())));
+    }
+    let len = attr.template().len();
+    for p in &pairs {
+        let (a, b) = (tok.tokenize(&p.clean), tok.tokenize(&p.corrupt));
+        let differ: Vec<usize> = a.ids.iter().zip(&b.ids).enumerate().filter(|(_, (x, y))| x != y).map(|(i, _)| i).collect();
+        if a.eot_position + 1 != len || b.eot_position + 1 != len || differ != [attr.word() + 1] {
+            return Err(Error::Invalid(format!(
+                "minimal pair {:?} / {:?} tokenizes to {} and {} tokens differing at {differ:?}; positions must align ({len} tokens, one changed)",
+                p.clean,
+                p.corrupt,
+                a.eot_position + 1,
+                b.eot_position + 1
+            )));
+        }
+    }
+    Ok(pairs)
+}
+
+/// `n` vision minimal pairs: single-object scenes of the held-out world, the object redrawn
+/// in another colour; the caption is the clean scene's.
+pub fn vision_pairs(seed: u64, n: usize, size: u32) -> Vec<(MinimalPair, usize)> {
+    let world = seed ^ EVAL_SEED_OFFSET;
+    let mut out = vec![];
+    let mut index = 0;
+    while out.len() < n && index < n * 60 {
+        let sc = synth::scene(world, index as u64, size);
+        if sc.objects.len() == 1 {
+            let at = COLORS.iter().position(|c| c.0 == sc.objects[0].color).expect("a known colour");
+            let other = (at + 1 + index % (COLORS.len() - 1)) % COLORS.len();
+            out.push((MinimalPair { index, clean: sc.caption.clone(), corrupt: sc.caption.clone(), recolor: Some(COLORS[other].0.into()) }, other));
+        }
+        index += 1;
+    }
+    out
+}
+
+/// Recovered fractions of one patching run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PatchResult {
+    /// `text` or `vision`.
+    pub tower: String,
+    /// The attribute changed (text) or `colour` (vision).
+    pub attribute: String,
+    /// The slots, rows of the tables.
+    pub slots: Vec<usize>,
+    /// Token labels of the positions (text: template roles; vision: `cls`, `r{r}c{c}`).
+    pub positions: Vec<String>,
+    /// `[slot][position]`: recovered fraction when the residual stream entering the slot is
+    /// patched at that position.
+    pub resid: Vec<Vec<f64>>,
+    /// `[slot][head]`: recovered fraction when the head's output is patched.
+    pub heads: Vec<Vec<f64>>,
+    /// Mean clean logit.
+    pub clean_logit: f64,
+    /// Mean corrupted logit.
+    pub corrupt_logit: f64,
+    /// The pairs.
+    pub pairs: Vec<MinimalPair>,
+}
+
+/// The logit of matching rows: `exp(t)·⟨a_i, b_i⟩`.
+fn logits(model: &MsClip, a: &Tensor, b: &Tensor) -> Tensor {
+    (a * b).sum_dim_intlist(&[-1i64][..], false, Kind::Double) * model.logit_scale.exp().double_value(&[])
+}
+
+fn recovered(model: &MsClip, patched: &Tensor, other: &Tensor, lc: &Tensor, lx: &Tensor) -> f64 {
+    let lp = logits(model, patched, other);
+    (lp - lx).sum(Kind::Double).double_value(&[]) / (lc - lx).sum(Kind::Double).double_value(&[])
+}
+
+/// Patches the clean caption's activations into the corrupted caption's run, per (slot,
+/// position) of the residual stream entering the slot and per (slot, head) output.
+pub fn patch_text(model: &MsClip, seed: u64, n: usize, attr: Attribute) -> Result<PatchResult> {
+    let cfg = &model.config;
+    let size = cfg.vision.image_size as u32;
+    let tok = Tokenizer::new(cfg.text.context_length as usize);
+    let pairs = text_pairs(seed, n, size, attr, &tok)?;
+    let images: Vec<Tensor> = pairs
+        .iter()
+        .map(|p| {
+            let sc = synth::scene(seed ^ EVAL_SEED_OFFSET, p.index as u64, size);
+            to_tensor(&sc.pixels, size, size, cfg.preprocess.mean, cfg.preprocess.std)
+        })
+        .collect();
+    let img = tch::no_grad(|| model.encode_image(&Tensor::stack(&images, 0)))?;
+    let clean_tokens = tok.tokenize_batch(&pairs.iter().map(|p| p.clean.as_str()).collect::<Vec<_>>());
+    let corrupt_tokens = tok.tokenize_batch(&pairs.iter().map(|p| p.corrupt.as_str()).collect::<Vec<_>>());
+    let slots = cfg.text_attention_slots();
+    let mut cache = ActivationCache::new();
+    let clean = tch::no_grad(|| model.encode_text_with(&clean_tokens, &Capture::sites(&[Site::ResidIn, Site::Z]), &mut cache))?;
+    let corrupt = Prefix::text(model, &corrupt_tokens, 256)?;
+    let (lc, lx) = (logits(model, &clean, &img), logits(model, &corrupt.clean, &img));
+    let len = attr.template().len();
+    let (mut resid, mut heads) = (vec![], vec![]);
+    for &slot in &slots {
+        let src = cache.require(Modality::Text, slot, Site::ResidIn)?;
+        let edits: Vec<Vec<Hook>> = (0..len as i64).map(|t| vec![Hook::new(Modality::Text, slot, Site::ResidIn, Edit::Patch(src.shallow_clone())).positions(vec![t])]).collect();
+        resid.push(corrupt.run(model, slot, &edits)?.iter().map(|e| recovered(model, e, &img, &lc, &lx)).collect());
+        let z = cache.require(Modality::Text, slot, Site::Z)?;
+        let edits: Vec<Vec<Hook>> = (0..cfg.text.heads as usize).map(|h| vec![Hook::new(Modality::Text, slot, Site::Z, Edit::Patch(z.shallow_clone())).head(h)]).collect();
+        heads.push(corrupt.run(model, slot, &edits)?.iter().map(|e| recovered(model, e, &img, &lc, &lx)).collect());
+    }
+    Ok(PatchResult {
+        tower: "text".into(),
+        attribute: format!("{attr:?}").to_lowercase(),
+        slots,
+        positions: attr.template().iter().map(|s| s.to_string()).collect(),
+        resid,
+        heads,
+        clean_logit: lc.mean(Kind::Double).double_value(&[]),
+        corrupt_logit: lx.mean(Kind::Double).double_value(&[]),
+        pairs,
+    })
+}
+
+/// Patches the clean image's activations into the recoloured image's run, per (slot, token)
+/// of the residual stream entering the slot (CLS and every patch) and per (slot, head).
+pub fn patch_vision(model: &MsClip, seed: u64, n: usize) -> Result<PatchResult> {
+    let cfg = &model.config;
+    let size = cfg.vision.image_size as u32;
+    let tok = Tokenizer::new(cfg.text.context_length as usize);
+    let pairs = vision_pairs(seed, n, size);
+    if pairs.len() < n {
+        return Err(Error::Invalid(format!("only {} single-object scenes found for {n} vision pairs", pairs.len())));
+    }
+    let render = |p: &MinimalPair, recolor: Option<(usize, usize)>| {
+        let sc = synth::scene_with(seed ^ EVAL_SEED_OFFSET, p.index as u64, size, recolor);
+        to_tensor(&sc.pixels, size, size, cfg.preprocess.mean, cfg.preprocess.std)
+    };
+    let clean_images = Tensor::stack(&pairs.iter().map(|(p, _)| render(p, None)).collect::<Vec<_>>(), 0);
+    let corrupt_images = Tensor::stack(&pairs.iter().map(|(p, c)| render(p, Some((0, *c)))).collect::<Vec<_>>(), 0);
+    let txt = tch::no_grad(|| model.encode_text(&tok.tokenize_batch(&pairs.iter().map(|(p, _)| p.clean.as_str()).collect::<Vec<_>>())))?;
+    let mut cache = ActivationCache::new();
+    let clean = tch::no_grad(|| model.encode_image_with(&clean_images, &Capture::sites(&[Site::ResidIn, Site::Z]), &mut cache, false))?;
+    let corrupt = Prefix::vision(model, &corrupt_images, 256)?;
+    let (lc, lx) = (logits(model, &clean, &txt), logits(model, &corrupt.clean, &txt));
+    let slots = cfg.vision_attention_slots();
+    let g = cfg.grid();
+    let (mut resid, mut heads) = (vec![], vec![]);
+    for &slot in &slots {
+        // The stream entering the slot before its adapter is what the sweep starts from; the
+        // patch goes on `resid_in`, after the adapter, where the clean run recorded it.
+        let src = cache.require(Modality::Vision, slot, Site::ResidIn)?;
+        let edits: Vec<Vec<Hook>> = (0..1 + g * g).map(|t| vec![Hook::new(Modality::Vision, slot, Site::ResidIn, Edit::Patch(src.shallow_clone())).positions(vec![t])]).collect();
+        resid.push(corrupt.run(model, slot, &edits)?.iter().map(|e| recovered(model, e, &txt, &lc, &lx)).collect());
+        let z = cache.require(Modality::Vision, slot, Site::Z)?;
+        let edits: Vec<Vec<Hook>> = (0..cfg.vision.heads as usize).map(|h| vec![Hook::new(Modality::Vision, slot, Site::Z, Edit::Patch(z.shallow_clone())).head(h)]).collect();
+        heads.push(corrupt.run(model, slot, &edits)?.iter().map(|e| recovered(model, e, &txt, &lc, &lx)).collect());
+    }
+    let positions = std::iter::once("cls".to_string()).chain((0..g * g).map(|p| format!("r{}c{}", p / g, p % g))).collect();
+    Ok(PatchResult {
+        tower: "vision".into(),
+        attribute: "colour".into(),
+        slots,
+        positions,
+        resid,
+        heads,
+        clean_logit: lc.mean(Kind::Double).double_value(&[]),
+        corrupt_logit: lx.mean(Kind::Double).double_value(&[]),
+        pairs: pairs.into_iter().map(|(p, _)| p).collect(),
+    })
+}
