@@ -41,6 +41,35 @@ pub fn positive_float(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A progress line with an ETA on stderr, drawn only when stderr is a terminal.
+pub struct Progress {
+    label: String,
+    start: std::time::Instant,
+    terminal: bool,
+}
+
+impl Progress {
+    /// A progress line for `label`.
+    pub fn new(label: &str) -> Progress {
+        Progress { label: label.into(), start: std::time::Instant::now(), terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()) }
+    }
+
+    /// Reports `done` of `total` steps.
+    pub fn tick(&mut self, done: usize, total: usize) {
+        if !self.terminal || total == 0 {
+            return;
+        }
+        let el = self.start.elapsed().as_secs_f64();
+        let eta = if done > 0 { el / done as f64 * (total - done) as f64 } else { f64::NAN };
+        let width = 30;
+        let filled = width * done / total;
+        eprint!("\r{} [{}{}] {done}/{total} {el:.0}s eta {eta:.0}s ", self.label, "#".repeat(filled), " ".repeat(width - filled));
+        if done == total {
+            eprintln!();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

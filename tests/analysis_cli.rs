@@ -170,16 +170,20 @@ fn figures_regenerate_from_recipes() {
         ("curves", "training-curves", run_dir.display().to_string(), ""),
         ("probe", "probe-table", ck.clone(), "splits = [96, 48, 48]\nc = [1.0, 10.0]"),
         ("zsr", "zeroshot-retrieval", ck.clone(), "synthetic = 16"),
+        ("abl", "ablation", ck.clone(), "synthetic = 8"),
+        ("pat", "patching", ck.clone(), "synthetic = 4"),
+        ("dec", "decomposition", ck.clone(), "synthetic = 8"),
+        ("shh", "shared-heads", ck.clone(), "synthetic = 8"),
     ] {
         std::fs::write(recipes.join(format!("{name}.toml")), format!("analysis = \"{analysis}\"\ntitle = \"{name}\"\nruns = [\"{runs}\"]\n{extra}\n")).unwrap();
     }
     let out = dir.join("figures");
     let (code, _, err) = run(&["figures", "--recipes", recipes.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    for png in ["nmi/nmi_by_layer.png", "gap/gap_by_layer.png", "curves/modality_gap.png", "curves/zero_shot.png", "heads/micro-msclip-s/entropy_scatter.png", "heads/entropy_side_by_side.png", "heads/micro-msclip-s/gallery_slot5.png", "gallery/micro-msclip-s/attribution.png"] {
+    for png in ["abl/micro-msclip-s/importance_matched_cosine.png", "pat/micro-msclip-s/text_colour/resid.png", "pat/micro-msclip-s/vision_colour/resid_overlay.png", "dec/micro-msclip-s/mean_ablation.png", "dec/micro-msclip-s/both_sides.png", "nmi/nmi_by_layer.png", "gap/gap_by_layer.png", "curves/modality_gap.png", "curves/zero_shot.png", "heads/micro-msclip-s/entropy_scatter.png", "heads/entropy_side_by_side.png", "heads/micro-msclip-s/gallery_slot5.png", "gallery/micro-msclip-s/attribution.png"] {
         nontrivial_png(&out.join(png));
     }
-    for csv in ["nmi/nmi_by_layer.csv", "gap/gap_by_layer.csv", "comparison/comparison.csv", "curves/training_curves.csv", "probe/probe_table.csv", "zsr/zeroshot_retrieval.csv"] {
+    for csv in ["abl/importance_agreement.csv", "shh/shared_heads.csv", "abl/micro-msclip-s/heads.csv", "dec/micro-msclip-s/text_span.csv", "nmi/nmi_by_layer.csv", "gap/gap_by_layer.csv", "comparison/comparison.csv", "curves/training_curves.csv", "probe/probe_table.csv", "zsr/zeroshot_retrieval.csv"] {
         assert!(std::fs::read_to_string(out.join(csv)).unwrap().starts_with("# provenance: "), "{csv}");
     }
     // Probe table: both feature choices; retrieval: recall grows with k in both directions.

@@ -13,7 +13,7 @@ use crate::model::towers::TextTower;
 use crate::tensor::l2_normalize;
 
 /// Rows per forward when replicas run together (bounds memory).
-pub const MAX_ROWS: i64 = 1024;
+pub const MAX_ROWS: i64 = 512;
 
 /// The clean run of one tower on a fixed set of inputs.
 pub struct Prefix {

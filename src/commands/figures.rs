@@ -15,6 +15,9 @@
 //! | `probe-table` | `splits` ([2000, 500, 1000]), `c` ([0.01, 0.1, 1, 10, 100]) |
 //! | `heads-transfer` | `synthetic` (300), `seed` |
 //! | `attention-gallery` | `seed` |
+//! | `ablation` | `synthetic` (128 items), `seed` |
+//! | `patching` | `synthetic` (32 pairs), `seed` |
+//! | `decomposition`, `shared-heads` | `synthetic` (128 items), `seed` |
 
 use std::path::{Path, PathBuf};
 
@@ -64,7 +67,11 @@ pub struct Recipe {
 }
 
 /// The analyses and the optional fields each uses.
-const ANALYSES: [(&str, &[&str]); 8] = [
+const ANALYSES: [(&str, &[&str]); 12] = [
+    ("ablation", &["synthetic", "seed"]),
+    ("patching", &["synthetic", "seed"]),
+    ("decomposition", &["synthetic", "seed"]),
+    ("shared-heads", &["synthetic", "seed"]),
     ("nmi-by-layer", &["synthetic", "site", "seed"]),
     ("gap-by-layer", &["synthetic", "site", "seed"]),
     ("training-curves", &[]),
@@ -211,6 +218,67 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
             }
             heads::write_side_by_side(dir, &all)?;
         }
+        "ablation" => {
+            let mut csv = String::from("model,metric,scope,heads,spearman,p_value\n");
+            let mut md = String::from("| model | scope | heads | ρ (−Δ matched cosine) | p | ρ (−Δ zero-shot) | p |\n|---|---|---:|---:|---:|---:|---:|\n");
+            let mut header = String::new();
+            for src in r.models()? {
+                let model = src.load(0)?;
+                let opts = crate::causal::ablate::AblateOptions { items: r.synthetic.unwrap_or(128), seed: r.seed(), reference_seed: r.seed() ^ 0x5EF5_EED, ..Default::default() };
+                let out = super::ablate::run(&model, &opts, |_, _| {})?;
+                out.write(&sub_dir(dir, &model.model.config.name)?)?;
+                let name = &model.model.config.name;
+                let ag = &out.ablation.agreement;
+                for a in ag {
+                    csv.push_str(&format!("{name},{},{},{},{},{}\n", a.metric, a.scope, a.heads, a.spearman, a.p_value));
+                }
+                for scope in ["shared slots", "unshared slots (null)"] {
+                    let get = |metric: &str| ag.iter().find(|a| a.metric == metric && a.scope == scope);
+                    if let (Some(c), Some(z)) = (get("matched_cosine"), get("zero_shot_top1")) {
+                        md.push_str(&format!("| {name} | {scope} | {} | {:.3} | {:.4} | {:.3} | {:.4} |\n", c.heads, c.spearman, c.p_value, z.spearman, z.p_value));
+                    }
+                }
+                header.push_str(&out.provenance.csv_header());
+            }
+            write_atomic(&dir.join("importance_agreement.csv"), (header + &csv).as_bytes())?;
+            write_atomic(&dir.join("importance_agreement.md"), md.as_bytes())?;
+        }
+        "patching" => {
+            for src in r.models()? {
+                let model = src.load(0)?;
+                let sub = sub_dir(dir, &model.model.config.name)?;
+                for (tower, name) in [(super::patch::Tower::Text, "text_colour"), (super::patch::Tower::Vision, "vision_colour")] {
+                    let opts = super::patch::PatchOptions { tower, attribute: crate::causal::patch::Attribute::Colour, pairs: r.synthetic.unwrap_or(32), seed: r.seed() };
+                    super::patch::run(&model, &opts)?.write(&sub_dir(&sub, name)?)?;
+                }
+            }
+        }
+        "decomposition" | "shared-heads" => {
+            let mut csv = String::from("model,shared_heads,mean_subspace_similarity_shared,mean_subspace_similarity_unshared,mean_span_overlap_shared,mean_span_overlap_unshared,mean_cosine_shared,mean_cosine_unshared,image_sum_error,text_sum_error\n");
+            let mut md = String::from("| model | shared heads | subspace similarity (shared) | (unshared) | TextSpan overlap (shared) | (unshared) | cos of means (shared) | (unshared) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
+            let mut header = String::new();
+            for src in r.models()? {
+                let model = src.load(0)?;
+                let opts = super::decompose::DecomposeOptions { items: r.synthetic.unwrap_or(128), seed: r.seed(), ..Default::default() };
+                let out = super::decompose::run(&model, &opts)?;
+                if r.analysis == "decomposition" {
+                    out.write(&sub_dir(dir, &model.model.config.name)?)?;
+                }
+                let avg = |shared: bool, f: fn(&super::decompose::BothSides) -> f64| {
+                    let v: Vec<f64> = out.both_sides.iter().filter(|s| s.shared == shared).map(f).collect();
+                    if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 }
+                };
+                let shared = out.both_sides.iter().filter(|s| s.shared).count();
+                let row = [avg(true, |s| s.subspace_similarity), avg(false, |s| s.subspace_similarity), avg(true, |s| s.span_overlap), avg(false, |s| s.span_overlap), avg(true, |s| s.mean_cosine), avg(false, |s| s.mean_cosine)];
+                let name = &model.model.config.name;
+                csv.push_str(&format!("{name},{shared},{},{},{}\n", row.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","), out.image_sum_error, out.text_sum_error));
+                let f = |v: f64| if v.is_nan() { "–".to_string() } else { format!("{v:.3}") };
+                md.push_str(&format!("| {name} | {shared} | {} |\n", row.iter().map(|v| f(*v)).collect::<Vec<_>>().join(" | ")));
+                header.push_str(&out.provenance.csv_header());
+            }
+            write_atomic(&dir.join("shared_heads.csv"), (header + &csv).as_bytes())?;
+            write_atomic(&dir.join("shared_heads.md"), md.as_bytes())?;
+        }
         "attention-gallery" => {
             for src in r.models()? {
                 let model = src.load(r.seed())?;
@@ -221,6 +289,12 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
         _ => unreachable!("checked above"),
     }
     Ok(listing(dir))
+}
+
+fn sub_dir(dir: &Path, name: &str) -> Result<PathBuf> {
+    let sub = dir.join(name);
+    std::fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;
+    Ok(sub)
 }
 
 fn layer_curves(r: &Recipe, dir: &Path) -> Result<()> {

@@ -16,14 +16,17 @@
 //! # Ok::<(), msclip::Error>(())
 //! ```
 
+pub mod ablate;
 pub mod attention;
 pub mod check;
+pub mod decompose;
 pub mod embed;
 pub mod eval;
 pub mod figures;
 pub mod gap;
 pub mod heads;
 pub mod nmi;
+pub mod patch;
 pub mod probe;
 pub mod retrieval;
 pub mod zeroshot;

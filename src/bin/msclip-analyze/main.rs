@@ -291,6 +291,71 @@ enum Command {
         #[arg(long)]
         update: bool,
     },
+    /// Head importance: every (slot, head) ablated in the vision tower, the text tower and
+    /// both (mean over a reference set, zero or resample), whole sites too; Δ zero-shot,
+    /// Δ R@1 both ways, Δ matched cosine; vision–text agreement of importance.
+    Ablate {
+        #[command(flatten)]
+        model: ModelArg,
+        #[arg(long)]
+        out: PathBuf,
+        /// Held-out zero-shot images and captioned pairs.
+        #[arg(long, default_value_t = 256, value_parser = int_in(2usize..=100_000))]
+        synthetic: usize,
+        #[arg(long, value_enum, default_value_t = msclip::causal::ablate::AblationKind::Mean)]
+        kind: msclip::causal::ablate::AblationKind,
+        /// Reference items of the mean ablation.
+        #[arg(long, default_value_t = 256, value_parser = int_in(2usize..=100_000))]
+        reference: usize,
+        /// Seed of the held-out evaluation world.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Skip the whole-site ablations.
+        #[arg(long)]
+        no_sites: bool,
+        #[arg(long, default_value_t = 2000, value_parser = int_in(1usize..=10_000_000))]
+        permutations: usize,
+        #[arg(long, default_value_t = 128, value_parser = int_in(1i64..=65_536))]
+        batch: i64,
+    },
+    /// Activation patching on synthetic minimal pairs: the share of the clean − corrupted
+    /// logit difference recovered per (slot, token position) and per (slot, head).
+    Patch {
+        #[command(flatten)]
+        model: ModelArg,
+        #[arg(long)]
+        out: PathBuf,
+        /// text: captions differing in one attribute; vision: one object recoloured.
+        #[arg(long, value_enum, default_value_t = commands::patch::Tower::Text)]
+        tower: commands::patch::Tower,
+        #[arg(long, value_enum, default_value_t = msclip::causal::patch::Attribute::Colour)]
+        attribute: msclip::causal::patch::Attribute,
+        #[arg(long, default_value_t = 32, value_parser = int_in(1usize..=10_000))]
+        pairs: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Direct-effect decomposition of both embeddings into heads, FFNs and biases (sum
+    /// checked), the mean-ablation curve, TextSpan per head, each head from both sides.
+    Decompose {
+        #[command(flatten)]
+        model: ModelArg,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 128, value_parser = int_in(2usize..=100_000))]
+        synthetic: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Descriptions per head (TextSpan's m).
+        #[arg(long, default_value_t = 5, value_parser = int_in(1usize..=1000))]
+        span: usize,
+        /// More descriptions for the TextSpan pool, one per line.
+        #[arg(long)]
+        texts: Option<PathBuf>,
+        /// Principal components compared per head.
+        #[arg(long, default_value_t = 3, value_parser = int_in(1i64..=4096))]
+        subspace_k: i64,
+    },
     /// Held-out synthetic evaluation: zero-shot (48 colour × shape classes), retrieval R@1,
     /// modality gap; one table row (or JSON).
     Eval {
@@ -371,6 +436,14 @@ fn main() -> ExitCode {
         Command::Heads { model, data, out, permutations, gallery_slots } => heads_cmd(&model, &data, &out, &heads::HeadsOptions { permutations, gallery_slots }),
         Command::Nmi { nmi, image_npy: Some(a), text_npy: Some(b), out, json, .. } => nmi_npy_cmd(&a, &b, &nmi, out.as_deref(), json),
         Command::Nmi { model, data, nmi, out, json, .. } => nmi_cmd(&model, &data, &nmi, out.as_deref(), json),
+        Command::Ablate { model, out, synthetic, kind, reference, seed, no_sites, permutations, batch } => {
+            let opts = msclip::causal::ablate::AblateOptions { kind, items: synthetic, seed, reference_items: reference, reference_seed: seed ^ 0x5EF5_EED, sites: !no_sites, permutations, batch };
+            ablate_cmd(&model, &opts, &out)
+        }
+        Command::Patch { model, out, tower, attribute, pairs, seed } => patch_cmd(&model, &commands::patch::PatchOptions { tower, attribute, pairs, seed }, &out),
+        Command::Decompose { model, out, synthetic, seed, span, texts, subspace_k } => {
+            decompose_cmd(&model, &commands::decompose::DecomposeOptions { items: synthetic, seed, span, texts, subspace_k }, &out)
+        }
         Command::Check { model, data, nmi, baseline, update } => {
             return match check_cmd(&model, &data, &nmi, &baseline, update) {
                 Ok(true) => ExitCode::SUCCESS,
@@ -634,5 +707,45 @@ fn attention_cmd(a: &AttentionArgs) -> Result<()> {
     }
     r.write(&a.out)?;
     println!("wrote {} (image–caption cosine {:.4})", a.out.display(), r.similarity);
+    Ok(())
+}
+
+fn ablate_cmd(model: &ModelArg, opts: &msclip::causal::ablate::AblateOptions, out: &Path) -> Result<()> {
+    let loaded = model.load(0)?;
+    let mut bar = msclip::cli::Progress::new("ablate");
+    let r = commands::ablate::run(&loaded, opts, |d, t| bar.tick(d, t))?;
+    r.write(out)?;
+    let c = &r.ablation.clean;
+    println!("{:<14} clean: zero-shot {:.3} R@1 i→t {:.3} t→i {:.3} matched cosine {:.4} ({} ablation, {:.1}s)", loaded.model.config.name, c.zero_shot_top1, c.image_to_text_r1, c.text_to_image_r1, c.matched_cosine, opts.kind.name(), r.seconds);
+    println!("{:<16} {:<22} {:>6} {:>9} {:>9}", "importance", "scope", "heads", "spearman", "p");
+    for a in r.ablation.agreement.iter().filter(|a| !a.scope.starts_with("slot")) {
+        println!("{:<16} {:<22} {:>6} {:>9.4} {:>9.4}", a.metric, a.scope, a.heads, a.spearman, a.p_value);
+    }
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+fn patch_cmd(model: &ModelArg, opts: &commands::patch::PatchOptions, out: &Path) -> Result<()> {
+    let r = commands::patch::run(&model.load(0)?, opts)?;
+    r.write(out)?;
+    let p = &r.patching;
+    println!("{} pairs ({} {}): clean logit {:.3}, corrupted {:.3}", p.pairs.len(), p.tower, p.attribute, p.clean_logit, p.corrupt_logit);
+    for (i, slot) in p.slots.iter().enumerate() {
+        let (best, v) = p.resid[i].iter().enumerate().fold((0, f64::MIN), |a, (t, &v)| if v > a.1 { (t, v) } else { a });
+        println!("slot {slot:>2}: most recovered at {} ({v:.3})", p.positions[best]);
+    }
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+fn decompose_cmd(model: &ModelArg, opts: &commands::decompose::DecomposeOptions, out: &Path) -> Result<()> {
+    let r = commands::decompose::run(&model.load(0)?, opts)?;
+    r.write(out)?;
+    println!("sum check: image {:.2e}, text {:.2e} (max relative error; {} + {} terms)", r.image_sum_error, r.text_sum_error, r.terms.0, r.terms.1);
+    println!("shared heads' subspace similarity (image vs text contributions): {:.3}; unshared pairs: {:.3}", r.subspace_similarity_shared, r.subspace_similarity_unshared);
+    for c in &r.mean_ablation {
+        println!("K {:>2}: zero-shot image side {:.3}, text side {:.3}", c.k, c.image.zero_shot_top1, c.text.zero_shot_top1);
+    }
+    println!("wrote {}", out.display());
     Ok(())
 }
