@@ -124,6 +124,7 @@ fn bad_hooks_are_errors_naming_the_hook() {
         (Hook::new(Modality::Vision, 1, Site::Ln1, Edit::Zero).head(0), "head 0"),
         (Hook::new(Modality::Vision, 1, Site::Resid, Edit::Patch(Tensor::zeros([2, 3, 4], (Kind::Float, Device::Cpu)))), "patch source has shape"),
         (Hook::new(Modality::Vision, 1, Site::Resid, Edit::Zero).positions(vec![99]), "positions [99]"),
+        (Hook::new(Modality::Vision, 1, Site::Z, Edit::Mean(Tensor::zeros([1, 4, 7, 32], (Kind::Float, Device::Cpu)))).head(0), "does not broadcast"),
     ];
     for (hook, want) in cases {
         let err = tch::no_grad(|| m.encode_image_with(&images, &Capture::hooks(vec![hook]), &mut cache, false)).unwrap_err().to_string();

@@ -295,7 +295,7 @@ pub fn run(model: &MsClip, opts: &AblateOptions, mut progress: impl FnMut(usize,
                 })
                 .collect();
             let first = model.vision.first_slot();
-            let alt = Prefix { modality: Modality::Vision, streams: pv.streams.iter().map(|(s, t)| (*s, t.shallow_clone())).collect(), tops, rows: None, clean: pv.clean.shallow_clone(), n: pv.n };
+            let alt = Prefix { modality: Modality::Vision, streams: pv.streams.iter().map(|(s, t)| (*s, t.shallow_clone())).collect(), tops, rows: None, clean: pv.clean.shallow_clone(), n: pv.n, keep: None };
             let i = alt.run(model, first, &[vec![]])?.remove(0);
             edits += 1;
             sites.push(SiteAblation { site: "parallel_branch".into(), slot: None, towers: "vision".into(), delta: set.metrics(&i, &pt.clean).minus(&clean) });

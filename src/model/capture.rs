@@ -257,6 +257,9 @@ impl Hook {
             }
         }
         match &self.edit {
+            Edit::Mean(m) if !broadcasts(&m.size(), size) => {
+                Err(Error::Invalid(format!("{what}: the mean has shape {:?}, which does not broadcast to the site {size:?}", m.size())))
+            }
             Edit::Patch(src) if src.size() != size => {
                 Err(Error::Invalid(format!("{what}: the patch source has shape {:?}, the site {size:?}", src.size())))
             }
@@ -306,6 +309,11 @@ impl Hook {
         }
         new.where_self(&mask, x)
     }
+}
+
+/// Whether `from` broadcasts to `to` (NumPy rules).
+fn broadcasts(from: &[i64], to: &[i64]) -> bool {
+    from.len() <= to.len() && from.iter().rev().zip(to.iter().rev()).all(|(a, b)| *a == 1 || a == b)
 }
 
 /// What to record and edit during a forward pass. `Capture::none()` records and edits
