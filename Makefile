@@ -3,7 +3,7 @@
 CARGO ?= cargo
 DEMO_OUT ?= demo-out
 
-.PHONY: setup build test demo clean-demo
+.PHONY: setup build test demo study clean-demo
 
 setup:
 	@scripts/setup-libtorch.sh
@@ -20,6 +20,10 @@ test: setup
 
 demo: build
 	scripts/demo.sh $(DEMO_OUT)
+
+# The sharing spectrum at 3 seeds with intervals (not part of CI; see scripts/study.sh).
+study: build
+	scripts/study.sh $(DEMO_OUT)
 
 clean-demo:
 	rm -rf $(DEMO_OUT)

@@ -25,12 +25,12 @@ for m in $MODELS; do
   echo
   echo "== training $m on the synthetic world =="
   # Resume when a previous demo left a run behind (finished runs resume as a no-op).
-  args=(--config "configs/train/$m.toml" --out "$OUT/runs/$m" --progress --resume-or-fresh)
+  args=(--config "configs/train/$m.toml" --out "$OUT/runs/$m" --seeds 0 --progress --resume-or-fresh)
   [ -n "$STEPS" ] && args+=(--steps "$STEPS")
   "$BIN/msclip-train" "${args[@]}" > /dev/null
 done
 
-latest() { ls -d "$OUT/runs/$1/checkpoints"/step-* | sort | tail -n 1; }
+latest() { ls -d "$OUT/runs/$1/seed-0/checkpoints"/step-* | sort -V | tail -n 1; }
 echo
 echo "== held-out comparison (1,000 single-object images for zero-shot over 48 classes; 1,000 pairs for R@1 and gap) =="
 {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::analysis::embedding::{centroid_gap, prompt_ensemble, recall_at_k, topk_accuracy};
+use crate::analysis::embedding::{centroid_gap, prompt_ensemble};
 use crate::data::loader::PairSource;
 use crate::data::pairs::{for_each_batch, Prep, Skipped};
 use crate::data::synthetic_set::{self, EVAL_SEED_OFFSET, TEMPLATES};
@@ -160,10 +160,53 @@ impl EvalResult {
     }
 }
 
+/// Per-item outcomes of the held-out evaluation (what [`evaluate`] averages; the input of
+/// bootstrap intervals and paired tests).
+pub struct ItemResults {
+    /// Zero-shot image i classified correctly (top-1).
+    pub zero_shot_hit: Vec<f64>,
+    /// Its true class among the top 5.
+    pub zero_shot_top5_hit: Vec<f64>,
+    /// Pair i's caption retrieved first for its image (ties against the model).
+    pub image_to_text_hit: Vec<f64>,
+    /// Pair i's image retrieved first for its caption.
+    pub text_to_image_hit: Vec<f64>,
+    /// L2-normalised embeddings of the pairs `[N, E]`.
+    pub image: Tensor,
+    /// L2-normalised text embeddings of the pairs.
+    pub text: Tensor,
+}
+
+impl ItemResults {
+    /// The averages.
+    pub fn summary(&self) -> EvalResult {
+        let m = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        EvalResult {
+            zero_shot_top1: m(&self.zero_shot_hit),
+            zero_shot_top5: m(&self.zero_shot_top5_hit),
+            image_to_text_r1: m(&self.image_to_text_hit),
+            text_to_image_r1: m(&self.text_to_image_hit),
+            modality_gap: centroid_gap(&self.image, &self.text),
+            n_zero_shot: self.zero_shot_hit.len(),
+            n_pairs: self.image_to_text_hit.len(),
+        }
+    }
+}
+
+/// Rank-1 hits of every row of `sim` (the true pair on the diagonal, ties against the model).
+pub fn rank1_hits(sim: &Tensor) -> Vec<f64> {
+    crate::analysis::embedding::rank_hits(sim, 1)
+}
+
 /// Evaluation on held-out synthetic data: zero-shot over the 48 colour × shape classes
 /// (prompt ensemble, ×100 logits), retrieval R@1 both ways, centroid modality gap. Runs on
 /// the model's device, in chunks of 256.
 pub fn evaluate(model: &MsClip, seed: u64, n: usize) -> Result<EvalResult> {
+    Ok(evaluate_items(model, seed, n)?.summary())
+}
+
+/// [`evaluate`] item by item.
+pub fn evaluate_items(model: &MsClip, seed: u64, n: usize) -> Result<ItemResults> {
     if n < 2 {
         return Err(Error::config("eval_items", n, "need at least 2"));
     }
@@ -184,6 +227,10 @@ pub fn evaluate(model: &MsClip, seed: u64, n: usize) -> Result<EvalResult> {
             img.push(model.encode_image(&chunk.to_device(dev))?.to_device(cpu));
         }
         let logits = MsClip::zero_shot_logits(&Tensor::cat(&img, 0), &w);
+        let target = Tensor::from_slice(&labels).view([-1, 1]);
+        let (_, top) = logits.topk(5.min(classes.len() as i64), -1, true, true);
+        let zero_shot_top5_hit = crate::tensor::to_vec_f64(&top.eq_tensor(&target).any_dim(1, false));
+        let zero_shot_hit = crate::tensor::to_vec_f64(&top.narrow(1, 0, 1).eq_tensor(&target).any_dim(1, false));
         let indices: Vec<usize> = (0..n).collect();
         let (pi, pt, _) = synthetic_set::batch(seed ^ EVAL_SEED_OFFSET, &indices, size, cfg.preprocess.mean, cfg.preprocess.std, &tok);
         let (mut ie, mut te) = (Vec::new(), Vec::new());
@@ -193,15 +240,7 @@ pub fn evaluate(model: &MsClip, seed: u64, n: usize) -> Result<EvalResult> {
         }
         let (ie, te) = (Tensor::cat(&ie, 0), Tensor::cat(&te, 0));
         let sim = ie.matmul(&te.tr());
-        Ok(EvalResult {
-            zero_shot_top1: topk_accuracy(&logits, &labels, 1),
-            zero_shot_top5: topk_accuracy(&logits, &labels, 5),
-            image_to_text_r1: recall_at_k(&sim, 1),
-            text_to_image_r1: recall_at_k(&sim.tr(), 1),
-            modality_gap: centroid_gap(&ie, &te),
-            n_zero_shot: n,
-            n_pairs: n,
-        })
+        Ok(ItemResults { zero_shot_hit, zero_shot_top5_hit, image_to_text_hit: rank1_hits(&sim), text_to_image_hit: rank1_hits(&sim.tr()), image: ie, text: te })
     })
 }
 

@@ -9,10 +9,15 @@ fn run(args: &[&str]) -> (i32, String, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
-fn nontrivial_png(p: &Path) {
+/// Asserts the PNG decodes, is not blank (more than 8 colours, and not almost all white) and
+/// returns its size.
+fn nontrivial_png(p: &Path) -> (u32, u32) {
     let img = image::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).to_rgb8();
     let distinct: std::collections::HashSet<_> = img.pixels().map(|p| p.0).collect();
     assert!(distinct.len() > 8, "{} looks empty", p.display());
+    let inked = img.pixels().filter(|p| p.0 != [255, 255, 255]).count();
+    assert!(inked * 100 > img.pixels().len(), "{}: under 1 % of pixels drawn", p.display());
+    img.dimensions()
 }
 
 #[test]
@@ -161,15 +166,34 @@ fn figures_regenerate_from_recipes() {
         .map(|s| format!(r#"{{"step":{},"loss":{},"eval":{{"zero_shot_top1":{},"image_to_text_r1":0.1,"modality_gap":{}}}}}"#, s * 10, 3.0 / s as f64, 0.1 * s as f64, 0.5 / s as f64))
         .collect();
     std::fs::write(run_dir.join("metrics.jsonl"), lines.join("\n") + "\n").unwrap();
+    // Groups of seeds: two "seeds" of the fixture checkpoint per group (identical weights), and
+    // two seeds of telemetry whose zero-shot differs by 0.2 at every step.
+    for g in ["grp-a", "grp-b"] {
+        for s in [0, 1] {
+            std::fs::create_dir_all(dir.join(g)).unwrap();
+            std::os::unix::fs::symlink(&ck, dir.join(g).join(format!("seed-{s}"))).unwrap();
+        }
+    }
+    for s in [0, 1] {
+        let seed_dir = dir.join("curves-grp").join(format!("seed-{s}"));
+        std::fs::create_dir_all(&seed_dir).unwrap();
+        let lines: Vec<String> = (1..=3).map(|k| format!(r#"{{"step":{},"loss":1.0,"eval":{{"zero_shot_top1":{},"image_to_text_r1":0.1,"modality_gap":0.5}}}}"#, k * 10, 0.1 * k as f64 + 0.2 * s as f64)).collect();
+        std::fs::write(seed_dir.join("metrics.jsonl"), lines.join("\n") + "\n").unwrap();
+    }
+    let grp = |g: &str| format!("{}/{g}/seed-{{seed}}", dir.display());
+    let two = format!("{}\", \"{}", grp("grp-a"), grp("grp-b"));
     for (name, analysis, runs, extra) in [
-        ("comparison", "comparison", ck.clone(), "synthetic = 16"),
-        ("nmi", "nmi-by-layer", ck.clone(), "synthetic = 16"),
-        ("gap", "gap-by-layer", ck.clone(), "synthetic = 16\nsite = \"ln2\""),
+        ("comparison", "comparison", ck.clone(), "synthetic = 16\nbootstrap = 50"),
+        ("cmp-seeds", "comparison", two.clone(), "synthetic = 16\nseeds = [0, 1]\nbootstrap = 50"),
+        ("nmi", "nmi-by-layer", ck.clone(), "synthetic = 16\nbootstrap = 20"),
+        ("nmi-seeds", "nmi-by-layer", two.clone(), "synthetic = 16\nseeds = [0, 1]\nbootstrap = 20"),
+        ("gap", "gap-by-layer", ck.clone(), "synthetic = 16\nsite = \"ln2\"\nbootstrap = 20"),
         ("heads", "heads-transfer", ck.clone(), "synthetic = 16"),
         ("gallery", "attention-gallery", ck.clone(), "seed = 3"),
         ("curves", "training-curves", run_dir.display().to_string(), ""),
+        ("curves-seeds", "training-curves", format!("{}/curves-grp/seed-{{seed}}", dir.display()), "seeds = [0, 1]"),
         ("probe", "probe-table", ck.clone(), "splits = [96, 48, 48]\nc = [1.0, 10.0]"),
-        ("zsr", "zeroshot-retrieval", ck.clone(), "synthetic = 16"),
+        ("zsr", "zeroshot-retrieval", ck.clone(), "synthetic = 16\nbootstrap = 50"),
         ("abl", "ablation", ck.clone(), "synthetic = 8"),
         ("pat", "patching", ck.clone(), "synthetic = 4"),
         ("dec", "decomposition", ck.clone(), "synthetic = 8"),
@@ -180,8 +204,27 @@ fn figures_regenerate_from_recipes() {
     let out = dir.join("figures");
     let (code, _, err) = run(&["figures", "--recipes", recipes.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    for png in ["abl/micro-msclip-s/importance_matched_cosine.png", "pat/micro-msclip-s/text_colour/resid.png", "pat/micro-msclip-s/vision_colour/resid_overlay.png", "dec/micro-msclip-s/mean_ablation.png", "dec/micro-msclip-s/both_sides.png", "nmi/nmi_by_layer.png", "gap/gap_by_layer.png", "curves/modality_gap.png", "curves/zero_shot.png", "heads/micro-msclip-s/entropy_scatter.png", "heads/entropy_side_by_side.png", "heads/micro-msclip-s/gallery_slot5.png", "gallery/micro-msclip-s/attribution.png"] {
+    for png in ["abl/micro-msclip-s/importance_matched_cosine.png", "pat/micro-msclip-s/text_colour/resid.png", "pat/micro-msclip-s/vision_colour/resid_overlay.png", "dec/micro-msclip-s/mean_ablation.png", "dec/micro-msclip-s/both_sides.png", "heads/micro-msclip-s/entropy_scatter.png", "heads/entropy_side_by_side.png", "heads/micro-msclip-s/gallery_slot5.png", "gallery/micro-msclip-s/attribution.png"] {
         nontrivial_png(&out.join(png));
+    }
+    // Line charts: 900 wide, 440 high plus 58 for a caption (every layer curve explains its
+    // bands; single-run training curves have none).
+    for (png, size) in [
+        ("nmi/nmi_by_layer.png", (900, 498)),
+        ("nmi/separation_by_layer.png", (900, 498)),
+        ("nmi-seeds/separation_by_layer.png", (900, 498)),
+        ("gap/gap_by_layer.png", (900, 498)),
+        ("curves/modality_gap.png", (900, 440)),
+        ("curves/zero_shot.png", (900, 440)),
+        ("curves-seeds/zero_shot.png", (900, 498)),
+    ] {
+        assert_eq!(nontrivial_png(&out.join(png)), size, "{png}");
+    }
+    // Interval panels: one per metric (6 in the comparison, 8 in zero-shot/retrieval), 4 to
+    // a row, each row as high as its models plus 70, a 60-pixel caption.
+    for (png, panels, models) in [("comparison/comparison.png", 6u32, 1u32), ("cmp-seeds/comparison.png", 6, 2), ("zsr/zeroshot_retrieval.png", 8, 1)] {
+        let (w, h) = nontrivial_png(&out.join(png));
+        assert_eq!((w, h), (150 + 230 * 4 + 20, 34 + panels.div_ceil(4) * (26 * models + 70) + 60), "{png}");
     }
     for csv in ["abl/importance_agreement.csv", "shh/shared_heads.csv", "abl/micro-msclip-s/heads.csv", "dec/micro-msclip-s/text_span.csv", "nmi/nmi_by_layer.csv", "gap/gap_by_layer.csv", "comparison/comparison.csv", "curves/training_curves.csv", "probe/probe_table.csv", "zsr/zeroshot_retrieval.csv"] {
         assert!(std::fs::read_to_string(out.join(csv)).unwrap().starts_with("# provenance: "), "{csv}");
@@ -190,10 +233,36 @@ fn figures_regenerate_from_recipes() {
     let probe_rows: Vec<String> = std::fs::read_to_string(out.join("probe/probe_table.csv")).unwrap().lines().filter(|l| l.starts_with("micro-msclip-s,")).map(String::from).collect();
     assert_eq!(probe_rows.len(), 2, "{probe_rows:?}");
     assert!(probe_rows[0].contains(",pre,") && probe_rows[1].contains(",post,"));
-    let zsr = std::fs::read_to_string(out.join("zsr/zeroshot_retrieval.csv")).unwrap();
-    let row: Vec<f64> = zsr.lines().find(|l| l.starts_with("micro-msclip-s,")).unwrap().split(',').skip(1).map(|v| v.parse().unwrap()).collect();
-    assert_eq!(row.len(), 8);
-    assert!(row[2] <= row[3] && row[3] <= row[4] && row[5] <= row[6] && row[6] <= row[7], "{row:?}");
+    // Interval tables: model,params_total,params_shared,metric,seeds,items,mean,lo,hi,delta,...
+    let rows = |csv: &str| -> Vec<Vec<String>> {
+        std::fs::read_to_string(out.join(csv)).unwrap().lines().filter(|l| l.starts_with("micro-msclip-s,")).map(|l| l.split(',').map(String::from).collect()).collect()
+    };
+    let num = |v: &str| v.parse::<f64>().unwrap();
+    let zsr = rows("zsr/zeroshot_retrieval.csv");
+    assert_eq!(zsr.len(), 8);
+    let mean = |metric: &str| num(&zsr.iter().find(|r| r[3] == metric).unwrap()[6]);
+    assert!(mean("i→t R@1") <= mean("i→t R@5") && mean("i→t R@5") <= mean("i→t R@10"), "{zsr:?}");
+    assert!(mean("t→i R@1") <= mean("t→i R@5") && mean("t→i R@5") <= mean("t→i R@10"), "{zsr:?}");
+    for r in zsr.iter().chain(&rows("comparison/comparison.csv")) {
+        let (m, lo, hi) = (num(&r[6]), num(&r[7]), num(&r[8]));
+        assert!(lo <= m + 1e-12 && m <= hi + 1e-12, "{r:?}");
+        assert_eq!((r[4].as_str(), r[5].as_str()), ("1", "16"), "{r:?}");
+    }
+    // Two groups of the same weights: every paired difference is exactly 0 with p = 1, and
+    // both groups report 2 seeds.
+    let grouped = rows("cmp-seeds/comparison.csv");
+    assert_eq!(grouped.len(), 12);
+    for r in &grouped[6..] {
+        assert_eq!((r[4].as_str(), num(&r[9]), num(&r[12])), ("2", 0.0, 1.0), "{r:?}");
+    }
+    // Training curves of two seeds: both rows per step in the CSV.
+    let curves = std::fs::read_to_string(out.join("curves-seeds/training_curves.csv")).unwrap();
+    assert!(curves.contains("curves-grp,0,10,") && curves.contains("curves-grp,1,10,"), "{curves}");
+    // NMI keeps its companion: separation rows for every slot, bands around the value.
+    let nmi_csv = std::fs::read_to_string(out.join("nmi/nmi_by_layer.csv")).unwrap();
+    let sep: Vec<&str> = nmi_csv.lines().filter(|l| l.contains(",separation,")).collect();
+    assert_eq!(sep.len(), nmi_csv.lines().filter(|l| l.contains(",nmi,")).count());
+    assert!(!sep.is_empty());
     // Recipes honour their fields: the gap-by-layer site and the probe's splits and C grid.
     assert!(std::fs::read_to_string(out.join("gap/gap_by_layer.csv")).unwrap().contains("site ln2"));
     let probe_json: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("probe/micro-msclip-s/pre/probe.json")).unwrap()).unwrap();
@@ -207,6 +276,12 @@ fn figures_regenerate_from_recipes() {
         ("analysis = \"bogus\"\ntitle = \"x\"\nruns = [\"a\"]\n", "bogus"),
         ("analysis = \"training-curves\"\ntitle = \"x\"\nruns = [\"a\"]\nsynthetic = 5\n", "synthetic"),
         ("analysis = \"probe-table\"\ntitle = \"x\"\nruns = [\"a\"]\nsite = \"ln1\"\n", "site"),
+        ("analysis = \"comparison\"\ntitle = \"x\"\nruns = [\"a\"]\nseeds = [0, 1]\n", "{seed}"),
+        ("analysis = \"comparison\"\ntitle = \"x\"\nruns = [\"a/seed-{seed}\"]\n", "seeds"),
+        ("analysis = \"comparison\"\ntitle = \"x\"\nruns = [\"a/seed-{seed}\"]\nseeds = []\n", "seeds"),
+        ("analysis = \"comparison\"\ntitle = \"x\"\nruns = [\"a/seed-{seed}\"]\nseeds = [1, 1]\n", "seeds"),
+        ("analysis = \"comparison\"\ntitle = \"x\"\nruns = [\"a\"]\nbootstrap = 5\n", "bootstrap"),
+        ("analysis = \"ablation\"\ntitle = \"x\"\nruns = [\"a/seed-{seed}\"]\nseeds = [0]\n", "seeds"),
     ] {
         std::fs::write(recipes.join("zz.toml"), body).unwrap();
         let t = std::time::Instant::now();

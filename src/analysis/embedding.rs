@@ -8,6 +8,30 @@ pub fn centroid_gap(x: &Tensor, y: &Tensor) -> f64 {
     (x.mean_dim(0, false, Kind::Double) - y.mean_dim(0, false, Kind::Double)).norm().double_value(&[])
 }
 
+/// Modality separation: the centroid gap in units of the within-modality spread,
+/// `‖x̄ − ȳ‖ / √(½ (E‖x − x̄‖² + E‖y − ȳ‖²))` (a Fisher-style ratio; 0 = same centre, ≫ 1 =
+/// two distinct clusters). Unlike NMI of a 2-means clustering, which is 1 as soon as the
+/// clusters are linearly separable, it keeps growing with the distance between the modalities,
+/// so it discriminates between layers and models where NMI has saturated. Works on raw (not
+/// normalised) features of any scale: the ratio is scale-free.
+pub fn separation(x: &Tensor, y: &Tensor) -> f64 {
+    let spread = |t: &Tensor| {
+        let t = t.to_kind(Kind::Double);
+        (&t - t.mean_dim(0, true, Kind::Double)).square().sum_dim_intlist(&[1i64][..], false, Kind::Double).mean(Kind::Double).double_value(&[])
+    };
+    let within = (0.5 * (spread(x) + spread(y))).sqrt();
+    let gap = centroid_gap(x, y);
+    if within > 0.0 { gap / within } else if gap > 0.0 { f64::INFINITY } else { 0.0 }
+}
+
+/// Per query row of `sim: [N, N]`, 1 when its paired column ranks in the top `k` (ties against
+/// the model, as [`recall_at_k`]; the mean of this vector is `recall_at_k`).
+pub fn rank_hits(sim: &Tensor, k: i64) -> Vec<f64> {
+    let diag = sim.diag(0).unsqueeze(1);
+    let rank = sim.ge_tensor(&diag).sum_dim_intlist(&[1i64][..], false, Kind::Int64) - 1;
+    crate::tensor::to_vec_f64(&rank.lt(k))
+}
+
 /// Recall@k of retrieving the paired column for every row of `sim: [N, N]`. Ties count
 /// against the model: the rank of the true pair is the number of *other* entries at least as
 /// high (a row of equal scores ranks its pair last), so constant embeddings score chance or
@@ -74,6 +98,15 @@ mod tests {
         // One tie with the true pair in row 0: rank 1, not 0.
         let tie = Tensor::from_slice(&[0.9f32, 0.9, 0.1, 0.2, 0.8, 0.1, 0.0, 0.0, 0.5]).view([3, 3]);
         assert!((recall_at_k(&tie, 1) - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(rank_hits(&sim, 2), vec![1.0, 0.0, 1.0]);
+        assert_eq!(rank_hits(&tie, 1), vec![0.0, 1.0, 1.0]);
+        // Separation: X = {(0,0), (2,0)}, Y = {(0,4), (2,4)}: gap 4, spread E‖x − x̄‖² = 1 in
+        // both → 4; scaling both sets leaves it unchanged; equal centres → 0.
+        let sx = Tensor::from_slice(&[0.0f32, 0.0, 2.0, 0.0]).view([2, 2]);
+        let sy = Tensor::from_slice(&[0.0f32, 4.0, 2.0, 4.0]).view([2, 2]);
+        assert!((separation(&sx, &sy) - 4.0).abs() < 1e-12);
+        assert!((separation(&(&sx * 7.0), &(&sy * 7.0)) - 4.0).abs() < 1e-9);
+        assert!(separation(&sx, &sx).abs() < 1e-12);
         let logits = Tensor::from_slice(&[0.1f32, 0.9, 0.8, 0.2]).view([2, 2]);
         assert_eq!(topk_accuracy(&logits, &[1, 1], 1), 0.5);
         // 3 of class 0 (2 right), 1 of class 1 (right): top-1 3/4, mean per class (2/3 + 1)/2.

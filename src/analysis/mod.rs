@@ -9,3 +9,4 @@ pub mod heads;
 pub mod nmi;
 pub mod npy;
 pub mod probe;
+pub mod stats;

@@ -44,8 +44,12 @@ struct Cli {
     eval_items: Option<usize>,
     #[arg(long, value_parser = int_in(2usize..=1 << 40))]
     data_items: Option<usize>,
-    #[arg(long)]
+    #[arg(long, conflicts_with = "seeds")]
     seed: Option<u64>,
+    /// Train one run per seed into OUT/seed-<s> (a group, as recipes name it with
+    /// `runs = ["OUT/seed-{seed}"]` and `seeds = [...]`), e.g. `--seeds 0,1,2`.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    seeds: Vec<u64>,
     /// Stop after N steps (the schedule still spans --steps); resume later with --resume.
     #[arg(long, value_parser = int_in(1i64..=1 << 40))]
     stop_after: Option<i64>,
@@ -183,9 +187,29 @@ fn run(cli: Cli) -> Result<()> {
         Some(p) => Resume::Path(PathBuf::from(p)),
     };
     let progress = cli.progress || std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let outcome = train(&tc, &out, &TrainOptions { resume, force: cli.force, device, progress })?;
-    if let Some(e) = &outcome.last_eval {
-        println!("{}", serde_json::to_string(e).unwrap());
+    let opts = TrainOptions { resume, force: cli.force, device, progress };
+    if cli.seeds.is_empty() {
+        let outcome = train(&tc, &out, &opts)?;
+        if let Some(e) = &outcome.last_eval {
+            println!("{}", serde_json::to_string(e).unwrap());
+        }
+        return Ok(());
+    }
+    if matches!(opts.resume, Resume::Path(_)) {
+        return Err(Error::Invalid("--seeds with --resume PATH: resume a group with --resume (latest of each seed) or --resume-or-fresh".into()));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(s) = cli.seeds.iter().find(|s| !seen.insert(**s)) {
+        return Err(Error::config("--seeds", s, "each seed once"));
+    }
+    for &seed in &cli.seeds {
+        tc.seed = seed;
+        let dir = out.join(format!("seed-{seed}"));
+        eprintln!("seed {seed} → {}", dir.display());
+        let outcome = train(&tc, &dir, &opts)?;
+        if let Some(e) = &outcome.last_eval {
+            println!("{{\"seed\":{seed},\"eval\":{}}}", serde_json::to_string(e).unwrap());
+        }
     }
     Ok(())
 }

@@ -232,6 +232,8 @@ impl DecomposeOutput {
             y_label: "zero-shot top-1".into(),
             series: vec![("image side".into(), pts(|c| c.image.zero_shot_top1)), ("text side".into(), pts(|c| c.text.zero_shot_top1))],
             y_range: (0.0, 1.0),
+            x_integer: true,
+            ..Default::default()
         })?;
         let mut csv = p.clone() + "tower,slot,head,variance_share,rank,text,explained\n";
         for s in &self.spans {

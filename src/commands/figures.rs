@@ -8,16 +8,22 @@
 //!
 //! | analysis | fields |
 //! |---|---|
-//! | `nmi-by-layer` | `synthetic` (300), `site` (`ln1`), `seed` |
-//! | `gap-by-layer` | `synthetic` (300), `site` (`resid`), `seed` |
-//! | `training-curves` | — |
-//! | `comparison`, `zeroshot-retrieval` | `synthetic` (300), `seed` |
+//! | `nmi-by-layer` | `synthetic` (300), `site` (`ln1`), `seed`, `seeds`, `bootstrap` (100) |
+//! | `gap-by-layer` | `synthetic` (300), `site` (`resid`), `seed`, `seeds`, `bootstrap` (100) |
+//! | `training-curves` | `seeds` |
+//! | `comparison`, `zeroshot-retrieval` | `synthetic` (300), `seed`, `seeds`, `bootstrap` (1000) |
 //! | `probe-table` | `splits` ([2000, 500, 1000]), `c` ([0.01, 0.1, 1, 10, 100]) |
 //! | `heads-transfer` | `synthetic` (300), `seed` |
 //! | `attention-gallery` | `seed` |
 //! | `ablation` | `synthetic` (128 items), `seed` |
 //! | `patching` | `synthetic` (32 pairs), `seed` |
 //! | `decomposition`, `shared-heads` | `synthetic` (128 items), `seed` |
+//!
+//! `seed` is the held-out data's seed; `seeds` are training seeds: every run then names
+//! `{seed}` (`demo-out/runs/tiny-clip/seed-{seed}`, what `msclip-train --seeds 0,1,2` writes)
+//! and stands for a group of runs. Tables and layer curves report each statistic with a 95 %
+//! interval ([`crate::analysis::stats`]: bootstrap over held-out items, over seeds × items for
+//! groups), and tables add the paired difference to the first group with its p-value.
 
 use std::path::{Path, PathBuf};
 
@@ -25,18 +31,22 @@ use serde::Deserialize;
 
 use super::attention::{self, AttentionOptions};
 use super::heads::{self, HeadsOptions};
-use super::nmi::{self, NmiOptions};
+use super::nmi::NmiOptions;
+use crate::analysis::nmi::modality_nmi;
 use super::probe::{self, Feature, ProbeData, ProbeOptions};
 use super::{provenance, DataOptions};
-use crate::analysis::embedding::{centroid_gap, recall_at_k};
-use crate::analysis::gap::{gap_report, DEFAULT_UNIFORMITY_MAX};
-use crate::checkpoint::ModelSource;
+use tch::Tensor;
+
+use crate::analysis::embedding::{centroid_gap, rank_hits, separation};
+use crate::analysis::stats::{mean_over, Resamples};
+use crate::analysis::gap::gap_report;
+use crate::checkpoint::{LoadedModel, ModelSource};
 use crate::data::pairs::PairData;
 use crate::error::{Error, Result};
-use crate::eval::{embed_pairs, evaluate, LayerSpec, Pooling};
+use crate::eval::{embed_pairs, evaluate_items, LayerSpec, Pooling};
 use crate::io::{write_atomic, Provenance};
 use crate::model::{MsClip, Site};
-use crate::plot::{line_chart_png_svg, LineChart};
+use crate::plot::{line_chart_png_svg, render, IntervalPanels, LineChart};
 
 /// One recipe file.
 #[derive(Debug, Clone, Deserialize)]
@@ -64,7 +74,21 @@ pub struct Recipe {
     /// Probe: the values of C swept.
     #[serde(default)]
     pub c: Option<Vec<f64>>,
+    /// Training seeds: every run names `{seed}` (e.g. `demo-out/runs/tiny-clip/seed-{seed}`,
+    /// what `msclip-train --seeds` writes) and is expanded once per seed into a group.
+    #[serde(default)]
+    pub seeds: Option<Vec<u64>>,
+    /// Bootstrap replicates of the 95 % intervals (tables: 1,000; layer curves: 100).
+    #[serde(default)]
+    pub bootstrap: Option<usize>,
 }
+
+/// Most seeds a recipe may name.
+pub const MAX_SEEDS: usize = 64;
+/// Fewest bootstrap replicates (percentiles need some).
+pub const MIN_BOOTSTRAP: usize = 20;
+/// Most bootstrap replicates.
+pub const MAX_BOOTSTRAP: usize = 100_000;
 
 /// The analyses and the optional fields each uses.
 const ANALYSES: [(&str, &[&str]); 12] = [
@@ -72,12 +96,12 @@ const ANALYSES: [(&str, &[&str]); 12] = [
     ("patching", &["synthetic", "seed"]),
     ("decomposition", &["synthetic", "seed"]),
     ("shared-heads", &["synthetic", "seed"]),
-    ("nmi-by-layer", &["synthetic", "site", "seed"]),
-    ("gap-by-layer", &["synthetic", "site", "seed"]),
-    ("training-curves", &[]),
-    ("comparison", &["synthetic", "seed"]),
+    ("nmi-by-layer", &["synthetic", "site", "seed", "seeds", "bootstrap"]),
+    ("gap-by-layer", &["synthetic", "site", "seed", "seeds", "bootstrap"]),
+    ("training-curves", &["seeds"]),
+    ("comparison", &["synthetic", "seed", "seeds", "bootstrap"]),
     ("probe-table", &["splits", "c"]),
-    ("zeroshot-retrieval", &["synthetic", "seed"]),
+    ("zeroshot-retrieval", &["synthetic", "seed", "seeds", "bootstrap"]),
     ("heads-transfer", &["synthetic", "seed"]),
     ("attention-gallery", &["seed"]),
 ];
@@ -103,6 +127,8 @@ impl Recipe {
             ("seed", self.seed.is_some()),
             ("splits", self.splits.is_some()),
             ("c", self.c.is_some()),
+            ("seeds", self.seeds.is_some()),
+            ("bootstrap", self.bootstrap.is_some()),
         ];
         if let Some((field, _)) = given.iter().find(|(f, set)| *set && !allowed.contains(f)) {
             return Err(Error::config(*field, "(set)", format!("analysis {} does not use it", self.analysis)));
@@ -119,7 +145,56 @@ impl Recipe {
         if self.runs.is_empty() {
             return Err(Error::config("runs", "[]", "name at least one run or checkpoint"));
         }
+        if let Some(seeds) = &self.seeds {
+            if seeds.is_empty() || seeds.len() > MAX_SEEDS {
+                return Err(Error::config("seeds", format!("{seeds:?}"), format!("name 1 to {MAX_SEEDS} seeds")));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(s) = seeds.iter().find(|s| !seen.insert(**s)) {
+                return Err(Error::config("seeds", s, "each seed once"));
+            }
+        }
+        for run in &self.runs {
+            let templated = run.to_string_lossy().contains("{seed}");
+            if templated != self.seeds.is_some() {
+                let why = if templated { "names {seed} but the recipe has no seeds = [...]" } else { "has no {seed} in it, but the recipe names seeds (every run of a multi-seed recipe is a group)" };
+                return Err(Error::config("runs", run.display(), why));
+            }
+        }
+        if let Some(b) = self.bootstrap {
+            if !(MIN_BOOTSTRAP..=MAX_BOOTSTRAP).contains(&b) {
+                return Err(Error::config("bootstrap", b, format!("expected {MIN_BOOTSTRAP}..={MAX_BOOTSTRAP} replicates")));
+            }
+        }
         Ok(())
+    }
+
+    /// The runs, one group per entry of `runs`: its expansion over `seeds` (or itself).
+    pub fn groups(&self) -> Vec<Vec<PathBuf>> {
+        self.runs
+            .iter()
+            .map(|run| match &self.seeds {
+                Some(seeds) => seeds.iter().map(|s| PathBuf::from(run.to_string_lossy().replace("{seed}", &s.to_string()))).collect(),
+                None => vec![run.clone()],
+            })
+            .collect()
+    }
+
+    /// Each group's models (their newest checkpoints); a group mixing models is an error.
+    fn load_groups(&self) -> Result<Vec<Vec<LoadedModel>>> {
+        let mut out = Vec::new();
+        for group in self.groups() {
+            let models: Vec<LoadedModel> = group.iter().map(|p| ModelSource::for_run(p)?.load(0)).collect::<Result<_>>()?;
+            if let Some(m) = models.iter().find(|m| m.model.config.name != models[0].model.config.name) {
+                return Err(Error::Invalid(format!("runs {:?}: one group holds {} and {}", group, models[0].model.config.name, m.model.config.name)));
+            }
+            out.push(models);
+        }
+        Ok(out)
+    }
+
+    fn bootstrap(&self, default: usize) -> usize {
+        self.bootstrap.unwrap_or(default)
     }
 
     fn synthetic(&self) -> usize {
@@ -297,95 +372,328 @@ fn sub_dir(dir: &Path, name: &str) -> Result<PathBuf> {
     Ok(sub)
 }
 
+/// One curve's points with their intervals: `(slot, mean, lo, hi)`.
+type Curve = Vec<(f64, f64, f64, f64)>;
+
+/// `nmi-by-layer` (NMI with its companion, the modality separation) and `gap-by-layer`:
+/// per slot and model group, the statistic on the held-out pairs with a 95 % bootstrap band
+/// (over items, or seeds × items), recomputed on every resample.
 fn layer_curves(r: &Recipe, dir: &Path) -> Result<()> {
     let by_gap = r.analysis == "gap-by-layer";
     let site = Site::parse(r.site.as_deref().unwrap_or(if by_gap { "resid" } else { "ln1" }))?;
-    let mut series = vec![];
-    let mut csv = String::from("model,slot,value\n");
-    let mut provs = vec![];
-    for src in r.models()? {
-        let model = src.load(0)?;
-        let name = model.model.config.name.clone();
-        let values: Vec<(f64, f64)> = if by_gap {
-            // B15: centroid gap of pooled tokens mapped through the frozen heads.
-            let (s, _, n) = r.data().open(&model)?;
-            let spec = LayerSpec { site, pooling: Pooling::Special, projected: true };
-            let f = embed_pairs(&model.model, s.as_ref(), n, 64, &r.data().tokenizer(&model), Some(spec))?;
-            let mut v: Vec<(f64, f64)> = f.layers.iter().map(|(s, (a, b))| (*s as f64, centroid_gap(a, b))).collect();
-            v.push((model.model.config.text.layers as f64, centroid_gap(&f.image, &f.text)));
-            v
-        } else {
-            let out = nmi::run(&model, &r.data(), &NmiOptions { site, ..Default::default() })?;
-            out.layers.iter().map(|x| (x.slot as f64, x.nmi)).collect()
-        };
-        for (s, v) in &values {
-            csv.push_str(&format!("{name},{s},{v}\n"));
+    let b = r.bootstrap(100);
+    let nmi_opts = NmiOptions { site, ..Default::default() };
+    // (file stem, column) per statistic.
+    let stats: &[&str] = if by_gap { &["gap"] } else { &["nmi", "separation"] };
+    let mut curves: Vec<Vec<(String, Curve)>> = vec![Vec::new(); stats.len()];
+    let mut csv = String::from("model,slot,metric,seeds,items,mean,lo,hi\n");
+    let mut header = String::new();
+    let mut seeds = 1;
+    let mut items = 0;
+    for models in r.load_groups()? {
+        let name = models[0].model.config.name.clone();
+        // Per seed: (slot, image features, text features), the joint space last.
+        let mut feats: Vec<Vec<(usize, Tensor, Tensor)>> = Vec::new();
+        for model in &models {
+            let (src, data_id, n) = r.data().open(model)?;
+            // B15 (gap): pooled tokens mapped through the frozen final LN + projection.
+            let spec = LayerSpec { site, pooling: Pooling::Special, projected: by_gap };
+            let f = embed_pairs(&model.model, src.as_ref(), n, 64, &r.data().tokenizer(model), Some(spec))?;
+            let mut v: Vec<(usize, Tensor, Tensor)> = f.layers.iter().map(|(s, (a, b))| (*s, a.shallow_clone(), b.shallow_clone())).collect();
+            v.push((model.model.config.text.layers, f.image.shallow_clone(), f.text.shallow_clone()));
+            let mut p = provenance(model, data_id, r.seed());
+            p.notes.push(format!("site {}{}", site.name(), if by_gap { ", pooled token through the frozen final LN + projection" } else { "" }));
+            if let Some(meta) = &model.meta {
+                p.notes.push(format!("training seed {}, step {}", meta.seed, meta.step));
+            }
+            header.push_str(&p.csv_header());
+            feats.push(v);
         }
-        let mut p = provenance(&model, format!("synthetic-heldout:n={}", r.synthetic()), r.seed());
-        p.notes.push(format!("site {}{}", site.name(), if by_gap { ", pooled token through the frozen final LN + projection" } else { "" }));
-        provs.push(p);
-        series.push((name, values));
+        seeds = feats.len();
+        items = feats[0][0].1.size()[0] as usize;
+        if feats.iter().any(|f| f.len() != feats[0].len() || f[0].1.size()[0] as usize != items) {
+            return Err(Error::Invalid(format!("{name}: the runs of a group disagree on slots or items")));
+        }
+        let res = Resamples::new(seeds, items, b, r.seed());
+        for (k, stat_name) in stats.iter().enumerate() {
+            let mut curve = Vec::new();
+            for j in 0..feats[0].len() {
+                let slot = feats[0][j].0;
+                let stat = |s: usize, it: &[usize]| {
+                    let (_, x, y) = &feats[s][j];
+                    let idx = Tensor::from_slice(&it.iter().map(|&i| i as i64).collect::<Vec<_>>());
+                    let (x, y) = (x.index_select(0, &idx), y.index_select(0, &idx));
+                    match *stat_name {
+                        "gap" => centroid_gap(&x, &y),
+                        "separation" => separation(&x, &y),
+                        _ => modality_nmi(&x, &y, nmi_opts.k, nmi_opts.restarts, nmi_opts.seed).map(|v| v.0).unwrap_or(f64::NAN),
+                    }
+                };
+                let iv = res.interval(&stat);
+                csv.push_str(&format!("{name},{slot},{stat_name},{seeds},{items},{},{},{}\n", iv.mean, iv.lo, iv.hi));
+                curve.push((slot as f64, iv.mean, iv.lo, iv.hi));
+            }
+            curves[k].push((name.clone(), curve));
+        }
     }
-    let header: String = provs.iter().map(|p| p.csv_header()).collect();
+    let method = if seeds > 1 {
+        format!("Line: mean over {seeds} training seeds; bars: 95 % hierarchical bootstrap over seeds × {items} held-out pairs ({b} replicates)")
+    } else {
+        format!("Bars: 95 % bootstrap over {items} held-out pairs ({b} replicates)")
+    };
     let stem = if by_gap { "gap_by_layer" } else { "nmi_by_layer" };
-    write_atomic(&dir.join(format!("{stem}.csv")), (header + &csv).as_bytes())?;
-    let ymax = series.iter().flat_map(|(_, v)| v.iter().map(|p| p.1)).fold(0.0f64, f64::max);
-    line_chart_png_svg(&dir.join(stem), &LineChart {
+    write_atomic(&dir.join(format!("{stem}.csv")), (header + &format!("# {method}\n") + &csv).as_bytes())?;
+    let chart = |curves: &[(String, Curve)], y_label: String, y_max: f64, caption: String| LineChart {
         title: r.title.clone(),
         x_label: "slot (last = joint embedding space)".into(),
-        y_label: if by_gap { "centroid gap ‖x̄ − ȳ‖".into() } else { format!("NMI ({})", site.name()) },
-        series,
-        y_range: (0.0, if by_gap { (ymax * 1.1).max(0.1) } else { 1.05 }),
-    })
+        y_label,
+        series: curves.iter().map(|(n, c)| (n.clone(), c.iter().map(|p| (p.0, p.1)).collect())).collect(),
+        bands: curves.iter().map(|(_, c)| Some(c.iter().map(|p| (p.2, p.3)).collect())).collect(),
+        y_range: (0.0, y_max),
+        x_integer: true,
+        caption: Some(caption),
+    };
+    let top = |curves: &[(String, Curve)]| curves.iter().flat_map(|(_, c)| c.iter().map(|p| p.3.max(p.1))).filter(|v| v.is_finite()).fold(0.0f64, f64::max);
+    if by_gap {
+        let caption = format!("Centroid gap ‖x̄ − ȳ‖ of the pooled tokens at {} mapped through the frozen final LN + projection (B15); {method}.", site.name());
+        return line_chart_png_svg(&dir.join(stem), &chart(&curves[0], "centroid gap ‖x̄ − ȳ‖".into(), (top(&curves[0]) * 1.1).max(0.1), caption));
+    }
+    // How many slots have NMI ≈ 1 for every model: then NMI cannot rank them.
+    let n_slots = curves[0].iter().map(|(_, c)| c.len()).max().unwrap_or(0);
+    let saturated = (0..n_slots).filter(|&j| curves[0].iter().all(|(_, c)| c.get(j).is_some_and(|p| p.1 >= 0.99))).count();
+    let nmi_caption = format!(
+        "NMI of 2-means clusters vs modality ({}): 1 = the modalities form separate clusters. {saturated} of {n_slots} slots are saturated (NMI ≥ 0.99 for every model), where NMI cannot tell models apart; separation_by_layer.png, beside it, measures how far apart the clusters are. {method}.",
+        site.name()
+    );
+    line_chart_png_svg(&dir.join(stem), &chart(&curves[0], format!("NMI ({})", site.name()), 1.05, nmi_caption))?;
+    let sep_caption = format!(
+        "Companion of NMI, which saturates once the modalities are separable: the centroid gap in units of the within-modality spread, ‖x̄ − ȳ‖ / √(½(E‖x − x̄‖² + E‖y − ȳ‖²)) at {}; it keeps growing with the distance, so it ranks models where NMI is 1. {method}.",
+        site.name()
+    );
+    line_chart_png_svg(&dir.join("separation_by_layer"), &LineChart { title: format!("{} — separation", r.title), ..chart(&curves[1], "gap / within-modality spread".into(), (top(&curves[1]) * 1.1).max(0.1), sep_caption) })
 }
 
+/// A group's label: the last component of its run template that is not the seed
+/// (`demo-out/runs/tiny-clip/seed-{seed}` → `tiny-clip`).
+fn group_label(run: &Path) -> String {
+    run.components()
+        .rev()
+        .map(|c| c.as_os_str().to_string_lossy().to_string())
+        .find(|c| !c.contains("{seed}") && !c.is_empty() && c != "." && c != "..")
+        .unwrap_or_else(|| run.display().to_string())
+}
+
+/// `training-curves`: modality gap and zero-shot top-1 over steps from each run's
+/// `metrics.jsonl`; a group of seeds is drawn as its mean with the min–max range over seeds.
 fn training_curves(r: &Recipe, dir: &Path) -> Result<()> {
-    let mut gap_series = vec![];
-    let mut zs_series = vec![];
-    let mut csv = String::from("run,step,loss,zero_shot_top1,image_to_text_r1,modality_gap\n");
-    for run in &r.runs {
-        let path = run.join("metrics.jsonl");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let name = run.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| run.display().to_string());
-        let (mut g, mut z) = (vec![], vec![]);
-        for (i, line) in text.lines().enumerate() {
-            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::Parse { path: path.clone(), message: format!("line {}: {e}", i + 1) })?;
-            if let Some(e) = v.get("eval") {
-                let step = v["step"].as_f64().unwrap_or(0.0);
-                g.push((step, e["modality_gap"].as_f64().unwrap_or(f64::NAN)));
-                z.push((step, e["zero_shot_top1"].as_f64().unwrap_or(f64::NAN)));
-                csv.push_str(&format!("{name},{step},{},{},{},{}\n", v["loss"], e["zero_shot_top1"], e["image_to_text_r1"], e["modality_gap"]));
+    // [metric][group] = (label, step → values over seeds)
+    let mut per: [Vec<(String, std::collections::BTreeMap<i64, Vec<f64>>)>; 2] = [Vec::new(), Vec::new()];
+    let mut csv = String::from("run,seed,step,loss,zero_shot_top1,image_to_text_r1,modality_gap\n");
+    let mut seeds = 1;
+    for (template, group) in r.runs.iter().zip(r.groups()) {
+        let label = group_label(template);
+        seeds = group.len();
+        let mut maps = [std::collections::BTreeMap::new(), std::collections::BTreeMap::new()];
+        for (si, run) in group.iter().enumerate() {
+            let seed = r.seeds.as_ref().map(|s| s[si].to_string()).unwrap_or_default();
+            let path = run.join("metrics.jsonl");
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+            for (i, line) in text.lines().enumerate() {
+                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::Parse { path: path.clone(), message: format!("line {}: {e}", i + 1) })?;
+                let Some(e) = v.get("eval") else { continue };
+                let step = v["step"].as_i64().ok_or_else(|| Error::Parse { path: path.clone(), message: format!("line {}: an eval record without an integer step", i + 1) })?;
+                csv.push_str(&format!("{label},{seed},{step},{},{},{},{}\n", v["loss"], e["zero_shot_top1"], e["image_to_text_r1"], e["modality_gap"]));
+                for (k, key) in ["modality_gap", "zero_shot_top1"].iter().enumerate() {
+                    maps[k].entry(step).or_insert_with(Vec::new).push(e[*key].as_f64().unwrap_or(f64::NAN));
+                }
             }
         }
-        gap_series.push((name.clone(), g));
-        zs_series.push((name, z));
+        let [g, z] = maps;
+        per[0].push((label.clone(), g));
+        per[1].push((label, z));
     }
     let mut prov = Provenance::new("runs", "see each run's checkpoints".into(), "synthetic-heldout (training eval)".into(), crate::model::config::Preprocess { mean: [0.0; 3], std: [1.0; 3] }, 0);
     prov.notes.push("values are the eval blocks of each run's metrics.jsonl".into());
+    if seeds > 1 {
+        prov.notes.push(format!("groups of {seeds} seeds: the figures draw the mean and the min–max range over seeds"));
+    }
     write_atomic(&dir.join("training_curves.csv"), (prov.csv_header() + &csv).as_bytes())?;
-    let gmax = gap_series.iter().flat_map(|(_, v)| v.iter().map(|p| p.1)).fold(0.0f64, f64::max);
-    line_chart_png_svg(&dir.join("modality_gap"), &LineChart { title: format!("{} — modality gap", r.title), x_label: "step".into(), y_label: "‖x̄ − ȳ‖".into(), series: gap_series, y_range: (0.0, (gmax * 1.1).max(0.1)) })?;
-    line_chart_png_svg(&dir.join("zero_shot"), &LineChart { title: format!("{} — zero-shot top-1", r.title), x_label: "step".into(), y_label: "top-1".into(), series: zs_series, y_range: (0.0, 1.0) })
+    let caption = (seeds > 1).then(|| format!("Line: mean over {seeds} training seeds; bars: min–max over the seeds at each evaluation (held-out synthetic pairs)."));
+    for (k, (stem, y_label, what)) in [("modality_gap", "‖x̄ − ȳ‖", "modality gap"), ("zero_shot", "top-1", "zero-shot top-1")].iter().enumerate() {
+        let series: Vec<(String, Vec<(f64, f64)>)> = per[k].iter().map(|(n, m)| (n.clone(), m.iter().map(|(s, v)| (*s as f64, v.iter().sum::<f64>() / v.len() as f64)).collect())).collect();
+        let bands = per[k]
+            .iter()
+            .map(|(_, m)| (seeds > 1).then(|| m.values().map(|v| v.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)))).collect()))
+            .collect();
+        let hi = per[k].iter().flat_map(|(_, m)| m.values().flatten().copied()).filter(|v| v.is_finite()).fold(0.0f64, f64::max);
+        let y_max = if k == 1 { 1.0 } else { (hi * 1.1).max(0.1) };
+        line_chart_png_svg(&dir.join(stem), &LineChart { title: format!("{} — {what}", r.title), x_label: "step".into(), y_label: y_label.to_string(), series, bands, y_range: (0.0, y_max), x_integer: true, caption: caption.clone() })?;
+    }
+    Ok(())
+}
+
+/// One metric of an interval table.
+#[derive(Clone, Copy)]
+enum Metric {
+    /// The mean of a per-item 0/1 vector (index into [`SeedItems::hits`]).
+    Hits(usize),
+    /// Centroid modality gap of the joint embeddings, recomputed per resample.
+    Gap,
+    /// Relative modality gap (Schrodi et al. 2025), recomputed per resample.
+    Rmg,
+}
+
+/// What one run contributes to a table: per-item hits and the joint embeddings.
+struct SeedItems {
+    hits: Vec<Vec<f64>>,
+    image: Tensor,
+    text: Tensor,
+}
+
+impl SeedItems {
+    fn stat(&self, m: Metric, items: &[usize]) -> f64 {
+        let sel = || {
+            let idx = Tensor::from_slice(&items.iter().map(|&i| i as i64).collect::<Vec<_>>());
+            (self.image.index_select(0, &idx), self.text.index_select(0, &idx))
+        };
+        match m {
+            Metric::Hits(k) => mean_over(&self.hits[k], items),
+            Metric::Gap => {
+                let (a, b) = sel();
+                centroid_gap(&a, &b)
+            }
+            // Uniformity is not read: 3 items keep its O(n²) part out of every resample.
+            Metric::Rmg => {
+                let (a, b) = sel();
+                gap_report(&a, &b, 3).map(|g| g.rmg).unwrap_or(f64::NAN)
+            }
+        }
+    }
+}
+
+/// The comparison tables (`comparison`, `zeroshot-retrieval`): every metric per model group
+/// as mean and 95 % interval (bootstrap over held-out items; over seeds × items for several
+/// runs, [`Resamples`]), and the paired difference to the first group on the same draws with
+/// its p-value. Writes `<stem>.csv`, `<stem>.md` and the interval figure `<stem>.png/.svg`.
+fn interval_table(r: &Recipe, dir: &Path, stem: &str, retrieval_ks: &[i64], metrics: &[(&str, Metric)]) -> Result<()> {
+    let n = r.synthetic();
+    let b = r.bootstrap(1000);
+    let groups = r.load_groups()?;
+    let mut names = Vec::new();
+    let mut params = Vec::new();
+    let mut runs: Vec<Vec<SeedItems>> = Vec::new();
+    let mut header = String::new();
+    for models in &groups {
+        let mut per_seed = Vec::new();
+        for model in models {
+            let e = evaluate_items(&model.model, r.seed(), n)?;
+            let sim = e.image.matmul(&e.text.tr());
+            let mut hits = vec![e.zero_shot_hit.clone(), e.zero_shot_top5_hit.clone()];
+            for &k in retrieval_ks {
+                hits.push(rank_hits(&sim, k));
+            }
+            for &k in retrieval_ks {
+                hits.push(rank_hits(&sim.tr(), k));
+            }
+            per_seed.push(SeedItems { hits, image: e.image, text: e.text });
+            let mut p = provenance(model, format!("synthetic-heldout:n={n},seed={}", r.seed()), r.seed());
+            if let Some(meta) = &model.meta {
+                p.notes.push(format!("training seed {}, step {}", meta.seed, meta.step));
+            }
+            header.push_str(&p.csv_header());
+        }
+        let c = MsClip::param_count(&models[0].vs);
+        names.push(models[0].model.config.name.clone());
+        params.push((c.total, c.shared));
+        runs.push(per_seed);
+    }
+    let seeds = runs[0].len();
+    let res = Resamples::new(seeds, n, b, r.seed());
+    let method = if seeds > 1 {
+        format!("Mean over {seeds} training seeds; intervals: hierarchical bootstrap over seeds × {n} held-out items ({b} replicates)")
+    } else {
+        format!("One run per model; intervals: bootstrap over {n} held-out items ({b} replicates)")
+    };
+    let mut csv = format!("# intervals: {method}; paired test vs {} on the same draws (two-sided bootstrap p)\n", names[0]);
+    csv.push_str("model,params_total,params_shared,metric,seeds,items,mean,lo,hi,delta_vs_first,delta_lo,delta_hi,p_value\n");
+    let mut md = format!("{method}; Δ and p: paired bootstrap against {} on the same items and seeds.\n\n| model | params | shared |", names[0]);
+    for (m, _) in metrics {
+        md.push_str(&format!(" {m} |"));
+    }
+    md.push_str(&format!("\n|---|---:|---:|{}\n", "---:|".repeat(metrics.len())));
+    let mut delta_md = format!("\n| Δ vs {} |{}\n|---|{}\n", names[0], metrics.iter().map(|(m, _)| format!(" {m} |")).collect::<String>(), "---:|".repeat(metrics.len()));
+    let mut panels: Vec<(String, Vec<(f64, f64, f64)>)> = metrics.iter().map(|(m, _)| (m.to_string(), Vec::new())).collect();
+    for (g, name) in names.iter().enumerate() {
+        md.push_str(&format!("| {name} | {} | {} |", params[g].0, params[g].1));
+        if g > 0 {
+            delta_md.push_str(&format!("| {name} |"));
+        }
+        for (j, (label, metric)) in metrics.iter().enumerate() {
+            let stat = |s: usize, it: &[usize]| runs[g][s].stat(*metric, it);
+            let iv = res.interval(&stat);
+            let paired = (g > 0).then(|| res.paired(&stat, &|s, it| runs[0][s].stat(*metric, it)));
+            let (d, dlo, dhi, p) = paired.map(|p| (p.delta.mean, p.delta.lo, p.delta.hi, p.p_value)).unwrap_or((f64::NAN, f64::NAN, f64::NAN, f64::NAN));
+            csv.push_str(&format!("{name},{},{},{label},{seeds},{n},{},{},{},{d},{dlo},{dhi},{p}\n", params[g].0, params[g].1, iv.mean, iv.lo, iv.hi));
+            md.push_str(&format!(" {:.3} [{:.3}, {:.3}] |", iv.mean, iv.lo, iv.hi));
+            if g > 0 {
+                delta_md.push_str(&format!(" {d:+.3} [{dlo:+.3}, {dhi:+.3}] p={} |", format_p(p, b)));
+            }
+            panels[j].1.push((iv.mean, iv.lo, iv.hi));
+        }
+        md.push('\n');
+        if g > 0 {
+            delta_md.push('\n');
+        }
+    }
+    if names.len() > 1 {
+        md.push_str(&delta_md);
+    }
+    write_atomic(&dir.join(format!("{stem}.csv")), (header + &csv).as_bytes())?;
+    write_atomic(&dir.join(format!("{stem}.md")), md.as_bytes())?;
+    let first = names[0].clone();
+    render(&dir.join(stem), &IntervalPanels {
+        title: r.title.clone(),
+        models: names,
+        panels,
+        caption: Some(format!("Dot: the estimate; bar: its 95 % interval. {method}. Paired differences to {} with p-values: {stem}.md and {stem}.csv.", first)),
+    })
+}
+
+/// A bootstrap p-value as text: below the resolution `1/(B+1)` it is given as a bound.
+fn format_p(p: f64, b: usize) -> String {
+    if p.is_nan() {
+        "–".into()
+    } else if p <= 2.0 / (b as f64 + 1.0) + 1e-12 {
+        format!("<{:.0e}", 2.0 / (b as f64 + 1.0) + 1e-12)
+    } else {
+        format!("{p:.3}")
+    }
 }
 
 fn comparison(r: &Recipe, dir: &Path) -> Result<()> {
-    let mut csv = String::from("model,params_total,params_shared,zero_shot_top1,zero_shot_top5,image_to_text_r1,text_to_image_r1,modality_gap,rmg,margin\n");
-    let mut md = String::from("| model | params | shared | zero-shot top-1 | top-5 | R@1 i→t | R@1 t→i | gap | RMG |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-    let mut header = String::new();
-    for src in r.models()? {
-        let model = src.load(0)?;
-        let c = MsClip::param_count(&model.vs);
-        let e = evaluate(&model.model, r.seed(), r.synthetic())?;
-        let (s, data_id, n) = r.data().open(&model)?;
-        let f = embed_pairs(&model.model, s.as_ref(), n, 64, &r.data().tokenizer(&model), None)?;
-        let g = gap_report(&f.image, &f.text, DEFAULT_UNIFORMITY_MAX)?;
-        let name = &model.model.config.name;
-        csv.push_str(&format!("{name},{},{},{},{},{},{},{},{},{}\n", c.total, c.shared, e.zero_shot_top1, e.zero_shot_top5, e.image_to_text_r1, e.text_to_image_r1, e.modality_gap, g.rmg, g.margin));
-        md.push_str(&format!("| {name} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n", c.total, c.shared, e.zero_shot_top1, e.zero_shot_top5, e.image_to_text_r1, e.text_to_image_r1, e.modality_gap, g.rmg));
-        header.push_str(&provenance(&model, data_id, r.seed()).csv_header());
-    }
-    write_atomic(&dir.join("comparison.csv"), (header + &csv).as_bytes())?;
-    write_atomic(&dir.join("comparison.md"), md.as_bytes())
+    let metrics = [
+        ("zero-shot top-1", Metric::Hits(0)),
+        ("top-5", Metric::Hits(1)),
+        ("R@1 i→t", Metric::Hits(2)),
+        ("R@1 t→i", Metric::Hits(3)),
+        ("gap", Metric::Gap),
+        ("RMG", Metric::Rmg),
+    ];
+    interval_table(r, dir, "comparison", &[1], &metrics)
+}
+
+fn zeroshot_retrieval(r: &Recipe, dir: &Path) -> Result<()> {
+    let metrics = [
+        ("zero-shot top-1", Metric::Hits(0)),
+        ("top-5", Metric::Hits(1)),
+        ("i→t R@1", Metric::Hits(2)),
+        ("i→t R@5", Metric::Hits(3)),
+        ("i→t R@10", Metric::Hits(4)),
+        ("t→i R@1", Metric::Hits(5)),
+        ("t→i R@5", Metric::Hits(6)),
+        ("t→i R@10", Metric::Hits(7)),
+    ];
+    interval_table(r, dir, "zeroshot_retrieval", &[1, 5, 10], &metrics)
 }
 
 fn probe_table(r: &Recipe, dir: &Path) -> Result<()> {
@@ -414,24 +722,4 @@ fn probe_table(r: &Recipe, dir: &Path) -> Result<()> {
     }
     write_atomic(&dir.join("probe_table.csv"), (header + &csv).as_bytes())?;
     write_atomic(&dir.join("probe_table.md"), md.as_bytes())
-}
-
-fn zeroshot_retrieval(r: &Recipe, dir: &Path) -> Result<()> {
-    let mut csv = String::from("model,zero_shot_top1,zero_shot_top5,i2t_r1,i2t_r5,i2t_r10,t2i_r1,t2i_r5,t2i_r10\n");
-    let mut md = String::from("| model | zero-shot top-1 | top-5 | i→t R@1 | R@5 | R@10 | t→i R@1 | R@5 | R@10 |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-    let mut header = String::new();
-    for src in r.models()? {
-        let model = src.load(0)?;
-        let e = evaluate(&model.model, r.seed(), r.synthetic())?;
-        let (s, data_id, n) = r.data().open(&model)?;
-        let f = embed_pairs(&model.model, s.as_ref(), n, 64, &r.data().tokenizer(&model), None)?;
-        let sim = f.image.matmul(&f.text.tr());
-        let rk: Vec<f64> = [1, 5, 10].iter().map(|&k| recall_at_k(&sim, k)).chain([1, 5, 10].iter().map(|&k| recall_at_k(&sim.tr(), k))).collect();
-        let name = &model.model.config.name;
-        csv.push_str(&format!("{name},{},{},{}\n", e.zero_shot_top1, e.zero_shot_top5, rk.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")));
-        md.push_str(&format!("| {name} | {:.3} | {:.3} | {} |\n", e.zero_shot_top1, e.zero_shot_top5, rk.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(" | ")));
-        header.push_str(&provenance(&model, data_id, r.seed()).csv_header());
-    }
-    write_atomic(&dir.join("zeroshot_retrieval.csv"), (header + &csv).as_bytes())?;
-    write_atomic(&dir.join("zeroshot_retrieval.md"), md.as_bytes())
 }

@@ -113,6 +113,8 @@ impl NmiOutput {
             y_label: "NMI".into(),
             series: vec![(self.model_name.clone(), pts)],
             y_range: (0.0, 1.0),
+            x_integer: true,
+            ..Default::default()
         })
     }
 }

@@ -204,7 +204,12 @@ impl Figure for Matrix<'_> {
     }
 }
 
-/// A line chart: one or more named series of (x, y) points.
+/// A line chart: one or more named series of (x, y) points, optionally with a 95 % band
+/// per point (drawn as error bars). Series keep their colour across figures when they are
+/// named after a model ([`model_color`]); each series has its own marker shape and the
+/// markers shrink from the first series to the last, so lines that coincide stay visible (and
+/// are named in a note). The legend sits in its own panel right of the plot, never on data.
+#[derive(Default)]
 pub struct LineChart {
     /// Title.
     pub title: String,
@@ -216,49 +221,161 @@ pub struct LineChart {
     pub series: Vec<(String, Vec<(f64, f64)>)>,
     /// y-axis range.
     pub y_range: (f64, f64),
+    /// Per series, the (lo, hi) interval of each point (error bars), or `None`.
+    pub bands: Vec<Option<Vec<(f64, f64)>>>,
+    /// x is an index (slot, K, step): integer tick labels.
+    pub x_integer: bool,
+    /// Explanatory text under the chart (why this metric, what to read).
+    pub caption: Option<String>,
 }
 
-const SERIES_COLORS: [RGBColor; 6] =
-    [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189), RGBColor(255, 127, 14), RGBColor(23, 190, 207)];
+const SERIES_COLORS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(23, 190, 207),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+];
+
+/// One colour per model across every figure: the sharing spectrum's models (and their CLIP
+/// and MS-CLIP relatives) have fixed colours; any other name gets one from its hash.
+pub fn model_color(name: &str) -> Option<RGBColor> {
+    let base = name.trim_start_matches("tiny-").trim_start_matches("micro-");
+    let fixed = match base {
+        "clip" | "clip-b32" | "clip-b16" => Some(0),
+        "msclip-attn" => Some(4),
+        "msclip" | "msclip-b32" => Some(2),
+        "msclip-ln" => Some(3),
+        "msclip-s" | "msclip-s-b32" | "msclip-s-b16" => Some(1),
+        _ => None,
+    };
+    fixed.map(|i| SERIES_COLORS[i])
+}
+
+fn series_color(name: &str, i: usize) -> RGBColor {
+    model_color(name).unwrap_or(SERIES_COLORS[(i + 5) % SERIES_COLORS.len()])
+}
+
+fn marker<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    at: (i32, i32),
+    i: usize,
+    size: i32,
+    col: RGBColor,
+) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let (x, y) = at;
+    let style = col.filled();
+    match i % 5 {
+        0 => area.draw(&Circle::new(at, size, style)),
+        1 => area.draw(&Polygon::new(vec![(x, y - size - 1), (x - size - 1, y + size), (x + size + 1, y + size)], style)),
+        2 => area.draw(&Rectangle::new([(x - size, y - size), (x + size, y + size)], style)),
+        3 => area.draw(&Polygon::new(vec![(x, y - size - 2), (x + size + 1, y), (x, y + size + 2), (x - size - 1, y)], style)),
+        _ => area.draw(&Cross::new(at, size + 1, col.stroke_width(2))),
+    }
+}
 
 fn draw_lines<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, c: &LineChart) -> std::result::Result<(), String> {
     let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
     root.fill(&WHITE).map_err(e)?;
+    let (w, h) = root.dim_in_pixel();
+    let caption_h = if c.caption.is_some() { 58 } else { 0 };
+    let (main, bottom) = root.split_vertically(h as i32 - caption_h);
+    let (plot_area, legend) = main.split_horizontally(w as i32 - 190);
     let xs = c.series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
     let (x0, x1) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
     let (x0, x1) = if x0 < x1 { (x0, x1) } else { (x0 - 1.0, x0 + 1.0) };
-    let mut chart = ChartBuilder::on(&root)
-        .caption(&c.title, ("sans-serif", 18))
+    let pad = if c.x_integer { 0.3 } else { 0.0 };
+    let mut chart = ChartBuilder::on(&plot_area)
+        .caption(&c.title, ("sans-serif", 17))
         .margin(12)
         .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d(x0..x1, c.y_range.0..c.y_range.1)
+        .y_label_area_size(55)
+        .build_cartesian_2d(x0 - pad..x1 + pad, c.y_range.0..c.y_range.1)
         .map_err(|x| x.to_string())?;
-    chart
-        .configure_mesh()
-        .x_desc(c.x_label.as_str())
-        .y_desc(c.y_label.as_str())
-        .label_style(("sans-serif", 13))
-        .draw()
-        .map_err(|x| x.to_string())?;
-    for (i, (name, pts)) in c.series.iter().enumerate() {
-        let col = SERIES_COLORS[i % SERIES_COLORS.len()];
-        chart
-            .draw_series(LineSeries::new(pts.iter().copied(), col.stroke_width(2)))
-            .map_err(|x| x.to_string())?
-            .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], col.stroke_width(2)));
-        chart.draw_series(pts.iter().map(|&(x, y)| Circle::new((x, y), 3, col.filled()))).map_err(|x| x.to_string())?;
+    let n_ticks = if c.x_integer { ((x1 - x0).round() as usize + 1).min(16) } else { 10 };
+    let int_labels = |v: &f64| if (v - v.round()).abs() < 1e-6 { format!("{}", v.round() as i64) } else { String::new() };
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(c.x_label.as_str()).y_desc(c.y_label.as_str()).label_style(("sans-serif", 13)).x_labels(n_ticks);
+    if c.x_integer {
+        mesh.x_label_formatter(&int_labels);
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 13))
-        .draw()
-        .map_err(|x| x.to_string())?;
+    mesh.draw().map_err(|x| x.to_string())?;
+    let n = c.series.len();
+    for (i, (name, pts)) in c.series.iter().enumerate() {
+        let col = series_color(name, i);
+        chart.draw_series(LineSeries::new(pts.iter().copied(), col.stroke_width(2))).map_err(|x| x.to_string())?;
+        if let Some(Some(band)) = c.bands.get(i) {
+            for (&(x, _), &(lo, hi)) in pts.iter().zip(band) {
+                if lo.is_finite() && hi.is_finite() {
+                    chart.draw_series(std::iter::once(PathElement::new(vec![(x, lo), (x, hi)], col.stroke_width(2)))).map_err(|x| x.to_string())?;
+                    for y in [lo, hi] {
+                        let dx = (x1 - x0 + 2.0 * pad) * 0.008;
+                        chart.draw_series(std::iter::once(PathElement::new(vec![(x - dx, y), (x + dx, y)], col.stroke_width(2)))).map_err(|x| x.to_string())?;
+                    }
+                }
+            }
+        }
+        // Markers in pixel space: shape by series, size shrinking so coinciding ones nest.
+        let size = (6 - (i as i32).min(3)).max(3);
+        for &(x, y) in pts {
+            if y.is_finite() {
+                let at = chart.backend_coord(&(x, y));
+                marker(&plot_area, at, i, size, col).map_err(e)?;
+            }
+        }
+    }
+    // Legend panel, and a note for series that coincide.
+    let font = ("sans-serif", 13).into_font();
+    for (i, (name, _)) in c.series.iter().enumerate() {
+        let col = series_color(name, i);
+        let y = 40 + i as i32 * 22;
+        legend.draw(&PathElement::new(vec![(6, y), (30, y)], col.stroke_width(2))).map_err(e)?;
+        marker(&legend, (18, y), i, (6 - (i as i32).min(3)).max(3), col).map_err(e)?;
+        legend.draw(&Text::new(name.clone(), (38, y - 7), font.clone().color(&BLACK))).map_err(e)?;
+    }
+    let mut same = vec![];
+    for i in 0..n {
+        for j in i + 1..n {
+            let (a, b) = (&c.series[i].1, &c.series[j].1);
+            if a.len() == b.len() && !a.is_empty() && a.iter().zip(b).all(|(p, q)| (p.0 - q.0).abs() < 1e-12 && (p.1 - q.1).abs() <= 1e-9 * p.1.abs().max(1.0)) {
+                same.push(format!("{} = {}", c.series[i].0, c.series[j].0));
+            }
+        }
+    }
+    if !same.is_empty() {
+        let y = 50 + n as i32 * 22;
+        legend.draw(&Text::new("lines coincide:".to_string(), (6, y), font.clone().color(&BLACK))).map_err(e)?;
+        for (k, t) in same.iter().enumerate() {
+            legend.draw(&Text::new(t.clone(), (6, y + 18 * (k as i32 + 1)), font.clone().color(&BLACK))).map_err(e)?;
+        }
+    }
+    if let Some(text) = &c.caption {
+        for (k, line) in wrap(text, ((w as usize).saturating_sub(20)) / 7).iter().enumerate().take(3) {
+            bottom.draw(&Text::new(line.clone(), (12, 6 + 17 * k as i32), ("sans-serif", 13).into_font().color(&BLACK))).map_err(e)?;
+        }
+    }
     root.present().map_err(e)?;
     Ok(())
+}
+
+/// Words of `text` in lines of at most `width` characters.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split_whitespace() {
+        let last = lines.last_mut().expect("a line");
+        if !last.is_empty() && last.chars().count() + 1 + word.chars().count() > width {
+            lines.push(word.to_string());
+        } else {
+            if !last.is_empty() {
+                last.push(' ');
+            }
+            last.push_str(word);
+        }
+    }
+    lines
 }
 
 /// Renders a [`LineChart`] to `stem.png` and `stem.svg`.
@@ -268,7 +385,7 @@ pub fn line_chart_png_svg(stem: &Path, c: &LineChart) -> Result<()> {
 
 impl Figure for LineChart {
     fn size(&self) -> (u32, u32) {
-        (720, 440)
+        (900, if self.caption.is_some() { 498 } else { 440 })
     }
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
         draw_lines(root, self)
@@ -512,6 +629,105 @@ impl Figure for HeadPairs<'_> {
                     let col = blend(base.get_pixel(x, y), up[(y * Self::IMG + x) as usize], 0.55);
                     root.draw(&Rectangle::new([(px, py), (px + Self::SCALE, py + Self::SCALE)], col.filled())).map_err(e)?;
                 }
+            }
+        }
+        root.present().map_err(e)?;
+        Ok(())
+    }
+}
+
+/// Point estimates with 95 % intervals, one panel per metric, models as rows (each in its
+/// colour across figures): the comparison tables as a figure.
+pub struct IntervalPanels {
+    /// Title.
+    pub title: String,
+    /// Model names, top to bottom.
+    pub models: Vec<String>,
+    /// Per panel: the metric's name and `(mean, lo, hi)` per model (NaN = missing).
+    pub panels: Vec<(String, Vec<(f64, f64, f64)>)>,
+    /// Explanatory text under the figure.
+    pub caption: Option<String>,
+}
+
+impl IntervalPanels {
+    const PANEL_W: i32 = 230;
+    const ROW: i32 = 26;
+    const LEFT: i32 = 150;
+    const TOP: i32 = 60;
+    /// Panels per row of the grid.
+    const COLS: usize = 4;
+    /// Height of one row of panels: its models plus the metric name above and the axis below.
+    fn block_h(&self) -> i32 {
+        self.models.len() as i32 * Self::ROW + 70
+    }
+    fn grid(&self) -> (usize, usize) {
+        let cols = self.panels.len().clamp(1, Self::COLS);
+        (cols, self.panels.len().div_ceil(cols).max(1))
+    }
+}
+
+impl Figure for IntervalPanels {
+    fn size(&self) -> (u32, u32) {
+        let (cols, rows) = self.grid();
+        let w = Self::LEFT + cols as i32 * Self::PANEL_W + 20;
+        let h = Self::TOP - 26 + rows as i32 * self.block_h() + if self.caption.is_some() { 60 } else { 0 };
+        (w.max(600) as u32, h as u32)
+    }
+    fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
+        let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
+        root.fill(&WHITE).map_err(e)?;
+        let font = ("sans-serif", 13).into_font();
+        root.draw_text(&self.title, &("sans-serif", 16).into_font().color(&BLACK), (10, 8)).map_err(e)?;
+        let (cols, rows) = self.grid();
+        for block in 0..rows {
+            let top = Self::TOP + block as i32 * self.block_h();
+            for (r, m) in self.models.iter().enumerate() {
+                root.draw_text(m, &font.color(&BLACK), (8, top + r as i32 * Self::ROW + 6)).map_err(e)?;
+            }
+        }
+        let mut bottom = 0;
+        for (p, (metric, vals)) in self.panels.iter().enumerate() {
+            let top = Self::TOP + (p / cols) as i32 * self.block_h();
+            let axis = top + self.models.len() as i32 * Self::ROW;
+            bottom = bottom.max(axis);
+            let x0 = Self::LEFT + (p % cols) as i32 * Self::PANEL_W;
+            let (x_lo, x_hi) = (x0 + 10, x0 + Self::PANEL_W - 20);
+            root.draw_text(metric, &font.color(&BLACK), (x0 + 10, top - 26)).map_err(e)?;
+            let finite: Vec<f64> = vals.iter().flat_map(|v| [v.0, v.1, v.2]).filter(|v| v.is_finite()).collect();
+            let (mut lo, mut hi) = finite.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+            if !(lo < hi) {
+                (lo, hi) = (lo - 0.5, lo + 0.5);
+            }
+            let span = hi - lo;
+            let (lo, hi) = (lo - 0.08 * span, hi + 0.08 * span);
+            let px = |v: f64| x_lo + ((v - lo) / (hi - lo) * (x_hi - x_lo) as f64).round() as i32;
+            root.draw(&PathElement::new(vec![(x_lo, axis + 4), (x_hi, axis + 4)], BLACK.stroke_width(1))).map_err(e)?;
+            // Three ticks inside the axis (at 1/6, 1/2, 5/6), so labels of neighbouring
+            // panels never touch; digits enough to tell the ticks apart.
+            let digits = (-(span / 3.0).log10().floor()).clamp(1.0, 6.0) as usize + 1;
+            for k in [1.0, 3.0, 5.0] {
+                let v = lo + (hi - lo) * k / 6.0;
+                let x = px(v);
+                root.draw(&PathElement::new(vec![(x, axis + 4), (x, axis + 8)], BLACK.stroke_width(1))).map_err(e)?;
+                let label = format!("{v:.digits$}");
+                root.draw_text(&label, &("sans-serif", 11).into_font().color(&BLACK), (x - 3 * label.len() as i32, axis + 10)).map_err(e)?;
+            }
+            for (r, (m, (mean, l, h))) in self.models.iter().zip(vals).enumerate() {
+                let y = top + r as i32 * Self::ROW + 12;
+                let col = series_color(m, r);
+                root.draw(&PathElement::new(vec![(x_lo, y), (x_hi, y)], RGBColor(225, 225, 225).stroke_width(1))).map_err(e)?;
+                if l.is_finite() && h.is_finite() {
+                    root.draw(&PathElement::new(vec![(px(*l), y), (px(*h), y)], col.stroke_width(3))).map_err(e)?;
+                }
+                if mean.is_finite() {
+                    root.draw(&Circle::new((px(*mean), y), 5, col.filled())).map_err(e)?;
+                }
+            }
+        }
+        if let Some(text) = &self.caption {
+            let (w, _) = root.dim_in_pixel();
+            for (k, line) in wrap(text, (w as usize).saturating_sub(20) / 7).iter().enumerate().take(3) {
+                root.draw_text(line, &font.color(&BLACK), (10, bottom + 34 + 17 * k as i32)).map_err(e)?;
             }
         }
         root.present().map_err(e)?;

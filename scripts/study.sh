@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# `make study`: the sharing spectrum at 3 seeds each (not part of CI; ~45 min on 2 CPU cores).
+#  1. trains tiny-clip, tiny-msclip-attn, tiny-msclip, tiny-msclip-ln and tiny-msclip-s with
+#     seeds 0, 1, 2 into $OUT/runs/<model>/seed-<s> (the demo's seed-0 runs are reused; every
+#     run resumes from its newest valid checkpoint, a finished one is a no-op);
+#  2. renders the recipes in analyses/study/ (comparison and retrieval tables with bootstrap
+#     intervals over seeds × items and paired tests, NMI/separation/gap by layer with bands,
+#     training curves across seeds) into figures/study/ (FIGURES=DIR to redirect).
+# SEEDS=0,1 or STUDY_STEPS=50 for a quicker look (the figures then say so in their provenance).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${1:-demo-out}"
+SEEDS="${SEEDS:-0,1,2}"
+STEPS="${STUDY_STEPS:-}"
+BIN=target/release
+MODELS="tiny-clip tiny-msclip-attn tiny-msclip tiny-msclip-ln tiny-msclip-s"
+start=$SECONDS
+for m in $MODELS; do
+  echo "== training $m, seeds $SEEDS =="
+  args=(--config "configs/train/$m.toml" --out "$OUT/runs/$m" --seeds "$SEEDS" --progress --resume-or-fresh)
+  [ -n "$STEPS" ] && args+=(--steps "$STEPS")
+  "$BIN/msclip-train" "${args[@]}" > /dev/null
+done
+trained=$SECONDS
+if [ "$OUT" != demo-out ]; then
+  echo "note: the recipes in analyses/study/ read demo-out/runs; with OUT=$OUT edit them or symlink demo-out" >&2
+fi
+echo "== study figures (analyses/study → ${FIGURES:-figures/study}) =="
+"$BIN/msclip-analyze" figures --recipes analyses/study --out "${FIGURES:-figures/study}"
+echo "study: training $((trained - start)) s, figures $((SECONDS - trained)) s on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
