@@ -218,7 +218,7 @@ pub fn text(model: &MsClip, tokens: &Tensor) -> Result<Decomposition> {
 
 /// One head's direct effect resolved by token at the pooled row, `[N, L, E]` (before the
 /// final LayerNorm's scale is applied it is `A_h[q, t]·v_h[t]·W_O,hᵀ`; here through the same
-/// fixed linear maps as [`image`]/[`text`]'s terms, for the last slot's tokens of towers
+/// fixed linear maps as [`image()`]/[`text()`]'s terms, for the last slot's tokens of towers
 /// without adapters after `slot`). Summing over tokens gives the head's term.
 pub fn head_by_token(model: &MsClip, d: &Decomposition, inputs: &Tensor, slot: usize, head: usize) -> Result<Tensor> {
     let m = d.modality;
