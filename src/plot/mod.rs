@@ -219,8 +219,10 @@ pub struct LineChart {
     pub y_label: String,
     /// (name, points) per line.
     pub series: Vec<(String, Vec<(f64, f64)>)>,
-    /// y-axis range.
+    /// y-axis range (with `y_log`, both ends > 0).
     pub y_range: (f64, f64),
+    /// Logarithmic y axis (values ≤ the range's lower end are drawn at it).
+    pub y_log: bool,
     /// Per series, the (lo, hi) interval of each point (error bars), or `None`.
     pub bands: Vec<Option<Vec<(f64, f64)>>>,
     /// x is an index (slot, K, step): integer tick labels.
@@ -278,6 +280,27 @@ fn marker<DB: DrawingBackend>(
 }
 
 fn draw_lines<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, c: &LineChart) -> std::result::Result<(), String> {
+    if c.y_log {
+        // Draw log10 of every value on a linear axis whose labels read 10^v.
+        let floor = c.y_range.0.max(f64::MIN_POSITIVE);
+        let t = |y: f64| if y.is_nan() { y } else { y.max(floor).log10() };
+        let logged = LineChart {
+            title: c.title.clone(),
+            x_label: c.x_label.clone(),
+            y_label: c.y_label.clone(),
+            series: c.series.iter().map(|(n, p)| (n.clone(), p.iter().map(|&(x, y)| (x, t(y))).collect())).collect(),
+            y_range: (t(c.y_range.0), t(c.y_range.1)),
+            y_log: false,
+            bands: c.bands.iter().map(|b| b.as_ref().map(|b| b.iter().map(|&(lo, hi)| (t(lo), t(hi))).collect())).collect(),
+            x_integer: c.x_integer,
+            caption: c.caption.clone(),
+        };
+        return draw_lines_with(root, &logged, true);
+    }
+    draw_lines_with(root, c, false)
+}
+
+fn draw_lines_with<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, c: &LineChart, log_labels: bool) -> std::result::Result<(), String> {
     let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
     root.fill(&WHITE).map_err(e)?;
     let (w, h) = root.dim_in_pixel();
@@ -297,10 +320,21 @@ fn draw_lines<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>,
         .map_err(|x| x.to_string())?;
     let n_ticks = if c.x_integer { ((x1 - x0).round() as usize + 1).min(16) } else { 10 };
     let int_labels = |v: &f64| if (v - v.round()).abs() < 1e-6 { format!("{}", v.round() as i64) } else { String::new() };
+    // Log axis: label the decades only (10^0.5 = 3.16 printed as "3.2" reads as a misplaced 3).
+    let pow_labels = |v: &f64| {
+        if (v - v.round()).abs() > 1e-6 {
+            return String::new();
+        }
+        let e = v.round() as i32;
+        if e >= 0 { format!("{}", 10f64.powi(e)) } else { format!("{:.*}", (-e) as usize, 10f64.powi(e)) }
+    };
     let mut mesh = chart.configure_mesh();
     mesh.x_desc(c.x_label.as_str()).y_desc(c.y_label.as_str()).label_style(("sans-serif", 13)).x_labels(n_ticks);
     if c.x_integer {
         mesh.x_label_formatter(&int_labels);
+    }
+    if log_labels {
+        mesh.y_label_formatter(&pow_labels);
     }
     mesh.draw().map_err(|x| x.to_string())?;
     let n = c.series.len();
