@@ -1,10 +1,11 @@
 //! One optimizer step (forward + backward + AdamW) of msclip on a fixed synthetic batch.
 //! Usage: bench_step MODEL BATCH STEPS THREADS [cpu|cuda] [fp32|amp-bf16|amp-fp16]
 //! → prints one JSON line (median step time; CUDA timings synchronise after each step).
+//! `amp-bf16` runs the step under bf16 autocast on either device (`train::amp::autocast`).
 use std::time::Instant;
 
 use msclip::model::{ModelConfig, MsClip};
-use msclip::train::amp::{set_cuda_autocast_kind, Precision};
+use msclip::train::amp::{autocast, Precision};
 use msclip::train::loss_and_backward;
 use msclip::train::optim::{AdamW, AdamWConfig};
 use tch::{Device, Kind, Tensor};
@@ -27,12 +28,6 @@ fn main() {
     let ctx = cfg.text.context_length;
     let tokens = Tensor::randint_low(1, 49000, [bs, ctx], (Kind::Int64, device));
     let _ = tokens.narrow(1, ctx - 1, 1).fill_(49407);
-    let autocast = device.is_cuda() && precision.autocast_kind().is_some();
-    if let Some(kind) = precision.autocast_kind() {
-        if autocast {
-            set_cuda_autocast_kind(kind);
-        }
-    }
     let sync = || {
         if let Device::Cuda(i) = device {
             tch::Cuda::synchronize(i as i64);
@@ -43,7 +38,7 @@ fn main() {
         sync();
         let t = Instant::now();
         opt.zero_grad();
-        let _ = tch::autocast(autocast, || loss_and_backward(&m, &vs, &images, &tokens, 1, 1.0)).unwrap();
+        let _ = autocast(device, precision.autocast_kind(), || loss_and_backward(&m, &vs, &images, &tokens, 1, 1.0)).unwrap();
         opt.step(1e-4);
         sync();
         if i >= 3 {

@@ -2,8 +2,11 @@
 
 use tch::{Kind, Tensor};
 
-/// Contrastive loss of `logits_per_image: [B, B]` (matching pairs on the diagonal).
+/// Contrastive loss of `logits_per_image: [B, B]` (matching pairs on the diagonal), in fp32
+/// whatever the logits' dtype (under bf16 autocast the log-softmax runs in fp32, as CUDA
+/// autocast does by itself; a no-op for fp32 logits).
 pub fn clip_loss(logits_per_image: &Tensor) -> Tensor {
+    let logits_per_image = &logits_per_image.to_kind(Kind::Float);
     let b = logits_per_image.size()[0];
     let labels = Tensor::arange(b, (Kind::Int64, logits_per_image.device()));
     let li = logits_per_image.cross_entropy_for_logits(&labels);
