@@ -6,8 +6,28 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST="${LIBTORCH_DIR:-libtorch}"
 VERSION=2.11.0
+
+# gloo's headers (ProcessGroupGloo.hpp includes them; the wheel lacks them) from Debian's
+# libgloo-dev, headers only: gloo's code is inside libtorch_cpu.so. Needs no root.
+fetch_gloo() {
+  [ -f "$DEST/gloo-include/gloo/algorithm.h" ] && return 0
+  echo "setup: fetching gloo headers (Debian libgloo-dev) into $DEST/gloo-include ..." >&2
+  local t
+  t=$(mktemp -d)
+  (cd "$t" && apt-get download libgloo-dev >/dev/null 2>&1) \
+    || { echo "setup: 'apt-get download libgloo-dev' failed; put gloo's headers in $DEST/gloo-include/gloo by hand" >&2; rm -rf "$t"; exit 1; }
+  dpkg-deb -x "$t"/libgloo-dev_*.deb "$t/x"
+  rm -rf "$DEST/gloo-include.partial"
+  mkdir -p "$DEST/gloo-include.partial"
+  cp -r "$t/x/usr/include/gloo" "$DEST/gloo-include.partial/"
+  rm -rf "$DEST/gloo-include"
+  mv "$DEST/gloo-include.partial" "$DEST/gloo-include"
+  rm -rf "$t"
+}
+
 if [ -f "$DEST/build-version" ] && [ "$(cat "$DEST/build-version")" = "$VERSION" ] \
    && [ -f "$DEST/lib/libtorch_cpu.so" ] && [ -d "$DEST/include/torch" ]; then
+  fetch_gloo
   exit 0
 fi
 echo "setup: installing libtorch $VERSION (CPU) into $DEST ..." >&2
@@ -49,3 +69,4 @@ echo "$VERSION" > "$STAGE/build-version"
 rm -rf "$DEST"
 mv "$STAGE" "$DEST"
 echo "setup: libtorch ready in $DEST ($(du -sh "$DEST" | cut -f1))" >&2
+fetch_gloo

@@ -43,6 +43,29 @@ fn plan(steps: i64, augment: Option<Augment>) -> Plan {
         mean: [0.5; 3],
         std: [0.25; 3],
         augment,
+        shard: (0, 1),
+    }
+}
+
+/// Data-parallel shards: rank r of 2 (or 3) gets exactly its slice of the one-process batch.
+#[test]
+fn shards_partition_the_global_batch() {
+    let src: Arc<dyn PairSource> = Arc::new(SyntheticSource { seed: 2, n: 20, size: 64 });
+    let tok = Arc::new(Tokenizer::new(24));
+    let aug = Some(Augment { scale: (0.5, 1.0) });
+    let mut full = Loader::new(src.clone(), tok.clone(), plan(4, aug), 1, 1);
+    let full: Vec<_> = (0..4).map(|_| full.next_batch().unwrap().unwrap()).collect();
+    for world in [2usize, 3] {
+        let mut parts: Vec<Loader> = (0..world).map(|r| Loader::new(src.clone(), tok.clone(), Plan { shard: (r, world), ..plan(4, aug) }, 2, 1)).collect();
+        for b in &full {
+            let got: Vec<_> = parts.iter_mut().map(|l| l.next_batch().unwrap().unwrap()).collect();
+            let idx: Vec<usize> = got.iter().flat_map(|g| g.indices.clone()).collect();
+            assert_eq!(idx, b.indices, "world {world} step {}", b.step);
+            let imgs = tch::Tensor::cat(&got.iter().map(|g| g.images.shallow_clone()).collect::<Vec<_>>(), 0);
+            assert!(imgs.equal(&b.images), "world {world}: images differ");
+            let toks = tch::Tensor::cat(&got.iter().map(|g| g.tokens.shallow_clone()).collect::<Vec<_>>(), 0);
+            assert!(toks.equal(&b.tokens), "world {world}: tokens differ");
+        }
     }
 }
 

@@ -83,6 +83,20 @@ struct Cli {
     /// Print a progress line every 10 steps on stderr.
     #[arg(long)]
     progress: bool,
+    /// Data-parallel training: spawn N local worker processes (torchrun's standalone mode;
+    /// under torchrun, srun or by hand, the RANK/WORLD_SIZE/MASTER_* or SLURM_* variables say
+    /// who each process is instead). batch_size is per rank.
+    #[arg(long, value_parser = int_in(1usize..=256))]
+    nproc_per_node: Option<usize>,
+    /// gloo (CPU tensors; the default for CPU) | nccl (CUDA; not built yet)
+    #[arg(long)]
+    dist_backend: Option<String>,
+    /// Seconds a rank waits for the others (rendezvous and every collective) before failing.
+    #[arg(long, default_value_t = 300, value_parser = int_in(1u64..=86_400))]
+    dist_timeout: u64,
+    /// Each rank computes only its own rows of the contrastive loss (same gradient, less memory).
+    #[arg(long)]
+    local_loss: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -173,6 +187,7 @@ fn run(cli: Cli) -> Result<()> {
         tc.data = cli.data.clone();
     }
     tc.strict |= cli.strict;
+    tc.local_loss |= cli.local_loss;
     let device = match cli.device.as_str() {
         "auto" => Device::cuda_if_available(),
         "cpu" => Device::Cpu,
@@ -187,7 +202,33 @@ fn run(cli: Cli) -> Result<()> {
         Some(p) => Resume::Path(PathBuf::from(p)),
     };
     let progress = cli.progress || std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let opts = TrainOptions { resume, force: cli.force, device, progress };
+    let worker = std::env::var_os(LOCAL_WORKER).is_some();
+    if let (Some(n), false) = (cli.nproc_per_node, worker) {
+        if n > 1 {
+            if std::env::var_os("WORLD_SIZE").is_some() {
+                return Err(Error::Invalid("--nproc-per-node with WORLD_SIZE already set (torchrun/srun launch the workers; drop one of the two)".into()));
+            }
+            return spawn_workers(n, &out);
+        }
+    }
+    let launch = msclip::dist::Launch::from_env()?;
+    let group = match launch {
+        Some(l) if l.world > 1 => {
+            let backend = cli.dist_backend.clone().unwrap_or_else(|| if device.is_cuda() { "nccl".into() } else { "gloo".into() });
+            match backend.as_str() {
+                "gloo" if !device.is_cuda() => {}
+                "gloo" => return Err(Error::config("--dist-backend", "gloo", "this build's Gloo group takes CPU tensors; use --device cpu")),
+                "nccl" => return Err(Error::config("--dist-backend", "nccl", "NCCL is not built into this version yet; data-parallel training runs on CPU with gloo")),
+                other => return Err(Error::config("--dist-backend", other, "expected gloo or nccl")),
+            }
+            if l.rank != 0 {
+                log_to_file(&out.join(format!("rank-{}.log", l.rank)))?;
+            }
+            Some(std::sync::Arc::new(msclip::dist::ProcessGroup::new(&l, cli.dist_timeout)?))
+        }
+        _ => None,
+    };
+    let opts = TrainOptions { resume, force: cli.force, device, progress, group };
     if cli.seeds.is_empty() {
         let outcome = train(&tc, &out, &opts)?;
         if let Some(e) = &outcome.last_eval {
@@ -214,11 +255,108 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// Set in the environment of the workers that `--nproc-per-node` spawns.
+const LOCAL_WORKER: &str = "MSCLIP_LOCAL_WORKER";
+
+/// The terminal's stderr, kept when a rank's stderr goes to its log, for the final error.
+static CONSOLE: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+
+/// Sends this process's stderr to `path` (ranks other than 0 log to RUN/rank-N.log); the final
+/// error line still reaches the original stderr too.
+fn log_to_file(path: &std::path::Path) -> Result<()> {
+    use std::os::fd::IntoRawFd;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
+    let fd = f.into_raw_fd();
+    let saved = unsafe { libc::dup(2) };
+    if saved >= 0 {
+        let _ = CONSOLE.set(saved);
+    }
+    if unsafe { libc::dup2(fd, 2) } < 0 {
+        return Err(Error::io(path, std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// torchrun's standalone mode: runs this command `n` times with RANK, WORLD_SIZE, LOCAL_RANK,
+/// MASTER_ADDR=127.0.0.1 and a free MASTER_PORT, and waits. When a worker fails, the others
+/// are given the group timeout's grace to fail on their own (they do at their next collective)
+/// and are then killed; the exit status is the first failure's.
+fn spawn_workers(n: usize, out: &std::path::Path) -> Result<()> {
+    let exe = std::env::current_exe().map_err(|e| Error::Invalid(format!("cannot find this program to spawn workers: {e}")))?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let port = match std::env::var("MASTER_PORT") {
+        Ok(p) => p,
+        Err(_) => std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port().to_string())
+            .map_err(|e| Error::Invalid(format!("no free local port for the rendezvous: {e}")))?,
+    };
+    eprintln!("spawning {n} workers (rendezvous 127.0.0.1:{port}; ranks 1..{n} log to {}/rank-N.log)", out.display());
+    let mut children = vec![];
+    for rank in 0..n {
+        let child = std::process::Command::new(&exe)
+            .args(&args)
+            .env(LOCAL_WORKER, "1")
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("WORLD_SIZE", n.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", &port)
+            .spawn()
+            .map_err(|e| Error::Invalid(format!("spawning worker {rank}: {e}")))?;
+        children.push(Some(child));
+    }
+    let mut failure: Option<(usize, i32)> = None;
+    let mut failed_at = None;
+    loop {
+        for (rank, slot) in children.iter_mut().enumerate() {
+            if let Some(c) = slot {
+                if let Ok(Some(status)) = c.try_wait() {
+                    *slot = None;
+                    if !status.success() && failure.is_none() {
+                        failure = Some((rank, status.code().unwrap_or(1)));
+                        failed_at = Some(std::time::Instant::now());
+                    }
+                }
+            }
+        }
+        if children.iter().all(|c| c.is_none()) {
+            break;
+        }
+        if failed_at.is_some_and(|t| t.elapsed().as_secs() > 30) {
+            for c in children.iter_mut().flatten() {
+                let _ = c.kill();
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    match failure {
+        None => Ok(()),
+        Some((rank, code)) => {
+            let msg = format!("worker {rank} exited with status {code}; all workers stopped (see {}/rank-N.log)", out.display());
+            if code == 2 {
+                Err(Error::Invalid(msg))
+            } else {
+                Err(Error::Stopped(msg))
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
+            if let Some(&fd) = CONSOLE.get() {
+                use std::io::Write;
+                use std::os::fd::FromRawFd;
+                let mut console = unsafe { std::fs::File::from_raw_fd(fd) };
+                let _ = writeln!(console, "error: {e}");
+            }
             ExitCode::from(e.exit_code())
         }
     }

@@ -148,6 +148,10 @@ pub struct Plan {
     pub std: [f64; 3],
     /// Random resized crop, if any.
     pub augment: Option<Augment>,
+    /// `(rank, world)`: build only this rank's slice `[rank·b, (rank+1)·b)` of each step's
+    /// `batch_size` items, `b = batch_size / world` (data-parallel training). The global batch
+    /// of step s stays a function of (seed, s) whatever the world size. `(0, 1)`: all of it.
+    pub shard: (usize, usize),
 }
 
 fn build_batch(src: &dyn PairSource, tok: &Tokenizer, plan: &Plan, step: i64) -> Result<Batch> {
@@ -157,7 +161,9 @@ fn build_batch(src: &dyn PairSource, tok: &Tokenizer, plan: &Plan, step: i64) ->
     let mut order: Option<(u64, Vec<usize>)> = None;
     let (mut imgs, mut caps, mut indices, mut skipped) = (vec![], vec![], vec![], vec![]);
     let mut epoch = first / n;
-    for k in 0..plan.batch_size as u64 {
+    let (rank, world) = plan.shard;
+    let local = (plan.batch_size / world.max(1)) as u64;
+    for k in rank as u64 * local..(rank as u64 + 1) * local {
         let pos = first + k;
         let e = pos / n;
         if order.as_ref().is_none_or(|(oe, _)| *oe != e) {

@@ -85,8 +85,9 @@ pub struct TrainConfig {
     #[serde(default)]
     pub optimizer: AdamWConfig,
     /// `fp32`; `amp` (= `amp-fp16`): CUDA autocast (fp16 matmuls, fp32 master weights) with a
-    /// dynamic loss scale (×2 every 2000 good steps, ½ and skip the update on overflow);
-    /// `amp-bf16`: CUDA autocast in bf16, no loss scale. CPU runs fp32.
+    /// dynamic loss scale (×2 every 2000 good steps, ½ and skip the update on overflow), CUDA
+    /// only; `amp-bf16`: autocast in bf16 on CUDA or CPU (matmuls, convolutions and attention
+    /// in bf16; LayerNorm, softmax of the loss and the optimizer in fp32), no loss scale.
     #[serde(default = "default_precision")]
     pub precision: String,
     /// Overrides the model's initial raw `logit_scale` (official MS-CLIP: 1.0, i.e. scale e;
@@ -97,6 +98,11 @@ pub struct TrainConfig {
     /// `steps`: for time-limited jobs that resume later.
     #[serde(default)]
     pub stop_after: Option<i64>,
+    /// Data-parallel runs: each rank computes the loss of its own rows (its images against all
+    /// texts, its texts against all images) instead of the whole `B × B` logit matrix
+    /// (OpenCLIP's `--local-loss`; the same gradient, `B/world × B` logits per rank).
+    #[serde(default)]
+    pub local_loss: bool,
 }
 
 /// `[lo, hi]`: exactly two numbers (serde's fixed-size arrays would silently drop extras).
@@ -153,6 +159,7 @@ impl Default for TrainConfig {
             stop_after: None,
             logit_scale_init: None,
             precision: default_precision(),
+            local_loss: false,
         }
     }
 }
@@ -262,6 +269,16 @@ pub struct StepMetrics {
     pub samples_per_s: f64,
     /// Share of the step spent waiting for data.
     pub data_wait_frac: f64,
+    /// Data-parallel runs: the number of ranks (the batch of the step is `world × batch_size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world: Option<usize>,
+    /// Data-parallel runs: pairs per step over all ranks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_batch: Option<usize>,
+    /// Data-parallel runs: share of rank 0's step spent in collectives (feature all-gather,
+    /// gradient and buffer all-reduce).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm_frac: Option<f64>,
     /// The evaluation after this step, if one ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval: Option<EvalResult>,
@@ -294,12 +311,15 @@ pub struct TrainOptions {
     pub device: Device,
     /// Print a status line with an ETA every 10 steps on stderr.
     pub progress: bool,
+    /// Data-parallel training over this process group (None: one process). `batch_size` is
+    /// then per rank; see [`crate::dist`] and [`train`].
+    pub group: Option<std::sync::Arc<crate::dist::ProcessGroup>>,
 }
 
 impl TrainOptions {
     /// A fresh CPU run without progress output.
     pub fn fresh() -> TrainOptions {
-        TrainOptions { resume: Resume::No, force: false, device: Device::Cpu, progress: false }
+        TrainOptions { resume: Resume::No, force: false, device: Device::Cpu, progress: false, group: None }
     }
     /// A CPU run resuming per `resume`.
     pub fn resume(resume: Resume) -> TrainOptions {
@@ -349,16 +369,41 @@ fn open_metrics(path: &Path, upto: i64) -> Result<std::fs::File> {
 /// `run_dir/metrics.jsonl`). The run directory is locked for the duration (`RUN/.lock`); a
 /// fresh run refuses a directory holding an earlier run unless `opts.force`; stale temporary
 /// checkpoint directories of killed saves are removed.
+///
+/// With a process group (`opts.group`, data-parallel): `batch_size` is per rank and the step's
+/// batch is `world × batch_size` pairs, of which rank r takes the slice `[r·b, (r+1)·b)`; the
+/// sequence of global batches is the one-process run's. Image and text features are
+/// all-gathered so the loss sees the global batch, gradients are summed over ranks (bucketed
+/// all-reduce) and every rank applies the same clipping and AdamW update. BatchNorm (MS-CLIP-S's
+/// parallel branch) normalises with per-rank statistics; its running statistics are averaged
+/// over ranks after each step. Rank 0 alone locks and cleans the run directory, writes
+/// `metrics.jsonl` and checkpoints (then all ranks pass a barrier); all ranks resume from the
+/// same checkpoint. A resume may change the world size if `world × batch_size` stays equal.
 pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<TrainOutcome> {
     tc.validate()?;
     let cfg = tc.model_config()?;
     let device = opts.device;
-    let progress = opts.progress;
-    let _lock = checkpoint::RunLock::acquire(run_dir)?;
+    let group = opts.group.as_deref();
+    let (rank, world) = group.map_or((0, 1), |g| (g.rank, g.world));
+    let lead = rank == 0;
+    let progress = opts.progress && lead;
+    if world > 1 && device.is_cuda() {
+        return Err(Error::Invalid("data-parallel training on CUDA needs the NCCL backend, which this build does not have yet; train on --device cpu (Gloo) or on one GPU".into()));
+    }
+    if world > 1 && tc.batch_size % tc.accum_freq != 0 {
+        return Err(Error::config("accum_freq", tc.accum_freq, format!("must divide the per-rank batch_size {}", tc.batch_size)));
+    }
+    let global_bs = tc.batch_size * world;
+    if world > 1 && tc.data.is_none() && tc.data_items < global_bs {
+        return Err(Error::config("data_items", tc.data_items, format!("must be at least world {world} × batch_size {} = {global_bs}", tc.batch_size)));
+    }
+    let _lock = if lead { Some(checkpoint::RunLock::acquire(run_dir)?) } else { None };
     let ckpt_root = run_dir.join("checkpoints");
-    let removed = checkpoint::remove_stale_temps(&ckpt_root)?;
-    if removed > 0 {
-        eprintln!("removed {removed} stale temporary checkpoint director{} of interrupted saves", if removed == 1 { "y" } else { "ies" });
+    if lead {
+        let removed = checkpoint::remove_stale_temps(&ckpt_root)?;
+        if removed > 0 {
+            eprintln!("removed {removed} stale temporary checkpoint director{} of interrupted saves", if removed == 1 { "y" } else { "ies" });
+        }
     }
     let from = match &opts.resume {
         Resume::No => None,
@@ -383,7 +428,11 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
                 found.join(", ")
             )));
         }
-        if opts.force {
+        if let Some(g) = group {
+            // Every rank has seen the run directory as it was before rank 0 clears it.
+            g.barrier()?;
+        }
+        if opts.force && lead {
             for f in ["metrics.jsonl", "skipped.tsv"] {
                 let p = run_dir.join(f);
                 if p.exists() {
@@ -397,6 +446,7 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
     }
     let (vs, model) = MsClip::build(&cfg, device, tc.seed as i64);
     let mut opt = AdamW::new(&vs, tc.optimizer.clone());
+    let mut comm_s = 0.0f64;
     let mut start = 0i64;
     let mut verified = std::collections::HashSet::new();
     if let Some(dir) = &from {
@@ -412,6 +462,16 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
         let optim = Tensor::read_safetensors(&optim_path).map_err(|e| Error::Invalid(format!("{}: {e}", optim_path.display())))?;
         checkpoint::check_finite(&optim_path.display().to_string(), optim.iter().map(|(n, t)| (n.as_str(), t)))?;
         opt.load_state(optim, &optim_path.display().to_string())?;
+        if meta.step > 0 && meta.samples_seen != meta.step as u64 * global_bs as u64 {
+            return Err(Error::Invalid(format!(
+                "{}: checkpoint was trained with {} pairs per step (samples_seen {} / step {}); this run's step has world {world} × batch_size {} = {global_bs}. A resume may change the world size, but world × batch_size must stay equal",
+                dir.display(),
+                meta.samples_seen / meta.step as u64,
+                meta.samples_seen,
+                meta.step,
+                tc.batch_size
+            )));
+        }
         if meta.step > tc.steps {
             return Err(Error::Invalid(format!("{}: checkpoint is at step {}, past the run's steps = {}", dir.display(), meta.step, tc.steps)));
         }
@@ -419,21 +479,34 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
         verified.insert(dir.clone());
         eprintln!("resumed from {} (step {start})", dir.display());
     }
+    if let Some(g) = group {
+        // Identical weights on every rank (the same seed builds the same model; this makes it
+        // certain), and rank 0 has finished clearing the run directory.
+        let t = Instant::now();
+        let mut all: Vec<Tensor> = named_in_order(&vs).into_iter().map(|(_, t)| t).collect();
+        tch::no_grad(|| g.broadcast(&mut all, 0))?;
+        g.barrier()?;
+        comm_s += t.elapsed().as_secs_f64();
+    }
     let train_toml = toml::to_string(tc).expect("train config serialises");
-    crate::io::write_atomic(&run_dir.join("train.toml"), train_toml.as_bytes())?;
-    let mut metrics = open_metrics(&run_dir.join("metrics.jsonl"), start)?;
+    let mut metrics = if lead {
+        crate::io::write_atomic(&run_dir.join("train.toml"), train_toml.as_bytes())?;
+        Some(open_metrics(&run_dir.join("metrics.jsonl"), start)?)
+    } else {
+        None
+    };
     let tok = Tokenizer::new(cfg.text.context_length as usize);
     let size = cfg.vision.image_size as u32;
     let n = tc.data_items;
-    let bs = tc.batch_size;
+    let bs = global_bs;
     let mut last_checkpoint = None;
     let mut last_eval = None;
     let end = tc.stop_after.map_or(tc.steps, |s| s.clamp(start, tc.steps));
     let source: Arc<dyn PairSource> = match &tc.data {
         Some(spec) if spec.contains(".tar") => {
             let src = ShardSource::open(spec)?;
-            if src.len() < tc.batch_size {
-                return Err(Error::Invalid(format!("{spec}: {} pairs, fewer than batch_size {}", src.len(), tc.batch_size)));
+            if src.len() < bs {
+                return Err(Error::Invalid(format!("{spec}: {} pairs, fewer than the step's batch {bs}", src.len())));
             }
             Arc::new(src)
         }
@@ -443,8 +516,8 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
             fmt.img_key = tc.csv_img_key.clone();
             fmt.caption_key = tc.csv_caption_key.clone();
             let pairs = manifest::read(path, &fmt)?;
-            if pairs.len() < tc.batch_size {
-                return Err(Error::Invalid(format!("{}: {} pairs, fewer than batch_size {}", path.display(), pairs.len(), tc.batch_size)));
+            if pairs.len() < bs {
+                return Err(Error::Invalid(format!("{}: {} pairs, fewer than the step's batch {bs}", path.display(), pairs.len())));
             }
             Arc::new(ManifestSource { pairs })
         }
@@ -459,14 +532,14 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
         mean: cfg.preprocess.mean,
         std: cfg.preprocess.std,
         augment: tc.augment_scale.map(|[lo, hi]| Augment { scale: (lo, hi) }),
+        shard: (rank, world),
     };
     let mut loader = Loader::new(source, Arc::new(tok), plan, tc.workers, tc.prefetch);
-    let skipped_path = run_dir.join("skipped.tsv");
+    let skipped_path = run_dir.join(if lead { "skipped.tsv".to_string() } else { format!("skipped-rank-{rank}.tsv") });
     let (mut loss_scale, mut good_steps) = (65536.0f64, 0u64);
     let precision = amp::Precision::parse(&tc.precision)?;
-    let autocast = device.is_cuda() && precision.autocast_kind().is_some();
-    if let (true, Some(kind)) = (autocast, precision.autocast_kind()) {
-        amp::set_cuda_autocast_kind(kind);
+    if precision == amp::Precision::AmpFp16 && !device.is_cuda() {
+        return Err(Error::config("precision", &tc.precision, "fp16 autocast needs CUDA (its loss scaling is CUDA-only); on CPU use amp-bf16"));
     }
     let t_run = Instant::now();
     for step in start..end {
@@ -481,13 +554,40 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
             record_skipped(&skipped_path, step, &batch.skipped)?;
         }
         let epoch = batch.epoch;
-        let (images, tokens) = (batch.images.to_device(device), batch.tokens.to_device(device));
-        let bs_now = batch.indices.len();
+        let (mut images, mut tokens) = (batch.images.to_device(device), batch.tokens.to_device(device));
+        let mut bs_now = batch.indices.len();
         let data_time = t0.elapsed().as_secs_f64();
         opt.zero_grad();
         let amp = precision.needs_loss_scale() && device.is_cuda();
         let scale = if amp { loss_scale } else { 1.0 };
-        let loss_v = tch::autocast(autocast, || loss_and_backward(&model, &vs, &images, &tokens, tc.accum_freq, scale))?;
+        let comm_before = comm_s;
+        let loss_v = match group {
+            None => amp::autocast(device, precision.autocast_kind(), || loss_and_backward(&model, &vs, &images, &tokens, tc.accum_freq, scale))?,
+            Some(g) => {
+                // Skipped (unreadable) items leave ranks with different counts: all ranks keep
+                // the smallest count, a multiple of accum_freq.
+                let t = Instant::now();
+                let counts = g.all_gather(&Tensor::from_slice(&[bs_now as i64]))?;
+                comm_s += t.elapsed().as_secs_f64();
+                let least = Vec::<i64>::try_from(&counts).map_err(Error::Torch)?.into_iter().min().unwrap_or(0) as usize;
+                let keep = least / tc.accum_freq * tc.accum_freq;
+                if keep < 1 {
+                    return Err(Error::Invalid(format!("step {}: a rank has fewer than accum_freq = {} readable items", step + 1, tc.accum_freq)));
+                }
+                if keep < bs_now {
+                    images = images.narrow(0, 0, keep as i64);
+                    tokens = tokens.narrow(0, 0, keep as i64);
+                }
+                bs_now = keep * world;
+                let how = DistLoss { group: g, accum: tc.accum_freq, loss_scale: scale, local_loss: tc.local_loss };
+                let (v, c) = amp::autocast(device, precision.autocast_kind(), || loss_and_backward_dist(&model, &vs, &images, &tokens, &how))?;
+                comm_s += c;
+                let t = Instant::now();
+                g.all_reduce_bucketed(&opt.grads(), 25 << 20)?;
+                comm_s += t.elapsed().as_secs_f64();
+                v
+            }
+        };
         if !loss_v.is_finite() {
             return Err(Error::Stopped(format!(
                 "loss is {loss_v} at step {}; stopping. The last good checkpoint stays intact in {}",
@@ -517,9 +617,14 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
             n
         };
         clamp_logit_scale(&model);
+        if let Some(g) = group {
+            let t = Instant::now();
+            average_buffers(g, &vs)?;
+            comm_s += t.elapsed().as_secs_f64();
+        }
         let done = step + 1;
         let elapsed = t0.elapsed().as_secs_f64();
-        let eval = if tc.eval_every > 0 && (done % tc.eval_every == 0 || done == tc.steps) {
+        let eval = if lead && tc.eval_every > 0 && (done % tc.eval_every == 0 || done == tc.steps) {
             let e = evaluate(&model, tc.seed, tc.eval_items)?;
             last_eval = Some(e.clone());
             Some(e)
@@ -535,11 +640,18 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
             grad_norm,
             samples_per_s: bs_now as f64 / elapsed,
             data_wait_frac: data_time / elapsed,
+            world: group.map(|_| world),
+            global_batch: group.map(|_| bs_now),
+            comm_frac: group.map(|_| (comm_s - comm_before) / elapsed),
             eval,
         };
-        writeln!(metrics, "{}", serde_json::to_string(&m).unwrap()).map_err(|e| Error::io(run_dir.join("metrics.jsonl"), e))?;
-        metrics.flush().map_err(|e| Error::io(run_dir.join("metrics.jsonl"), e))?;
-        if progress && (done % 10 == 0 || done == tc.steps) {
+        if let Some(metrics) = metrics.as_mut() {
+            writeln!(metrics, "{}", serde_json::to_string(&m).unwrap()).map_err(|e| Error::io(run_dir.join("metrics.jsonl"), e))?;
+            metrics.flush().map_err(|e| Error::io(run_dir.join("metrics.jsonl"), e))?;
+        } else if progress_rank(done, tc.steps) {
+            eprintln!("rank {rank}: step {done}/{} loss {loss_v:.4} {:.1} samples/s (all ranks) comm {:.0}%", tc.steps, m.samples_per_s, 100.0 * m.comm_frac.unwrap_or(0.0));
+        }
+        if progress && progress_rank(done, tc.steps) {
             let rate = (done - start) as f64 / t_run.elapsed().as_secs_f64();
             let eta = (tc.steps - done) as f64 / rate.max(1e-9);
             eprintln!("step {done}/{} loss {loss_v:.4} lr {lr:.2e} scale {:.2} {:.1} samples/s eta {eta:.0}s", tc.steps, m.logit_scale, m.samples_per_s);
@@ -556,15 +668,170 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
                 train_config: train_toml.clone(),
                 sha256: Default::default(),
             };
-            let saved = checkpoint::save(&ckpt_root, &vs, &opt.state(), meta).map_err(|e| {
-                Error::Stopped(format!("{e}; stopping, not saving. The last good checkpoint stays intact in {}", ckpt_root.display()))
-            })?;
-            verified.insert(saved.clone());
-            checkpoint::prune(&ckpt_root, tc.keep, &mut verified)?;
-            last_checkpoint = Some(saved);
+            if lead {
+                let saved = checkpoint::save(&ckpt_root, &vs, &opt.state(), meta).map_err(|e| {
+                    Error::Stopped(format!("{e}; stopping, not saving. The last good checkpoint stays intact in {}", ckpt_root.display()))
+                })?;
+                verified.insert(saved.clone());
+                checkpoint::prune(&ckpt_root, tc.keep, &mut verified)?;
+                last_checkpoint = Some(saved);
+            } else {
+                last_checkpoint = Some(ckpt_root.join(checkpoint::step_dir_name(done)));
+            }
+            if let Some(g) = group {
+                // No rank runs ahead of a checkpoint that rank 0 has not finished writing.
+                let t = Instant::now();
+                g.barrier()?;
+                comm_s += t.elapsed().as_secs_f64();
+            }
         }
     }
     Ok(TrainOutcome { final_step: end, last_checkpoint, last_eval })
+}
+
+/// The variables in name order: collectives must see the same tensors in the same order on
+/// every rank (a VarStore's HashMap order differs from process to process).
+fn named_in_order(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn progress_rank(done: i64, steps: i64) -> bool {
+    done % 10 == 0 || done == steps
+}
+
+/// Averages BatchNorm running statistics (every floating-point buffer) over the ranks, so all
+/// ranks and the checkpoint hold the same buffers: with per-rank batch statistics each rank's
+/// running mean moves towards its own batch, and their mean moves towards the mean of the
+/// per-rank statistics.
+fn average_buffers(g: &crate::dist::ProcessGroup, vs: &nn::VarStore) -> Result<()> {
+    let buffers: Vec<Tensor> = named_in_order(vs).into_iter().map(|(_, t)| t).filter(|t| !t.requires_grad() && t.is_floating_point()).collect();
+    if buffers.is_empty() {
+        return Ok(());
+    }
+    g.all_reduce_bucketed(&buffers, 25 << 20)?;
+    tch::no_grad(|| {
+        for b in &buffers {
+            let _ = b.shallow_clone().g_div_scalar_(g.world as f64);
+        }
+    });
+    Ok(())
+}
+
+/// How [`loss_and_backward_dist`] runs.
+pub struct DistLoss<'a> {
+    /// The ranks.
+    pub group: &'a crate::dist::ProcessGroup,
+    /// Micro-batches per rank.
+    pub accum: usize,
+    /// Multiplier of the loss before back-propagation (mixed precision).
+    pub loss_scale: f64,
+    /// Each rank computes only its own rows of the loss (see [`TrainConfig::local_loss`]).
+    pub local_loss: bool,
+}
+
+/// Contrastive loss of the global batch and this rank's share of its gradient (summed over
+/// ranks by the caller's all-reduce, it is the one-process gradient). Returns the loss and the
+/// seconds spent in collectives.
+///
+/// 1. Features of the rank's items: with gradient when `accum = 1` (the graph is kept), else
+///    per micro-batch without gradient (BatchNorm buffers restored, as in
+///    [`loss_and_backward`]).
+/// 2. All-gather them: `I, T: [B, E]` in rank order, leaves that take gradients.
+/// 3. The loss — `L = ½[CE(S) + CE(Sᵀ)]`, `S = e^t·I·Tᵀ` (every rank), or with `local_loss`
+///    rank r's rows `L_r` with `Σ_r L_r = L` — back-propagated to `∂L/∂I`, `∂L/∂T` (summed over
+///    ranks for `local_loss`: the reduce-scatter that an all-gather with gradient implies).
+///    The temperature's gradient is taken once: rank 0's, for the full loss.
+/// 4. This rank's rows of `∂L/∂I`, `∂L/∂T` are back-propagated through its encoders (per
+///    micro-batch, re-embedded with gradient, when `accum > 1`).
+pub fn loss_and_backward_dist(model: &MsClip, vs: &nn::VarStore, images: &Tensor, tokens: &Tensor, how: &DistLoss) -> Result<(f64, f64)> {
+    let g = how.group;
+    let (rank, k) = (g.rank as i64, how.accum as i64);
+    let b = images.size()[0];
+    let mut comm = 0.0;
+    let embed = |x: &Tensor, t: &Tensor| -> Result<(Tensor, Tensor)> {
+        let mut cache = crate::model::ActivationCache::new();
+        Ok((model.encode_image_with(x, &Capture::none(), &mut cache, true)?, model.encode_text(t)?))
+    };
+    let (ims, tks) = (images.chunk(k, 0), tokens.chunk(k, 0));
+    let (own, li, lt) = if k == 1 {
+        let (fi, ft) = embed(images, tokens)?;
+        let (li, lt) = (fi.detach().to_kind(tch::Kind::Float), ft.detach().to_kind(tch::Kind::Float));
+        (Some((fi, ft)), li, lt)
+    } else {
+        let buffers: Vec<(Tensor, Tensor)> = vs.variables().into_values().filter(|t| !t.requires_grad()).map(|t| (t.copy(), t)).collect();
+        let (ci, ct) = tch::no_grad(|| -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+            let mut ci = vec![];
+            let mut ct = vec![];
+            for (x, t) in ims.iter().zip(&tks) {
+                let (a, b) = embed(x, t)?;
+                ci.push(a.to_kind(tch::Kind::Float));
+                ct.push(b.to_kind(tch::Kind::Float));
+            }
+            Ok((ci, ct))
+        })?;
+        tch::no_grad(|| {
+            for (saved, mut live) in buffers {
+                live.copy_(&saved);
+            }
+        });
+        (None, Tensor::cat(&ci, 0), Tensor::cat(&ct, 0))
+    };
+    let t = Instant::now();
+    let gi = g.all_gather(&li)?.set_requires_grad(true);
+    let gt = g.all_gather(&lt)?.set_requires_grad(true);
+    comm += t.elapsed().as_secs_f64();
+    let n = gi.size()[0];
+    let value;
+    if how.local_loss {
+        let scale = model.logit_scale.exp();
+        let rows = Tensor::arange_start(rank * b, (rank + 1) * b, (tch::Kind::Int64, gi.device()));
+        let li_rows = gi.narrow(0, rank * b, b);
+        let lt_rows = gt.narrow(0, rank * b, b);
+        let logits_i = (li_rows.matmul(&gt.tr()) * &scale).to_kind(tch::Kind::Float);
+        let logits_t = (lt_rows.matmul(&gi.tr()) * &scale).to_kind(tch::Kind::Float);
+        let sum = |l: &Tensor| l.log_softmax(-1, tch::Kind::Float).gather(1, &rows.unsqueeze(1), false).sum(tch::Kind::Float).neg();
+        let loss = (sum(&logits_i) + sum(&logits_t)) / (2 * n) as f64;
+        let mine = loss.double_value(&[]);
+        (loss * how.loss_scale).backward();
+        let t = Instant::now();
+        value = g.sum_f64(mine)?;
+        comm += t.elapsed().as_secs_f64();
+    } else {
+        let loss = clip_loss(&(gi.matmul(&gt.tr()) * model.logit_scale.exp()));
+        value = loss.double_value(&[]);
+        (loss * how.loss_scale).backward();
+        if rank != 0 {
+            // Every rank computed the same loss; its temperature gradient counts once. (Zeroed
+            // rather than detached: every rank must hold the same set of gradients.)
+            let _ = model.logit_scale.grad().zero_();
+        }
+    }
+    if !value.is_finite() {
+        return Ok((value, comm));
+    }
+    let mut grads = [gi.grad(), gt.grad()];
+    if how.local_loss {
+        let t = Instant::now();
+        g.all_reduce_sum(&mut grads)?;
+        comm += t.elapsed().as_secs_f64();
+    }
+    let (di, dt) = (grads[0].narrow(0, rank * b, b), grads[1].narrow(0, rank * b, b));
+    let vjp = |fi: &Tensor, ft: &Tensor, di: &Tensor, dt: &Tensor| {
+        ((fi.to_kind(tch::Kind::Float) * di).sum(tch::Kind::Float) + (ft.to_kind(tch::Kind::Float) * dt).sum(tch::Kind::Float)).backward();
+    };
+    match own {
+        Some((fi, ft)) => vjp(&fi, &ft, &di, &dt),
+        None => {
+            let m = b / k;
+            for j in 0..k {
+                let (fi, ft) = embed(&ims[j as usize], &tks[j as usize])?;
+                vjp(&fi, &ft, &di.narrow(0, j * m, m), &dt.narrow(0, j * m, m));
+            }
+        }
+    }
+    Ok((value, comm))
 }
 
 /// Clamps the raw temperature to `[0, ln 100]` in place, as OpenCLIP does after every step

@@ -130,6 +130,12 @@ impl AdamW {
         }
     }
 
+    /// The defined gradients, in name order (views of the live gradients: editing them in
+    /// place edits what [`AdamW::step`] uses).
+    pub fn grads(&self) -> Vec<Tensor> {
+        self.slots.iter().map(|s| s.param.grad()).filter(|g| g.defined()).collect()
+    }
+
     /// Global L2 norm of the gradients (sums of squares accumulated in f64).
     pub fn grad_norm(&self) -> f64 {
         let mut sq = 0.0;
