@@ -2,12 +2,14 @@
 //! Usage: bench_step MODEL BATCH STEPS THREADS [cpu|cuda] [fp32|amp-bf16|amp-fp16]
 //! → prints one JSON line (median step time; CUDA timings synchronise after each step).
 //! `amp-bf16` runs the step under bf16 autocast on either device (`train::amp::autocast`).
+//! `MSCLIP_ADAMW_KERNEL=tensor|single|aten` picks the optimizer kernel (default: aten); the
+//! JSON also gives the optimizer's median time and share of the step.
 use std::time::Instant;
 
 use msclip::model::{ModelConfig, MsClip};
 use msclip::train::amp::{autocast, Precision};
 use msclip::train::loss_and_backward;
-use msclip::train::optim::{AdamW, AdamWConfig};
+use msclip::train::optim::{AdamW, AdamWConfig, Kernel};
 use tch::{Device, Kind, Tensor};
 
 fn main() {
@@ -22,6 +24,12 @@ fn main() {
     let cfg = ModelConfig::preset(&name).unwrap();
     let (vs, m) = MsClip::build(&cfg, device, 0);
     let mut opt = AdamW::new(&vs, AdamWConfig { weight_decay: 0.2, ..Default::default() });
+    let kernel_name = std::env::var("MSCLIP_ADAMW_KERNEL").unwrap_or_else(|_| "aten".into());
+    opt.kernel = match kernel_name.as_str() {
+        "tensor" => Kernel::Tensor,
+        "single" => Kernel::SinglePass,
+        _ => Kernel::Aten,
+    };
     tch::manual_seed(0);
     let s = cfg.vision.image_size;
     let images = Tensor::randn([bs, 3, s, s], (Kind::Float, device));
@@ -34,23 +42,30 @@ fn main() {
         }
     };
     let mut times = Vec::new();
+    let mut opt_times = Vec::new();
     for i in 0..steps + 3 {
         sync();
         let t = Instant::now();
         opt.zero_grad();
         let _ = autocast(device, precision.autocast_kind(), || loss_and_backward(&m, &vs, &images, &tokens, 1, 1.0)).unwrap();
+        sync();
+        let t_opt = Instant::now();
         opt.step(1e-4);
         sync();
         if i >= 3 {
             times.push(t.elapsed().as_secs_f64());
+            opt_times.push(t_opt.elapsed().as_secs_f64());
         }
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let median = times[times.len() / 2];
+    opt_times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let optim = opt_times[opt_times.len() / 2];
     let dev = if device.is_cuda() { "cuda" } else { "cpu" };
     println!(
-        "{{\"impl\":\"msclip\",\"model\":\"{name}\",\"batch\":{bs},\"threads\":{threads},\"device\":\"{dev}\",\"precision\":\"{}\",\"step_s\":{median},\"samples_per_s\":{}}}",
+        "{{\"impl\":\"msclip\",\"model\":\"{name}\",\"batch\":{bs},\"threads\":{threads},\"device\":\"{dev}\",\"precision\":\"{}\",\"step_s\":{median},\"samples_per_s\":{},\"adamw\":\"{kernel_name}\",\"optim_s\":{optim},\"optim_frac\":{}}}",
         a.get(6).map(String::as_str).unwrap_or("fp32"),
-        bs as f64 / median
+        bs as f64 / median,
+        optim / median
     );
 }

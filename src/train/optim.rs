@@ -97,6 +97,37 @@ struct Slot {
     group: Group,
 }
 
+/// Which code applies the AdamW update (the same formula; state and checkpoints identical).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// Per tensor, libtorch tensor ops (~10 passes over memory per parameter).
+    Tensor,
+    /// Our single pass over memory per tensor (contiguous CPU fp32; others fall back to
+    /// [`Kernel::Tensor`]).
+    SinglePass,
+    /// PyTorch's own multi-tensor fused kernel, `at::_fused_adamw_` (CPU and CUDA), one call
+    /// per parameter group, through the C++ shim `csrc/ops.cpp`.
+    Aten,
+}
+
+extern "C" {
+    fn msd_fused_adamw(
+        params: *const *mut std::ffi::c_void,
+        grads: *const *mut std::ffi::c_void,
+        exp_avgs: *const *mut std::ffi::c_void,
+        exp_avg_sqs: *const *mut std::ffi::c_void,
+        n: std::ffi::c_int,
+        step: f64,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        err: *mut std::ffi::c_char,
+        errlen: usize,
+    ) -> std::ffi::c_int;
+}
+
 /// AdamW over every trainable variable of a VarStore, with savable state.
 pub struct AdamW {
     /// Its hyper-parameters.
@@ -104,9 +135,8 @@ pub struct AdamW {
     slots: Vec<Slot>,
     /// Number of updates applied.
     pub step: i64,
-    /// Use the single-pass update (module `fused`) on contiguous CPU fp32 tensors (default); the
-    /// tensor-op path is used elsewhere (CUDA) and when this is off.
-    pub fused: bool,
+    /// The update's kernel (default [`Kernel::Aten`]).
+    pub kernel: Kernel,
 }
 
 impl AdamW {
@@ -120,7 +150,7 @@ impl AdamW {
                 Slot { m: param.zeros_like().detach(), v: param.zeros_like().detach(), name, param, group }
             })
             .collect();
-        AdamW { config, slots, step: 0, fused: true }
+        AdamW { config, slots, step: 0, kernel: Kernel::Aten }
     }
 
     /// Clears every gradient.
@@ -145,7 +175,7 @@ impl AdamW {
                 continue;
             }
             sq += match fused::cpu_f32(&g) {
-                Some(n) if self.fused => fused::sum_sq(unsafe { fused::slice(&g, n) }),
+                Some(n) if self.kernel != Kernel::Tensor => fused::sum_sq(unsafe { fused::slice(&g, n) }),
                 _ => g.pow_tensor_scalar(2).sum(Kind::Double).double_value(&[]),
             };
         }
@@ -193,6 +223,14 @@ impl AdamW {
         let c = &self.config;
         let t = self.step as i32;
         let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
+        if self.kernel == Kernel::Aten {
+            match self.step_aten(lr) {
+                Ok(()) => return,
+                // A kernel ATen refuses (mixed devices or dtypes) falls back to tensor ops.
+                Err(e) => eprintln!("warning: at::_fused_adamw_ failed ({e}); using the tensor-op update"),
+            }
+        }
+        let single_pass = self.kernel != Kernel::Tensor;
         tch::no_grad(|| {
             for s in &mut self.slots {
                 let g = s.param.grad();
@@ -201,7 +239,7 @@ impl AdamW {
                 }
                 let lr_g = if s.group.shared { lr * c.lr_scale_shared } else { lr };
                 let wd = if !s.group.decay { 0.0 } else if s.group.shared { c.weight_decay_shared } else { c.weight_decay };
-                if self.fused {
+                if single_pass {
                     let n = [&s.param, &g, &s.m, &s.v].map(fused::cpu_f32);
                     if n.iter().all(|k| k.is_some() && *k == n[0]) {
                         let coeffs = fused::Coeffs::new(c, lr_g, wd, bc1, bc2);
@@ -226,6 +264,36 @@ impl AdamW {
                 let _ = p.addcdiv_(&s.m, &denom);
             }
         });
+    }
+
+    /// [`Kernel::Aten`]: one `_fused_adamw_` call per (learning rate, weight decay) group, at
+    /// step `self.step` (already incremented).
+    fn step_aten(&self, lr: f64) -> std::result::Result<(), String> {
+        let c = self.config.clone();
+        let mut groups: BTreeMap<(bool, bool), Vec<usize>> = BTreeMap::new();
+        for (i, s) in self.slots.iter().enumerate() {
+            if s.param.grad().defined() {
+                groups.entry((s.group.shared, s.group.decay)).or_default().push(i);
+            }
+        }
+        for ((shared, decay), idx) in groups {
+            let lr_g = if shared { lr * c.lr_scale_shared } else { lr };
+            let wd = if !decay { 0.0 } else if shared { c.weight_decay_shared } else { c.weight_decay };
+            let mut p: Vec<Tensor> = idx.iter().map(|&i| self.slots[i].param.shallow_clone()).collect();
+            let mut g: Vec<Tensor> = idx.iter().map(|&i| self.slots[i].param.grad()).collect();
+            let mut m: Vec<Tensor> = idx.iter().map(|&i| self.slots[i].m.shallow_clone()).collect();
+            let mut v: Vec<Tensor> = idx.iter().map(|&i| self.slots[i].v.shallow_clone()).collect();
+            let ptrs = |ts: &mut Vec<Tensor>| -> Vec<*mut std::ffi::c_void> { ts.iter_mut().map(|t| t.as_mut_ptr() as *mut std::ffi::c_void).collect() };
+            let (pp, gp, mp, vp) = (ptrs(&mut p), ptrs(&mut g), ptrs(&mut m), ptrs(&mut v));
+            let mut err = vec![0u8; 1024];
+            let rc = unsafe {
+                msd_fused_adamw(pp.as_ptr(), gp.as_ptr(), mp.as_ptr(), vp.as_ptr(), pp.len() as std::ffi::c_int, self.step as f64, lr_g, c.beta1, c.beta2, wd, c.eps, err.as_mut_ptr() as *mut std::ffi::c_char, err.len())
+            };
+            if rc != 0 {
+                return Err(std::ffi::CStr::from_bytes_until_nul(&err).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+            }
+        }
+        Ok(())
     }
 
     /// Moments as named tensors (`m.NAME`, `v.NAME`) plus the step, for `optim.safetensors`.
@@ -377,12 +445,12 @@ pub fn cosine_lr(step: i64, total: i64, warmup: i64, base: f64, min: f64) -> f64
 mod tests {
     use super::*;
 
-    /// The single-pass CPU update and the tensor-op path give the same parameters, moments and
-    /// gradient norm over several steps, in every group (decay/no-decay, shared/own), for a
+    /// The single-pass CPU update, ATen's `_fused_adamw_` and the tensor-op path give the same
+    /// parameters, moments and gradient norm over 20 steps (to fp32 round-off), in every group (decay/no-decay, shared/own), for a
     /// tensor large enough to be split over threads.
     #[test]
     fn fused_update_equals_tensor_path() {
-        let run = |fused: bool| {
+        let run = |kernel: Kernel| {
             let vs = nn::VarStore::new(tch::Device::Cpu);
             let root = vs.root();
             tch::manual_seed(11);
@@ -391,9 +459,9 @@ mod tests {
             let _b = (&root / "text" / "blocks" / 0 / "fc1").var_copy("bias", &Tensor::randn([300], cpu));
             let _e = (&root / "visual").var_copy("proj", &Tensor::randn([16, 8], cpu));
             let mut opt = AdamW::new(&vs, AdamWConfig { lr_scale_shared: 0.5, ..Default::default() });
-            opt.fused = fused;
+            opt.kernel = kernel;
             let mut norms = Vec::new();
-            for step in 0..4 {
+            for step in 0..20 {
                 opt.zero_grad();
                 tch::manual_seed(100 + step);
                 let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
@@ -405,18 +473,20 @@ mod tests {
             let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
             (vars, opt.state(), norms)
         };
-        let (pf, sf, nf) = run(true);
-        let (pt, st, nt) = run(false);
+        let (pt, st, nt) = run(Kernel::Tensor);
+        for kernel in [Kernel::SinglePass, Kernel::Aten] {
+        let (pf, sf, nf) = run(kernel);
         for (name, a) in &pf {
             let d = (a - &pt[name]).abs().max().double_value(&[]);
-            assert!(d < 1e-6, "{name}: {d}");
+            assert!(d < 1e-6, "{kernel:?}: {name}: {d}");
         }
         for ((name, a), (_, b)) in sf.iter().zip(st.iter()) {
             let d = (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[]);
-            assert!(d < 1e-6, "{name}: {d}");
+            assert!(d < 1e-6, "{kernel:?}: {name}: {d}");
         }
         for (a, b) in nf.iter().zip(&nt) {
-            assert!((a - b).abs() < 1e-6 * b, "{a} vs {b}");
+            assert!((a - b).abs() < 1e-6 * b, "{kernel:?}: {a} vs {b}");
+        }
         }
     }
 

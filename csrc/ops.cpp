@@ -1,0 +1,44 @@
+// ATen operators that tch does not bind, for `msclip::train::optim`: PyTorch's multi-tensor
+// fused AdamW (`at::_fused_adamw_`, CPU and CUDA kernels). Tensors come in as tch's
+// `C_tensor` pointers (`at::Tensor*`); errors come back as strings.
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+
+#include <cstring>
+#include <vector>
+
+extern "C" {
+
+// One AdamW step over n tensors of one group (same lr and weight decay), in place, with
+// PyTorch's `_fused_adamw_` (amsgrad and maximize off, no grad scaling). `step` is the step
+// number after this update (PyTorch increments `state_steps` before the kernel).
+int msd_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_avgs, at::Tensor** exp_avg_sqs, int n,
+                    double step, double lr, double beta1, double beta2, double weight_decay, double eps, char* err,
+                    size_t errlen) {
+  try {
+    std::vector<at::Tensor> p, g, m, v, steps;
+    for (int i = 0; i < n; ++i) {
+      p.push_back(*params[i]);
+      g.push_back(*grads[i]);
+      m.push_back(*exp_avgs[i]);
+      v.push_back(*exp_avg_sqs[i]);
+      steps.push_back(at::full({}, step, params[i]->options().dtype(at::kFloat)));
+    }
+    c10::NoGradGuard no_grad;
+    at::_fused_adamw_(p, g, m, v, {}, steps, lr, beta1, beta2, weight_decay, eps, false, false);
+    return 0;
+  } catch (const c10::Error& e) {
+    if (err && errlen) {
+      std::strncpy(err, e.what_without_backtrace(), errlen - 1);
+      err[errlen - 1] = '\0';
+    }
+  } catch (const std::exception& e) {
+    if (err && errlen) {
+      std::strncpy(err, e.what(), errlen - 1);
+      err[errlen - 1] = '\0';
+    }
+  }
+  return 1;
+}
+
+}  // extern "C"
