@@ -4,42 +4,13 @@
 // Built by build.rs with the `cc` crate; recipe and flags: shared/STACK.md ("Distributed").
 #include <ATen/ATen.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
-#include <chrono>
-#include <cstring>
-#include <string>
-#include <vector>
+#include "dist_group.h"
+
+using msclip_dist::Group;
+using msclip_dist::guarded;
 
 namespace {
-
-struct Group {
-  c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
-  std::chrono::milliseconds timeout;
-};
-
-void set_err(char* err, size_t len, const char* msg) {
-  if (err == nullptr || len == 0) return;
-  std::strncpy(err, msg, len - 1);
-  err[len - 1] = '\0';
-}
-
-// Runs `f`, turning any exception into an error string and a return value of 1.
-template <typename F>
-int guarded(char* err, size_t len, F&& f) {
-  try {
-    f();
-    return 0;
-  } catch (const c10::Error& e) {
-    set_err(err, len, e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    set_err(err, len, e.what());
-  } catch (...) {
-    set_err(err, len, "unknown C++ exception");
-  }
-  return 1;
-}
 
 void wait_all(Group* g, std::vector<c10::intrusive_ptr<c10d::Work>>& works) {
   for (auto& w : works) {
@@ -59,13 +30,7 @@ void* msd_init(const char* host, int port, int rank, int world, int timeout_ms, 
   Group* out = nullptr;
   guarded(err, errlen, [&] {
     auto timeout = std::chrono::milliseconds(timeout_ms);
-    c10d::TCPStoreOptions o;
-    o.port = static_cast<std::uint16_t>(port);
-    o.isServer = rank == 0;
-    o.numWorkers = static_cast<std::size_t>(world);
-    o.waitWorkers = true;
-    o.timeout = timeout;
-    auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), o);
+    auto store = msclip_dist::make_store(host, port, rank, world, timeout);
     auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
     std::string h(host);
     if (iface != nullptr && iface[0] != '\0') {

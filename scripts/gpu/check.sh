@@ -5,7 +5,9 @@
 # Run there:     scripts/gpu/check.sh OUT_DIR   (SKIP_BENCH=1 skips step 4; LONG_STEPS=N)
 # Steps: (1) CPU vs CUDA parity of embeddings, attention, gradients; autocast vs fp32;
 # (2) training on CUDA in fp32 / amp (fp16 + loss scale) / amp-bf16, and a stop + resume;
-# (4) the side-by-side train-step benchmark against OpenCLIP on the GPU; (3, last) a longer
+# (4) the side-by-side train-step benchmark against OpenCLIP on the GPU; (5) the AdamW kernels
+# (ATen fused vs tensor ops) on CUDA; (6) NCCL data parallelism (world 1, 2 ranks on one GPU,
+# losses vs no group); (3, last) a longer
 # bf16 run of tiny-clip and tiny-msclip-s (zero-shot after more steps than the CPU demo affords).
 set -u
 export RUST_BACKTRACE=0
@@ -51,6 +53,33 @@ for p in fp32 amp-bf16; do
     --threads 8 --steps 20 --rounds 2 --batch-tiny 512 --batch-b32 256 2>&1 | grep -v -i warn
 done | tee "$OUTD/bench.txt"
 fi
+
+echo "== 5. AdamW kernels on CUDA (tensor ops vs ATen's fused; optimizer share of the tiny step) =="
+for k in tensor aten; do
+  MSCLIP_ADAMW_KERNEL=$k timeout 60 $B/bench_step tiny-clip 512 20 8 cuda amp-bf16 2>&1 | grep -v "autocast_mode.h"
+done | tee "$OUTD/adamw.txt"
+
+{
+echo "== 6. NCCL data-parallel: world size 1 vs no group, then 2 processes on one GPU =="
+DP="--config configs/train/tiny-clip.toml --device cuda --steps 20 --eval-every 0 --save-every 20 --batch-size 64"
+timeout 90 $B/msclip-train $DP --out /tmp/dp-none > /dev/null 2> /tmp/dp-none.err; echo "no group rc=$?"
+WORLD_SIZE=1 RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29561 timeout 90 $B/msclip-train $DP --out /tmp/dp-nccl1 --dist-backend nccl > /dev/null 2> /tmp/dp-nccl1.err
+echo "nccl world 1 rc=$?"; grep -i error /tmp/dp-nccl1.err | head -n 3
+timeout 120 $B/msclip-train $DP --batch-size 32 --out /tmp/dp-nccl2 --dist-backend nccl --nproc-per-node 2 > /dev/null 2> /tmp/dp-nccl2.err
+echo "nccl 2 ranks on one GPU rc=$?"; grep -i error /tmp/dp-nccl2.err /tmp/dp-nccl2/rank-1.log 2>/dev/null | head -n 3
+python3 - <<'PY' 2>&1
+import json, os
+def losses(p):
+    f = os.path.join(p, 'metrics.jsonl')
+    return [json.loads(l)['loss'] for l in open(f)] if os.path.exists(f) else []
+a, b, c = losses('/tmp/dp-none'), losses('/tmp/dp-nccl1'), losses('/tmp/dp-nccl2')
+for name, x in [('nccl world 1', b), ('nccl 2 x 32', c)]:
+    if x and a:
+        print(f"{name}: {len(x)} steps, max |loss - no group| = {max(abs(p - q) for p, q in zip(a, x)):.2e}")
+    else:
+        print(f"{name}: no metrics")
+PY
+} 2>&1 | tee "$OUTD/nccl.txt"
 
 LONG_STEPS="${LONG_STEPS:-2000}"
 echo "== 3. longer bf16 runs ($LONG_STEPS steps x 256) =="

@@ -188,7 +188,7 @@ fn run(cli: Cli) -> Result<()> {
     }
     tc.strict |= cli.strict;
     tc.local_loss |= cli.local_loss;
-    let device = match cli.device.as_str() {
+    let mut device = match cli.device.as_str() {
         "auto" => Device::cuda_if_available(),
         "cpu" => Device::Cpu,
         "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
@@ -202,6 +202,20 @@ fn run(cli: Cli) -> Result<()> {
         Some(p) => Resume::Path(PathBuf::from(p)),
     };
     let progress = cli.progress || std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let backend = cli.dist_backend.clone().unwrap_or_else(|| if device.is_cuda() { "nccl".into() } else { "gloo".into() });
+    match backend.as_str() {
+        "gloo" | "nccl" => {}
+        other => return Err(Error::config("--dist-backend", other, "expected gloo or nccl")),
+    }
+    let multi = cli.nproc_per_node.is_some_and(|n| n > 1) || std::env::var("WORLD_SIZE").or_else(|_| std::env::var("SLURM_NTASKS")).is_ok_and(|w| w.trim() != "1");
+    if multi {
+        match backend.as_str() {
+            "gloo" if device.is_cuda() => return Err(Error::config("--dist-backend", "gloo", "this build's Gloo group takes CPU tensors; use --device cpu")),
+            "nccl" if !cfg!(feature = "cuda") => return Err(Error::config("--dist-backend", "nccl", "NCCL needs a --features cuda build; this build trains data-parallel on CPU with gloo")),
+            "nccl" if !device.is_cuda() => return Err(Error::config("--dist-backend", "nccl", "NCCL takes CUDA tensors; use --device cuda (or gloo on CPU)")),
+            _ => {}
+        }
+    }
     let worker = std::env::var_os(LOCAL_WORKER).is_some();
     if let (Some(n), false) = (cli.nproc_per_node, worker) {
         if n > 1 {
@@ -213,18 +227,18 @@ fn run(cli: Cli) -> Result<()> {
     }
     let launch = msclip::dist::Launch::from_env()?;
     let group = match launch {
-        Some(l) if l.world > 1 => {
-            let backend = cli.dist_backend.clone().unwrap_or_else(|| if device.is_cuda() { "nccl".into() } else { "gloo".into() });
-            match backend.as_str() {
-                "gloo" if !device.is_cuda() => {}
-                "gloo" => return Err(Error::config("--dist-backend", "gloo", "this build's Gloo group takes CPU tensors; use --device cpu")),
-                "nccl" => return Err(Error::config("--dist-backend", "nccl", "NCCL is not built into this version yet; data-parallel training runs on CPU with gloo")),
-                other => return Err(Error::config("--dist-backend", other, "expected gloo or nccl")),
-            }
+        // A one-rank group only when a backend is asked for (e.g. to test NCCL at world size 1).
+        Some(l) if l.world > 1 || cli.dist_backend.is_some() => {
             if l.rank != 0 {
                 log_to_file(&out.join(format!("rank-{}.log", l.rank)))?;
             }
-            Some(std::sync::Arc::new(msclip::dist::ProcessGroup::new(&l, cli.dist_timeout)?))
+            if backend == "nccl" {
+                let (g, d) = nccl_group(&l, cli.dist_timeout)?;
+                device = d;
+                Some(std::sync::Arc::new(g))
+            } else {
+                Some(std::sync::Arc::new(msclip::dist::ProcessGroup::new(&l, cli.dist_timeout)?))
+            }
         }
         _ => None,
     };
@@ -253,6 +267,19 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// An NCCL group on GPU `LOCAL_RANK` (modulo the GPUs present): one GPU per local rank.
+#[cfg(feature = "cuda")]
+fn nccl_group(l: &msclip::dist::Launch, timeout: u64) -> Result<(msclip::dist::ProcessGroup, Device)> {
+    let n = tch::Cuda::device_count().max(1) as usize;
+    let device = Device::Cuda(l.local_rank % n);
+    Ok((msclip::dist::ProcessGroup::new_nccl(l, timeout, device)?, device))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn nccl_group(_: &msclip::dist::Launch, _: u64) -> Result<(msclip::dist::ProcessGroup, Device)> {
+    Err(Error::config("--dist-backend", "nccl", "NCCL needs a --features cuda build"))
 }
 
 /// Set in the environment of the workers that `--nproc-per-node` spawns.

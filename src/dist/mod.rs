@@ -8,7 +8,8 @@
 //!   (sum), all-gather, broadcast, barrier. Every collective waits at most the group's timeout,
 //!   so a rank that dies makes the others fail instead of hang.
 //!
-//! NCCL (CUDA tensors) is not built yet: a CUDA run with more than one rank is refused.
+//! Gloo takes CPU tensors; with the `cuda` feature, [`ProcessGroup::new_nccl`] forms an NCCL
+//! group for CUDA tensors (`csrc/dist_nccl.cpp`; built, not yet run on a GPU).
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 
@@ -23,6 +24,11 @@ extern "C" {
     fn msd_allgather(g: *mut c_void, out: *mut c_void, input: *mut c_void, err: *mut c_char, errlen: usize) -> c_int;
     fn msd_broadcast(g: *mut c_void, ts: *const *mut c_void, n: c_int, root: c_int, err: *mut c_char, errlen: usize) -> c_int;
     fn msd_barrier(g: *mut c_void, err: *mut c_char, errlen: usize) -> c_int;
+}
+
+#[cfg(feature = "cuda")]
+extern "C" {
+    fn msd_init_nccl(host: *const c_char, port: c_int, rank: c_int, world: c_int, timeout_ms: c_int, err: *mut c_char, errlen: usize) -> *mut c_void;
 }
 
 /// Who this process is in a distributed run, and where the group meets.
@@ -124,11 +130,14 @@ pub struct ProcessGroup {
     pub world: usize,
     /// Where the group met (for error messages).
     pub address: String,
+    /// Where the group's tensors live: CPU for Gloo, a CUDA device for NCCL.
+    pub device: tch::Device,
 }
 
 impl std::fmt::Debug for ProcessGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ProcessGroup(gloo, rank {} of {}, {})", self.rank, self.world, self.address)
+        let backend = if self.device.is_cuda() { "nccl" } else { "gloo" };
+        write!(f, "ProcessGroup({backend}, rank {} of {}, {})", self.rank, self.world, self.address)
     }
 }
 
@@ -163,7 +172,22 @@ impl ProcessGroup {
                 err_string(&err).lines().next().unwrap_or("")
             )));
         }
-        Ok(ProcessGroup { handle, rank: launch.rank, world: launch.world, address })
+        Ok(ProcessGroup { handle, rank: launch.rank, world: launch.world, address, device: tch::Device::Cpu })
+    }
+
+    /// An NCCL group for CUDA tensors on `device` (`cuda` feature), formed over the same
+    /// `TCPStore` rendezvous as [`ProcessGroup::new`].
+    #[cfg(feature = "cuda")]
+    pub fn new_nccl(launch: &Launch, timeout_s: u64, device: tch::Device) -> Result<ProcessGroup> {
+        let address = format!("{}:{}", launch.master_addr, launch.master_port);
+        let host = CString::new(launch.master_addr.clone()).map_err(|_| Error::config("MASTER_ADDR", &launch.master_addr, "contains a NUL byte"))?;
+        let timeout_ms = (timeout_s.clamp(1, 86_400) * 1000) as c_int;
+        let mut err = vec![0u8; ERR_LEN];
+        let handle = unsafe { msd_init_nccl(host.as_ptr(), launch.master_port as c_int, launch.rank as c_int, launch.world as c_int, timeout_ms, err.as_mut_ptr() as *mut c_char, ERR_LEN) };
+        if handle.is_null() {
+            return Err(Error::Invalid(format!("NCCL rendezvous at {address} (rank {} of {}) failed: {}", launch.rank, launch.world, err_string(&err).lines().next().unwrap_or(""))));
+        }
+        Ok(ProcessGroup { handle, rank: launch.rank, world: launch.world, address, device })
     }
 
     fn check(&self, what: &str, rc: c_int, err: &[u8]) -> Result<()> {
@@ -226,7 +250,7 @@ impl ProcessGroup {
 
     /// Sums a scalar over the ranks.
     pub fn sum_f64(&self, v: f64) -> Result<f64> {
-        let mut t = [Tensor::from_slice(&[v]).to_kind(Kind::Double)];
+        let mut t = [Tensor::from_slice(&[v]).to_kind(Kind::Double).to_device(self.device)];
         self.all_reduce_sum(&mut t)?;
         Ok(t[0].double_value(&[0]))
     }

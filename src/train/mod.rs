@@ -387,8 +387,11 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
     let (rank, world) = group.map_or((0, 1), |g| (g.rank, g.world));
     let lead = rank == 0;
     let progress = opts.progress && lead;
-    if world > 1 && device.is_cuda() {
-        return Err(Error::Invalid("data-parallel training on CUDA needs the NCCL backend, which this build does not have yet; train on --device cpu (Gloo) or on one GPU".into()));
+    if let Some(g) = group {
+        if g.device.is_cuda() != device.is_cuda() {
+            let (b, d) = if g.device.is_cuda() { ("nccl", "CUDA") } else { ("gloo", "CPU") };
+            return Err(Error::Invalid(format!("the {b} process group takes {d} tensors, but training runs on {device:?}")));
+        }
     }
     if world > 1 && tc.batch_size % tc.accum_freq != 0 {
         return Err(Error::config("accum_freq", tc.accum_freq, format!("must divide the per-rank batch_size {}", tc.batch_size)));
@@ -567,7 +570,7 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
                 // Skipped (unreadable) items leave ranks with different counts: all ranks keep
                 // the smallest count, a multiple of accum_freq.
                 let t = Instant::now();
-                let counts = g.all_gather(&Tensor::from_slice(&[bs_now as i64]))?;
+                let counts = g.all_gather(&Tensor::from_slice(&[bs_now as i64]).to_device(g.device))?;
                 comm_s += t.elapsed().as_secs_f64();
                 let least = Vec::<i64>::try_from(&counts).map_err(Error::Torch)?.into_iter().min().unwrap_or(0) as usize;
                 let keep = least / tc.accum_freq * tc.accum_freq;
