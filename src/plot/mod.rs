@@ -166,7 +166,7 @@ fn draw_matrix<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>
     let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
     root.fill(&WHITE).map_err(e)?;
     let (left, top) = (110, 40);
-    root.draw_text(&m.title, &("sans-serif", 16).into_font().color(&BLACK), (8, 8)).map_err(e)?;
+    root.draw_text(&m.title, &("sans-serif", fitted_size(&m.title, root.dim_in_pixel().0, 16)).into_font().color(&BLACK), (8, 8)).map_err(e)?;
     let hi = m.values.iter().cloned().fold(f32::MIN, f32::max).max(1e-12) as f64;
     let font = ("sans-serif", 12).into_font();
     for (i, label) in m.labels.iter().enumerate() {
@@ -312,7 +312,7 @@ fn draw_lines_with<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Sh
     let (x0, x1) = if x0 < x1 { (x0, x1) } else { (x0 - 1.0, x0 + 1.0) };
     let pad = if c.x_integer { 0.3 } else { 0.0 };
     let mut chart = ChartBuilder::on(&plot_area)
-        .caption(&c.title, ("sans-serif", 17))
+        .caption(&c.title, ("sans-serif", fitted_size(&c.title, plot_area.dim_in_pixel().0, 17)))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(55)
@@ -468,9 +468,11 @@ fn draw_heat_cells<DB: DrawingBackend>(root: &DrawingArea<DB, plotters::coord::S
 fn draw_heatmap<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, m: &Heatmap, cell: i32) -> std::result::Result<(), String> {
     let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
     root.fill(&WHITE).map_err(e)?;
-    root.draw_text(&m.title, &("sans-serif", 15).into_font().color(&BLACK), (8, 8)).map_err(e)?;
+    root.draw_text(&m.title, &("sans-serif", fitted_size(&m.title, root.dim_in_pixel().0, 15)).into_font().color(&BLACK), (8, 8)).map_err(e)?;
     let (lo, hi) = finite_range(m.values.iter().flatten());
-    root.draw_text(&format!("min {lo:.3}  max {hi:.3}"), &("sans-serif", 12).into_font().color(&BLACK), (8, 30)).map_err(e)?;
+    // A value that rounds to zero prints as 0.000, not -0.000.
+    let show = |v: f64| if v.abs() < 5e-4 { 0.0 } else { v };
+    root.draw_text(&format!("min {:.3}  max {:.3}", show(lo), show(hi)), &("sans-serif", 12).into_font().color(&BLACK), (8, 30)).map_err(e)?;
     draw_heat_cells(&root, m, cell, (70, 60), 0, (lo, hi))?;
     root.present().map_err(e)?;
     Ok(())
@@ -503,7 +505,7 @@ impl Figure for HeatmapPanels {
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
         let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
         root.fill(&WHITE).map_err(e)?;
-        root.draw_text(&self.title, &("sans-serif", 15).into_font().color(&BLACK), (8, 8)).map_err(e)?;
+        root.draw_text(&self.title, &("sans-serif", fitted_size(&self.title, root.dim_in_pixel().0, 15)).into_font().color(&BLACK), (8, 8)).map_err(e)?;
         // One colour scale per column (e.g. per modality), shared by every row (model).
         let cols = self.panels.iter().map(|r| r.len()).max().unwrap_or(0);
         let ranges: Vec<(f64, f64)> = (0..cols).map(|c| finite_range(self.panels.iter().filter_map(|r| r.get(c)).flat_map(|h| h.values.iter().flatten()))).collect();
@@ -551,6 +553,13 @@ pub struct Scatter {
     pub points: Vec<(f64, f64)>,
 }
 
+/// The font size (at most `max`) at which `text` fits in `width` pixels: sans-serif glyphs
+/// average about 0.5 em, so long titles shrink instead of being clipped at both edges.
+fn fitted_size(text: &str, width: u32, max: u32) -> u32 {
+    let chars = text.chars().count().max(1) as f64;
+    ((width as f64 - 16.0) / (0.5 * chars)).floor().clamp(9.0, max as f64) as u32
+}
+
 fn draw_scatter<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, s: &Scatter) -> std::result::Result<(), String> {
     let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
     root.fill(&WHITE).map_err(e)?;
@@ -560,7 +569,7 @@ fn draw_scatter<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift
         (a - pad)..(b + pad)
     };
     let mut chart = ChartBuilder::on(&root)
-        .caption(&s.title, ("sans-serif", 16))
+        .caption(&s.title, ("sans-serif", fitted_size(&s.title, root.dim_in_pixel().0, 16)))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(55)
@@ -636,7 +645,7 @@ impl Figure for HeadPairs<'_> {
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
         let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
         root.fill(&WHITE).map_err(e)?;
-        root.draw_text(&self.title, &("sans-serif", 15).into_font().color(&BLACK), (8, 8)).map_err(e)?;
+        root.draw_text(&self.title, &("sans-serif", fitted_size(&self.title, root.dim_in_pixel().0, 15)).into_font().color(&BLACK), (8, 8)).map_err(e)?;
         let font = ("sans-serif", 11).into_font();
         let n = self.labels.len();
         let base = image::imageops::resize(self.base, Self::IMG, Self::IMG, image::imageops::FilterType::Triangle);
