@@ -11,11 +11,17 @@ use msclip::train::{train, TrainConfig, TrainOptions};
 /// model picks up colour a few steps earlier or later); two fp32 runs that differ only in
 /// seed (11 vs 12) differ by up to 0.27, so mid-run gaps of this size are run-to-run chaos.
 const LOSS_TOL: f64 = 0.5;
-/// Tolerance on the mean loss of the last 40 steps (measured: 0.06; seed to seed: 0.24).
-const FINAL_LOSS_TOL: f64 = 0.15;
-/// Tolerance on the final zero-shot top-1 (300 items: one binomial standard deviation of a
-/// difference of two independent runs is ≈ 0.04; the runs share seed and data).
-const ZERO_SHOT_TOL: f64 = 0.08;
+/// Tolerance on the mean loss of the last 40 steps: the seed-to-seed spread of fp32 (0.24),
+/// rounded up. bf16 vs fp32 measured 0.06 with the single-pass AdamW and 0.20 with ATen's fused
+/// kernel — a rounding-level change to the optimizer moves these short runs as much as a seed.
+const FINAL_LOSS_TOL: f64 = 0.3;
+/// Tolerance on the final zero-shot top-1 (300 items, 48 classes): fp32 at seeds 11, 12 and 13
+/// reaches 0.143, 0.157 and 0.213 (a spread of 0.07), bf16 at seed 11 0.227; a difference of
+/// two runs is within noise up to about 0.12. Chance is 0.021, and bf16 must also clear
+/// `ZERO_SHOT_FLOOR`, so a bf16 run that stops learning fails either way.
+const ZERO_SHOT_TOL: f64 = 0.12;
+/// bf16 must learn: well above chance (0.021); every fp32 seed above reaches ≥ 0.14.
+const ZERO_SHOT_FLOOR: f64 = 0.08;
 
 fn config(precision: &str) -> TrainConfig {
     TrainConfig {
@@ -69,6 +75,7 @@ fn bf16_autocast_on_cpu_tracks_fp32() {
     assert!((tail(&la) - tail(&lb)).abs() <= FINAL_LOSS_TOL, "last 40 steps: fp32 {} vs bf16 {}", tail(&la), tail(&lb));
     let (za, zb) = (fp32.last_eval.unwrap().zero_shot_top1, bf16.last_eval.unwrap().zero_shot_top1);
     assert!((za - zb).abs() <= ZERO_SHOT_TOL, "zero-shot fp32 {za} vs bf16 {zb}");
+    assert!(zb >= ZERO_SHOT_FLOOR, "bf16 zero-shot {zb} is near chance");
     // fp16 autocast has no CPU path (its loss scaling is CUDA's): a clear error, not fp32.
     let err = train(&config("amp-fp16"), &tmp("fp16"), &TrainOptions::fresh()).err().unwrap().to_string();
     assert!(err.contains("precision") && err.contains("amp-bf16"), "{err}");
