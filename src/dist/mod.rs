@@ -8,7 +8,7 @@
 //!   (sum), all-gather, broadcast, barrier. Every collective waits at most the group's timeout,
 //!   so a rank that dies makes the others fail instead of hang.
 //!
-//! Gloo takes CPU tensors; with the `cuda` feature, [`ProcessGroup::new_nccl`] forms an NCCL
+//! Gloo takes CPU tensors; with the `cuda` feature, `ProcessGroup::new_nccl` forms an NCCL
 //! group for CUDA tensors (`csrc/dist_nccl.cpp`; built, not yet run on a GPU).
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
