@@ -397,6 +397,9 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
         return Err(Error::config("accum_freq", tc.accum_freq, format!("must divide the per-rank batch_size {}", tc.batch_size)));
     }
     let global_bs = tc.batch_size * world;
+    if tc.local_loss && world == 1 {
+        eprintln!("note: local_loss only changes data-parallel runs; a one-process run computes the full loss");
+    }
     if world > 1 && tc.data.is_none() && tc.data_items < global_bs {
         return Err(Error::config("data_items", tc.data_items, format!("must be at least world {world} × batch_size {} = {global_bs}", tc.batch_size)));
     }
