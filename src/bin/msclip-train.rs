@@ -207,8 +207,13 @@ fn run(cli: Cli) -> Result<()> {
         "gloo" | "nccl" => {}
         other => return Err(Error::config("--dist-backend", other, "expected gloo or nccl")),
     }
-    let multi = cli.nproc_per_node.is_some_and(|n| n > 1) || std::env::var("WORLD_SIZE").or_else(|_| std::env::var("SLURM_NTASKS")).is_ok_and(|w| w.trim() != "1");
-    if multi {
+    let worker = std::env::var_os(LOCAL_WORKER).is_some();
+    let spawn = cli.nproc_per_node.filter(|&n| n > 1 && !worker);
+    if spawn.is_some() && std::env::var_os("WORLD_SIZE").is_some() {
+        return Err(Error::Invalid("--nproc-per-node with WORLD_SIZE already set (torchrun/srun launch the workers; drop one of the two)".into()));
+    }
+    let launch = msclip::dist::Launch::from_env()?;
+    if spawn.is_some() || launch.as_ref().is_some_and(|l| l.world > 1) {
         match backend.as_str() {
             "gloo" if device.is_cuda() => return Err(Error::config("--dist-backend", "gloo", "this build's Gloo group takes CPU tensors; use --device cpu")),
             "nccl" if !cfg!(feature = "cuda") => return Err(Error::config("--dist-backend", "nccl", "NCCL needs a --features cuda build; this build trains data-parallel on CPU with gloo")),
@@ -216,16 +221,9 @@ fn run(cli: Cli) -> Result<()> {
             _ => {}
         }
     }
-    let worker = std::env::var_os(LOCAL_WORKER).is_some();
-    if let (Some(n), false) = (cli.nproc_per_node, worker) {
-        if n > 1 {
-            if std::env::var_os("WORLD_SIZE").is_some() {
-                return Err(Error::Invalid("--nproc-per-node with WORLD_SIZE already set (torchrun/srun launch the workers; drop one of the two)".into()));
-            }
-            return spawn_workers(n, &out);
-        }
+    if let Some(n) = spawn {
+        return spawn_workers(n, &out);
     }
-    let launch = msclip::dist::Launch::from_env()?;
     let group = match launch {
         // A one-rank group only when a backend is asked for (e.g. to test NCCL at world size 1).
         Some(l) if l.world > 1 || cli.dist_backend.is_some() => {

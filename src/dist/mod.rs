@@ -156,38 +156,44 @@ impl ProcessGroup {
     /// Fails (naming the address) when the port is taken, the master is unreachable or not
     /// all `world` ranks arrive within `timeout_s`. `GLOO_SOCKET_IFNAME` picks the interface.
     pub fn new(launch: &Launch, timeout_s: u64) -> Result<ProcessGroup> {
+        let iface = CString::new(std::env::var("GLOO_SOCKET_IFNAME").unwrap_or_default()).unwrap_or_default();
+        Self::form(launch, timeout_s, tch::Device::Cpu, "rendezvous", |host, port, rank, world, timeout_ms, err| unsafe {
+            msd_init(host, port, rank, world, timeout_ms, iface.as_ptr(), err, ERR_LEN)
+        })
+    }
+
+    /// Runs one backend's `init` (C API: host, port, rank, world, timeout in ms, error buffer;
+    /// null on failure) and wraps its handle; the error names the address.
+    fn form(
+        launch: &Launch,
+        timeout_s: u64,
+        device: tch::Device,
+        what: &str,
+        init: impl FnOnce(*const c_char, c_int, c_int, c_int, c_int, *mut c_char) -> *mut c_void,
+    ) -> Result<ProcessGroup> {
         let address = format!("{}:{}", launch.master_addr, launch.master_port);
         let host = CString::new(launch.master_addr.clone()).map_err(|_| Error::config("MASTER_ADDR", &launch.master_addr, "contains a NUL byte"))?;
-        let iface = CString::new(std::env::var("GLOO_SOCKET_IFNAME").unwrap_or_default()).unwrap_or_default();
         let timeout_ms = (timeout_s.clamp(1, 86_400) * 1000) as c_int;
         let mut err = vec![0u8; ERR_LEN];
-        let handle = unsafe {
-            msd_init(host.as_ptr(), launch.master_port as c_int, launch.rank as c_int, launch.world as c_int, timeout_ms, iface.as_ptr(), err.as_mut_ptr() as *mut c_char, ERR_LEN)
-        };
+        let handle = init(host.as_ptr(), launch.master_port as c_int, launch.rank as c_int, launch.world as c_int, timeout_ms, err.as_mut_ptr() as *mut c_char);
         if handle.is_null() {
             return Err(Error::Invalid(format!(
-                "rendezvous at {address} (rank {} of {}) failed: {}",
+                "{what} at {address} (rank {} of {}) failed: {}",
                 launch.rank,
                 launch.world,
                 err_string(&err).lines().next().unwrap_or("")
             )));
         }
-        Ok(ProcessGroup { handle, rank: launch.rank, world: launch.world, address, device: tch::Device::Cpu })
+        Ok(ProcessGroup { handle, rank: launch.rank, world: launch.world, address, device })
     }
 
     /// An NCCL group for CUDA tensors on `device` (`cuda` feature), formed over the same
     /// `TCPStore` rendezvous as [`ProcessGroup::new`].
     #[cfg(feature = "cuda")]
     pub fn new_nccl(launch: &Launch, timeout_s: u64, device: tch::Device) -> Result<ProcessGroup> {
-        let address = format!("{}:{}", launch.master_addr, launch.master_port);
-        let host = CString::new(launch.master_addr.clone()).map_err(|_| Error::config("MASTER_ADDR", &launch.master_addr, "contains a NUL byte"))?;
-        let timeout_ms = (timeout_s.clamp(1, 86_400) * 1000) as c_int;
-        let mut err = vec![0u8; ERR_LEN];
-        let handle = unsafe { msd_init_nccl(host.as_ptr(), launch.master_port as c_int, launch.rank as c_int, launch.world as c_int, timeout_ms, err.as_mut_ptr() as *mut c_char, ERR_LEN) };
-        if handle.is_null() {
-            return Err(Error::Invalid(format!("NCCL rendezvous at {address} (rank {} of {}) failed: {}", launch.rank, launch.world, err_string(&err).lines().next().unwrap_or(""))));
-        }
-        Ok(ProcessGroup { handle, rank: launch.rank, world: launch.world, address, device })
+        Self::form(launch, timeout_s, device, "NCCL rendezvous", |host, port, rank, world, timeout_ms, err| unsafe {
+            msd_init_nccl(host, port, rank, world, timeout_ms, err, ERR_LEN)
+        })
     }
 
     fn check(&self, what: &str, rc: c_int, err: &[u8]) -> Result<()> {
@@ -263,7 +269,8 @@ impl ProcessGroup {
         let mut size = 0usize;
         for t in tensors {
             let bytes = t.numel() * t.kind().elt_size_in_bytes();
-            if buckets.is_empty() || (size + bytes > bucket_bytes && !buckets.last().unwrap().is_empty()) || buckets.last().unwrap()[0].kind() != t.kind() {
+            // A new bucket when the current one would overflow or holds another dtype.
+            if buckets.last().is_none_or(|b| size + bytes > bucket_bytes || b[0].kind() != t.kind()) {
                 buckets.push(vec![]);
                 size = 0;
             }

@@ -393,9 +393,6 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
             return Err(Error::Invalid(format!("the {b} process group takes {d} tensors, but training runs on {device:?}")));
         }
     }
-    if world > 1 && tc.batch_size % tc.accum_freq != 0 {
-        return Err(Error::config("accum_freq", tc.accum_freq, format!("must divide the per-rank batch_size {}", tc.batch_size)));
-    }
     let global_bs = tc.batch_size * world;
     if tc.local_loss && world == 1 {
         eprintln!("note: local_loss only changes data-parallel runs; a one-process run computes the full loss");
@@ -488,11 +485,8 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
     if let Some(g) = group {
         // Identical weights on every rank (the same seed builds the same model; this makes it
         // certain), and rank 0 has finished clearing the run directory.
-        let t = Instant::now();
         let mut all: Vec<Tensor> = named_in_order(&vs).into_iter().map(|(_, t)| t).collect();
-        tch::no_grad(|| g.broadcast(&mut all, 0))?;
-        g.barrier()?;
-        comm_s += t.elapsed().as_secs_f64();
+        timed(&mut comm_s, || tch::no_grad(|| g.broadcast(&mut all, 0)).and_then(|()| g.barrier()))?;
     }
     let train_toml = toml::to_string(tc).expect("train config serialises");
     let mut metrics = if lead {
@@ -572,9 +566,7 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
             Some(g) => {
                 // Skipped (unreadable) items leave ranks with different counts: all ranks keep
                 // the smallest count, a multiple of accum_freq.
-                let t = Instant::now();
-                let counts = g.all_gather(&Tensor::from_slice(&[bs_now as i64]).to_device(g.device))?;
-                comm_s += t.elapsed().as_secs_f64();
+                let counts = timed(&mut comm_s, || g.all_gather(&Tensor::from_slice(&[bs_now as i64]).to_device(g.device)))?;
                 let least = Vec::<i64>::try_from(&counts).map_err(Error::Torch)?.into_iter().min().unwrap_or(0) as usize;
                 let keep = least / tc.accum_freq * tc.accum_freq;
                 if keep < 1 {
@@ -588,9 +580,7 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
                 let how = DistLoss { group: g, accum: tc.accum_freq, loss_scale: scale, local_loss: tc.local_loss };
                 let (v, c) = amp::autocast(device, precision.autocast_kind(), || loss_and_backward_dist(&model, &vs, &images, &tokens, &how))?;
                 comm_s += c;
-                let t = Instant::now();
-                g.all_reduce_bucketed(&opt.grads(), 25 << 20)?;
-                comm_s += t.elapsed().as_secs_f64();
+                timed(&mut comm_s, || g.all_reduce_bucketed(&opt.grads(), 25 << 20))?;
                 v
             }
         };
@@ -624,9 +614,7 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
         };
         clamp_logit_scale(&model);
         if let Some(g) = group {
-            let t = Instant::now();
-            average_buffers(g, &vs)?;
-            comm_s += t.elapsed().as_secs_f64();
+            timed(&mut comm_s, || average_buffers(g, &vs))?;
         }
         let done = step + 1;
         let elapsed = t0.elapsed().as_secs_f64();
@@ -654,10 +642,10 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
         if let Some(metrics) = metrics.as_mut() {
             writeln!(metrics, "{}", serde_json::to_string(&m).unwrap()).map_err(|e| Error::io(run_dir.join("metrics.jsonl"), e))?;
             metrics.flush().map_err(|e| Error::io(run_dir.join("metrics.jsonl"), e))?;
-        } else if progress_rank(done, tc.steps) {
+        } else if is_report_step(done, tc.steps) {
             eprintln!("rank {rank}: step {done}/{} loss {loss_v:.4} {:.1} samples/s (all ranks) comm {:.0}%", tc.steps, m.samples_per_s, 100.0 * m.comm_frac.unwrap_or(0.0));
         }
-        if progress && progress_rank(done, tc.steps) {
+        if progress && is_report_step(done, tc.steps) {
             let rate = (done - start) as f64 / t_run.elapsed().as_secs_f64();
             let eta = (tc.steps - done) as f64 / rate.max(1e-9);
             eprintln!("step {done}/{} loss {loss_v:.4} lr {lr:.2e} scale {:.2} {:.1} samples/s eta {eta:.0}s", tc.steps, m.logit_scale, m.samples_per_s);
@@ -686,9 +674,7 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
             }
             if let Some(g) = group {
                 // No rank runs ahead of a checkpoint that rank 0 has not finished writing.
-                let t = Instant::now();
-                g.barrier()?;
-                comm_s += t.elapsed().as_secs_f64();
+                timed(&mut comm_s, || g.barrier())?;
             }
         }
     }
@@ -703,8 +689,17 @@ fn named_in_order(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     v
 }
 
-fn progress_rank(done: i64, steps: i64) -> bool {
+/// Whether step `done` prints a progress line (every 10 steps and the last).
+fn is_report_step(done: i64, steps: i64) -> bool {
     done % 10 == 0 || done == steps
+}
+
+/// Runs `f`, adding its wall time to `acc` (the seconds a step spends in collectives).
+fn timed<T>(acc: &mut f64, f: impl FnOnce() -> T) -> T {
+    let t = Instant::now();
+    let out = f();
+    *acc += t.elapsed().as_secs_f64();
+    out
 }
 
 /// Averages BatchNorm running statistics (every floating-point buffer) over the ranks, so all
@@ -766,28 +761,11 @@ pub fn loss_and_backward_dist(model: &MsClip, vs: &nn::VarStore, images: &Tensor
         let (li, lt) = (fi.detach().to_kind(tch::Kind::Float), ft.detach().to_kind(tch::Kind::Float));
         (Some((fi, ft)), li, lt)
     } else {
-        let buffers: Vec<(Tensor, Tensor)> = vs.variables().into_values().filter(|t| !t.requires_grad()).map(|t| (t.copy(), t)).collect();
-        let (ci, ct) = tch::no_grad(|| -> Result<(Vec<Tensor>, Vec<Tensor>)> {
-            let mut ci = vec![];
-            let mut ct = vec![];
-            for (x, t) in ims.iter().zip(&tks) {
-                let (a, b) = embed(x, t)?;
-                ci.push(a.to_kind(tch::Kind::Float));
-                ct.push(b.to_kind(tch::Kind::Float));
-            }
-            Ok((ci, ct))
-        })?;
-        tch::no_grad(|| {
-            for (saved, mut live) in buffers {
-                live.copy_(&saved);
-            }
-        });
-        (None, Tensor::cat(&ci, 0), Tensor::cat(&ct, 0))
+        let (ci, ct) = embed_without_grad(model, vs, &ims, &tks)?;
+        (None, Tensor::cat(&ci, 0).to_kind(tch::Kind::Float), Tensor::cat(&ct, 0).to_kind(tch::Kind::Float))
     };
-    let t = Instant::now();
-    let gi = g.all_gather(&li)?.set_requires_grad(true);
-    let gt = g.all_gather(&lt)?.set_requires_grad(true);
-    comm += t.elapsed().as_secs_f64();
+    let (gi, gt) = timed(&mut comm, || Ok::<_, Error>((g.all_gather(&li)?, g.all_gather(&lt)?)))?;
+    let (gi, gt) = (gi.set_requires_grad(true), gt.set_requires_grad(true));
     let n = gi.size()[0];
     let value;
     if how.local_loss {
@@ -801,9 +779,7 @@ pub fn loss_and_backward_dist(model: &MsClip, vs: &nn::VarStore, images: &Tensor
         let loss = (sum(&logits_i) + sum(&logits_t)) / (2 * n) as f64;
         let mine = loss.double_value(&[]);
         (loss * how.loss_scale).backward();
-        let t = Instant::now();
-        value = g.sum_f64(mine)?;
-        comm += t.elapsed().as_secs_f64();
+        value = timed(&mut comm, || g.sum_f64(mine))?;
     } else {
         let loss = clip_loss(&(gi.matmul(&gt.tr()) * model.logit_scale.exp()));
         value = loss.double_value(&[]);
@@ -819,9 +795,7 @@ pub fn loss_and_backward_dist(model: &MsClip, vs: &nn::VarStore, images: &Tensor
     }
     let mut grads = [gi.grad(), gt.grad()];
     if how.local_loss {
-        let t = Instant::now();
-        g.all_reduce_sum(&mut grads)?;
-        comm += t.elapsed().as_secs_f64();
+        timed(&mut comm, || g.all_reduce_sum(&mut grads))?;
     }
     let (di, dt) = (grads[0].narrow(0, rank * b, b), grads[1].narrow(0, rank * b, b));
     let vjp = |fi: &Tensor, ft: &Tensor, di: &Tensor, dt: &Tensor| {
@@ -848,6 +822,25 @@ pub fn clamp_logit_scale(model: &MsClip) {
     });
 }
 
+/// The image and text features of every micro-batch, without gradient (the cache of gradient
+/// accumulation). BatchNorm running statistics are restored afterwards, so the re-embedding
+/// with gradient updates them once per micro-batch, as without caching.
+fn embed_without_grad(model: &MsClip, vs: &nn::VarStore, ims: &[Tensor], tks: &[Tensor]) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+    let buffers: Vec<(Tensor, Tensor)> = vs.variables().into_values().filter(|t| !t.requires_grad()).map(|t| (t.copy(), t)).collect();
+    let features = tch::no_grad(|| -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+        let mut cache = crate::model::ActivationCache::new();
+        let ci = ims.iter().map(|x| model.encode_image_with(x, &Capture::none(), &mut cache, true)).collect::<Result<Vec<_>>>()?;
+        let ct = tks.iter().map(|t| model.encode_text(t)).collect::<Result<Vec<_>>>()?;
+        Ok((ci, ct))
+    })?;
+    tch::no_grad(|| {
+        for (saved, mut live) in buffers {
+            live.copy_(&saved);
+        }
+    });
+    Ok(features)
+}
+
 /// Computes the contrastive loss of the batch and accumulates its gradient.
 ///
 /// With `accum > 1` (OpenCLIP PR #267's method): embed all micro-batches without gradient,
@@ -869,19 +862,7 @@ pub fn loss_and_backward(model: &MsClip, vs: &nn::VarStore, images: &Tensor, tok
     }
     let ims = images.chunk(accum as i64, 0);
     let tks = tokens.chunk(accum as i64, 0);
-    let buffers: Vec<(Tensor, Tensor)> =
-        vs.variables().into_values().filter(|t| !t.requires_grad()).map(|t| (t.copy(), t)).collect();
-    let (ci, ct) = tch::no_grad(|| -> Result<(Vec<Tensor>, Vec<Tensor>)> {
-        let mut cache = crate::model::ActivationCache::new();
-        let ci = ims.iter().map(|x| model.encode_image_with(x, &Capture::none(), &mut cache, true)).collect::<Result<Vec<_>>>()?;
-        let ct = tks.iter().map(|t| model.encode_text(t)).collect::<Result<Vec<_>>>()?;
-        Ok((ci, ct))
-    })?;
-    tch::no_grad(|| {
-        for (saved, mut live) in buffers {
-            live.copy_(&saved);
-        }
-    });
+    let (ci, ct) = embed_without_grad(model, vs, &ims, &tks)?;
     let mut value = f64::NAN;
     for j in 0..accum {
         let mut cache = crate::model::ActivationCache::new();

@@ -60,6 +60,15 @@ impl AdamWConfig {
     }
 }
 
+impl AdamWConfig {
+    /// The learning rate and weight decay of a parameter group at base learning rate `lr`.
+    pub fn lr_and_decay(&self, group: Group, lr: f64) -> (f64, f64) {
+        let lr_g = if group.shared { lr * self.lr_scale_shared } else { lr };
+        let wd = if !group.decay { 0.0 } else if group.shared { self.weight_decay_shared } else { self.weight_decay };
+        (lr_g, wd)
+    }
+}
+
 impl Default for AdamWConfig {
     fn default() -> Self {
         AdamWConfig { beta1: 0.9, beta2: 0.98, eps: 1e-6, weight_decay: 0.05, weight_decay_shared: 0.2, lr_scale_shared: 1.0 }
@@ -237,8 +246,7 @@ impl AdamW {
                 if !g.defined() {
                     continue;
                 }
-                let lr_g = if s.group.shared { lr * c.lr_scale_shared } else { lr };
-                let wd = if !s.group.decay { 0.0 } else if s.group.shared { c.weight_decay_shared } else { c.weight_decay };
+                let (lr_g, wd) = c.lr_and_decay(s.group, lr);
                 if single_pass {
                     let n = [&s.param, &g, &s.m, &s.v].map(fused::cpu_f32);
                     if n.iter().all(|k| k.is_some() && *k == n[0]) {
@@ -269,7 +277,7 @@ impl AdamW {
     /// [`Kernel::Aten`]: one `_fused_adamw_` call per (learning rate, weight decay) group, at
     /// step `self.step` (already incremented).
     fn step_aten(&self, lr: f64) -> std::result::Result<(), String> {
-        let c = self.config.clone();
+        let c = &self.config;
         let mut groups: BTreeMap<(bool, bool), Vec<usize>> = BTreeMap::new();
         for (i, s) in self.slots.iter().enumerate() {
             if s.param.grad().defined() {
@@ -277,8 +285,7 @@ impl AdamW {
             }
         }
         for ((shared, decay), idx) in groups {
-            let lr_g = if shared { lr * c.lr_scale_shared } else { lr };
-            let wd = if !decay { 0.0 } else if shared { c.weight_decay_shared } else { c.weight_decay };
+            let (lr_g, wd) = c.lr_and_decay(Group { decay, shared }, lr);
             let mut p: Vec<Tensor> = idx.iter().map(|&i| self.slots[i].param.shallow_clone()).collect();
             let mut g: Vec<Tensor> = idx.iter().map(|&i| self.slots[i].param.grad()).collect();
             let mut m: Vec<Tensor> = idx.iter().map(|&i| self.slots[i].m.shallow_clone()).collect();
@@ -446,8 +453,8 @@ mod tests {
     use super::*;
 
     /// The single-pass CPU update, ATen's `_fused_adamw_` and the tensor-op path give the same
-    /// parameters, moments and gradient norm over 20 steps (to fp32 round-off), in every group (decay/no-decay, shared/own), for a
-    /// tensor large enough to be split over threads.
+    /// parameters, moments and gradient norm over 20 steps (to fp32 round-off), in every group
+    /// (decay/no-decay, shared/own), for a tensor large enough to be split over threads.
     #[test]
     fn fused_update_equals_tensor_path() {
         let run = |kernel: Kernel| {
@@ -475,18 +482,18 @@ mod tests {
         };
         let (pt, st, nt) = run(Kernel::Tensor);
         for kernel in [Kernel::SinglePass, Kernel::Aten] {
-        let (pf, sf, nf) = run(kernel);
-        for (name, a) in &pf {
-            let d = (a - &pt[name]).abs().max().double_value(&[]);
-            assert!(d < 1e-6, "{kernel:?}: {name}: {d}");
-        }
-        for ((name, a), (_, b)) in sf.iter().zip(st.iter()) {
-            let d = (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[]);
-            assert!(d < 1e-6, "{kernel:?}: {name}: {d}");
-        }
-        for (a, b) in nf.iter().zip(&nt) {
-            assert!((a - b).abs() < 1e-6 * b, "{kernel:?}: {a} vs {b}");
-        }
+            let (pf, sf, nf) = run(kernel);
+            for (name, a) in &pf {
+                let d = (a - &pt[name]).abs().max().double_value(&[]);
+                assert!(d < 1e-6, "{kernel:?}: {name}: {d}");
+            }
+            for ((name, a), (_, b)) in sf.iter().zip(st.iter()) {
+                let d = (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[]);
+                assert!(d < 1e-6, "{kernel:?}: {name}: {d}");
+            }
+            for (a, b) in nf.iter().zip(&nt) {
+                assert!((a - b).abs() < 1e-6 * b, "{kernel:?}: {a} vs {b}");
+            }
         }
     }
 
