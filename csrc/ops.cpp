@@ -3,6 +3,7 @@
 // `C_tensor` pointers (`at::Tensor*`); errors come back as strings.
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
 
 #include <cstring>
 #include <vector>
@@ -39,6 +40,48 @@ int msd_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_av
     }
   }
   return 1;
+}
+
+// Drops the gradients of n tensors (PyTorch's `zero_grad(set_to_none=True)`): the next
+// backward stores its gradient instead of zero-filling and adding into the old buffer.
+void msd_grads_to_none(at::Tensor** ts, int n) {
+  for (int i = 0; i < n; ++i) ts[i]->mutable_grad().reset();
+}
+
+// TF32 for fp32 matrix products (cuBLAS) and convolutions (cuDNN) on CUDA (libtorch's
+// defaults: off for cuBLAS, on for cuDNN). A negative argument leaves that switch. Returns the
+// previous state as bits (1: cuBLAS, 2: cuDNN).
+int msd_tf32(int cublas, int cudnn) {
+  auto& ctx = at::globalContext();
+  int was = (ctx.allowTF32CuBLAS() ? 1 : 0) | (ctx.allowTF32CuDNN() ? 2 : 0);
+  if (cublas >= 0) ctx.setAllowTF32CuBLAS(cublas != 0);
+  if (cudnn >= 0) ctx.setAllowTF32CuDNN(cudnn != 0);
+  return was;
+}
+
+// libtorch's operator profiler (the legacy one behind `torch.autograd.profiler`), writing a
+// Chrome trace of every ATen operator to `path` when stopped. One at a time per process.
+static torch::autograd::profiler::RecordProfile* g_profile = nullptr;
+
+int msd_profile_start(const char* path, char* err, size_t errlen) {
+  try {
+    if (g_profile) throw std::runtime_error("a profile is already being recorded");
+    g_profile = new torch::autograd::profiler::RecordProfile(std::string(path));
+    return 0;
+  } catch (const std::exception& e) {
+    if (err && errlen) {
+      std::strncpy(err, e.what(), errlen - 1);
+      err[errlen - 1] = '\0';
+    }
+  }
+  return 1;
+}
+
+int msd_profile_stop() {
+  if (!g_profile) return 1;
+  delete g_profile;
+  g_profile = nullptr;
+  return 0;
 }
 
 }  // extern "C"

@@ -3,10 +3,12 @@
 //! → prints one JSON line (median step time; CUDA timings synchronise after each step).
 //! `amp-bf16` runs the step under bf16 autocast on either device (`train::amp::autocast`).
 //! `MSCLIP_ADAMW_KERNEL=tensor|single|aten` picks the optimizer kernel (default: aten); the
-//! JSON also gives the optimizer's median time and share of the step.
+//! JSON also gives the optimizer's median time and share of the step. `MSCLIP_PROFILE=trace.json`
+//! records one more, untimed step with libtorch's operator profiler (`msclip::profile`).
 use std::time::Instant;
 
 use msclip::model::{ModelConfig, MsClip};
+use msclip::profile::OpProfile;
 use msclip::train::amp::{autocast, Precision};
 use msclip::train::loss_and_backward;
 use msclip::train::optim::{AdamW, AdamWConfig, Kernel};
@@ -43,8 +45,10 @@ fn main() {
     };
     let mut times = Vec::new();
     let mut opt_times = Vec::new();
-    for i in 0..steps + 3 {
+    for i in 0..steps + 3 + std::env::var("MSCLIP_PROFILE").map_or(0, |_| 1) {
         sync();
+        // The step after the timed ones, so the profiler's overhead times nothing.
+        let prof = std::env::var("MSCLIP_PROFILE").ok().filter(|_| i == steps + 3).map(|p| OpProfile::start(p.as_ref()).unwrap());
         let t = Instant::now();
         opt.zero_grad();
         let _ = autocast(device, precision.autocast_kind(), || loss_and_backward(&m, &vs, &images, &tokens, 1, 1.0)).unwrap();
@@ -52,6 +56,10 @@ fn main() {
         let t_opt = Instant::now();
         opt.step(1e-4);
         sync();
+        if let Some(p) = prof {
+            eprintln!("operator profile of one step: {}", p.finish().unwrap().display());
+            continue;
+        }
         if i >= 3 {
             times.push(t.elapsed().as_secs_f64());
             opt_times.push(t_opt.elapsed().as_secs_f64());

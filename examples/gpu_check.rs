@@ -1,7 +1,8 @@
 //! CUDA checks (run on a GPU machine with a `--features cuda` build; CI has no GPU):
 //! the same seed-0 model on CPU and CUDA gives the same embeddings, attention probabilities
 //! and gradients (fp32), and autocast (fp16, bf16) stays close to fp32. Prints one JSON line
-//! per check; exits 1 when an fp32 check exceeds its tolerance.
+//! per check; exits 1 when an fp32 check exceeds its tolerance. `MSCLIP_TF32=0` turns TF32 off
+//! in cuBLAS and cuDNN first (the first line says which TF32 switches were on).
 use msclip::model::{Capture, Modality, ModelConfig, MsClip, Site};
 use msclip::tokenizer::Tokenizer;
 use msclip::train::amp::set_cuda_autocast_kind;
@@ -14,6 +15,12 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
 
 fn main() {
     assert!(tch::Cuda::is_available(), "no CUDA device");
+    // MSCLIP_TF32=0: no TF32 in cuBLAS or cuDNN (libtorch's default allows it for cuDNN
+    // convolutions), to settle whether TF32 is the parallel branch's CPU-vs-CUDA gradient gap.
+    if std::env::var("MSCLIP_TF32").as_deref() == Ok("0") {
+        msclip::autocast::set_tf32(false, false);
+    }
+    println!("{{\"tf32\":{{\"matmul\":{},\"conv\":{}}}}}", msclip::autocast::tf32().0, msclip::autocast::tf32().1);
     let gpu = Device::Cuda(0);
     let mut failed = false;
     for name in ["tiny-msclip-s", "tiny-clip", "msclip-s-b32"] {

@@ -57,6 +57,7 @@
 #![warn(missing_docs)]
 
 pub mod analysis;
+pub mod autocast;
 pub mod causal;
 pub mod checkpoint;
 pub mod cli;
@@ -68,6 +69,7 @@ pub mod eval;
 pub mod io;
 pub mod model;
 pub mod plot;
+pub mod profile;
 pub mod rng;
 pub mod tensor;
 pub mod tokenizer;

@@ -250,17 +250,19 @@ fn non_attention_capture_is_bitwise_equal_to_a_plain_run() {
     }
 }
 
-/// QuickGELU folded into the FFN weights (`silu(1.702·x)/1.702`) equals `x·σ(1.702x)`.
+/// QuickGELU as `silu(1.702·x)/1.702` with its constants on the FFN's input and output (the
+/// CPU form) equals `x·σ(1.702x)`. (The CUDA form, constants in the weights, is checked by `scripts/gpu/check.sh` §1 against
+/// CPU embeddings.)
 #[test]
 fn folded_quick_gelu_mlp_equals_the_textbook_form() {
     let (_vs, m) = build("tiny-clip");
     let block = &m.text.blocks[2];
     tch::manual_seed(5);
-    let h = Tensor::randn([2, 7, m.config.text.width], (Kind::Float, Device::Cpu)) * 3.0;
+    let h = Tensor::randn([40, 7, m.config.text.width], (Kind::Float, Device::Cpu)) * 3.0;
     let z = h.linear(&block.fc1.weight, block.fc1.bias.as_ref());
     let textbook = (&z * (&z * 1.702).sigmoid()).linear(&block.fc2.weight, block.fc2.bias.as_ref());
     let folded = block.mlp(&h);
-    let d = (textbook - folded).abs().max().double_value(&[]);
+    let d = (&textbook - &folded).abs().max().double_value(&[]);
     assert!(d < 1e-5, "{d}");
 }
 
@@ -303,4 +305,63 @@ fn pooled_path_under_bf16_autocast_matches_full_path() {
         }
         assert!(cos(&fast.image, &reference.image) > 0.99 && cos(&fast.text, &reference.text) > 0.99, "{name}: bf16 vs fp32");
     }
+}
+
+/// The CPU bf16 detours (`model::block::fused_attention`, `Conv::forward`): the same values as
+/// the fp32 operators to bf16 round-off, the dtype autocast would have given, and the autocast
+/// state intact afterwards.
+#[test]
+fn cpu_bf16_detours_equal_the_plain_operators() {
+    use msclip::autocast::{autocast, cpu_autocast_enabled, without_cpu_autocast};
+    use msclip::model::block::fused_attention;
+    let cpu = (Kind::Float, Device::Cpu);
+    tch::manual_seed(3);
+    let rel = |a: &Tensor, b: &Tensor| (a.to_kind(Kind::Float) - b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]);
+    // Attention: bf16 q, k, v (what autocast's linear gives) → bf16 out, computed in fp32.
+    let [q, k, v] = [0, 1, 2].map(|_| Tensor::randn([2, 3, 9, 8], cpu));
+    for causal in [false, true] {
+        let reference = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, causal, 0.35, false);
+        let bf = |t: &Tensor| t.to_kind(Kind::BFloat16);
+        let out = autocast(Device::Cpu, Some(Kind::BFloat16), || {
+            let o = fused_attention(&bf(&q), &bf(&k), &bf(&v), causal, 0.35);
+            assert!(cpu_autocast_enabled(), "autocast switched back on");
+            o
+        });
+        assert_eq!(out.kind(), Kind::BFloat16);
+        // Inputs rounded to bf16 (2⁻⁹ relative) and the output rounded once more.
+        let r = rel(&out, &reference);
+        assert!(r < 2e-2, "causal {causal}: {r}");
+    }
+    // A patch projection (kernel = stride) as a matrix product, and its weight gradient.
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let patch = msclip::model::layers::Conv::new(&vs.root().sub("patch"), 3, 16, 4, 4, 0, 1);
+    let depthwise = msclip::model::layers::Conv::new(&vs.root().sub("dw"), 16, 16, 2, 2, 0, 16);
+    let ordinary = msclip::model::layers::Conv::new(&vs.root().sub("c3"), 3, 16, 3, 2, 1, 1);
+    let x = Tensor::randn([2, 3, 16, 12], cpu);
+    let plain = |c: &msclip::model::layers::Conv, x: &Tensor| x.conv2d(&c.weight, None::<Tensor>, [c.stride], [c.padding], [1], c.groups);
+    let reference = plain(&patch, &x);
+    reference.square().sum(Kind::Float).backward();
+    let grad_ref = patch.weight.grad().copy();
+    let _ = patch.weight.grad().zero_();
+    let y = autocast(Device::Cpu, Some(Kind::BFloat16), || patch.forward(&x));
+    assert_eq!((y.size(), y.kind()), (vec![2, 16, 4, 3], Kind::BFloat16));
+    assert!(rel(&y, &reference) < 2e-2, "patch: {}", rel(&y, &reference));
+    y.to_kind(Kind::Float).square().sum(Kind::Float).backward();
+    assert!(rel(&patch.weight.grad(), &grad_ref) < 3e-2, "patch grad: {}", rel(&patch.weight.grad(), &grad_ref));
+    // A depth-wise patch-like convolution runs in fp32: equal to the plain one.
+    let h = Tensor::randn([2, 16, 8, 8], cpu);
+    let y = autocast(Device::Cpu, Some(Kind::BFloat16), || depthwise.forward(&h));
+    assert_eq!(y.kind(), Kind::Float);
+    assert!(rel(&y, &plain(&depthwise, &h)) < 1e-6);
+    // Any other convolution stays with autocast (bf16).
+    assert_eq!(autocast(Device::Cpu, Some(Kind::BFloat16), || ordinary.forward(&x)).kind(), Kind::BFloat16);
+    // Outside autocast nothing changes: bit-equal to the plain operator.
+    assert!(patch.forward(&x).equal(&plain(&patch, &x)));
+    // without_cpu_autocast restores the state, also after a panic inside.
+    autocast(Device::Cpu, Some(Kind::BFloat16), || {
+        assert!(!without_cpu_autocast(cpu_autocast_enabled));
+        let r = std::panic::catch_unwind(|| without_cpu_autocast(|| panic!("boom")));
+        assert!(r.is_err() && cpu_autocast_enabled());
+    });
+    assert!(!cpu_autocast_enabled() && !without_cpu_autocast(cpu_autocast_enabled));
 }

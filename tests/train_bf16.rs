@@ -6,22 +6,26 @@ use std::path::{Path, PathBuf};
 
 use msclip::train::{train, TrainConfig, TrainOptions};
 
-/// Tolerance on the mean loss of every 20-step window (the loss falls from ≈3.4 to ≈1.7).
-/// Calibration on this machine: bf16 vs fp32 differ by at most 0.36 (steps 61–80, where the
-/// model picks up colour a few steps earlier or later); two fp32 runs that differ only in
-/// seed (11 vs 12) differ by up to 0.27, so mid-run gaps of this size are run-to-run chaos.
-const LOSS_TOL: f64 = 0.5;
-/// Tolerance on the mean loss of the last 40 steps: the seed-to-seed spread of fp32 (0.24),
-/// rounded up. bf16 vs fp32 measured 0.06 with the single-pass AdamW and 0.20 with ATen's fused
-/// kernel — a rounding-level change to the optimizer moves these short runs as much as a seed.
-const FINAL_LOSS_TOL: f64 = 0.3;
-/// Tolerance on the final zero-shot top-1 (300 items, 48 classes): fp32 at seeds 11, 12 and 13
-/// reaches 0.143, 0.157 and 0.213 (a spread of 0.07), bf16 at seed 11 0.227; a difference of
-/// two runs is within noise up to about 0.12. Chance is 0.021, and bf16 must also clear
-/// `ZERO_SHOT_FLOOR`, so a bf16 run that stops learning fails either way.
+// Calibration (micro-msclip-s, 200 steps × 32, lr 1e-3, on a 2-core Xeon). At lr 3e-3 these
+// runs were chaotic: the step at which the loss leaves its ≈2.1 plateau moved by tens of steps
+// with any rounding-level change (a change of optimizer kernel or of where QuickGELU's constant
+// is applied moved the last-40 mean by up to 0.6), so a tolerance wide enough for that could
+// not tell a broken bf16 path from a working one. At lr 1e-3 the curves are smooth: over seeds
+// 11, 12, 13, bf16 vs fp32 of the same seed differ by 0.009, 0.018 and 0.001 in the last-40
+// mean, while fp32 runs of different seeds differ by up to 0.67 (2.37 vs 1.70).
+
+/// Tolerance on the mean loss of every 20-step window (the loss falls from ≈3.4 to ≈1.7): the
+/// largest same-seed gap measured is 0.11 (seeds 12 and 13, during the fast descent), so about
+/// twice that; fp32 windows of different seeds differ by up to 0.7.
+const LOSS_TOL: f64 = 0.25;
+/// Tolerance on the mean loss of the last 40 steps: 5× the largest same-seed gap measured
+/// (0.018), a tenth of the seed-to-seed spread.
+const FINAL_LOSS_TOL: f64 = 0.1;
+/// Tolerance on the final zero-shot top-1 (300 items, 48 classes): same-seed bf16 vs fp32
+/// differ by 0.086, 0.037 and 0.010 over seeds 11–13 (300 items: one standard error ≈ 0.02).
 const ZERO_SHOT_TOL: f64 = 0.12;
-/// bf16 must learn: well above chance (0.021); every fp32 seed above reaches ≥ 0.14.
-const ZERO_SHOT_FLOOR: f64 = 0.08;
+/// bf16 must learn: well above chance (0.021); at seed 13 fp32 reaches 0.19.
+const ZERO_SHOT_FLOOR: f64 = 0.1;
 
 fn config(precision: &str) -> TrainConfig {
     TrainConfig {
@@ -29,11 +33,11 @@ fn config(precision: &str) -> TrainConfig {
         data_items: 6400,
         steps: 200,
         batch_size: 32,
-        lr: 3e-3,
+        lr: 1e-3,
         min_lr: 1e-5,
         warmup_steps: 10,
         grad_clip: 1.0,
-        seed: 11,
+        seed: 13,
         save_every: 0,
         keep: 1,
         eval_every: 200,

@@ -28,51 +28,30 @@ args = ap.parse_args()
 import torch, open_clip  # noqa: E402
 
 torch.set_num_threads(args.threads)
-CASES = [  # (msclip preset, open_clip config, batch)
-    ("tiny-clip", dict(embed_dim=64, quick_gelu=True,
-                       vision_cfg=dict(image_size=64, layers=6, width=128, patch_size=8, head_width=32),
-                       text_cfg=dict(context_length=24, vocab_size=49408, width=128, heads=4, layers=6)), args.batch_tiny),
-    ("clip-b32", "ViT-B-32-quickgelu", args.batch_b32),
-]
-dev = torch.device(args.device)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from oc_step import cases, make_step  # noqa: E402
+
+CASES = cases(args.batch_tiny, args.batch_b32)
+
 
 def sync():
     if args.device == "cuda":
         torch.cuda.synchronize()
 
+
 def torch_step(cfg, bs, anchor="foreach"):
-    if isinstance(cfg, str):
-        model = open_clip.create_model(cfg)
-    else:
-        model = open_clip.CLIP(**cfg)
-    model.to(dev).train()
-    fwd = torch.compile(model) if anchor == "compile" else model
-    size = model.visual.image_size
-    size = size[0] if isinstance(size, (tuple, list)) else size
-    ctx = model.context_length
-    g = torch.Generator().manual_seed(0)
-    images = torch.randn(bs, 3, size, size, generator=g).to(dev)
-    tokens = torch.randint(1, 49000, (bs, ctx), generator=g)
-    tokens[:, -1] = 49407
-    tokens = tokens.to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.2, betas=(0.9, 0.98), eps=1e-6, fused=anchor == "fused")
-    labels = torch.arange(bs, device=dev)
+    step = make_step(cfg, bs, anchor, args.device, args.precision)
     times = []
     for i in range(args.steps + 3):
         sync()
         t = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.precision == "amp-bf16"):
-            fi, ft, scale = fwd(images, tokens)
-            logits = scale * fi @ ft.t()
-            loss = (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.t(), labels)) / 2
-        loss.backward()
-        opt.step()
+        step()
         sync()
         if i >= 3:
             times.append(time.perf_counter() - t)
     times.sort()
     return times[len(times) // 2]
+
 
 root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 rust = os.environ.get("MSCLIP_BENCH_BIN") or os.path.join(root, "target", "release", "examples", "bench_step")

@@ -152,6 +152,21 @@ pub(crate) fn visit(capture: &Capture, cache: &mut ActivationCache, m: Modality,
     Ok(capture.visit(cache, m, slot, site, x))
 }
 
+/// `softmax(q·kᵀ·scale + mask)·v` by libtorch's fused `scaled_dot_product_attention`. On CPU
+/// in bf16/fp16 (CPU autocast) it runs in fp32 and the result is cast back: libtorch 2.11's
+/// CPU flash kernel is 3–5× slower in bf16 than in fp32 forward + backward at CLIP's shapes
+/// (`[8, 12, 50, 64]`: 21.0 vs 4.8 ms on a 2-core Xeon), and fp32 is also the more exact.
+pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, scale: f64) -> Tensor {
+    let kind = q.kind();
+    if q.device() == tch::Device::Cpu && matches!(kind, Kind::BFloat16 | Kind::Half) {
+        return crate::autocast::without_cpu_autocast(|| {
+            let [q, k, v] = [q, k, v].map(|t| t.to_kind(Kind::Float));
+            Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, causal, scale, false).to_kind(kind)
+        });
+    }
+    Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, causal, scale, false)
+}
+
 /// Additive causal mask `[L, L]`: 0 on and below the diagonal, −∞ above.
 pub fn causal_mask(len: i64, device: tch::Device) -> Tensor {
     Tensor::full([len, len], f64::NEG_INFINITY, (Kind::Float, device)).triu(1)
@@ -165,9 +180,12 @@ impl SharedBlock {
         let (b, l, d) = x.size3().map_err(crate::Error::Torch)?;
         let hd = d / self.heads;
         let qkv = self.attn_in.forward(x).view([b, l, 3, self.heads, hd]).permute([2, 0, 3, 1, 4]);
-        let q = visit(capture, cache, m, slot, Site::Q, qkv.get(0))?;
-        let k = visit(capture, cache, m, slot, Site::K, qkv.get(1))?;
-        let v = visit(capture, cache, m, slot, Site::V, qkv.get(2))?;
+        // unbind, not three selects: its backward stacks the three gradients instead of
+        // zero-filling and summing three full-size copies.
+        let [q, k, v]: [Tensor; 3] = qkv.unbind(0).try_into().expect("q, k, v");
+        let q = visit(capture, cache, m, slot, Site::Q, q)?;
+        let k = visit(capture, cache, m, slot, Site::K, k)?;
+        let v = visit(capture, cache, m, slot, Site::V, v)?;
         let scale = (hd as f64).powf(-0.5);
         let z = if capture.needs_explicit_attention(m, slot) {
             let logits = visit(capture, cache, m, slot, Site::AttnLogits, (q * scale).matmul(&k.transpose(-2, -1)))?;
@@ -175,7 +193,7 @@ impl SharedBlock {
             let probs = visit(capture, cache, m, slot, Site::AttnProbs, masked.softmax(-1, masked.kind()))?;
             probs.matmul(&v)
         } else {
-            Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, self.causal, scale, false)
+            fused_attention(&q, &k, &v, self.causal, scale)
         };
         let z = visit(capture, cache, m, slot, Site::Z, z)?;
         Ok(self.attn_out.forward(&z.transpose(1, 2).reshape([b, l, d])))
@@ -204,18 +222,32 @@ impl SharedBlock {
     }
 
     /// The FFN `W2·act(W1·h + b1) + b2`. QuickGELU is computed as
-    /// `x·σ(1.702x) = silu(1.702x)/1.702` with both constants folded into the (small) weights:
-    /// `silu(h·(1.702·W1)ᵀ + 1.702·b1)·(W2/1.702)ᵀ + b2`, one fused activation kernel
-    /// instead of three element-wise passes over the `[B, L, 4D]` hidden tensor. Equal to the
-    /// unfused form up to float rounding (tested).
+    /// `x·σ(1.702x) = silu(1.702x)/1.702`: one fused activation kernel over the `[N, 4D]`
+    /// hidden tensor instead of three element-wise passes, with the two constants folded
+    /// - on CUDA into the weights, `silu(h·(1.702·W1)ᵀ + 1.702·b1)·(W2/1.702)ᵀ + b2`: two
+    ///   `[4D, D]` passes per call, small against training batches of hundreds;
+    /// - on CPU onto the `D`-wide input and output,
+    ///   `(silu((1.702·h)·W1ᵀ + 1.702·b1)·W2ᵀ + 1.702·b2) / 1.702`: two `[N, D]` passes, fewer
+    ///   than the weights' at CPU batch sizes for ViT-B (N < 4D up to batch 61 at 50 tokens).
+    ///
+    /// The choice depends on the device only, never on the call's shape: with a shape rule the
+    /// pooled last block (one row per item) and the full block would round differently, and
+    /// activation patching's "identical positions recover exactly nothing" would no longer hold
+    /// bit for bit. Equal to the unfused form up to float rounding (tested on CPU; the CUDA form
+    /// by `scripts/gpu/check.sh` against CPU embeddings).
     pub fn mlp(&self, h: &Tensor) -> Tensor {
         match self.activation {
             Activation::QuickGelu => {
                 const A: f64 = 1.702;
-                let w1 = &self.fc1.weight * A;
                 let b1 = self.fc1.bias.as_ref().map(|b| b * A);
-                let z = h.linear(&w1, b1.as_ref()).silu();
-                z.linear(&(&self.fc2.weight * (1.0 / A)), self.fc2.bias.as_ref())
+                if h.device().is_cuda() {
+                    let z = h.linear(&(&self.fc1.weight * A), b1.as_ref()).silu();
+                    z.linear(&(&self.fc2.weight * (1.0 / A)), self.fc2.bias.as_ref())
+                } else {
+                    let z = (h * A).linear(&self.fc1.weight, b1.as_ref()).silu();
+                    let b2 = self.fc2.bias.as_ref().map(|b| b * A);
+                    z.linear(&self.fc2.weight, b2.as_ref()) * (1.0 / A)
+                }
             }
             Activation::Gelu => self.fc2.forward(&activate(&self.fc1.forward(h), self.activation)),
         }
@@ -267,7 +299,7 @@ impl SharedBlock {
         let q = h_row.linear(&w.narrow(0, 0, d), bias.map(|t| t.narrow(0, 0, d)));
         let kv = h.linear(&w.narrow(0, d, 2 * d), bias.map(|t| t.narrow(0, d, 2 * d)));
         let kv = kv.view([b, l, 2, self.heads, hd]).permute([2, 0, 3, 1, 4]);
-        let (k, v) = (kv.get(0), kv.get(1));
+        let [k, v]: [Tensor; 2] = kv.unbind(0).try_into().expect("k, v");
         let q = q.view([b, 1, self.heads, hd]).transpose(1, 2); // [B, H, 1, hd]
         let scale = (hd as f64).powf(-0.5);
         // One query row: explicit attention costs nothing here and keeps the softmax in fp32

@@ -135,6 +135,7 @@ extern "C" {
         err: *mut std::ffi::c_char,
         errlen: usize,
     ) -> std::ffi::c_int;
+    fn msd_grads_to_none(ts: *const *mut std::ffi::c_void, n: std::ffi::c_int);
 }
 
 /// AdamW over every trainable variable of a VarStore, with savable state.
@@ -162,11 +163,16 @@ impl AdamW {
         AdamW { config, slots, step: 0, kernel: Kernel::Aten }
     }
 
-    /// Clears every gradient.
+    /// Clears every gradient: drops it, as PyTorch's `zero_grad(set_to_none=True)` (its
+    /// default), so the next backward stores its gradient rather than zero-filling the old
+    /// buffer and adding into it (two passes over all parameters per step). A parameter that
+    /// then gets no gradient is skipped by [`AdamW::step`], as in PyTorch.
     pub fn zero_grad(&mut self) {
-        for s in &mut self.slots {
-            s.param.zero_grad();
-        }
+        let mut ps: Vec<Tensor> = self.slots.iter().map(|s| s.param.shallow_clone()).collect();
+        let ptrs: Vec<*mut std::ffi::c_void> = ps.iter_mut().map(|t| t.as_mut_ptr() as *mut std::ffi::c_void).collect();
+        // SAFETY: valid tensor handles owned by `ps` for the duration of the call; resetting a
+        // grad is what `Tensor::zero_grad`'s C++ counterpart does with set_to_none.
+        unsafe { msd_grads_to_none(ptrs.as_ptr(), ptrs.len() as std::ffi::c_int) };
     }
 
     /// The defined gradients, in name order (views of the live gradients: editing them in
@@ -451,6 +457,37 @@ pub fn cosine_lr(step: i64, total: i64, warmup: i64, base: f64, min: f64) -> f64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `zero_grad` drops the gradients (PyTorch's set_to_none): undefined until the next
+    /// backward, which then stores exactly its gradient; a parameter that got none is left
+    /// alone by the update (no decay, no moment change), as PyTorch's AdamW does.
+    #[test]
+    fn zero_grad_drops_gradients_and_step_skips_parameters_without_one() {
+        for kernel in [Kernel::Aten, Kernel::SinglePass, Kernel::Tensor] {
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let root = vs.root();
+            let a = root.var_copy("a", &Tensor::from_slice(&[1.0f32, -2.0, 3.0]));
+            let b = root.var_copy("b", &Tensor::from_slice(&[4.0f32, 5.0]));
+            let mut opt = AdamW::new(&vs, AdamWConfig { weight_decay: 0.5, ..Default::default() });
+            opt.kernel = kernel;
+            (&a * &a).sum(Kind::Float).backward();
+            (&b * 2.0).sum(Kind::Float).backward();
+            opt.step(0.1);
+            opt.zero_grad();
+            assert!(!a.grad().defined() && !b.grad().defined(), "{kernel:?}: gradients still defined");
+            let b_before = b.copy();
+            let moments_b = |o: &AdamW| o.state().into_iter().filter(|(k, _)| k == "m.b" || k == "v.b").map(|(_, t)| t.copy()).collect::<Vec<_>>();
+            let state_b = moments_b(&opt);
+            assert_eq!(state_b.len(), 2);
+            (&a * 3.0).sum(Kind::Float).backward();
+            assert_eq!(Vec::<f32>::try_from(&a.grad()).unwrap(), vec![3.0, 3.0, 3.0], "{kernel:?}: stored, not accumulated");
+            opt.step(0.1);
+            assert!(b.equal(&b_before), "{kernel:?}: a parameter without gradient moved");
+            for (now, before) in moments_b(&opt).iter().zip(&state_b) {
+                assert!(now.equal(before), "{kernel:?}: its moments moved");
+            }
+        }
+    }
 
     /// The single-pass CPU update, ATen's `_fused_adamw_` and the tensor-op path give the same
     /// parameters, moments and gradient norm over 20 steps (to fp32 round-off), in every group

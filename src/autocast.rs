@@ -1,0 +1,212 @@
+//! libtorch's autocast state: which dtype autocast runs matrix products in, on CUDA and on CPU.
+//!
+//! tch exposes autocast only as on/off for CUDA, which means fp16 (libtorch's default there).
+//! bf16 needs `at::autocast::set_autocast_dtype(DeviceType::CUDA, ScalarType::BFloat16)`,
+//! and CPU autocast needs `at::autocast::set_autocast_enabled(DeviceType::CPU, true)`: plain
+//! C++ functions of `libtorch_cpu.so` (always linked) taking 8-bit enums and a bool, bound
+//! here by their Itanium-mangled names (checked by the tests below against libtorch's state).
+//!
+//! [`autocast`] is the one entry point the training step uses (`train::amp` re-exports it
+//! next to its `Precision`): CUDA through tch, CPU through these bindings, with libtorch's
+//! nesting count and cast cache handled as `torch.autocast` does (the cache of bf16 copies of the fp32 master weights is cleared when the outermost
+//! region ends, so the next step casts the updated weights). [`without_cpu_autocast`] lets the
+//! model step out of a region for the few CPU operators whose bf16 kernels are slower than
+//! their fp32 ones.
+
+use tch::Kind;
+#[cfg(test)]
+use tch::Tensor;
+
+extern "C" {
+    #[link_name = "_ZN2at8autocast18set_autocast_dtypeEN3c1010DeviceTypeENS1_10ScalarTypeE"]
+    fn at_set_autocast_dtype(device: i8, dtype: i8);
+    #[link_name = "_ZN2at8autocast18get_autocast_dtypeEN3c1010DeviceTypeE"]
+    fn at_get_autocast_dtype(device: i8) -> i8;
+    #[link_name = "_ZN2at8autocast20set_autocast_enabledEN3c1010DeviceTypeEb"]
+    fn at_set_autocast_enabled(device: i8, enabled: bool);
+    #[link_name = "_ZN2at8autocast19is_autocast_enabledEN3c1010DeviceTypeE"]
+    fn at_is_autocast_enabled(device: i8) -> bool;
+    #[link_name = "_ZN2at8autocast17increment_nestingEv"]
+    fn at_autocast_increment_nesting() -> i64;
+    #[link_name = "_ZN2at8autocast17decrement_nestingEv"]
+    fn at_autocast_decrement_nesting() -> i64;
+    #[link_name = "_ZN2at8autocast11clear_cacheEv"]
+    fn at_autocast_clear_cache();
+}
+
+/// `c10::DeviceType::CPU`.
+const CPU: i8 = 0;
+/// `c10::DeviceType::CUDA`.
+const CUDA: i8 = 1;
+
+/// `c10::ScalarType` codes of the dtypes autocast can use (c10/core/ScalarType.h).
+fn scalar_type(kind: Kind) -> i8 {
+    match kind {
+        Kind::Half => 5,
+        Kind::Float => 6,
+        Kind::BFloat16 => 15,
+        other => panic!("autocast dtype {other:?} is not supported"),
+    }
+}
+
+/// Runs `f` under autocast in `kind` on `device` (`None`: plain fp32, `f` as is). CUDA goes
+/// through `tch::autocast`; CPU sets libtorch's CPU autocast state and restores it afterwards,
+/// also when `f` panics. The loss should cast its logits to fp32 itself: CPU autocast, unlike
+/// CUDA's, leaves `log_softmax` in the input's dtype.
+pub fn autocast<T>(device: tch::Device, kind: Option<Kind>, f: impl FnOnce() -> T) -> T {
+    match (kind, device) {
+        (None, _) => f(),
+        (Some(k), tch::Device::Cuda(_)) => {
+            set_cuda_autocast_kind(k);
+            tch::autocast(true, f)
+        }
+        (Some(k), _) => {
+            /// Restores the CPU autocast state when dropped.
+            struct Region {
+                was_enabled: bool,
+                was_kind: i8,
+            }
+            impl Drop for Region {
+                fn drop(&mut self) {
+                    // SAFETY: the values were read from libtorch; see `autocast` below.
+                    unsafe {
+                        if at_autocast_decrement_nesting() == 0 {
+                            at_autocast_clear_cache();
+                        }
+                        at_set_autocast_enabled(CPU, self.was_enabled);
+                        at_set_autocast_dtype(CPU, self.was_kind);
+                    }
+                }
+            }
+            // SAFETY: plain setters/getters of libtorch's thread-local autocast state, valid
+            // enum values; the guard undoes them in reverse order.
+            let _region = unsafe {
+                let r = Region { was_enabled: at_is_autocast_enabled(CPU), was_kind: at_get_autocast_dtype(CPU) };
+                at_set_autocast_dtype(CPU, scalar_type(k));
+                at_set_autocast_enabled(CPU, true);
+                at_autocast_increment_nesting();
+                r
+            };
+            f()
+        }
+    }
+}
+
+/// Runs `f` with CPU autocast switched off (and back on afterwards, also on panic), keeping
+/// the nesting count and the cast cache: for the few CPU operators whose bf16 kernels are
+/// slower than their fp32 ones (see `model::block` and `model::layers`). A plain call when
+/// CPU autocast is off.
+pub fn without_cpu_autocast<T>(f: impl FnOnce() -> T) -> T {
+    if !cpu_autocast_enabled() {
+        return f();
+    }
+    /// Switches CPU autocast back on when dropped.
+    struct On;
+    impl Drop for On {
+        fn drop(&mut self) {
+            // SAFETY: setter of libtorch's thread-local state.
+            unsafe { at_set_autocast_enabled(CPU, true) }
+        }
+    }
+    // SAFETY: setter of libtorch's thread-local state; `On` restores it.
+    let _on = unsafe {
+        at_set_autocast_enabled(CPU, false);
+        On
+    };
+    f()
+}
+
+extern "C" {
+    fn msd_tf32(cublas: std::ffi::c_int, cudnn: std::ffi::c_int) -> std::ffi::c_int;
+}
+
+/// Whether CUDA may use TF32 for fp32 work: `(matmul, conv)` = (cuBLAS, cuDNN). libtorch's
+/// defaults are `(false, true)`, as PyTorch's `torch.backends.cuda.matmul.allow_tf32` and
+/// `torch.backends.cudnn.allow_tf32`.
+pub fn tf32() -> (bool, bool) {
+    // SAFETY: reads two flags of libtorch's global context.
+    let bits = unsafe { msd_tf32(-1, -1) };
+    (bits & 1 != 0, bits & 2 != 0)
+}
+
+/// Sets both TF32 switches (process-wide); returns the previous `(matmul, conv)`.
+/// `examples/gpu_check.rs` (`MSCLIP_TF32=0`) runs the CPU-vs-CUDA parity with both off.
+pub fn set_tf32(matmul: bool, conv: bool) -> (bool, bool) {
+    // SAFETY: sets two flags of libtorch's global context.
+    let bits = unsafe { msd_tf32(matmul as std::ffi::c_int, conv as std::ffi::c_int) };
+    (bits & 1 != 0, bits & 2 != 0)
+}
+
+/// Whether CPU autocast is on (for tests and diagnostics).
+pub fn cpu_autocast_enabled() -> bool {
+    // SAFETY: reads thread-local state.
+    unsafe { at_is_autocast_enabled(CPU) }
+}
+
+/// Sets the dtype CUDA autocast casts to (thread-local in libtorch: call it on the thread that
+/// runs the forward pass).
+pub fn set_cuda_autocast_kind(kind: Kind) {
+    // SAFETY: both arguments are valid enum values; the function only stores them.
+    unsafe { at_set_autocast_dtype(CUDA, scalar_type(kind)) }
+}
+
+/// The dtype CUDA autocast casts to now.
+pub fn cuda_autocast_kind() -> Option<Kind> {
+    // SAFETY: reads thread-local state.
+    let v = unsafe { at_get_autocast_dtype(CUDA) };
+    [Kind::Half, Kind::BFloat16, Kind::Float].into_iter().find(|&k| scalar_type(k) == v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The binding reaches libtorch's state (no GPU needed: the setting is plain data).
+    #[test]
+    fn autocast_dtype_round_trips_through_libtorch() {
+        assert_eq!(cuda_autocast_kind(), Some(Kind::Half), "libtorch's default for CUDA");
+        set_cuda_autocast_kind(Kind::BFloat16);
+        assert_eq!(cuda_autocast_kind(), Some(Kind::BFloat16));
+        set_cuda_autocast_kind(Kind::Half);
+        assert_eq!(cuda_autocast_kind(), Some(Kind::Half));
+    }
+
+    /// The TF32 switches reach libtorch's context (plain flags; no GPU needed).
+    #[test]
+    fn tf32_switches_round_trip() {
+        let defaults = tf32();
+        assert_eq!(defaults, (false, true), "libtorch's defaults");
+        assert_eq!(set_tf32(true, false), defaults);
+        assert_eq!(tf32(), (true, false));
+        assert_eq!(set_tf32(defaults.0, defaults.1), (true, false));
+        assert_eq!(tf32(), defaults);
+    }
+
+    /// CPU autocast: a matmul of fp32 inputs runs in bf16 inside the region, fp32 outside;
+    /// ops outside autocast's lists keep their dtype; the state is restored, also after nesting.
+    #[test]
+    fn cpu_autocast_casts_matmuls_and_restores_state() {
+        let a = Tensor::randn([4, 8], (Kind::Float, tch::Device::Cpu));
+        let b = Tensor::randn([8, 3], (Kind::Float, tch::Device::Cpu));
+        assert!(!cpu_autocast_enabled());
+        let (k_in, k_nested, k_add) = autocast(tch::Device::Cpu, Some(Kind::BFloat16), || {
+            assert!(cpu_autocast_enabled());
+            let nested = autocast(tch::Device::Cpu, Some(Kind::BFloat16), || a.matmul(&b).kind());
+            assert!(cpu_autocast_enabled(), "the inner region restores the outer state");
+            (a.matmul(&b).kind(), nested, (&a + 1.0).kind())
+        });
+        assert_eq!((k_in, k_nested, k_add), (Kind::BFloat16, Kind::BFloat16, Kind::Float));
+        assert!(!cpu_autocast_enabled());
+        assert_eq!(a.matmul(&b).kind(), Kind::Float);
+        // The bf16 product is the fp32 one to bf16 round-off (8 bits of mantissa).
+        let exact = a.matmul(&b);
+        let low = autocast(tch::Device::Cpu, Some(Kind::BFloat16), || a.matmul(&b)).to_kind(Kind::Float);
+        let rel = (&low - &exact).abs().max().double_value(&[]) / exact.abs().max().double_value(&[]);
+        assert!(rel < 3e-2 && rel > 0.0, "{rel}");
+        // A panic inside the region still restores it.
+        let r = std::panic::catch_unwind(|| autocast(tch::Device::Cpu, Some(Kind::BFloat16), || panic!("boom")));
+        assert!(r.is_err());
+        assert!(!cpu_autocast_enabled());
+        assert_eq!(autocast(tch::Device::Cpu, None, || a.matmul(&b).kind()), Kind::Float);
+    }
+}
