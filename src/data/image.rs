@@ -20,7 +20,7 @@ use std::io::Cursor;
 use std::path::Path;
 
 use image::RgbImage;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::error::{Error, Result};
 
@@ -58,8 +58,10 @@ pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     limits.max_alloc = Some(MAX_IMAGE_PIXELS * 8 + (64 << 20));
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| format!("cannot decode image: {e}"))?;
-    Ok(composite_on_white(&img))
+    match reader.decode().map_err(|e| format!("cannot decode image: {e}"))? {
+        image::DynamicImage::ImageRgb8(rgb) => Ok(rgb),
+        other => Ok(composite_on_white(&other)),
+    }
 }
 
 fn check_dimensions(w: u32, h: u32) -> std::result::Result<(), String> {
@@ -174,8 +176,9 @@ fn coefficients(in_size: u32, in0: f64, in1: f64, out_size: u32, first: u32, n: 
 }
 
 /// Pillow's `clip8`: a fixed-point accumulator to a byte.
-fn clip8(v: i64) -> u8 {
-    if v >= (1i64 << PRECISION_BITS << 8) {
+#[inline]
+fn clip8(v: i32) -> u8 {
+    if v >= (1i32 << PRECISION_BITS << 8) {
         255
     } else if v <= 0 {
         0
@@ -184,6 +187,9 @@ fn clip8(v: i64) -> u8 {
     }
 }
 
+/// The accumulator's start, `1 << (PRECISION_BITS − 1)` (rounds the final shift to nearest).
+const HALF: i32 = 1 << (PRECISION_BITS - 1);
+
 /// A pixel buffer (RGB, row-major) of `w` columns.
 struct Plane<'a> {
     px: &'a [u8],
@@ -191,39 +197,50 @@ struct Plane<'a> {
 }
 
 /// Horizontal pass: rows `rows` of `src`, one output column per coefficient set (whose input
-/// indices are shifted by `−shift` into `src`).
+/// indices are shifted by `−shift` into `src`). Pillow's `ImagingResampleHorizontal_8bpc`:
+/// C `int` accumulators, so 32-bit wrapping arithmetic (255 · Σ|k| stays below 2³¹ except for
+/// pathological up-scales of 2–3 pixel images, where this wraps as Pillow does), the three
+/// channels of a pixel accumulated together.
 fn hpass(src: &Plane, rows: std::ops::Range<usize>, coeffs: &[(usize, Vec<i32>)], shift: usize) -> Vec<u8> {
     let ow = coeffs.len();
     let mut out = vec![0u8; rows.len() * ow * 3];
     for (r, y) in rows.enumerate() {
         let line = &src.px[y * src.w * 3..(y + 1) * src.w * 3];
-        for (xx, (xmin, k)) in coeffs.iter().enumerate() {
-            for c in 0..3 {
-                let mut acc: i64 = 1 << (PRECISION_BITS - 1);
-                for (j, &kj) in k.iter().enumerate() {
-                    acc += line[(xmin - shift + j) * 3 + c] as i64 * kj as i64;
-                }
-                out[(r * ow + xx) * 3 + c] = clip8(acc);
+        let o = &mut out[r * ow * 3..(r + 1) * ow * 3];
+        for ((xmin, k), px_out) in coeffs.iter().zip(o.chunks_exact_mut(3)) {
+            let start = (xmin - shift) * 3;
+            let taps = &line[start..start + k.len() * 3];
+            let (mut a0, mut a1, mut a2) = (HALF, HALF, HALF);
+            for (p, &kj) in taps.chunks_exact(3).zip(k) {
+                a0 = a0.wrapping_add((p[0] as i32).wrapping_mul(kj));
+                a1 = a1.wrapping_add((p[1] as i32).wrapping_mul(kj));
+                a2 = a2.wrapping_add((p[2] as i32).wrapping_mul(kj));
             }
+            px_out.copy_from_slice(&[clip8(a0), clip8(a1), clip8(a2)]);
         }
     }
     out
 }
 
 /// Vertical pass: columns `cols` of `src`, one output row per coefficient set (input rows
-/// shifted by `−shift`).
+/// shifted by `−shift`). Pillow's `ImagingResampleVertical_8bpc`, accumulated a whole input
+/// row at a time (contiguous, vectorised) instead of one output byte at a time: wrapping
+/// integer sums are associative, so the same bytes in any order.
 fn vpass(src: &Plane, cols: std::ops::Range<usize>, coeffs: &[(usize, Vec<i32>)], shift: usize) -> Vec<u8> {
     let ow = cols.len();
     let mut out = vec![0u8; coeffs.len() * ow * 3];
-    for (yy, (ymin, k)) in coeffs.iter().enumerate() {
-        for (xo, x) in cols.clone().enumerate() {
-            for c in 0..3 {
-                let mut acc: i64 = 1 << (PRECISION_BITS - 1);
-                for (j, &kj) in k.iter().enumerate() {
-                    acc += src.px[((ymin - shift + j) * src.w + x) * 3 + c] as i64 * kj as i64;
-                }
-                out[(yy * ow + xo) * 3 + c] = clip8(acc);
+    let mut acc = vec![0i32; ow * 3];
+    for ((ymin, k), o) in coeffs.iter().zip(out.chunks_exact_mut(ow * 3)) {
+        acc.fill(HALF);
+        for (j, &kj) in k.iter().enumerate() {
+            let y = ymin - shift + j;
+            let row = &src.px[(y * src.w + cols.start) * 3..(y * src.w + cols.end) * 3];
+            for (a, &p) in acc.iter_mut().zip(row) {
+                *a = a.wrapping_add((p as i32).wrapping_mul(kj));
             }
+        }
+        for (b, &a) in o.iter_mut().zip(&acc) {
+            *b = clip8(a);
         }
     }
     out
@@ -282,17 +299,46 @@ fn resize_window(img: &RgbImage, bx: (f64, f64, f64, f64), out_w: u32, out_h: u3
     RgbImage::from_raw(cw, ch, out).expect("window buffer")
 }
 
-/// RGB bytes (HWC) → normalised `[3, H, W]` float tensor.
+/// RGB bytes (HWC) → normalised `[3, H, W]` float tensor: torchvision's `ToTensor` then
+/// `Normalize`, `((p / 255) − mean_c) / std_c` in f32, each operation rounded as libtorch's
+/// element-wise kernels round it (tested bit-equal to the tensor-op form), in one pass over
+/// the pixels instead of five over the tensor.
 pub fn to_tensor(pixels: &[u8], width: u32, height: u32, mean: [f64; 3], std: [f64; 3]) -> Tensor {
-    let t = Tensor::from_slice(pixels).view([height as i64, width as i64, 3]).permute([2, 0, 1]).to_kind(Kind::Float) / 255.0;
-    let m = Tensor::from_slice(&mean.map(|x| x as f32)).view([3, 1, 1]);
-    let s = Tensor::from_slice(&std.map(|x| x as f32)).view([3, 1, 1]);
-    (t - m) / s
+    let plane = width as usize * height as usize;
+    assert_eq!(pixels.len(), plane * 3, "RGB buffer of {width}×{height}");
+    let (m, s) = (mean.map(|x| x as f32), std.map(|x| x as f32));
+    let mut out = vec![0f32; plane * 3];
+    let (r, rest) = out.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    for (i, px) in pixels.chunks_exact(3).enumerate() {
+        r[i] = (px[0] as f32 / 255.0 - m[0]) / s[0];
+        g[i] = (px[1] as f32 / 255.0 - m[1]) / s[1];
+        b[i] = (px[2] as f32 / 255.0 - m[2]) / s[2];
+    }
+    Tensor::from_slice(&out).view([3, height as i64, width as i64])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Kind;
+
+    /// The one-pass normalisation is bit-equal to the tensor-op form (`ToTensor` + `Normalize`)
+    /// for every byte value in every channel, with OpenAI's constants and with odd ones.
+    #[test]
+    fn to_tensor_is_bit_equal_to_the_tensor_ops() {
+        let (w, h) = (64u32, 60u32);
+        let pixels: Vec<u8> = (0..w * h * 3).map(|i| ((i * 7 + i / 3) % 256) as u8).collect();
+        for (mean, std) in [([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]), ([0.5, 0.25, 1.0 / 3.0], [0.1, 0.7, 3.0])] {
+            let t = Tensor::from_slice(&pixels[..(w * h * 3) as usize]).view([h as i64, w as i64, 3]).permute([2, 0, 1]).to_kind(Kind::Float) / 255.0;
+            let mt = Tensor::from_slice(&mean.map(|x| x as f32)).view([3, 1, 1]);
+            let st = Tensor::from_slice(&std.map(|x| x as f32)).view([3, 1, 1]);
+            let reference = (t - mt) / st;
+            let ours = to_tensor(&pixels[..(w * h * 3) as usize], w, h, mean, std);
+            assert_eq!(ours.size(), [3, h as i64, w as i64]);
+            assert!(ours.equal(&reference), "max diff {}", (&ours - &reference).abs().max().double_value(&[]));
+        }
+    }
 
     #[test]
     fn torchvision_size_and_offset_rules() {
