@@ -48,7 +48,12 @@ fn main() {
     for i in 0..steps + 3 + std::env::var("MSCLIP_PROFILE").map_or(0, |_| 1) {
         sync();
         // The step after the timed ones, so the profiler's overhead times nothing.
-        let prof = std::env::var("MSCLIP_PROFILE").ok().filter(|_| i == steps + 3).map(|p| OpProfile::start(p.as_ref()).unwrap());
+        let prof = std::env::var("MSCLIP_PROFILE").ok().filter(|_| i == steps + 3).map(|p| {
+            OpProfile::start(p.as_ref()).unwrap_or_else(|e| {
+                eprintln!("error: {e}");
+                std::process::exit(2)
+            })
+        });
         let t = Instant::now();
         opt.zero_grad();
         let _ = autocast(device, precision.autocast_kind(), || loss_and_backward(&m, &vs, &images, &tokens, 1, 1.0)).unwrap();
@@ -57,7 +62,13 @@ fn main() {
         opt.step(1e-4);
         sync();
         if let Some(p) = prof {
-            eprintln!("operator profile of one step: {}", p.finish().unwrap().display());
+            match p.finish() {
+                Ok(path) => eprintln!("operator profile of one step: {}", path.display()),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::exit(2)
+                }
+            }
             continue;
         }
         if i >= 3 {

@@ -23,8 +23,10 @@ pub struct OpProfile {
 }
 
 impl OpProfile {
-    /// Starts recording; the trace will be written to `path`.
+    /// Starts recording; the trace will be written to `path` (created now, so an unwritable
+    /// path is an error naming it before anything runs).
     pub fn start(path: &Path) -> Result<OpProfile> {
+        std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
         let c = CString::new(path.to_string_lossy().as_bytes()).map_err(|_| Error::Invalid(format!("profile path {} contains a NUL byte", path.display())))?;
         let mut err = vec![0u8; 512];
         // SAFETY: a NUL-terminated path and an error buffer of the stated length.
@@ -73,6 +75,9 @@ mod tests {
         let p = OpProfile::start(&path).unwrap();
         let err = OpProfile::start(&dir.join("other.json")).unwrap_err().to_string();
         assert!(err.contains("already"), "{err}");
+        let bad = dir.join("no-such-dir").join("t.json");
+        let err = OpProfile::start(&bad).unwrap_err().to_string();
+        assert!(err.contains("no-such-dir"), "{err}");
         let a = tch::Tensor::ones([4, 4], (tch::Kind::Float, tch::Device::Cpu));
         let _ = a.mm(&a);
         let written = p.finish().unwrap();
