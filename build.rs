@@ -10,6 +10,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=MSCLIP_GLOO_INCLUDE");
     println!("cargo:rerun-if-changed=csrc/dist.cpp");
     println!("cargo:rerun-if-changed=csrc/ops.cpp");
+    println!("cargo:rerun-if-changed=csrc/shim_error.h");
     let libtorch = std::env::var("LIBTORCH").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("libtorch"));
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}/lib", libtorch.display());
     if std::env::var("CARGO_FEATURE_CUDA").is_ok() {

@@ -8,7 +8,7 @@
 #include "dist_group.h"
 
 using msclip_dist::Group;
-using msclip_dist::guarded;
+using msclip_shim::guarded;
 
 namespace {
 

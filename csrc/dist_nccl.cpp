@@ -10,7 +10,7 @@ extern "C" {
 
 void* msd_init_nccl(const char* host, int port, int rank, int world, int timeout_ms, char* err, size_t errlen) {
   msclip_dist::Group* out = nullptr;
-  msclip_dist::guarded(err, errlen, [&] {
+  msclip_shim::guarded(err, errlen, [&] {
     auto timeout = std::chrono::milliseconds(timeout_ms);
     auto store = msclip_dist::make_store(host, port, rank, world, timeout);
     auto opts = c10d::ProcessGroupNCCL::Options::create();

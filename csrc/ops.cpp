@@ -1,12 +1,17 @@
-// ATen operators that tch does not bind, for `msclip::train::optim`: PyTorch's multi-tensor
-// fused AdamW (`at::_fused_adamw_`, CPU and CUDA kernels). Tensors come in as tch's
-// `C_tensor` pointers (`at::Tensor*`); errors come back as strings.
+// libtorch C++ API that tch does not bind: PyTorch's multi-tensor fused AdamW
+// (`at::_fused_adamw_`, CPU and CUDA kernels) and set-to-none gradients for
+// `msclip::train::optim`, the TF32 switches for `msclip::autocast`, and the operator profiler
+// for `msclip::profile`. Tensors come in as tch's
+// `C_tensor` pointers (`at::Tensor*`); errors come back as strings (shim_error.h).
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/profiler_legacy.h>
 
-#include <cstring>
+#include <stdexcept>
+#include <string>
 #include <vector>
+
+#include "shim_error.h"
 
 extern "C" {
 
@@ -16,7 +21,7 @@ extern "C" {
 int msd_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_avgs, at::Tensor** exp_avg_sqs, int n,
                     double step, double lr, double beta1, double beta2, double weight_decay, double eps, char* err,
                     size_t errlen) {
-  try {
+  return msclip_shim::guarded(err, errlen, [&] {
     std::vector<at::Tensor> p, g, m, v, steps;
     for (int i = 0; i < n; ++i) {
       p.push_back(*params[i]);
@@ -27,19 +32,7 @@ int msd_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_av
     }
     c10::NoGradGuard no_grad;
     at::_fused_adamw_(p, g, m, v, {}, steps, lr, beta1, beta2, weight_decay, eps, false, false);
-    return 0;
-  } catch (const c10::Error& e) {
-    if (err && errlen) {
-      std::strncpy(err, e.what_without_backtrace(), errlen - 1);
-      err[errlen - 1] = '\0';
-    }
-  } catch (const std::exception& e) {
-    if (err && errlen) {
-      std::strncpy(err, e.what(), errlen - 1);
-      err[errlen - 1] = '\0';
-    }
-  }
-  return 1;
+  });
 }
 
 // Drops the gradients of n tensors (PyTorch's `zero_grad(set_to_none=True)`): the next
@@ -64,17 +57,10 @@ int msd_tf32(int cublas, int cudnn) {
 static torch::autograd::profiler::RecordProfile* g_profile = nullptr;
 
 int msd_profile_start(const char* path, char* err, size_t errlen) {
-  try {
+  return msclip_shim::guarded(err, errlen, [&] {
     if (g_profile) throw std::runtime_error("a profile is already being recorded");
     g_profile = new torch::autograd::profiler::RecordProfile(std::string(path));
-    return 0;
-  } catch (const std::exception& e) {
-    if (err && errlen) {
-      std::strncpy(err, e.what(), errlen - 1);
-      err[errlen - 1] = '\0';
-    }
-  }
-  return 1;
+  });
 }
 
 int msd_profile_stop() {

@@ -45,10 +45,11 @@ fn main() {
     };
     let mut times = Vec::new();
     let mut opt_times = Vec::new();
-    for i in 0..steps + 3 + std::env::var("MSCLIP_PROFILE").map_or(0, |_| 1) {
+    let profile = std::env::var("MSCLIP_PROFILE").ok();
+    for i in 0..steps + 3 + usize::from(profile.is_some()) {
         sync();
         // The step after the timed ones, so the profiler's overhead times nothing.
-        let prof = std::env::var("MSCLIP_PROFILE").ok().filter(|_| i == steps + 3).map(|p| {
+        let prof = profile.as_ref().filter(|_| i == steps + 3).map(|p| {
             OpProfile::start(p.as_ref()).unwrap_or_else(|e| {
                 eprintln!("error: {e}");
                 std::process::exit(2)

@@ -20,7 +20,8 @@ fn main() {
     if std::env::var("MSCLIP_TF32").as_deref() == Ok("0") {
         msclip::autocast::set_tf32(false, false);
     }
-    println!("{{\"tf32\":{{\"matmul\":{},\"conv\":{}}}}}", msclip::autocast::tf32().0, msclip::autocast::tf32().1);
+    let (matmul, conv) = msclip::autocast::tf32();
+    println!("{{\"tf32\":{{\"matmul\":{matmul},\"conv\":{conv}}}}}");
     let gpu = Device::Cuda(0);
     let mut failed = false;
     for name in ["tiny-msclip-s", "tiny-clip", "msclip-s-b32"] {

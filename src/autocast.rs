@@ -8,10 +8,10 @@
 //!
 //! [`autocast`] is the one entry point the training step uses (`train::amp` re-exports it
 //! next to its `Precision`): CUDA through tch, CPU through these bindings, with libtorch's
-//! nesting count and cast cache handled as `torch.autocast` does (the cache of bf16 copies of the fp32 master weights is cleared when the outermost
-//! region ends, so the next step casts the updated weights). [`without_cpu_autocast`] lets the
-//! model step out of a region for the few CPU operators whose bf16 kernels are slower than
-//! their fp32 ones.
+//! nesting count and cast cache handled as `torch.autocast` does (the cache of bf16 copies of
+//! the fp32 master weights is cleared when the outermost region ends, so the next step casts
+//! the updated weights). [`without_cpu_autocast`] lets the model step out of a region for the
+//! few CPU operators whose bf16 kernels are slower than their fp32 ones.
 
 use tch::Kind;
 #[cfg(test)]

@@ -71,6 +71,7 @@ pub mod model;
 pub mod plot;
 pub mod profile;
 pub mod rng;
+mod shim;
 pub mod tensor;
 pub mod tokenizer;
 pub mod train;

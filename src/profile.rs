@@ -28,20 +28,17 @@ impl OpProfile {
     pub fn start(path: &Path) -> Result<OpProfile> {
         std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
         let c = CString::new(path.to_string_lossy().as_bytes()).map_err(|_| Error::Invalid(format!("profile path {} contains a NUL byte", path.display())))?;
-        let mut err = vec![0u8; 512];
         // SAFETY: a NUL-terminated path and an error buffer of the stated length.
-        let rc = unsafe { msd_profile_start(c.as_ptr(), err.as_mut_ptr() as *mut c_char, err.len()) };
-        if rc != 0 {
-            let why = std::ffi::CStr::from_bytes_until_nul(&err).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            return Err(Error::Invalid(format!("cannot profile into {}: {why}", path.display())));
-        }
+        crate::shim::call(|err, len| unsafe { msd_profile_start(c.as_ptr(), err, len) })
+            .map_err(|why| Error::Invalid(format!("cannot profile into {}: {why}", path.display())))?;
         Ok(OpProfile { path: path.to_path_buf(), live: true })
     }
 
     /// Stops recording and writes the trace; returns its path.
     pub fn finish(mut self) -> Result<PathBuf> {
         self.stop();
-        if !self.path.is_file() {
+        // `start` created the file; the profiler fills it when it stops.
+        if std::fs::metadata(&self.path).map_or(true, |m| m.len() == 0) {
             return Err(Error::Invalid(format!("the profiler wrote no trace to {}", self.path.display())));
         }
         Ok(self.path.clone())

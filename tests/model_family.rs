@@ -266,15 +266,6 @@ fn folded_quick_gelu_mlp_equals_the_textbook_form() {
     assert!(d < 1e-5, "{d}");
 }
 
-// CPU autocast switches (libtorch C++ functions; tch exposes CUDA autocast only).
-extern "C" {
-    #[link_name = "_ZN2at8autocast20set_autocast_enabledEN3c1010DeviceTypeEb"]
-    fn set_autocast_enabled(device: i8, on: bool);
-    fn at_autocast_increment_nesting() -> i32;
-    fn at_autocast_decrement_nesting() -> i32;
-    fn at_autocast_clear_cache();
-}
-
 /// Under autocast (CPU bf16 here; CI has no GPU) the pooled last block and the full forward
 /// give the same embeddings, both close to fp32.
 #[test]
@@ -283,19 +274,7 @@ fn pooled_path_under_bf16_autocast_matches_full_path() {
         let (_vs, m) = build(name);
         let (images, tokens) = inputs(&m.config, 3);
         let reference = tch::no_grad(|| m.forward(&images, &tokens, &Capture::none(), false).unwrap());
-        let amp = |cap: &Capture| {
-            unsafe {
-                set_autocast_enabled(0, true);
-                at_autocast_increment_nesting();
-            }
-            let o = tch::no_grad(|| m.forward(&images, &tokens, cap, false).unwrap());
-            unsafe {
-                at_autocast_decrement_nesting();
-                at_autocast_clear_cache();
-                set_autocast_enabled(0, false);
-            }
-            o
-        };
+        let amp = |cap: &Capture| msclip::autocast::autocast(Device::Cpu, Some(Kind::BFloat16), || tch::no_grad(|| m.forward(&images, &tokens, cap, false).unwrap()));
         let last = m.config.text.layers - 1;
         let (fast, full) = (amp(&Capture::none()), amp(&Capture::sites(&[Site::AttnProbs]).with_slots(vec![last])));
         assert_eq!(fast.image.kind(), Kind::BFloat16, "autocast was not active");

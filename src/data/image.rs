@@ -330,11 +330,11 @@ mod tests {
         let (w, h) = (64u32, 60u32);
         let pixels: Vec<u8> = (0..w * h * 3).map(|i| ((i * 7 + i / 3) % 256) as u8).collect();
         for (mean, std) in [([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]), ([0.5, 0.25, 1.0 / 3.0], [0.1, 0.7, 3.0])] {
-            let t = Tensor::from_slice(&pixels[..(w * h * 3) as usize]).view([h as i64, w as i64, 3]).permute([2, 0, 1]).to_kind(Kind::Float) / 255.0;
+            let t = Tensor::from_slice(&pixels).view([h as i64, w as i64, 3]).permute([2, 0, 1]).to_kind(Kind::Float) / 255.0;
             let mt = Tensor::from_slice(&mean.map(|x| x as f32)).view([3, 1, 1]);
             let st = Tensor::from_slice(&std.map(|x| x as f32)).view([3, 1, 1]);
             let reference = (t - mt) / st;
-            let ours = to_tensor(&pixels[..(w * h * 3) as usize], w, h, mean, std);
+            let ours = to_tensor(&pixels, w, h, mean, std);
             assert_eq!(ours.size(), [3, h as i64, w as i64]);
             assert!(ours.equal(&reference), "max diff {}", (&ours - &reference).abs().max().double_value(&[]));
         }

@@ -11,11 +11,12 @@
 //! Gloo takes CPU tensors; with the `cuda` feature, `ProcessGroup::new_nccl` forms an NCCL
 //! group for CUDA tensors (`csrc/dist_nccl.cpp`; built, not yet run on a GPU).
 
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CString};
 
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::shim::{self, ERR_LEN};
 
 extern "C" {
     fn msd_init(host: *const c_char, port: c_int, rank: c_int, world: c_int, timeout_ms: c_int, iface: *const c_char, err: *mut c_char, errlen: usize) -> *mut c_void;
@@ -144,12 +145,6 @@ impl std::fmt::Debug for ProcessGroup {
 // The handle is used from one thread at a time (the training loop).
 unsafe impl Send for ProcessGroup {}
 
-const ERR_LEN: usize = 2048;
-
-fn err_string(buf: &[u8]) -> String {
-    CStr::from_bytes_until_nul(buf).map(|c| c.to_string_lossy().into_owned()).unwrap_or_default()
-}
-
 impl ProcessGroup {
     /// Forms the group described by `launch`: rank 0 serves a `TCPStore` on
     /// `master_addr:master_port`, every rank connects, then Gloo connects the ranks pairwise.
@@ -181,7 +176,7 @@ impl ProcessGroup {
                 "{what} at {address} (rank {} of {}) failed: {}",
                 launch.rank,
                 launch.world,
-                err_string(&err).lines().next().unwrap_or("")
+                shim::message(&err).lines().next().unwrap_or("")
             )));
         }
         Ok(ProcessGroup { handle, rank: launch.rank, world: launch.world, address, device })
@@ -196,17 +191,16 @@ impl ProcessGroup {
         })
     }
 
-    fn check(&self, what: &str, rc: c_int, err: &[u8]) -> Result<()> {
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(Error::Stopped(format!(
+    /// Runs one collective through the shim; a failure names this rank and the collective.
+    fn collective(&self, what: &str, f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<()> {
+        shim::call(f).map_err(|why| {
+            Error::Stopped(format!(
                 "rank {} of {}: {what} failed (another rank died or timed out?): {}",
                 self.rank,
                 self.world,
-                err_string(err).lines().next().unwrap_or("")
-            )))
-        }
+                why.lines().next().unwrap_or("")
+            ))
+        })
     }
 
     /// Sums each tensor over the ranks, in place (contiguous CPU tensors). The reductions run
@@ -215,10 +209,8 @@ impl ProcessGroup {
         if tensors.is_empty() {
             return Ok(());
         }
-        let ptrs: Vec<*mut c_void> = tensors.iter_mut().map(|t| t.as_mut_ptr() as *mut c_void).collect();
-        let mut err = vec![0u8; ERR_LEN];
-        let rc = unsafe { msd_allreduce_sum(self.handle, ptrs.as_ptr(), ptrs.len() as c_int, err.as_mut_ptr() as *mut c_char, ERR_LEN) };
-        self.check("all-reduce", rc, &err)
+        let ptrs = shim::tensor_ptrs(tensors);
+        self.collective("all-reduce", |err, len| unsafe { msd_allreduce_sum(self.handle, ptrs.as_ptr(), ptrs.len() as c_int, err, len) })
     }
 
     /// Every rank's `input` (`[n, ...]`, the same shape on all ranks) stacked in rank order:
@@ -228,11 +220,7 @@ impl ProcessGroup {
         let mut shape = input.size();
         shape[0] *= self.world as i64;
         let mut out = Tensor::zeros(&shape, (input.kind(), input.device()));
-        let mut err = vec![0u8; ERR_LEN];
-        let rc = unsafe {
-            msd_allgather(self.handle, out.as_mut_ptr() as *mut c_void, input.as_mut_ptr() as *mut c_void, err.as_mut_ptr() as *mut c_char, ERR_LEN)
-        };
-        self.check("all-gather", rc, &err)?;
+        self.collective("all-gather", |err, len| unsafe { msd_allgather(self.handle, out.as_mut_ptr() as *mut c_void, input.as_mut_ptr() as *mut c_void, err, len) })?;
         Ok(out)
     }
 
@@ -241,17 +229,13 @@ impl ProcessGroup {
         if tensors.is_empty() {
             return Ok(());
         }
-        let ptrs: Vec<*mut c_void> = tensors.iter_mut().map(|t| t.as_mut_ptr() as *mut c_void).collect();
-        let mut err = vec![0u8; ERR_LEN];
-        let rc = unsafe { msd_broadcast(self.handle, ptrs.as_ptr(), ptrs.len() as c_int, root as c_int, err.as_mut_ptr() as *mut c_char, ERR_LEN) };
-        self.check("broadcast", rc, &err)
+        let ptrs = shim::tensor_ptrs(tensors);
+        self.collective("broadcast", |err, len| unsafe { msd_broadcast(self.handle, ptrs.as_ptr(), ptrs.len() as c_int, root as c_int, err, len) })
     }
 
     /// Waits until every rank arrives.
     pub fn barrier(&self) -> Result<()> {
-        let mut err = vec![0u8; ERR_LEN];
-        let rc = unsafe { msd_barrier(self.handle, err.as_mut_ptr() as *mut c_char, ERR_LEN) };
-        self.check("barrier", rc, &err)
+        self.collective("barrier", |err, len| unsafe { msd_barrier(self.handle, err, len) })
     }
 
     /// Sums a scalar over the ranks.

@@ -99,22 +99,32 @@ impl Conv {
     /// bf16, where they are 1.5–3× faster than fp32 (measured on a 2-core Xeon with AMX).
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let k = self.weight.size()[2];
-        let cpu_amp = x.device() == tch::Device::Cpu && crate::autocast::cpu_autocast_enabled();
-        if cpu_amp && self.stride == k && k > 1 && self.padding == 0 {
-            if let (1, Ok((b, c, h, w))) = (self.groups, x.size4()) {
-                if h % k == 0 && w % k == 0 {
-                    let (gh, gw) = (h / k, w / k);
-                    let cout = self.weight.size()[0];
-                    let patches = x.view([b, c, gh, k, gw, k]).permute([0, 2, 4, 1, 3, 5]).reshape([b, gh * gw, c * k * k]);
-                    let y = patches.linear(&self.weight.view([cout, c * k * k]), None::<Tensor>);
-                    return y.view([b, gh, gw, cout]).permute([0, 3, 1, 2]);
-                }
+        let patch_like = self.stride == k && k > 1 && self.padding == 0;
+        if patch_like && x.device() == tch::Device::Cpu && crate::autocast::cpu_autocast_enabled() {
+            if let Some(y) = self.patches_matmul(x) {
+                return y;
             }
-            return crate::autocast::without_cpu_autocast(|| {
-                x.to_kind(tch::Kind::Float).conv2d(&self.weight, None::<Tensor>, [self.stride], [self.padding], [1], self.groups)
-            });
+            return crate::autocast::without_cpu_autocast(|| self.conv(&x.to_kind(tch::Kind::Float)));
         }
+        self.conv(x)
+    }
+
+    fn conv(&self, x: &Tensor) -> Tensor {
         x.conv2d(&self.weight, None::<Tensor>, [self.stride], [self.padding], [1], self.groups)
+    }
+
+    /// A kernel = stride convolution as `patches [B, h·w, C·k·k] · Wᵀ` → `[B, C_out, h, w]`;
+    /// `None` unless it has one group and `k` divides H and W.
+    fn patches_matmul(&self, x: &Tensor) -> Option<Tensor> {
+        let k = self.weight.size()[2];
+        let (b, c, h, w) = x.size4().ok()?;
+        if self.groups != 1 || h % k != 0 || w % k != 0 {
+            return None;
+        }
+        let (gh, gw, cout) = (h / k, w / k, self.weight.size()[0]);
+        let patches = x.view([b, c, gh, k, gw, k]).permute([0, 2, 4, 1, 3, 5]).reshape([b, gh * gw, c * k * k]);
+        let y = patches.linear(&self.weight.view([cout, c * k * k]), None::<Tensor>);
+        Some(y.view([b, gh, gw, cout]).permute([0, 3, 1, 2]))
     }
 }
 

@@ -169,7 +169,7 @@ impl AdamW {
     /// then gets no gradient is skipped by [`AdamW::step`], as in PyTorch.
     pub fn zero_grad(&mut self) {
         let mut ps: Vec<Tensor> = self.slots.iter().map(|s| s.param.shallow_clone()).collect();
-        let ptrs: Vec<*mut std::ffi::c_void> = ps.iter_mut().map(|t| t.as_mut_ptr() as *mut std::ffi::c_void).collect();
+        let ptrs = crate::shim::tensor_ptrs(&mut ps);
         // SAFETY: valid tensor handles owned by `ps` for the duration of the call; resetting a
         // grad is what `Tensor::zero_grad`'s C++ counterpart does with set_to_none.
         unsafe { msd_grads_to_none(ptrs.as_ptr(), ptrs.len() as std::ffi::c_int) };
@@ -296,15 +296,11 @@ impl AdamW {
             let mut g: Vec<Tensor> = idx.iter().map(|&i| self.slots[i].param.grad()).collect();
             let mut m: Vec<Tensor> = idx.iter().map(|&i| self.slots[i].m.shallow_clone()).collect();
             let mut v: Vec<Tensor> = idx.iter().map(|&i| self.slots[i].v.shallow_clone()).collect();
-            let ptrs = |ts: &mut Vec<Tensor>| -> Vec<*mut std::ffi::c_void> { ts.iter_mut().map(|t| t.as_mut_ptr() as *mut std::ffi::c_void).collect() };
+            let ptrs = crate::shim::tensor_ptrs;
             let (pp, gp, mp, vp) = (ptrs(&mut p), ptrs(&mut g), ptrs(&mut m), ptrs(&mut v));
-            let mut err = vec![0u8; 1024];
-            let rc = unsafe {
-                msd_fused_adamw(pp.as_ptr(), gp.as_ptr(), mp.as_ptr(), vp.as_ptr(), pp.len() as std::ffi::c_int, self.step as f64, lr_g, c.beta1, c.beta2, wd, c.eps, err.as_mut_ptr() as *mut std::ffi::c_char, err.len())
-            };
-            if rc != 0 {
-                return Err(std::ffi::CStr::from_bytes_until_nul(&err).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
-            }
+            crate::shim::call(|err, len| unsafe {
+                msd_fused_adamw(pp.as_ptr(), gp.as_ptr(), mp.as_ptr(), vp.as_ptr(), pp.len() as std::ffi::c_int, self.step as f64, lr_g, c.beta1, c.beta2, wd, c.eps, err, len)
+            })?;
         }
         Ok(())
     }
