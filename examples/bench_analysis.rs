@@ -50,5 +50,8 @@ fn main() {
     let t = Instant::now();
     let (nmi, _) = modality_nmi(&x, &y, 2, 3, 0).unwrap();
     let nmi_s = t.elapsed().as_secs_f64();
-    println!("{n} pairs × 512: gap metrics {gap_s:.2}s (centroid gap {:.4}), k-means NMI (k=2, 3 restarts) {nmi_s:.2}s (NMI {nmi:.4})", g.centroid_gap);
+    println!(
+        "{n} pairs × 512: gap metrics {gap_s:.2}s (centroid gap {:.4}), k-means NMI (k=2, 3 restarts) {nmi_s:.2}s (NMI {nmi:.4})",
+        g.centroid_gap
+    );
 }

@@ -16,7 +16,8 @@ use tch::{Device, Kind, Tensor};
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
-    let (name, bs, steps, threads) = (a[1].clone(), a[2].parse::<i64>().unwrap(), a[3].parse::<usize>().unwrap(), a[4].parse::<i32>().unwrap());
+    let (name, bs, steps, threads) =
+        (a[1].clone(), a[2].parse::<i64>().unwrap(), a[3].parse::<usize>().unwrap(), a[4].parse::<i32>().unwrap());
     let device = match a.get(5).map(String::as_str) {
         Some("cuda") => Device::Cuda(0),
         _ => Device::Cpu,

@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use msclip::causal::ablate::{self, AblateOptions, AblationKind};
 use msclip::causal::EvalSet;
-use msclip::model::{ActivationCache, Capture, Edit, Hook, Modality, ModelConfig, MsClip, Site};
 #[allow(unused_imports)]
 use msclip::causal::Metrics;
+use msclip::model::{ActivationCache, Capture, Edit, Hook, Modality, ModelConfig, MsClip, Site};
 
 fn main() -> msclip::Result<()> {
     let a: Vec<String> = std::env::args().collect();
@@ -64,7 +64,23 @@ fn main() -> msclip::Result<()> {
 
 /// 2. Capture everything vs plain.
 fn capture(m: &MsClip, cfg: &ModelConfig, set: &EvalSet) -> msclip::Result<()> {
-    let sites = [Site::AttnProbs, Site::AttnLogits, Site::Ln1, Site::AttnOut, Site::Ln2, Site::Resid, Site::ResidIn, Site::Q, Site::K, Site::V, Site::Z, Site::MlpHidden, Site::MlpOut, Site::Adapter, Site::Pooled];
+    let sites = [
+        Site::AttnProbs,
+        Site::AttnLogits,
+        Site::Ln1,
+        Site::AttnOut,
+        Site::Ln2,
+        Site::Resid,
+        Site::ResidIn,
+        Site::Q,
+        Site::K,
+        Site::V,
+        Site::Z,
+        Site::MlpHidden,
+        Site::MlpOut,
+        Site::Adapter,
+        Site::Pooled,
+    ];
     let b = if cfg.vision.width >= 512 { 8 } else { 64 };
     let images = set.images.narrow(0, 0, b);
     let tokens = set.tokens.narrow(0, 0, b);

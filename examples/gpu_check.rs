@@ -35,14 +35,18 @@ fn main() {
         let tokens = tok.tokenize_batch(&["a red circle", "a large green triangle left of a small blue square", "two cats", "x y z"]);
         let cap = Capture::attention();
         let (oc, og) = tch::no_grad(|| {
-            (m_c.forward(&images, &tokens, &cap, false).unwrap(), m_g.forward(&images.to_device(gpu), &tokens.to_device(gpu), &cap, false).unwrap())
+            (
+                m_c.forward(&images, &tokens, &cap, false).unwrap(),
+                m_g.forward(&images.to_device(gpu), &tokens.to_device(gpu), &cap, false).unwrap(),
+            )
         });
         let d_img = max_abs(&oc.image, &og.image);
         let d_txt = max_abs(&oc.text, &og.text);
         let mut d_attn: f64 = 0.0;
         for m in [Modality::Vision, Modality::Text] {
             for slot in oc.cache.slots(m, Site::AttnProbs) {
-                d_attn = d_attn.max(max_abs(oc.cache.get(m, slot, Site::AttnProbs).unwrap(), og.cache.get(m, slot, Site::AttnProbs).unwrap()));
+                d_attn =
+                    d_attn.max(max_abs(oc.cache.get(m, slot, Site::AttnProbs).unwrap(), og.cache.get(m, slot, Site::AttnProbs).unwrap()));
             }
         }
         // Pooled (uncaptured) fast path on the GPU against the captured CPU path.
@@ -52,7 +56,13 @@ fn main() {
         let lc = loss_and_backward(&m_c, &vs_c, &images, &tokens, 1, 1.0).unwrap();
         let lg = loss_and_backward(&m_g, &vs_g, &images.to_device(gpu), &tokens.to_device(gpu), 1, 1.0).unwrap();
         let grads = |vs: &tch::nn::VarStore| -> std::collections::BTreeMap<String, Tensor> {
-            vs.variables().into_iter().filter_map(|(k, t)| { let g = t.grad(); g.defined().then(|| (k, g.to_device(Device::Cpu).copy())) }).collect()
+            vs.variables()
+                .into_iter()
+                .filter_map(|(k, t)| {
+                    let g = t.grad();
+                    g.defined().then(|| (k, g.to_device(Device::Cpu).copy()))
+                })
+                .collect()
         };
         let (gc, gg) = (grads(&vs_c), grads(&vs_g));
         // Global relative L2 error, and the worst tensor relative to max(its own max, 1e-3 ×
@@ -79,8 +89,12 @@ fn main() {
         let mut amp = Vec::new();
         for kind in [Kind::Half, Kind::BFloat16] {
             set_cuda_autocast_kind(kind);
-            let o = tch::no_grad(|| tch::autocast(true, || m_g.forward(&images.to_device(gpu), &tokens.to_device(gpu), &Capture::none(), false).unwrap()));
-            let cos = |a: &Tensor, b: &Tensor| (a.to_kind(Kind::Float) * b.to_kind(Kind::Float)).sum_dim_intlist(&[-1i64][..], false, Kind::Float).min().double_value(&[]);
+            let o = tch::no_grad(|| {
+                tch::autocast(true, || m_g.forward(&images.to_device(gpu), &tokens.to_device(gpu), &Capture::none(), false).unwrap())
+            });
+            let cos = |a: &Tensor, b: &Tensor| {
+                (a.to_kind(Kind::Float) * b.to_kind(Kind::Float)).sum_dim_intlist(&[-1i64][..], false, Kind::Float).min().double_value(&[])
+            };
             amp.push((format!("{kind:?}"), cos(&o.image, &og.image).min(cos(&o.text, &og.text)), format!("{:?}", o.image.kind())));
         }
         // Where bf16 departs from fp32: per vision slot, the residual stream's relative error.
@@ -95,12 +109,18 @@ fn main() {
             .slots(Modality::Vision, Site::Resid)
             .into_iter()
             .map(|sl| {
-                let (a, b) = (c32.get(Modality::Vision, sl, Site::Resid).unwrap().to_kind(Kind::Float), c16.get(Modality::Vision, sl, Site::Resid).unwrap().to_kind(Kind::Float));
+                let (a, b) = (
+                    c32.get(Modality::Vision, sl, Site::Resid).unwrap().to_kind(Kind::Float),
+                    c16.get(Modality::Vision, sl, Site::Resid).unwrap().to_kind(Kind::Float),
+                );
                 let rel = ((&a - &b).norm().double_value(&[])) / a.norm().double_value(&[]);
                 let (ca, cb) = (a.select(1, 0), b.select(1, 0));
                 let centred = |t: &Tensor| t - t.mean_dim(-1, true, Kind::Float);
                 let (ca, cb) = (centred(&ca), centred(&cb));
-                let cos = ((&ca * &cb).sum_dim_intlist(&[-1i64][..], false, Kind::Float) / (ca.norm_scalaropt_dim(2.0, [-1], false) * cb.norm_scalaropt_dim(2.0, [-1], false))).min().double_value(&[]);
+                let cos = ((&ca * &cb).sum_dim_intlist(&[-1i64][..], false, Kind::Float)
+                    / (ca.norm_scalaropt_dim(2.0, [-1], false) * cb.norm_scalaropt_dim(2.0, [-1], false)))
+                .min()
+                .double_value(&[]);
                 (sl, (rel * 1e4).round() / 1e4, (cos * 1e4).round() / 1e4)
             })
             .collect();

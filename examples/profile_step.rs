@@ -1,8 +1,11 @@
-use std::time::Instant;
 use msclip::data::synthetic_set;
 use msclip::model::{Capture, ModelConfig, MsClip};
 use msclip::tokenizer::Tokenizer;
-use msclip::train::{loss::clip_loss, optim::{AdamW, AdamWConfig}};
+use msclip::train::{
+    loss::clip_loss,
+    optim::{AdamW, AdamWConfig},
+};
+use std::time::Instant;
 use tch::Device;
 fn main() {
     let name = std::env::args().nth(1).unwrap_or("tiny-msclip-s".into());

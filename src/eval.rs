@@ -66,7 +66,14 @@ fn pool(x: &Tensor, modality: Modality, pooling: Pooling, eot: &Tensor) -> Tenso
 
 /// Embeds items `0..n` of `src` in batches of `batch` with `tok`; with `layers`, also pools
 /// the chosen site of every slot both towers have.
-pub fn embed_pairs(model: &MsClip, src: &dyn PairSource, n: usize, batch: usize, tok: &Tokenizer, layers: Option<LayerSpec>) -> Result<PairFeatures> {
+pub fn embed_pairs(
+    model: &MsClip,
+    src: &dyn PairSource,
+    n: usize,
+    batch: usize,
+    tok: &Tokenizer,
+    layers: Option<LayerSpec>,
+) -> Result<PairFeatures> {
     let cfg = &model.config;
     let slots: Vec<usize> = (0..cfg.vision.layers.max(cfg.text.layers))
         .filter(|&s| cfg.text_has_block(s) && (cfg.vision_has_block(s) || (s == 0 && layers.is_some_and(|l| l.site == Site::Resid))))
@@ -99,7 +106,8 @@ pub fn embed_pairs(model: &MsClip, src: &dyn PairSource, n: usize, batch: usize,
         if let Some(spec) = layers {
             let eot = TextTower::pooled_positions(&b.tokens);
             for &slot in &slots {
-                let (Some(xv), Some(xt)) = (cache.get(Modality::Vision, slot, spec.site), cache.get(Modality::Text, slot, spec.site)) else {
+                let (Some(xv), Some(xt)) = (cache.get(Modality::Vision, slot, spec.site), cache.get(Modality::Text, slot, spec.site))
+                else {
                     continue;
                 };
                 let (mut pv, mut pt) = (pool(xv, Modality::Vision, spec.pooling, &eot), pool(xt, Modality::Text, spec.pooling, &eot));
@@ -215,11 +223,14 @@ pub fn evaluate_items(model: &MsClip, seed: u64, n: usize) -> Result<ItemResults
     let tok = Tokenizer::new(cfg.text.context_length as usize);
     tch::no_grad(|| {
         let classes = synthetic_set::zero_shot_classes();
-        let prompts: Vec<String> =
-            classes.iter().flat_map(|c| TEMPLATES.iter().map(move |t| t.replace("{}", c))).collect();
+        let prompts: Vec<String> = classes.iter().flat_map(|c| TEMPLATES.iter().map(move |t| t.replace("{}", c))).collect();
         let dev = model.device();
         let cpu = tch::Device::Cpu;
-        let pe = model.encode_text(&tok.tokenize_batch(&prompts).to_device(dev))?.to_device(cpu).view([classes.len() as i64, TEMPLATES.len() as i64, -1]);
+        let pe = model.encode_text(&tok.tokenize_batch(&prompts).to_device(dev))?.to_device(cpu).view([
+            classes.len() as i64,
+            TEMPLATES.len() as i64,
+            -1,
+        ]);
         let w = prompt_ensemble(&pe);
         let (images, labels) = synthetic_set::zero_shot_set(seed, n, size, cfg.preprocess.mean, cfg.preprocess.std);
         let mut img = Vec::new();
@@ -240,7 +251,14 @@ pub fn evaluate_items(model: &MsClip, seed: u64, n: usize) -> Result<ItemResults
         }
         let (ie, te) = (Tensor::cat(&ie, 0), Tensor::cat(&te, 0));
         let sim = ie.matmul(&te.tr());
-        Ok(ItemResults { zero_shot_hit, zero_shot_top5_hit, image_to_text_hit: rank1_hits(&sim), text_to_image_hit: rank1_hits(&sim.tr()), image: ie, text: te })
+        Ok(ItemResults {
+            zero_shot_hit,
+            zero_shot_top5_hit,
+            image_to_text_hit: rank1_hits(&sim),
+            text_to_image_hit: rank1_hits(&sim.tr()),
+            image: ie,
+            text: te,
+        })
     })
 }
 
@@ -272,14 +290,20 @@ pub fn relevancy_grounding(
     let vslots = cfg.vision_attention_slots();
     let mut cache = ActivationCache::new();
     let ie = m.encode_image_with(images, &Capture::attention().keep_graph(), &mut cache, false)?;
-    let pv: Vec<Tensor> = vslots.iter().map(|&s| cache.require(Modality::Vision, s, Site::AttnProbs).map(|t| t.shallow_clone())).collect::<Result<_>>()?;
+    let pv: Vec<Tensor> =
+        vslots.iter().map(|&s| cache.require(Modality::Vision, s, Site::AttnProbs).map(|t| t.shallow_clone())).collect::<Result<_>>()?;
     let kmax = objects.iter().map(|o| o.len()).max().unwrap_or(0);
     let scale = m.logit_scale.exp().detach();
     for k in 0..kmax {
-        let phrases: Vec<String> = objects.iter().map(|os| os.get(k).map_or_else(|| "a".to_string(), |o| format!("a {} {} {}", o.size, o.color, o.shape))).collect();
+        let phrases: Vec<String> = objects
+            .iter()
+            .map(|os| os.get(k).map_or_else(|| "a".to_string(), |o| format!("a {} {} {}", o.size, o.color, o.shape)))
+            .collect();
         let te = tch::no_grad(|| m.encode_text(&tok.tokenize_batch(&phrases).to_device(m.device())))?;
         let present: Vec<f32> = objects.iter().map(|os| if os.len() > k { 1.0 } else { 0.0 }).collect();
-        let score = ((&ie * te).sum_dim_intlist(&[-1i64][..], false, Kind::Float) * Tensor::from_slice(&present).to_device(ie.device())).sum(Kind::Float) * &scale;
+        let score = ((&ie * te).sum_dim_intlist(&[-1i64][..], false, Kind::Float) * Tensor::from_slice(&present).to_device(ie.device()))
+            .sum(Kind::Float)
+            * &scale;
         let grads = Tensor::run_backward(&[&score], &pv.iter().collect::<Vec<_>>(), true, false);
         for (b, os) in objects.iter().enumerate() {
             let Some(o) = os.get(k) else { continue };
@@ -287,11 +311,8 @@ pub fn relevancy_grounding(
             let item = |ts: &[Tensor]| ts.iter().map(|t| t.get(b).detach()).collect::<Vec<_>>();
             let (a, g) = (item(&pv), item(&grads));
             let last = a.len() - 1;
-            let maps = [
-                ("relevancy_last", relevancy(&a[last..], &g[last..])),
-                ("relevancy_all", relevancy(&a, &g)),
-                ("rollout", rollout(&a)),
-            ];
+            let maps =
+                [("relevancy_last", relevancy(&a[last..], &g[last..])), ("relevancy_all", relevancy(&a, &g)), ("rollout", rollout(&a))];
             let (uniform, _) = box_grounding(&vec![1.0; (grid * grid) as usize], grid as usize, patch, o.bbox);
             for (name, r) in maps {
                 let map = to_vec_f32(&r.get(0).narrow(0, 1, grid * grid));

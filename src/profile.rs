@@ -27,7 +27,8 @@ impl OpProfile {
     /// path is an error naming it before anything runs).
     pub fn start(path: &Path) -> Result<OpProfile> {
         std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-        let c = CString::new(path.to_string_lossy().as_bytes()).map_err(|_| Error::Invalid(format!("profile path {} contains a NUL byte", path.display())))?;
+        let c = CString::new(path.to_string_lossy().as_bytes())
+            .map_err(|_| Error::Invalid(format!("profile path {} contains a NUL byte", path.display())))?;
         // SAFETY: a NUL-terminated path and an error buffer of the stated length.
         crate::shim::call(|err, len| unsafe { msd_profile_start(c.as_ptr(), err, len) })
             .map_err(|why| Error::Invalid(format!("cannot profile into {}: {why}", path.display())))?;

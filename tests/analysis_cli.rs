@@ -86,16 +86,22 @@ fn embed_gap_nmi_and_heads_write_their_outputs() {
     assert!(!dir.join("heads/gallery_slot0.png").exists(), "slot 0 is the conv stem: no attention");
     // Caption-conditioned grounding: three methods over every object of the 12 scenes.
     let rel = std::fs::read_to_string(dir.join("heads/grounding_relevancy.csv")).unwrap();
-    let rows: Vec<Vec<&str>> = rel.lines().filter(|l| !l.starts_with('#') && !l.starts_with("method")).map(|l| l.split(',').collect()).collect();
+    let rows: Vec<Vec<&str>> =
+        rel.lines().filter(|l| !l.starts_with('#') && !l.starts_with("method")).map(|l| l.split(',').collect()).collect();
     assert_eq!(rows.iter().map(|r| r[0]).collect::<Vec<_>>(), ["relevancy_all", "relevancy_last", "rollout"]);
     let scenes: Vec<_> = (0..12).map(|i| msclip::data::synth::scene(msclip::data::synthetic_set::EVAL_SEED_OFFSET, i, 64)).collect();
     let objects: usize = scenes.iter().map(|s| s.objects.len()).sum();
     // The chance level is the mean fraction of the 8×8 patch centres inside each box,
     // computed here independently of box_grounding.
-    let inside = |b: [u32; 4]| (0..64).filter(|p| {
-        let (x, y) = ((p % 8) as f64 * 8.0 + 4.0, (p / 8) as f64 * 8.0 + 4.0);
-        x >= b[0] as f64 && x < b[2] as f64 && y >= b[1] as f64 && y < b[3] as f64
-    }).count() as f64 / 64.0;
+    let inside = |b: [u32; 4]| {
+        (0..64)
+            .filter(|p| {
+                let (x, y) = ((p % 8) as f64 * 8.0 + 4.0, (p / 8) as f64 * 8.0 + 4.0);
+                x >= b[0] as f64 && x < b[2] as f64 && y >= b[1] as f64 && y < b[3] as f64
+            })
+            .count() as f64
+            / 64.0
+    };
     let chance = scenes.iter().flat_map(|s| s.objects.iter().map(|o| inside(o.bbox))).sum::<f64>() / objects as f64;
     for r in &rows {
         let (point, uniform): (f64, f64) = (r[2].parse().unwrap(), r[3].parse().unwrap());
@@ -123,7 +129,8 @@ fn zeroshot_on_an_image_folder_and_retrieval() {
     }
     std::fs::write(dir.join("templates.txt"), "a photo of a {}\na {}\n").unwrap();
     let d = |s: &str| dir.join(s).display().to_string();
-    let (code, out, err) = run(&["zeroshot", "--model", "tiny-clip", "--folder", &d("folder"), "--templates", &d("templates.txt"), "--out", &d("zs")]);
+    let (code, out, err) =
+        run(&["zeroshot", "--model", "tiny-clip", "--folder", &d("folder"), "--templates", &d("templates.txt"), "--out", &d("zs")]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("n 6 classes 2 templates 2"), "{out}");
     let j: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("zs/zeroshot.json")).unwrap()).unwrap();
@@ -142,7 +149,8 @@ fn zeroshot_on_an_image_folder_and_retrieval() {
     // The recalls equal those recomputed from the same model's embeddings (`embed`).
     let (code, _, err) = run(&["embed", "--model", "tiny-clip", "--synthetic", "16", "--out", &d("emb")]);
     assert_eq!(code, 0, "{err}");
-    let (x, y) = (msclip::analysis::npy::read(&dir.join("emb/image.npy")).unwrap(), msclip::analysis::npy::read(&dir.join("emb/text.npy")).unwrap());
+    let (x, y) =
+        (msclip::analysis::npy::read(&dir.join("emb/image.npy")).unwrap(), msclip::analysis::npy::read(&dir.join("emb/text.npy")).unwrap());
     let sim = x.matmul(&y.tr());
     let j: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("ret/retrieval.json")).unwrap()).unwrap();
     for k in [1, 5, 10] {
@@ -163,7 +171,15 @@ fn figures_regenerate_from_recipes() {
     let run_dir = dir.join("run-a");
     std::fs::create_dir_all(&run_dir).unwrap();
     let lines: Vec<String> = (1..=3)
-        .map(|s| format!(r#"{{"step":{},"loss":{},"eval":{{"zero_shot_top1":{},"image_to_text_r1":0.1,"modality_gap":{}}}}}"#, s * 10, 3.0 / s as f64, 0.1 * s as f64, 0.5 / s as f64))
+        .map(|s| {
+            format!(
+                r#"{{"step":{},"loss":{},"eval":{{"zero_shot_top1":{},"image_to_text_r1":0.1,"modality_gap":{}}}}}"#,
+                s * 10,
+                3.0 / s as f64,
+                0.1 * s as f64,
+                0.5 / s as f64
+            )
+        })
         .collect();
     std::fs::write(run_dir.join("metrics.jsonl"), lines.join("\n") + "\n").unwrap();
     // Groups of seeds: two "seeds" of the fixture checkpoint per group (identical weights), and
@@ -177,7 +193,15 @@ fn figures_regenerate_from_recipes() {
     for s in [0, 1] {
         let seed_dir = dir.join("curves-grp").join(format!("seed-{s}"));
         std::fs::create_dir_all(&seed_dir).unwrap();
-        let lines: Vec<String> = (1..=3).map(|k| format!(r#"{{"step":{},"loss":1.0,"eval":{{"zero_shot_top1":{},"image_to_text_r1":0.1,"modality_gap":0.5}}}}"#, k * 10, 0.1 * k as f64 + 0.2 * s as f64)).collect();
+        let lines: Vec<String> = (1..=3)
+            .map(|k| {
+                format!(
+                    r#"{{"step":{},"loss":1.0,"eval":{{"zero_shot_top1":{},"image_to_text_r1":0.1,"modality_gap":0.5}}}}"#,
+                    k * 10,
+                    0.1 * k as f64 + 0.2 * s as f64
+                )
+            })
+            .collect();
         std::fs::write(seed_dir.join("metrics.jsonl"), lines.join("\n") + "\n").unwrap();
     }
     let grp = |g: &str| format!("{}/{g}/seed-{{seed}}", dir.display());
@@ -199,12 +223,26 @@ fn figures_regenerate_from_recipes() {
         ("dec", "decomposition", ck.clone(), "synthetic = 8"),
         ("shh", "shared-heads", ck.clone(), "synthetic = 8"),
     ] {
-        std::fs::write(recipes.join(format!("{name}.toml")), format!("analysis = \"{analysis}\"\ntitle = \"{name}\"\nruns = [\"{runs}\"]\n{extra}\n")).unwrap();
+        std::fs::write(
+            recipes.join(format!("{name}.toml")),
+            format!("analysis = \"{analysis}\"\ntitle = \"{name}\"\nruns = [\"{runs}\"]\n{extra}\n"),
+        )
+        .unwrap();
     }
     let out = dir.join("figures");
     let (code, _, err) = run(&["figures", "--recipes", recipes.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    for png in ["abl/micro-msclip-s/importance_matched_cosine.png", "pat/micro-msclip-s/text_colour/resid.png", "pat/micro-msclip-s/vision_colour/resid_overlay.png", "dec/micro-msclip-s/mean_ablation.png", "dec/micro-msclip-s/both_sides.png", "heads/micro-msclip-s/entropy_scatter.png", "heads/entropy_side_by_side.png", "heads/micro-msclip-s/gallery_slot5.png", "gallery/micro-msclip-s/attribution.png"] {
+    for png in [
+        "abl/micro-msclip-s/importance_matched_cosine.png",
+        "pat/micro-msclip-s/text_colour/resid.png",
+        "pat/micro-msclip-s/vision_colour/resid_overlay.png",
+        "dec/micro-msclip-s/mean_ablation.png",
+        "dec/micro-msclip-s/both_sides.png",
+        "heads/micro-msclip-s/entropy_scatter.png",
+        "heads/entropy_side_by_side.png",
+        "heads/micro-msclip-s/gallery_slot5.png",
+        "gallery/micro-msclip-s/attribution.png",
+    ] {
         nontrivial_png(&out.join(png));
     }
     // Line charts: 900 wide, 440 high plus 58 for a caption (every layer curve explains its
@@ -222,20 +260,43 @@ fn figures_regenerate_from_recipes() {
     }
     // Interval panels: one per metric (6 in the comparison, 8 in zero-shot/retrieval), 4 to
     // a row, each row as high as its models plus 70, a 60-pixel caption.
-    for (png, panels, models) in [("comparison/comparison.png", 6u32, 1u32), ("cmp-seeds/comparison.png", 6, 2), ("zsr/zeroshot_retrieval.png", 8, 1)] {
+    for (png, panels, models) in
+        [("comparison/comparison.png", 6u32, 1u32), ("cmp-seeds/comparison.png", 6, 2), ("zsr/zeroshot_retrieval.png", 8, 1)]
+    {
         let (w, h) = nontrivial_png(&out.join(png));
         assert_eq!((w, h), (150 + 230 * 4 + 20, 34 + panels.div_ceil(4) * (26 * models + 70) + 60), "{png}");
     }
-    for csv in ["abl/importance_agreement.csv", "shh/shared_heads.csv", "abl/micro-msclip-s/heads.csv", "dec/micro-msclip-s/text_span.csv", "nmi/nmi_by_layer.csv", "gap/gap_by_layer.csv", "comparison/comparison.csv", "curves/training_curves.csv", "probe/probe_table.csv", "zsr/zeroshot_retrieval.csv"] {
+    for csv in [
+        "abl/importance_agreement.csv",
+        "shh/shared_heads.csv",
+        "abl/micro-msclip-s/heads.csv",
+        "dec/micro-msclip-s/text_span.csv",
+        "nmi/nmi_by_layer.csv",
+        "gap/gap_by_layer.csv",
+        "comparison/comparison.csv",
+        "curves/training_curves.csv",
+        "probe/probe_table.csv",
+        "zsr/zeroshot_retrieval.csv",
+    ] {
         assert!(std::fs::read_to_string(out.join(csv)).unwrap().starts_with("# provenance: "), "{csv}");
     }
     // Probe table: both feature choices; retrieval: recall grows with k in both directions.
-    let probe_rows: Vec<String> = std::fs::read_to_string(out.join("probe/probe_table.csv")).unwrap().lines().filter(|l| l.starts_with("micro-msclip-s,")).map(String::from).collect();
+    let probe_rows: Vec<String> = std::fs::read_to_string(out.join("probe/probe_table.csv"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("micro-msclip-s,"))
+        .map(String::from)
+        .collect();
     assert_eq!(probe_rows.len(), 2, "{probe_rows:?}");
     assert!(probe_rows[0].contains(",pre,") && probe_rows[1].contains(",post,"));
     // Interval tables: model,params_total,params_shared,metric,seeds,items,mean,lo,hi,delta,...
     let rows = |csv: &str| -> Vec<Vec<String>> {
-        std::fs::read_to_string(out.join(csv)).unwrap().lines().filter(|l| l.starts_with("micro-msclip-s,")).map(|l| l.split(',').map(String::from).collect()).collect()
+        std::fs::read_to_string(out.join(csv))
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("micro-msclip-s,"))
+            .map(|l| l.split(',').map(String::from).collect())
+            .collect()
     };
     let num = |v: &str| v.parse::<f64>().unwrap();
     let zsr = rows("zsr/zeroshot_retrieval.csv");
@@ -265,7 +326,8 @@ fn figures_regenerate_from_recipes() {
     assert!(!sep.is_empty());
     // Recipes honour their fields: the gap-by-layer site and the probe's splits and C grid.
     assert!(std::fs::read_to_string(out.join("gap/gap_by_layer.csv")).unwrap().contains("site ln2"));
-    let probe_json: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("probe/micro-msclip-s/pre/probe.json")).unwrap()).unwrap();
+    let probe_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("probe/micro-msclip-s/pre/probe.json")).unwrap()).unwrap();
     assert_eq!(probe_json["result"]["n_train"], 96);
     assert_eq!(probe_json["result"]["sweep"].as_array().unwrap().len(), 2);
     let index = std::fs::read_to_string(out.join("README.md")).unwrap();
@@ -296,7 +358,24 @@ fn figures_regenerate_from_recipes() {
 fn linear_probe_on_synthetic_classes() {
     let dir = std::env::temp_dir().join(format!("msclip-probe-{}", std::process::id()));
     let d = dir.display().to_string();
-    let (code, out, err) = run(&["probe", "--model", "tiny-clip", "--synthetic", "--train", "96", "--val", "48", "--test", "48", "--c", "1,10", "--out", &d, "--save-features", &d]);
+    let (code, out, err) = run(&[
+        "probe",
+        "--model",
+        "tiny-clip",
+        "--synthetic",
+        "--train",
+        "96",
+        "--val",
+        "48",
+        "--test",
+        "48",
+        "--c",
+        "1,10",
+        "--out",
+        &d,
+        "--save-features",
+        &d,
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("pre features 128"), "{out}");
     let j: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("probe.json")).unwrap()).unwrap();

@@ -69,7 +69,8 @@ fn impossible_configs_name_key_and_value() {
     assert!(err.contains("vision.image_size") && err.contains("60"), "{err}");
     // Sharing across towers of different widths.
     let s = preset_text("tiny-msclip");
-    let text_width = s.replacen("width = 128\nheads = 4\nlayers = 6\n\n[preprocess]", "width = 256\nheads = 4\nlayers = 6\n\n[preprocess]", 1);
+    let text_width =
+        s.replacen("width = 128\nheads = 4\nlayers = 6\n\n[preprocess]", "width = 256\nheads = 4\nlayers = 6\n\n[preprocess]", 1);
     assert_ne!(text_width, s, "test edits the text tower width");
     let (code, err) = with_config(&text_width);
     assert_eq!(code, 2);
@@ -92,7 +93,8 @@ fn tokenize_and_attention_errors() {
     let (code, _, err) = run(&["attention", "--model", "tiny-clip", "--out", dir.to_str().unwrap(), "--layers", "9"]);
     assert_eq!(code, 2);
     assert!(err.contains("layer 9"), "{err}");
-    let (code, _, err) = run(&["attention", "--model", "tiny-clip", "--out", dir.to_str().unwrap(), "--image", "/nonexistent.png", "--caption", "x"]);
+    let (code, _, err) =
+        run(&["attention", "--model", "tiny-clip", "--out", dir.to_str().unwrap(), "--image", "/nonexistent.png", "--caption", "x"]);
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent.png"), "{err}");
 }
@@ -206,7 +208,15 @@ fn empty_inputs_and_results_are_errors() {
     assert!(err.contains("0 columns"), "{err}");
     // A baseline with no values.
     std::fs::write(dir.join("b.json"), r#"{"tolerance": 0.001, "values": {}}"#).unwrap();
-    let (code, out, err) = run(&["check", "--checkpoint", "fixtures/check/ckpt", "--manifest", "fixtures/check/data/manifest.tsv", "--baseline", &d("b.json")]);
+    let (code, out, err) = run(&[
+        "check",
+        "--checkpoint",
+        "fixtures/check/ckpt",
+        "--manifest",
+        "fixtures/check/data/manifest.tsv",
+        "--baseline",
+        &d("b.json"),
+    ]);
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("b.json") && err.contains("no values"), "{err}");
     assert!(!out.contains("check passed"));

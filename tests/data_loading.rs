@@ -34,17 +34,7 @@ fn write_manifest(dir: &Path, n: usize) -> PathBuf {
 }
 
 fn plan(steps: i64, augment: Option<Augment>) -> Plan {
-    Plan {
-        seed: 5,
-        batch_size: 6,
-        start_step: 0,
-        end_step: steps,
-        image_size: 64,
-        mean: [0.5; 3],
-        std: [0.25; 3],
-        augment,
-        shard: (0, 1),
-    }
+    Plan { seed: 5, batch_size: 6, start_step: 0, end_step: steps, image_size: 64, mean: [0.5; 3], std: [0.25; 3], augment, shard: (0, 1) }
 }
 
 /// Data-parallel shards: rank r of 2 (or 3) gets exactly its slice of the one-process batch.
@@ -56,7 +46,8 @@ fn shards_partition_the_global_batch() {
     let mut full = Loader::new(src.clone(), tok.clone(), plan(4, aug), 1, 1);
     let full: Vec<_> = (0..4).map(|_| full.next_batch().unwrap().unwrap()).collect();
     for world in [2usize, 3] {
-        let mut parts: Vec<Loader> = (0..world).map(|r| Loader::new(src.clone(), tok.clone(), Plan { shard: (r, world), ..plan(4, aug) }, 2, 1)).collect();
+        let mut parts: Vec<Loader> =
+            (0..world).map(|r| Loader::new(src.clone(), tok.clone(), Plan { shard: (r, world), ..plan(4, aug) }, 2, 1)).collect();
         for b in &full {
             let got: Vec<_> = parts.iter_mut().map(|l| l.next_batch().unwrap().unwrap()).collect();
             let idx: Vec<usize> = got.iter().flat_map(|g| g.indices.clone()).collect();
@@ -120,10 +111,7 @@ fn unreadable_images_are_skipped_and_listed_or_stop_in_strict_mode() {
     assert!(skipped.starts_with("step\tindex\titem\treason\n"));
     assert!(skipped.contains("broken.png") && skipped.contains("missing.png"), "{skipped}");
     assert_eq!(skipped.lines().count(), 3);
-    let err = train(&TrainConfig { strict: true, ..tc.clone() }, &dir.join("strict"), &TrainOptions::fresh())
-        .err()
-        .unwrap()
-        .to_string();
+    let err = train(&TrainConfig { strict: true, ..tc.clone() }, &dir.join("strict"), &TrainOptions::fresh()).err().unwrap().to_string();
     assert!(err.contains("strict") && (err.contains("broken.png") || err.contains("missing.png")), "{err}");
     // A manifest with a malformed row names file and line.
     let bad = dir.join("bad.tsv");

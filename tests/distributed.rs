@@ -32,7 +32,16 @@ fn config(dir: &Path, model: &str, batch: usize, accum: usize, extra: &str) -> P
 }
 
 fn train(cfg: &Path, out: &Path, args: &[&str]) -> Output {
-    let o = Command::new(BIN).arg("--config").arg(cfg).arg("--out").arg(out).args(args).env("OMP_NUM_THREADS", "1").env_remove("WORLD_SIZE").output().unwrap();
+    let o = Command::new(BIN)
+        .arg("--config")
+        .arg(cfg)
+        .arg("--out")
+        .arg(out)
+        .args(args)
+        .env("OMP_NUM_THREADS", "1")
+        .env_remove("WORLD_SIZE")
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}: {}", out.display(), String::from_utf8_lossy(&o.stderr));
     o
 }
@@ -74,7 +83,10 @@ fn assert_equivalent_within(one: &Path, two: &Path, what: &str, param_tol: f64) 
     // The runs learn: the loss moves, so equal losses are not equal constants.
     assert!((l1[0] - l1[9]).abs() > 1e-3, "{what}: loss did not move: {l1:?}");
     let d = max_param_diff(one, two);
-    eprintln!("{what}: max |Δloss| {:.1e}, max |Δparam| after 10 steps {d:.1e}", l1.iter().zip(&l2).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max));
+    eprintln!(
+        "{what}: max |Δloss| {:.1e}, max |Δparam| after 10 steps {d:.1e}",
+        l1.iter().zip(&l2).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max)
+    );
     assert!(d <= param_tol, "{what}: parameters differ by {d}");
 }
 
@@ -89,7 +101,8 @@ fn two_ranks_equal_one_process_at_equal_global_batch() {
     let o = train(&config(&d, "tiny-clip", 16, 1, ""), &two, &["--nproc-per-node", "2"]);
     assert_equivalent(&one, &two, "tiny-clip 2×16 vs 1×32");
     // Telemetry: rank 0 writes the global batch and the communication share; rank 1 its log.
-    let last: serde_json::Value = serde_json::from_str(std::fs::read_to_string(two.join("metrics.jsonl")).unwrap().lines().last().unwrap()).unwrap();
+    let last: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(two.join("metrics.jsonl")).unwrap().lines().last().unwrap()).unwrap();
     assert_eq!(last["world"], 2);
     assert_eq!(last["global_batch"], 32);
     let comm = last["comm_frac"].as_f64().unwrap();
@@ -151,7 +164,15 @@ fn resume_under_two_ranks_is_exact() {
         assert!((x - y).abs() <= 1e-6, "{a:?} vs {b:?}");
     }
     // A different global batch: refused.
-    let o = Command::new(BIN).arg("--config").arg(&cfg).arg("--out").arg(&moved).args(["--resume", "--stop-after", "10"]).env("OMP_NUM_THREADS", "1").output().unwrap();
+    let o = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&moved)
+        .args(["--resume", "--stop-after", "10"])
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("32 pairs per step") && err.contains("= 16"), "{err}");
@@ -200,7 +221,10 @@ fn free_port() -> u16 {
 fn killing_a_rank_stops_the_other_and_keeps_the_run_loadable() {
     let d = tmp("kill");
     let cfg = d.join("long.toml");
-    let text = std::fs::read_to_string(config(&d, "tiny-clip", 16, 1, "")).unwrap().replace("steps = 10", "steps = 100000").replace("save_every = 5", "save_every = 3");
+    let text = std::fs::read_to_string(config(&d, "tiny-clip", 16, 1, ""))
+        .unwrap()
+        .replace("steps = 10", "steps = 100000")
+        .replace("save_every = 5", "save_every = 3");
     std::fs::write(&cfg, text).unwrap();
     let run = d.join("run");
     let port = free_port();
@@ -288,7 +312,11 @@ fn local_loss_gradient_equals_full_loss_gradient() {
             .map(|rank| {
                 let (cfg, im, tk) = (cfg.clone(), im.narrow(0, rank as i64 * 8, 8).copy(), tk.narrow(0, rank as i64 * 8, 8).copy());
                 std::thread::spawn(move || {
-                    let g = ProcessGroup::new(&Launch { rank, world: 2, local_rank: rank, master_addr: "127.0.0.1".into(), master_port: port }, 60).unwrap();
+                    let g = ProcessGroup::new(
+                        &Launch { rank, world: 2, local_rank: rank, master_addr: "127.0.0.1".into(), master_port: port },
+                        60,
+                    )
+                    .unwrap();
                     let (vs, m) = MsClip::build(&cfg, tch::Device::Cpu, 4);
                     let how = DistLoss { group: &g, accum: 1, loss_scale: 1.0, local_loss };
                     let (loss, _) = loss_and_backward_dist(&m, &vs, &im, &tk, &how).unwrap();

@@ -200,12 +200,16 @@ fn fuzz_pickles_and_torchscript() {
     let dir = scratch("pkl");
     let archives: Vec<Vec<(String, Vec<u8>)>> =
         ["plain.pth", "wrapped.pth", "openai-micro-jit.pt"].iter().map(|n| unzip(&read(&fixtures().join("torch").join(n)))).collect();
-    let seeds: Vec<Vec<u8>> = archives.iter().enumerate().map(|(i, a)| {
-        let pkl = &a.iter().find(|(n, _)| n.ends_with("/data.pkl")).unwrap().1;
-        let mut s = vec![i as u8];
-        s.extend_from_slice(pkl);
-        s
-    }).collect();
+    let seeds: Vec<Vec<u8>> = archives
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let pkl = &a.iter().find(|(n, _)| n.ends_with("/data.pkl")).unwrap().1;
+            let mut s = vec![i as u8];
+            s.extend_from_slice(pkl);
+            s
+        })
+        .collect();
     fuzz("pickle", seeds, |b| {
         let Some((&which, pkl)) = b.split_first() else { return };
         let arch = &archives[which as usize % archives.len()];
@@ -277,7 +281,9 @@ fn png_bytes(w: u32, h: u32) -> Vec<u8> {
 fn fuzz_tar_shards() {
     let dir = scratch("tar");
     let mut builder = tar::Builder::new(Vec::new());
-    for (name, data) in [("k1.txt", b"a red circle".to_vec()), ("k1.png", png_bytes(5, 4)), ("k2.txt", b"two".to_vec()), ("k2.jpg", png_bytes(3, 3))] {
+    for (name, data) in
+        [("k1.txt", b"a red circle".to_vec()), ("k1.png", png_bytes(5, 4)), ("k2.txt", b"two".to_vec()), ("k2.jpg", png_bytes(3, 3))]
+    {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
@@ -301,7 +307,10 @@ fn fuzz_tar_shards() {
 
 #[test]
 fn fuzz_shard_patterns() {
-    let seeds: Vec<Vec<u8>> = ["s-{000..009}.tar", "x.tar", "a{0..99999999999}", "x}y{0..2}", "{..}", "{1..}", "a,b{0..1},c"].iter().map(|s| s.as_bytes().to_vec()).collect();
+    let seeds: Vec<Vec<u8>> = ["s-{000..009}.tar", "x.tar", "a{0..99999999999}", "x}y{0..2}", "{..}", "{1..}", "a,b{0..1},c"]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
     fuzz("shard-pattern", seeds, |b| {
         let s = String::from_utf8_lossy(b);
         if let Ok(v) = msclip::data::shards::expand_braces(&s) {
@@ -339,7 +348,11 @@ fn fuzz_model_configs() {
     fuzz("model-toml", seeds, |b| {
         let text = String::from_utf8_lossy(b);
         let Ok(cfg) = ModelConfig::from_toml_str(&text, Path::new("fuzz.toml")) else { return };
-        if cfg.approx_params() > 12_000_000 || cfg.vision.image_size > 96 || cfg.text.context_length > 40 || cfg.vision.layers + cfg.text.layers > 16 {
+        if cfg.approx_params() > 12_000_000
+            || cfg.vision.image_size > 96
+            || cfg.text.context_length > 40
+            || cfg.vision.layers + cfg.text.layers > 16
+        {
             return;
         }
         let (_vs, m) = MsClip::build_for_loading(&cfg, tch::Device::Cpu);
@@ -370,11 +383,12 @@ fn fuzz_train_configs() {
 #[test]
 fn fuzz_tokenizer() {
     let tok = msclip::tokenizer::Tokenizer::new(77);
-    let seeds: Vec<Vec<u8>> = ["a large red circle left of a small blue square", "caf\u{e9} &amp; na\u{ef}ve \u{1f600} <b>x</b>", "I'm here—it's 42 %"]
-        .iter()
-        .map(|s| s.as_bytes().to_vec())
-        .chain([vec![b'a'; 50_000], "\u{1F600}".repeat(5000).into_bytes()])
-        .collect();
+    let seeds: Vec<Vec<u8>> =
+        ["a large red circle left of a small blue square", "caf\u{e9} &amp; na\u{ef}ve \u{1f600} <b>x</b>", "I'm here—it's 42 %"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .chain([vec![b'a'; 50_000], "\u{1F600}".repeat(5000).into_bytes()])
+            .collect();
     fuzz("tokenizer", seeds, |b| {
         let s = String::from_utf8_lossy(b);
         let t = Instant::now();
@@ -387,10 +401,20 @@ fn fuzz_tokenizer() {
 #[test]
 fn fuzz_image_headers() {
     let mut jpeg = Vec::new();
-    image::RgbImage::from_pixel(9, 7, image::Rgb([200, 30, 60])).write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
+    image::RgbImage::from_pixel(9, 7, image::Rgb([200, 30, 60]))
+        .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+        .unwrap();
     let mut rgba = Vec::new();
-    image::RgbaImage::from_pixel(4, 4, image::Rgba([10, 20, 30, 128])).write_to(&mut std::io::Cursor::new(&mut rgba), image::ImageFormat::Png).unwrap();
-    let seeds = vec![png_bytes(6, 5), jpeg, rgba, read(&fixtures().join("fuzz/strip-65000x1.png")), read(&fixtures().join("fuzz/bomb-30000x30000.png"))];
+    image::RgbaImage::from_pixel(4, 4, image::Rgba([10, 20, 30, 128]))
+        .write_to(&mut std::io::Cursor::new(&mut rgba), image::ImageFormat::Png)
+        .unwrap();
+    let seeds = vec![
+        png_bytes(6, 5),
+        jpeg,
+        rgba,
+        read(&fixtures().join("fuzz/strip-65000x1.png")),
+        read(&fixtures().join("fuzz/bomb-30000x30000.png")),
+    ];
     fuzz("image", seeds, |b| {
         if let Ok(img) = msclip::data::image::decode_rgb(b) {
             let _ = msclip::data::image::resize_center_crop(&img, 24);
@@ -409,7 +433,9 @@ fn nasty_corpus_is_handled_within_limits() {
         assert!(t.elapsed() < Duration::from_secs(2), "{what} took {:?}", t.elapsed());
         refused
     };
-    for name in ["memo-bomb.pth", "stride0-2p40.pth", "negative-size.pth", "view-past-storage.pth", "overflowing-stride.pth", "deflate-bomb.pth"] {
+    for name in
+        ["memo-bomb.pth", "stride0-2p40.pth", "negative-size.pth", "view-past-storage.pth", "overflowing-stride.pth", "deflate-bomb.pth"]
+    {
         let p = dir.join(name);
         let err = msclip::checkpoint::torch_zip::read(&p).err().unwrap_or_else(|| panic!("{name} was accepted"));
         assert!(err.to_string().contains(name), "{name}: {err}");

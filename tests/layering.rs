@@ -32,9 +32,33 @@ fn check(dir: &str, forbidden: &[&str]) {
 
 #[test]
 fn the_layers_import_only_downwards() {
-    check("model", &["crate::data", "crate::train", "crate::analysis", "crate::plot", "crate::eval", "crate::commands", "crate::checkpoint", "super::super"]);
+    check(
+        "model",
+        &[
+            "crate::data",
+            "crate::train",
+            "crate::analysis",
+            "crate::plot",
+            "crate::eval",
+            "crate::commands",
+            "crate::checkpoint",
+            "super::super",
+        ],
+    );
     check("analysis", &["crate::plot", "crate::data", "crate::train", "crate::eval", "crate::commands", "crate::checkpoint"]);
     check("plot", &["crate::model", "crate::analysis", "crate::eval", "crate::train", "tch::"]);
-    check("dist", &["crate::model", "crate::data", "crate::train", "crate::analysis", "crate::plot", "crate::eval", "crate::commands", "crate::checkpoint"]);
+    check(
+        "dist",
+        &[
+            "crate::model",
+            "crate::data",
+            "crate::train",
+            "crate::analysis",
+            "crate::plot",
+            "crate::eval",
+            "crate::commands",
+            "crate::checkpoint",
+        ],
+    );
     check("bin", &["Tensor", "tch::no_grad", "crate::analysis::", "msclip::analysis::gap", "msclip::eval::embed"]);
 }

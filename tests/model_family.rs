@@ -12,11 +12,7 @@ fn build(name: &str) -> (tch::nn::VarStore, MsClip) {
 
 #[test]
 fn exact_parameter_totals_of_the_big_presets() {
-    let expect = [
-        ("clip-b32", 151_277_313),
-        ("msclip-s-b32", 132_408_001),
-        ("msclip-s-b16", 132_503_617),
-    ];
+    let expect = [("clip-b32", 151_277_313), ("msclip-s-b32", 132_408_001), ("msclip-s-b16", 132_503_617)];
     for (name, total) in expect {
         let (vs, _) = build(name);
         let c = MsClip::param_count(&vs);
@@ -274,11 +270,17 @@ fn pooled_path_under_bf16_autocast_matches_full_path() {
         let (_vs, m) = build(name);
         let (images, tokens) = inputs(&m.config, 3);
         let reference = tch::no_grad(|| m.forward(&images, &tokens, &Capture::none(), false).unwrap());
-        let amp = |cap: &Capture| msclip::autocast::autocast(Device::Cpu, Some(Kind::BFloat16), || tch::no_grad(|| m.forward(&images, &tokens, cap, false).unwrap()));
+        let amp = |cap: &Capture| {
+            msclip::autocast::autocast(Device::Cpu, Some(Kind::BFloat16), || {
+                tch::no_grad(|| m.forward(&images, &tokens, cap, false).unwrap())
+            })
+        };
         let last = m.config.text.layers - 1;
         let (fast, full) = (amp(&Capture::none()), amp(&Capture::sites(&[Site::AttnProbs]).with_slots(vec![last])));
         assert_eq!(fast.image.kind(), Kind::BFloat16, "autocast was not active");
-        let cos = |a: &Tensor, b: &Tensor| (a.to_kind(Kind::Float) * b.to_kind(Kind::Float)).sum_dim_intlist(&[-1i64][..], false, Kind::Float).min().double_value(&[]);
+        let cos = |a: &Tensor, b: &Tensor| {
+            (a.to_kind(Kind::Float) * b.to_kind(Kind::Float)).sum_dim_intlist(&[-1i64][..], false, Kind::Float).min().double_value(&[])
+        };
         for (what, a, b) in [("image", &fast.image, &full.image), ("text", &fast.text, &full.text)] {
             assert!(cos(a, b) > 0.995, "{name} {what}: fast vs full {}", cos(a, b));
         }

@@ -43,7 +43,8 @@ fn adamw_matches_torch_over_several_steps() {
     let r = reference();
     let a = &r["adamw"];
     // Our names put each tensor in the generator's group: decay / no decay / shared.
-    let names = [("w", "visual.proj", vec![2i64, 3]), ("b", "visual.blocks.1.fc1.bias", vec![3]), ("s", "shared.blocks.1.fc1.weight", vec![2, 2])];
+    let names =
+        [("w", "visual.proj", vec![2i64, 3]), ("b", "visual.blocks.1.fc1.bias", vec![3]), ("s", "shared.blocks.1.fc1.weight", vec![2, 2])];
     for kernel in [Kernel::Aten, Kernel::SinglePass, Kernel::Tensor] {
         let vs = nn::VarStore::new(Device::Cpu);
         let mut vars = BTreeMap::new();
@@ -72,7 +73,8 @@ fn adamw_matches_torch_over_several_steps() {
                 let p = &vars[key];
                 let n = p.numel();
                 // g[i] = cos(0.7·i + 1.3·step + k)·(1 + step), as the generator.
-                let g: Vec<f32> = (0..n).map(|i| ((0.7 * i as f64 + 1.3 * step as f64 + k as f64).cos() * (1.0 + step as f64)) as f32).collect();
+                let g: Vec<f32> =
+                    (0..n).map(|i| ((0.7 * i as f64 + 1.3 * step as f64 + k as f64).cos() * (1.0 + step as f64)) as f32).collect();
                 (p * Tensor::from_slice(&g).view(p.size().as_slice())).sum(Kind::Float).backward();
             }
             opt.step(lr.as_f64().unwrap());

@@ -120,7 +120,10 @@ fn fresh_run_into_a_used_directory_refuses_unless_forced() {
     // The CLI says the same with exit 2.
     let cfg = run.join("train-in.toml");
     std::fs::write(&cfg, toml::to_string(&config(1, 1, 2)).unwrap()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_msclip-train")).args(["--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_msclip-train"))
+        .args(["--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
 }
@@ -151,7 +154,10 @@ fn two_trainings_cannot_share_a_run_directory() {
     assert!(err.contains("in use by another training") && err.contains(&format!("pid {}", std::process::id())), "{err}");
     let cfg = run.join("train-in.toml");
     std::fs::write(&cfg, toml::to_string(&config(1, 1, 1)).unwrap()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_msclip-train")).args(["--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_msclip-train"))
+        .args(["--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("pid {}", std::process::id())));
     drop(held);
@@ -227,7 +233,10 @@ fn nothing_non_finite_is_checkpointed_or_resumed() {
     let err = checkpoint::load_model(&dir, &vs).unwrap_err().to_string();
     assert!(err.contains(name), "{err}");
     drop(model);
-    let out = Command::new(env!("CARGO_BIN_EXE_msclip-analyze")).args(["eval", "--checkpoint", dir.to_str().unwrap(), "--items", "8"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_msclip-analyze"))
+        .args(["eval", "--checkpoint", dir.to_str().unwrap(), "--items", "8"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains(name));
 }

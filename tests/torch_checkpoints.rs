@@ -25,7 +25,8 @@ fn check_against(expected: &serde_json::Value, got: &[(String, tch::Tensor)]) {
         };
         assert_eq!(t.kind(), kind, "{name}");
         let want: Vec<f64> = e["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-        let have = Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap_or_else(|_| vec![t.to_kind(Kind::Double).double_value(&[])]);
+        let have = Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1))
+            .unwrap_or_else(|_| vec![t.to_kind(Kind::Double).double_value(&[])]);
         // The stored values are f32 or narrower: equal as f32 means bit-exact (JSON's decimal
         // round trip only perturbs the f64 below f32 precision). int64 compares exactly.
         if kind == Kind::Int64 {
@@ -78,7 +79,8 @@ fn openclip_state_dict_imports_with_matching_embeddings() {
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("openclip-micro.json")).unwrap()).unwrap();
     let floats = |k: &str| -> Vec<f32> { r[k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect() };
     let images = tch::Tensor::from_slice(&floats("images")).view([2, 3, 32, 32]);
-    let toks: Vec<i64> = r["tokens"].as_array().unwrap().iter().flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_i64().unwrap())).collect();
+    let toks: Vec<i64> =
+        r["tokens"].as_array().unwrap().iter().flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_i64().unwrap())).collect();
     let tokens = tch::Tensor::from_slice(&toks).view([2, 8]);
     let (ie, te) = tch::no_grad(|| (m.encode_image(&images).unwrap(), m.encode_text(&tokens).unwrap()));
     let want_i = tch::Tensor::from_slice(&floats("image_embeds")).view([2, 16]);
@@ -96,7 +98,9 @@ fn openclip_state_dict_imports_with_matching_embeddings() {
     });
     let att = r["attention"].as_array().unwrap();
     let shapes = r["attention_shapes"].as_array().unwrap();
-    for (i, (modality, slot)) in [(Modality::Vision, 0), (Modality::Vision, 1), (Modality::Text, 0), (Modality::Text, 1)].into_iter().enumerate() {
+    for (i, (modality, slot)) in
+        [(Modality::Vision, 0), (Modality::Vision, 1), (Modality::Text, 0), (Modality::Text, 1)].into_iter().enumerate()
+    {
         let shape: Vec<i64> = shapes[i].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
         let want: Vec<f32> = att[i].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
         let got = cache.get(modality, slot, Site::AttnProbs).unwrap();
@@ -106,7 +110,8 @@ fn openclip_state_dict_imports_with_matching_embeddings() {
     }
     // OpenCLIP's safetensors of the same weights gives the same model.
     let (vs3, m3) = MsClip::build_for_loading(&cfg, tch::Device::Cpu);
-    import_into(tch::Tensor::read_safetensors(fixture("openclip-micro.safetensors")).unwrap(), &cfg, &vs3, "openclip-micro.safetensors").unwrap();
+    import_into(tch::Tensor::read_safetensors(fixture("openclip-micro.safetensors")).unwrap(), &cfg, &vs3, "openclip-micro.safetensors")
+        .unwrap();
     let ie3 = tch::no_grad(|| m3.encode_image(&images).unwrap());
     assert!(ie3.equal(&ie));
     // The same file into the wrong architecture names the offending tensors.
@@ -138,7 +143,8 @@ fn official_msclip_s_layout_lands_where_it_belongs() {
     for (t, v) in &dups {
         assert!(by_name[t].equal(&by_name[v]));
     }
-    assert!(vars["visual.parallel.adapters.0.t2b_dw.bn.running_var"].equal(&by_name["visual.transformer.parallel_lateral_adapter.0.top2bottom_dw_conv.bn.running_var"]));
+    assert!(vars["visual.parallel.adapters.0.t2b_dw.bn.running_var"]
+        .equal(&by_name["visual.transformer.parallel_lateral_adapter.0.top2bottom_dw_conv.bn.running_var"]));
     // It runs.
     let e = tch::no_grad(|| m.encode_image(&tch::Tensor::zeros([1, 3, 32, 32], (tch::Kind::Float, tch::Device::Cpu))).unwrap());
     assert_eq!(e.size(), [1, 32]);
@@ -150,14 +156,18 @@ fn official_msclip_s_layout_lands_where_it_belongs() {
         }
     }
     let err = import_into(bad, &cfg, &vs, "x.pth").unwrap_err().to_string();
-    assert!(err.contains("transformer.resblocks.3.mlp.c_fc.bias differs from the shared visual.transformer.resblocks.3.mlp.c_fc.bias"), "{err}");
+    assert!(
+        err.contains("transformer.resblocks.3.mlp.c_fc.bias differs from the shared visual.transformer.resblocks.3.mlp.c_fc.bias"),
+        "{err}"
+    );
 }
 
 #[test]
 fn official_msclip_s_b32_keys_and_shapes_are_covered() {
     use msclip::checkpoint::import::key_map;
     use msclip::model::{ModelConfig, MsClip};
-    let listing: std::collections::BTreeMap<String, Vec<i64>> = serde_json::from_slice(&std::fs::read(fixture("official-msclip-s-b32-keys.json")).unwrap()).unwrap();
+    let listing: std::collections::BTreeMap<String, Vec<i64>> =
+        serde_json::from_slice(&std::fs::read(fixture("official-msclip-s-b32-keys.json")).unwrap()).unwrap();
     let cfg = ModelConfig::preset("msclip-s-b32").unwrap();
     let (vs, _) = MsClip::build(&cfg, tch::Device::Cpu, 0);
     let vars = vs.variables();
@@ -188,7 +198,8 @@ fn import_export_cli_round_trip() {
     let pth = fixture("openclip-micro.pth");
     let toml = fixture("openclip-micro.toml");
     let ck = dir.join("ck");
-    let (code, out) = run(&["import", "--from", pth.to_str().unwrap(), "--model-config", toml.to_str().unwrap(), "--out", ck.to_str().unwrap()]);
+    let (code, out) =
+        run(&["import", "--from", pth.to_str().unwrap(), "--model-config", toml.to_str().unwrap(), "--out", ck.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     let exp = dir.join("exp.safetensors");
     let (code, out) = run(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", exp.to_str().unwrap()]);
@@ -201,12 +212,28 @@ fn import_export_cli_round_trip() {
         assert!(t.equal(&back[k]), "{k}");
     }
     // Re-importing the safetensors export works too; `auto` finds no preset for this micro model.
-    let (code, out) = run(&["import", "--from", exp.to_str().unwrap(), "--model-config", toml.to_str().unwrap(), "--out", dir.join("ck2").to_str().unwrap()]);
+    let (code, out) = run(&[
+        "import",
+        "--from",
+        exp.to_str().unwrap(),
+        "--model-config",
+        toml.to_str().unwrap(),
+        "--out",
+        dir.join("ck2").to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{out}");
     let (code, out) = run(&["import", "--from", pth.to_str().unwrap(), "--out", dir.join("ck3").to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(out.contains("no preset matches"), "{out}");
-    let (code, out) = run(&["import", "--from", fixture("evil.pth").to_str().unwrap(), "--model", "tiny-clip", "--out", dir.join("ck4").to_str().unwrap()]);
+    let (code, out) = run(&[
+        "import",
+        "--from",
+        fixture("evil.pth").to_str().unwrap(),
+        "--model",
+        "tiny-clip",
+        "--out",
+        dir.join("ck4").to_str().unwrap(),
+    ]);
     assert_eq!(code, 2);
     assert!(out.contains("posix.system"), "{out}");
 }
@@ -224,9 +251,13 @@ fn openai_torchscript_archive_imports_with_matching_embeddings() {
     import_into(src, &cfg, &vs, "openai-micro-jit.pt").unwrap();
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("openai-micro-jit.json")).unwrap()).unwrap();
     let floats = |k: &str| -> Vec<f32> { r[k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect() };
-    let toks: Vec<i64> = r["tokens"].as_array().unwrap().iter().flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_i64().unwrap())).collect();
+    let toks: Vec<i64> =
+        r["tokens"].as_array().unwrap().iter().flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_i64().unwrap())).collect();
     let (ie, te) = tch::no_grad(|| {
-        (m.encode_image(&tch::Tensor::from_slice(&floats("images")).view([2, 3, 32, 32])).unwrap(), m.encode_text(&tch::Tensor::from_slice(&toks).view([2, 8])).unwrap())
+        (
+            m.encode_image(&tch::Tensor::from_slice(&floats("images")).view([2, 3, 32, 32])).unwrap(),
+            m.encode_text(&tch::Tensor::from_slice(&toks).view([2, 8])).unwrap(),
+        )
     });
     let di = (&ie - tch::Tensor::from_slice(&floats("image_embeds")).view([2, 16])).abs().max().double_value(&[]);
     let dt = (&te - tch::Tensor::from_slice(&floats("text_embeds")).view([2, 16])).abs().max().double_value(&[]);

@@ -5,8 +5,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use msclip::checkpoint;
-use msclip::model::{ModelConfig, MsClip};
 use msclip::checkpoint::load as load_checkpoint;
+use msclip::model::{ModelConfig, MsClip};
 use msclip::train::{train, Resume, TrainConfig, TrainOptions};
 use tch::Device;
 
@@ -88,7 +88,12 @@ fn checkpoint_errors_name_tensors_and_files() {
     narrow.embed_dim = 32;
     let (vs, _) = MsClip::build(&narrow, Device::Cpu, 0);
     let err = checkpoint::load_model(&dir, &vs).unwrap_err().to_string();
-    assert!(err.contains("2 shape mismatches: text.projection: expected [128, 32], found [128, 64], visual.proj: expected [128, 32], found [128, 64]"), "{err}");
+    assert!(
+        err.contains(
+            "2 shape mismatches: text.projection: expected [128, 32], found [128, 64], visual.proj: expected [128, 32], found [128, 64]"
+        ),
+        "{err}"
+    );
     assert!(!err.contains("missing") && !err.contains("unexpected"), "{err}");
     // Truncated file: verify() names it, resume skips it.
     let model = dir.join("model.safetensors");
@@ -104,7 +109,9 @@ fn checkpoint_errors_name_tensors_and_files() {
 
 /// Whether a `.tmp-step-*` directory (a save in flight) exists under `root`.
 fn save_in_flight(root: &Path) -> bool {
-    std::fs::read_dir(root).map(|rd| rd.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().starts_with(".tmp-step-"))).unwrap_or(false)
+    std::fs::read_dir(root)
+        .map(|rd| rd.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().starts_with(".tmp-step-")))
+        .unwrap_or(false)
 }
 
 #[test]

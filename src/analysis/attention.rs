@@ -45,9 +45,8 @@ pub fn image_query_maps(probs: &Tensor, slot: usize, item: i64, query: i64, grid
         return Err(Error::Invalid(format!("query token {query} out of range 0..{l}")));
     }
     let rows = probs.get(item).select(1, query).narrow(1, 1, grid * grid); // [H, g²]
-    let mut out: Vec<HeadMap> = (0..h)
-        .map(|hh| HeadMap { slot, head: Some(hh as usize), values: to_vec(&rows.get(hh)), side: grid as usize })
-        .collect();
+    let mut out: Vec<HeadMap> =
+        (0..h).map(|hh| HeadMap { slot, head: Some(hh as usize), values: to_vec(&rows.get(hh)), side: grid as usize }).collect();
     out.push(HeadMap { slot, head: None, values: to_vec(&rows.mean_dim(0, false, Kind::Float)), side: grid as usize });
     Ok(out)
 }

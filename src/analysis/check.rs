@@ -128,9 +128,23 @@ pub fn compare(current: &BTreeMap<String, f64>, baseline: &Baseline) -> Result<C
         let row = match current.get(k) {
             Some(got) => {
                 let d = (got - want).abs();
-                CheckRow { metric: k.clone(), baseline: Some(*want), current: Some(*got), delta: Some(d), tolerance: Some(tol), status: if d <= tol { Status::Ok } else { Status::Drift } }
+                CheckRow {
+                    metric: k.clone(),
+                    baseline: Some(*want),
+                    current: Some(*got),
+                    delta: Some(d),
+                    tolerance: Some(tol),
+                    status: if d <= tol { Status::Ok } else { Status::Drift },
+                }
             }
-            None => CheckRow { metric: k.clone(), baseline: Some(*want), current: None, delta: None, tolerance: Some(tol), status: Status::Missing },
+            None => CheckRow {
+                metric: k.clone(),
+                baseline: Some(*want),
+                current: None,
+                delta: None,
+                tolerance: Some(tol),
+                status: Status::Missing,
+            },
         };
         rows.push(row);
     }

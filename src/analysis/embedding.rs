@@ -17,11 +17,21 @@ pub fn centroid_gap(x: &Tensor, y: &Tensor) -> f64 {
 pub fn separation(x: &Tensor, y: &Tensor) -> f64 {
     let spread = |t: &Tensor| {
         let t = t.to_kind(Kind::Double);
-        (&t - t.mean_dim(0, true, Kind::Double)).square().sum_dim_intlist(&[1i64][..], false, Kind::Double).mean(Kind::Double).double_value(&[])
+        (&t - t.mean_dim(0, true, Kind::Double))
+            .square()
+            .sum_dim_intlist(&[1i64][..], false, Kind::Double)
+            .mean(Kind::Double)
+            .double_value(&[])
     };
     let within = (0.5 * (spread(x) + spread(y))).sqrt();
     let gap = centroid_gap(x, y);
-    if within > 0.0 { gap / within } else if gap > 0.0 { f64::INFINITY } else { 0.0 }
+    if within > 0.0 {
+        gap / within
+    } else if gap > 0.0 {
+        f64::INFINITY
+    } else {
+        0.0
+    }
 }
 
 /// Per query row of `sim: [N, N]`, 1 when its paired column ranks in the top `k` (ties against

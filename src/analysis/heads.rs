@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::rng::SplitMix64 as Rng;
 use crate::model::Modality;
+use crate::rng::SplitMix64 as Rng;
 
 /// The statistics of one head.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -59,7 +59,8 @@ pub enum Statistic {
 
 impl Statistic {
     /// Every statistic.
-    pub const ALL: [Statistic; 5] = [Statistic::Entropy, Statistic::Distance, Statistic::Special, Statistic::SelfMass, Statistic::Neighbour];
+    pub const ALL: [Statistic; 5] =
+        [Statistic::Entropy, Statistic::Distance, Statistic::Special, Statistic::SelfMass, Statistic::Neighbour];
 
     /// The name used in files and figures (`self_mass`, …).
     pub fn name(self) -> &'static str {
@@ -74,9 +75,10 @@ impl Statistic {
 
     /// The statistic of a name; an unknown name is an error naming the known ones.
     pub fn parse(name: &str) -> crate::Result<Statistic> {
-        Statistic::ALL.into_iter().find(|s| s.name() == name).ok_or_else(|| {
-            crate::Error::config("statistic", name, "expected entropy, distance, special, self_mass or neighbour")
-        })
+        Statistic::ALL
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| crate::Error::config("statistic", name, "expected entropy, distance, special, self_mass or neighbour"))
     }
 }
 
@@ -138,12 +140,24 @@ impl HeadAccumulator {
         for (i, &e) in eot.iter().enumerate() {
             let n = e + 1; // queries 0..=EOT
             let m = a.get(i as i64).narrow(1, 0, n).narrow(2, 0, n); // [H, n, n]
-            let ent = -(&m * m.clamp_min(1e-30).log()).sum_dim_intlist(&[-1i64][..], false, Kind::Double).mean_dim(&[-1i64][..], false, Kind::Double);
-            let dist = (&m * absd.narrow(0, 0, n).narrow(1, 0, n)).sum_dim_intlist(&[-1i64][..], false, Kind::Double).mean_dim(&[-1i64][..], false, Kind::Double);
+            let ent = -(&m * m.clamp_min(1e-30).log()).sum_dim_intlist(&[-1i64][..], false, Kind::Double).mean_dim(
+                &[-1i64][..],
+                false,
+                Kind::Double,
+            );
+            let dist = (&m * absd.narrow(0, 0, n).narrow(1, 0, n)).sum_dim_intlist(&[-1i64][..], false, Kind::Double).mean_dim(
+                &[-1i64][..],
+                false,
+                Kind::Double,
+            );
             let special = m.select(2, 0).mean_dim(&[-1i64][..], false, Kind::Double);
             let selfm = m.diagonal(0, 1, 2).mean_dim(&[-1i64][..], false, Kind::Double);
             // A[q, q−1] for q ≥ 1.
-            let prev = if n > 1 { m.diagonal(-1, 1, 2).mean_dim(&[-1i64][..], false, Kind::Double) } else { Tensor::zeros([h], (Kind::Double, a.device())) };
+            let prev = if n > 1 {
+                m.diagonal(-1, 1, 2).mean_dim(&[-1i64][..], false, Kind::Double)
+            } else {
+                Tensor::zeros([h], (Kind::Double, a.device()))
+            };
             total += Tensor::stack(&[ent, dist, special, selfm, prev], 1);
         }
         self.push(Modality::Text, slot, total, b);
@@ -161,7 +175,17 @@ impl HeadAccumulator {
         for ((m, slot), (sum, n)) in &self.sums {
             let mean = Vec::<f64>::try_from((sum / *n as f64).contiguous().view([-1])).unwrap();
             for (h, s) in mean.chunks(5).enumerate() {
-                out.push(HeadStat { modality: *m, slot: *slot, head: h, entropy: s[0], distance: s[1], special: s[2], self_mass: s[3], neighbour: s[4], n: *n });
+                out.push(HeadStat {
+                    modality: *m,
+                    slot: *slot,
+                    head: h,
+                    entropy: s[0],
+                    distance: s[1],
+                    special: s[2],
+                    self_mass: s[3],
+                    neighbour: s[4],
+                    n: *n,
+                });
             }
         }
         out
@@ -197,7 +221,11 @@ fn pearson(a: &[f64], b: &[f64]) -> f64 {
         saa += (x - ma) * (x - ma);
         sbb += (y - mb) * (y - mb);
     }
-    if saa == 0.0 || sbb == 0.0 { 0.0 } else { sab / (saa * sbb).sqrt() }
+    if saa == 0.0 || sbb == 0.0 {
+        0.0
+    } else {
+        sab / (saa * sbb).sqrt()
+    }
 }
 
 /// Spearman's ρ (Pearson correlation of tie-averaged ranks), as `scipy.stats.spearmanr`.

@@ -10,8 +10,8 @@
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::rng::SplitMix64 as Rng;
 use crate::error::{Error, Result};
+use crate::rng::SplitMix64 as Rng;
 
 /// Result of [`kmeans`].
 #[derive(Debug, Clone)]
@@ -102,7 +102,11 @@ impl Rows for NpyPairRows {
     }
     fn row(&mut self, index: i64) -> Result<Tensor> {
         let n0 = self.files[0].rows;
-        if index < n0 { self.files[0].read_rows(index, 1) } else { self.files[1].read_rows(index - n0, 1) }
+        if index < n0 {
+            self.files[0].read_rows(index, 1)
+        } else {
+            self.files[1].read_rows(index - n0, 1)
+        }
     }
 }
 
@@ -159,7 +163,8 @@ pub fn kmeans_rows(rows: &mut dyn Rows, k: i64, restarts: usize, max_iter: usize
             iterations = it + 1;
             let mut changed = it == 0;
             let d = centers.size()[1];
-            let (mut sums, mut counts) = (Tensor::zeros([k, d], (Kind::Double, centers.device())), Tensor::zeros([k], (Kind::Double, centers.device())));
+            let (mut sums, mut counts) =
+                (Tensor::zeros([k, d], (Kind::Double, centers.device())), Tensor::zeros([k], (Kind::Double, centers.device())));
             let mut start = 0usize;
             for i in 0..chunks {
                 let x = rows.chunk(i)?.to_kind(Kind::Double);

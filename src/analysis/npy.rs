@@ -71,7 +71,12 @@ impl Reader {
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let need = start as u64 + (dims[0] * dims[1]) as u64 * elt;
         if len < need {
-            return Err(Error::Invalid(format!("{}: not a supported .npy file: truncated data ({} of {} bytes)", path.display(), len - start as u64, need - start as u64)));
+            return Err(Error::Invalid(format!(
+                "{}: not a supported .npy file: truncated data ({} of {} bytes)",
+                path.display(),
+                len - start as u64,
+                need - start as u64
+            )));
         }
         Ok(Reader { file, path: path.to_path_buf(), data_offset: start as u64, kind, rows: dims[0], cols: dims[1] })
     }
@@ -122,8 +127,19 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<(Kind, Vec<i64>, usize)> {
     } else {
         return Err(bad("dtype must be <f4 or <f8"));
     };
-    let shape_txt = header.split("'shape':").nth(1).and_then(|s| s.split('(').nth(1)).and_then(|s| s.split(')').next()).ok_or_else(|| bad("no shape"))?;
-    let dims: Vec<i64> = shape_txt.split(',').map(|s| s.trim()).filter(|s| !s.is_empty()).map(|s| s.parse::<i64>()).collect::<std::result::Result<_, _>>().map_err(|_| bad("bad shape"))?;
+    let shape_txt = header
+        .split("'shape':")
+        .nth(1)
+        .and_then(|s| s.split('(').nth(1))
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| bad("no shape"))?;
+    let dims: Vec<i64> = shape_txt
+        .split(',')
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<i64>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| bad("bad shape"))?;
     if dims.len() != 2 {
         return Err(bad("array must be 2-D"));
     }

@@ -49,7 +49,10 @@ pub fn fit(x: &Tensor, y: &[i64], classes: i64, lambda: f64, max_iter: usize, to
     let flat = |w: &Tensor, b: &Tensor| Tensor::cat(&[w.view([-1]), b.view([-1])], 0);
     let split = |v: &Tensor| (v.narrow(0, 0, d * classes).view([d, classes]), v.narrow(0, d * classes, classes));
     let mut theta = Tensor::zeros([d * classes + classes], (Kind::Double, x.device()));
-    let (mut f, gw, gb) = { let (w, b) = split(&theta); loss_grad(&x, &y1h, &w, &b, lambda) };
+    let (mut f, gw, gb) = {
+        let (w, b) = split(&theta);
+        loss_grad(&x, &y1h, &w, &b, lambda)
+    };
     let mut g = flat(&gw, &gb);
     let (mut s_hist, mut y_hist): (Vec<Tensor>, Vec<Tensor>) = (vec![], vec![]);
     let mut it = 0;
@@ -146,7 +149,13 @@ pub struct ProbeResult {
 /// Runs on at most two intra-op threads: L-BFGS is many small products, where more threads
 /// (and any oversubscription) cost more than they save; on Fashion-MNIST features two threads
 /// took 24 s where one took 37 s.
-pub fn sweep_and_fit(train: (&Tensor, &[i64]), val: (&Tensor, &[i64]), test: (&Tensor, &[i64]), classes: i64, cs: &[f64]) -> Result<ProbeResult> {
+pub fn sweep_and_fit(
+    train: (&Tensor, &[i64]),
+    val: (&Tensor, &[i64]),
+    test: (&Tensor, &[i64]),
+    classes: i64,
+    cs: &[f64],
+) -> Result<ProbeResult> {
     let threads = tch::get_num_threads();
     tch::set_num_threads(threads.min(2));
     let r = sweep_and_fit_inner(train, val, test, classes, cs);
@@ -154,7 +163,13 @@ pub fn sweep_and_fit(train: (&Tensor, &[i64]), val: (&Tensor, &[i64]), test: (&T
     r
 }
 
-fn sweep_and_fit_inner(train: (&Tensor, &[i64]), val: (&Tensor, &[i64]), test: (&Tensor, &[i64]), classes: i64, cs: &[f64]) -> Result<ProbeResult> {
+fn sweep_and_fit_inner(
+    train: (&Tensor, &[i64]),
+    val: (&Tensor, &[i64]),
+    test: (&Tensor, &[i64]),
+    classes: i64,
+    cs: &[f64],
+) -> Result<ProbeResult> {
     let mut sweep = vec![];
     for &c in cs {
         let lambda = 1.0 / (c * train.0.size()[0] as f64);

@@ -41,7 +41,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
-        Command::Synth { n, seed, size, out } => synthetic_set::write_dataset(n, seed, size, &out).map(|m| format!("wrote {n} scenes and {}", m.display())),
+        Command::Synth { n, seed, size, out } => {
+            synthetic_set::write_dataset(n, seed, size, &out).map(|m| format!("wrote {n} scenes and {}", m.display()))
+        }
         Command::Fetch { dataset, cache } => fetch::fetch(&dataset, &fetch::cache_dir(cache)),
     };
     match result {

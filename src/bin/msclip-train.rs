@@ -210,14 +210,26 @@ fn run(cli: Cli) -> Result<()> {
     let worker = std::env::var_os(LOCAL_WORKER).is_some();
     let spawn = cli.nproc_per_node.filter(|&n| n > 1 && !worker);
     if spawn.is_some() && std::env::var_os("WORLD_SIZE").is_some() {
-        return Err(Error::Invalid("--nproc-per-node with WORLD_SIZE already set (torchrun/srun launch the workers; drop one of the two)".into()));
+        return Err(Error::Invalid(
+            "--nproc-per-node with WORLD_SIZE already set (torchrun/srun launch the workers; drop one of the two)".into(),
+        ));
     }
     let launch = msclip::dist::Launch::from_env()?;
     if spawn.is_some() || launch.as_ref().is_some_and(|l| l.world > 1) {
         match backend.as_str() {
-            "gloo" if device.is_cuda() => return Err(Error::config("--dist-backend", "gloo", "this build's Gloo group takes CPU tensors; use --device cpu")),
-            "nccl" if !cfg!(feature = "cuda") => return Err(Error::config("--dist-backend", "nccl", "NCCL needs a --features cuda build; this build trains data-parallel on CPU with gloo")),
-            "nccl" if !device.is_cuda() => return Err(Error::config("--dist-backend", "nccl", "NCCL takes CUDA tensors; use --device cuda (or gloo on CPU)")),
+            "gloo" if device.is_cuda() => {
+                return Err(Error::config("--dist-backend", "gloo", "this build's Gloo group takes CPU tensors; use --device cpu"))
+            }
+            "nccl" if !cfg!(feature = "cuda") => {
+                return Err(Error::config(
+                    "--dist-backend",
+                    "nccl",
+                    "NCCL needs a --features cuda build; this build trains data-parallel on CPU with gloo",
+                ))
+            }
+            "nccl" if !device.is_cuda() => {
+                return Err(Error::config("--dist-backend", "nccl", "NCCL takes CUDA tensors; use --device cuda (or gloo on CPU)"))
+            }
             _ => {}
         }
     }
@@ -249,7 +261,9 @@ fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     if matches!(opts.resume, Resume::Path(_)) {
-        return Err(Error::Invalid("--seeds with --resume PATH: resume a group with --resume (latest of each seed) or --resume-or-fresh".into()));
+        return Err(Error::Invalid(
+            "--seeds with --resume PATH: resume a group with --resume (latest of each seed) or --resume-or-fresh".into(),
+        ));
     }
     let mut seen = std::collections::BTreeSet::new();
     if let Some(s) = cli.seeds.iter().find(|s| !seen.insert(**s)) {

@@ -65,7 +65,16 @@ pub struct AblateOptions {
 
 impl Default for AblateOptions {
     fn default() -> Self {
-        AblateOptions { kind: AblationKind::Mean, items: 256, seed: 0, reference_items: 256, reference_seed: 1_000_003, sites: true, permutations: 2000, batch: 128 }
+        AblateOptions {
+            kind: AblationKind::Mean,
+            items: 256,
+            seed: 0,
+            reference_items: 256,
+            reference_seed: 1_000_003,
+            sites: true,
+            permutations: 2000,
+            batch: 128,
+        }
     }
 }
 
@@ -175,7 +184,12 @@ impl Means {
             add(&cache);
         }
         let (nv, nt) = (set.images.size()[0] as f64, set.tokens.size()[0] as f64);
-        let mut means = Means { z: Default::default(), attn: Default::default(), ffn: Default::default(), tops: tops.iter().map(|t| (t / nv).to_kind(Kind::Float)).collect() };
+        let mut means = Means {
+            z: Default::default(),
+            attn: Default::default(),
+            ffn: Default::default(),
+            tops: tops.iter().map(|t| (t / nv).to_kind(Kind::Float)).collect(),
+        };
         for ((m, slot, site), s) in sums {
             let mean = (s / if m == Modality::Vision { nv } else { nt }).to_kind(Kind::Float);
             match site {
@@ -245,8 +259,10 @@ pub fn run(model: &MsClip, opts: &AblateOptions, mut progress: impl FnMut(usize,
         let z = |m: Modality, n: usize, h: usize| -> Result<Vec<Hook>> {
             Ok(vec![Hook::new(m, slot, Site::Z, edit(opts.kind, means.as_ref().and_then(|x| x.z.get(&(m, slot))), n, opts.seed)?).head(h)])
         };
-        let img: Vec<Tensor> = if hv > 0 { pv.run(model, slot, &(0..hv).map(|h| z(Modality::Vision, nv, h)).collect::<Result<Vec<_>>>()?)? } else { vec![] };
-        let txt: Vec<Tensor> = if ht > 0 { pt.run(model, slot, &(0..ht).map(|h| z(Modality::Text, nt, h)).collect::<Result<Vec<_>>>()?)? } else { vec![] };
+        let img: Vec<Tensor> =
+            if hv > 0 { pv.run(model, slot, &(0..hv).map(|h| z(Modality::Vision, nv, h)).collect::<Result<Vec<_>>>()?)? } else { vec![] };
+        let txt: Vec<Tensor> =
+            if ht > 0 { pt.run(model, slot, &(0..ht).map(|h| z(Modality::Text, nt, h)).collect::<Result<Vec<_>>>()?)? } else { vec![] };
         edits += 2;
         for h in 0..hv.max(ht) {
             let (iv, it) = (img.get(h), txt.get(h));
@@ -265,19 +281,38 @@ pub fn run(model: &MsClip, opts: &AblateOptions, mut progress: impl FnMut(usize,
     let mut sites = vec![];
     if opts.sites {
         for &slot in &all_slots {
-            for (name, site, table) in [("attention", Site::AttnOut, means.as_ref().map(|m| &m.attn)), ("ffn", Site::MlpOut, means.as_ref().map(|m| &m.ffn))] {
-                let one = |m: Modality, n: usize| -> Result<Vec<Hook>> { Ok(vec![Hook::new(m, slot, site, edit(opts.kind, table.and_then(|t| t.get(&(m, slot))), n, opts.seed)?)]) };
+            for (name, site, table) in
+                [("attention", Site::AttnOut, means.as_ref().map(|m| &m.attn)), ("ffn", Site::MlpOut, means.as_ref().map(|m| &m.ffn))]
+            {
+                let one = |m: Modality, n: usize| -> Result<Vec<Hook>> {
+                    Ok(vec![Hook::new(m, slot, site, edit(opts.kind, table.and_then(|t| t.get(&(m, slot))), n, opts.seed)?)])
+                };
                 let iv = if vslots.contains(&slot) { Some(pv.run(model, slot, &[one(Modality::Vision, nv)?])?.remove(0)) } else { None };
                 let it = if tslots.contains(&slot) { Some(pt.run(model, slot, &[one(Modality::Text, nt)?])?.remove(0)) } else { None };
                 edits += 2;
                 if let Some(i) = &iv {
-                    sites.push(SiteAblation { site: name.into(), slot: Some(slot), towers: "vision".into(), delta: set.metrics(i, &pt.clean).minus(&clean) });
+                    sites.push(SiteAblation {
+                        site: name.into(),
+                        slot: Some(slot),
+                        towers: "vision".into(),
+                        delta: set.metrics(i, &pt.clean).minus(&clean),
+                    });
                 }
                 if let Some(t) = &it {
-                    sites.push(SiteAblation { site: name.into(), slot: Some(slot), towers: "text".into(), delta: set.metrics(&pv.clean, t).minus(&clean) });
+                    sites.push(SiteAblation {
+                        site: name.into(),
+                        slot: Some(slot),
+                        towers: "text".into(),
+                        delta: set.metrics(&pv.clean, t).minus(&clean),
+                    });
                 }
                 if let (Some(i), Some(t)) = (&iv, &it) {
-                    sites.push(SiteAblation { site: name.into(), slot: Some(slot), towers: "both".into(), delta: set.metrics(i, t).minus(&clean) });
+                    sites.push(SiteAblation {
+                        site: name.into(),
+                        slot: Some(slot),
+                        towers: "both".into(),
+                        delta: set.metrics(i, t).minus(&clean),
+                    });
                 }
             }
             done += 1;
@@ -295,16 +330,38 @@ pub fn run(model: &MsClip, opts: &AblateOptions, mut progress: impl FnMut(usize,
                 })
                 .collect();
             let first = model.vision.first_slot();
-            let alt = Prefix { modality: Modality::Vision, streams: pv.streams.iter().map(|(s, t)| (*s, t.shallow_clone())).collect(), tops, rows: None, clean: pv.clean.shallow_clone(), n: pv.n, keep: None };
+            let alt = Prefix {
+                modality: Modality::Vision,
+                streams: pv.streams.iter().map(|(s, t)| (*s, t.shallow_clone())).collect(),
+                tops,
+                rows: None,
+                clean: pv.clean.shallow_clone(),
+                n: pv.n,
+                keep: None,
+            };
             let i = alt.run(model, first, &[vec![]])?.remove(0);
             edits += 1;
-            sites.push(SiteAblation { site: "parallel_branch".into(), slot: None, towers: "vision".into(), delta: set.metrics(&i, &pt.clean).minus(&clean) });
+            sites.push(SiteAblation {
+                site: "parallel_branch".into(),
+                slot: None,
+                towers: "vision".into(),
+                delta: set.metrics(&i, &pt.clean).minus(&clean),
+            });
         }
         done += 1;
         progress(done, total);
     }
     let agreement = agreement(&heads, opts.permutations, opts.seed);
-    Ok(AblateReport { kind: opts.kind, clean, heads, sites, agreement, items: opts.items, reference_items: if opts.kind == AblationKind::Mean { opts.reference_items } else { 0 }, edits })
+    Ok(AblateReport {
+        kind: opts.kind,
+        clean,
+        heads,
+        sites,
+        agreement,
+        items: opts.items,
+        reference_items: if opts.kind == AblationKind::Mean { opts.reference_items } else { 0 },
+        edits,
+    })
 }
 
 /// The importance metrics compared between the towers.
@@ -319,10 +376,8 @@ pub fn agreement(heads: &[HeadAblation], permutations: usize, seed: u64) -> Vec<
         let pairs = |pred: &dyn Fn(&HeadAblation) -> bool| -> (Vec<f64>, Vec<f64>) {
             heads.iter().filter(|h| pred(h)).filter_map(|h| Some((-f(h.vision.as_ref()?), -f(h.text.as_ref()?)))).unzip()
         };
-        let mut scopes: Vec<(String, (Vec<f64>, Vec<f64>))> = vec![
-            ("shared slots".into(), pairs(&|h| h.shared)),
-            ("unshared slots (null)".into(), pairs(&|h| !h.shared)),
-        ];
+        let mut scopes: Vec<(String, (Vec<f64>, Vec<f64>))> =
+            vec![("shared slots".into(), pairs(&|h| h.shared)), ("unshared slots (null)".into(), pairs(&|h| !h.shared))];
         for &s in &slots {
             scopes.push((format!("slot {s}"), pairs(&|h| h.slot == s)));
         }

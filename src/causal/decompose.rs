@@ -122,7 +122,8 @@ fn head_terms(model: &MsClip, m: Modality, slot: usize, z: &Tensor, rows: &Tenso
     let w = block.attn_out.weight.to_kind(Kind::Double); // [D, D], columns h·d..(h+1)·d per head
     let d = w.size()[0];
     let wh = w.view([d, h, hd]).permute([1, 2, 0]); // [H, d, D]
-    zr.to_kind(Kind::Double).unsqueeze(2).matmul(&wh.unsqueeze(0)).squeeze_dim(2) // [B, H, D]
+    zr.to_kind(Kind::Double).unsqueeze(2).matmul(&wh.unsqueeze(0)).squeeze_dim(2)
+    // [B, H, D]
 }
 
 /// Decomposes the image embeddings of `images` (the `attention` slots' heads, the FFNs, the
@@ -225,7 +226,8 @@ pub fn head_by_token(model: &MsClip, d: &Decomposition, inputs: &Tensor, slot: u
     if m == Modality::Vision && model.config.vision.parallel_branch.as_ref().is_some_and(|p| p.adapter_slots.iter().any(|&s| s > slot)) {
         return Err(Error::Invalid(format!("slot {slot}: an adapter follows; resolve tokens at a slot after the last adapter")));
     }
-    let cap = Capture::sites(&[Site::AttnProbs, Site::V, Site::Pooled]).with_slots(vec![slot, if m == Modality::Vision { model.config.vision.layers - 1 } else { model.config.text.layers - 1 }]);
+    let cap = Capture::sites(&[Site::AttnProbs, Site::V, Site::Pooled])
+        .with_slots(vec![slot, if m == Modality::Vision { model.config.vision.layers - 1 } else { model.config.text.layers - 1 }]);
     let mut cache = ActivationCache::new();
     tch::no_grad(|| -> Result<()> {
         match m {
@@ -265,7 +267,11 @@ pub fn head_by_token(model: &MsClip, d: &Decomposition, inputs: &Tensor, slot: u
 /// mean-ablation test): how much of the representation the last layers' heads carry directly.
 pub fn mean_ablated(d: &Decomposition, slots: &[usize], k: usize) -> Tensor {
     let keep_from = slots.len().saturating_sub(k);
-    let kept: Vec<bool> = d.terms.iter().map(|t| matches!(t, Term::Head { slot, .. } if slots.iter().position(|s| s == slot).is_some_and(|i| i >= keep_from))).collect();
+    let kept: Vec<bool> = d
+        .terms
+        .iter()
+        .map(|t| matches!(t, Term::Head { slot, .. } if slots.iter().position(|s| s == slot).is_some_and(|i| i >= keep_from)))
+        .collect();
     let mask = Tensor::from_slice(&kept).to_kind(Kind::Double).view([1, -1, 1]);
     let means = d.values.mean_dim(&[0i64][..], true, Kind::Double);
     let mixed: Tensor = &d.values * &mask + means * (mask.ones_like() - &mask);
@@ -300,7 +306,11 @@ pub fn text_span(c: &Tensor, pool: &Tensor, names: &[String], m: usize) -> Resul
         let proj = c.matmul(&r.tr()); // [N, M]
         let var = (&proj * &proj).sum_dim_intlist(&[0i64][..], false, Kind::Double);
         let scores = crate::tensor::to_vec_f64(&var);
-        let (j, _) = scores.iter().enumerate().filter(|(j, _)| !used[*j]).fold((usize::MAX, f64::MIN), |a, (j, &s)| if s > a.1 { (j, s) } else { a });
+        let (j, _) = scores
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| !used[*j])
+            .fold((usize::MAX, f64::MIN), |a, (j, &s)| if s > a.1 { (j, s) } else { a });
         if j == usize::MAX {
             break;
         }
@@ -337,7 +347,10 @@ pub fn subspace_similarity(a: &Tensor, b: &Tensor, k: i64) -> f64 {
 
 /// Cosine of the mean directions of two contribution sets.
 pub fn mean_cosine(a: &Tensor, b: &Tensor) -> f64 {
-    let (ma, mb) = (a.to_kind(Kind::Double).mean_dim(&[0i64][..], false, Kind::Double), b.to_kind(Kind::Double).mean_dim(&[0i64][..], false, Kind::Double));
+    let (ma, mb) = (
+        a.to_kind(Kind::Double).mean_dim(&[0i64][..], false, Kind::Double),
+        b.to_kind(Kind::Double).mean_dim(&[0i64][..], false, Kind::Double),
+    );
     ma.dot(&mb).double_value(&[]) / (ma.norm().double_value(&[]) * mb.norm().double_value(&[])).max(1e-30)
 }
 
@@ -345,13 +358,22 @@ pub fn mean_cosine(a: &Tensor, b: &Tensor) -> f64 {
 /// "a {size} {colour} {shape}" phrase, the relations, and a few scene words.
 pub fn synthetic_text_pool() -> Vec<String> {
     use crate::data::synth::{COLORS, SHAPES, SIZES};
-    let mut v: Vec<String> = COLORS.iter().map(|c| c.0.to_string()).chain(SHAPES.iter().map(|s| s.to_string())).chain(SIZES.iter().map(|s| s.to_string())).collect();
+    let mut v: Vec<String> = COLORS
+        .iter()
+        .map(|c| c.0.to_string())
+        .chain(SHAPES.iter().map(|s| s.to_string()))
+        .chain(SIZES.iter().map(|s| s.to_string()))
+        .collect();
     for (c, _) in COLORS {
         for s in SHAPES {
             v.push(format!("a {c} {s}"));
         }
     }
-    v.extend(["left of", "right of", "above", "below", "two shapes", "three shapes", "a striped background", "a single object"].iter().map(|s| s.to_string()));
+    v.extend(
+        ["left of", "right of", "above", "below", "two shapes", "three shapes", "a striped background", "a single object"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
     v
 }
 

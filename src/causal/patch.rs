@@ -92,7 +92,10 @@ pub fn text_pairs(seed: u64, n: usize, size: u32, attr: Attribute, tok: &Tokeniz
             Attribute::Size => SIZES.to_vec(),
             Attribute::Relation => vec!["left", "right"],
         };
-        let at = options.iter().position(|o| *o == words[w]).ok_or_else(|| Error::Invalid(format!("scene {index}: caption {:?} has no {attr:?} word at {w}", sc.caption)))?;
+        let at = options
+            .iter()
+            .position(|o| *o == words[w])
+            .ok_or_else(|| Error::Invalid(format!("scene {index}: caption {:?} has no {attr:?} word at {w}", sc.caption)))?;
         // A deterministic other value (the next one, cycling).
         let other = options[(at + 1 + index % (options.len() - 1)) % options.len()];
         let mut cw = words.clone();
@@ -130,7 +133,10 @@ pub fn vision_pairs(seed: u64, n: usize, size: u32) -> Vec<(MinimalPair, usize)>
         if sc.objects.len() == 1 {
             let at = COLORS.iter().position(|c| c.0 == sc.objects[0].color).expect("a known colour");
             let other = (at + 1 + index % (COLORS.len() - 1)) % COLORS.len();
-            out.push((MinimalPair { index, clean: sc.caption.clone(), corrupt: sc.caption.clone(), recolor: Some(COLORS[other].0.into()) }, other));
+            out.push((
+                MinimalPair { index, clean: sc.caption.clone(), corrupt: sc.caption.clone(), recolor: Some(COLORS[other].0.into()) },
+                other,
+            ));
         }
         index += 1;
     }
@@ -197,10 +203,14 @@ pub fn patch_text(model: &MsClip, seed: u64, n: usize, attr: Attribute) -> Resul
     let (mut resid, mut heads) = (vec![], vec![]);
     for &slot in &slots {
         let src = cache.require(Modality::Text, slot, Site::ResidIn)?;
-        let edits: Vec<Vec<Hook>> = (0..len as i64).map(|t| vec![Hook::new(Modality::Text, slot, Site::ResidIn, Edit::Patch(src.shallow_clone())).positions(vec![t])]).collect();
+        let edits: Vec<Vec<Hook>> = (0..len as i64)
+            .map(|t| vec![Hook::new(Modality::Text, slot, Site::ResidIn, Edit::Patch(src.shallow_clone())).positions(vec![t])])
+            .collect();
         resid.push(corrupt.run(model, slot, &edits)?.iter().map(|e| recovered(model, e, &img, &lc, &lx)).collect());
         let z = cache.require(Modality::Text, slot, Site::Z)?;
-        let edits: Vec<Vec<Hook>> = (0..cfg.text.heads as usize).map(|h| vec![Hook::new(Modality::Text, slot, Site::Z, Edit::Patch(z.shallow_clone())).head(h)]).collect();
+        let edits: Vec<Vec<Hook>> = (0..cfg.text.heads as usize)
+            .map(|h| vec![Hook::new(Modality::Text, slot, Site::Z, Edit::Patch(z.shallow_clone())).head(h)])
+            .collect();
         heads.push(corrupt.run(model, slot, &edits)?.iter().map(|e| recovered(model, e, &img, &lc, &lx)).collect());
     }
     Ok(PatchResult {
@@ -244,10 +254,14 @@ pub fn patch_vision(model: &MsClip, seed: u64, n: usize) -> Result<PatchResult> 
         // The stream entering the slot before its adapter is what the sweep starts from; the
         // patch goes on `resid_in`, after the adapter, where the clean run recorded it.
         let src = cache.require(Modality::Vision, slot, Site::ResidIn)?;
-        let edits: Vec<Vec<Hook>> = (0..1 + g * g).map(|t| vec![Hook::new(Modality::Vision, slot, Site::ResidIn, Edit::Patch(src.shallow_clone())).positions(vec![t])]).collect();
+        let edits: Vec<Vec<Hook>> = (0..1 + g * g)
+            .map(|t| vec![Hook::new(Modality::Vision, slot, Site::ResidIn, Edit::Patch(src.shallow_clone())).positions(vec![t])])
+            .collect();
         resid.push(corrupt.run(model, slot, &edits)?.iter().map(|e| recovered(model, e, &txt, &lc, &lx)).collect());
         let z = cache.require(Modality::Vision, slot, Site::Z)?;
-        let edits: Vec<Vec<Hook>> = (0..cfg.vision.heads as usize).map(|h| vec![Hook::new(Modality::Vision, slot, Site::Z, Edit::Patch(z.shallow_clone())).head(h)]).collect();
+        let edits: Vec<Vec<Hook>> = (0..cfg.vision.heads as usize)
+            .map(|h| vec![Hook::new(Modality::Vision, slot, Site::Z, Edit::Patch(z.shallow_clone())).head(h)])
+            .collect();
         heads.push(corrupt.run(model, slot, &edits)?.iter().map(|e| recovered(model, e, &txt, &lc, &lx)).collect());
     }
     let positions = std::iter::once("cls".to_string()).chain((0..g * g).map(|p| format!("r{}c{}", p / g, p % g))).collect();

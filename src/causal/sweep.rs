@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use tch::Tensor;
 
 use crate::error::{Error, Result};
-use crate::model::{ActivationCache, Capture, Edit, Hook, Modality, MsClip, Site};
 use crate::model::towers::TextTower;
+use crate::model::{ActivationCache, Capture, Edit, Hook, Modality, MsClip, Site};
 use crate::tensor::l2_normalize;
 
 /// Rows per forward when replicas run together (bounds memory).
@@ -38,7 +38,8 @@ impl Prefix {
     pub fn vision(model: &MsClip, images: &Tensor, chunk: i64) -> Result<Prefix> {
         let v = &model.vision;
         let slots = model.config.vision_attention_slots();
-        let (mut streams, mut tops, mut clean): (BTreeMap<usize, Vec<Tensor>>, Vec<Vec<Tensor>>, Vec<Tensor>) = (BTreeMap::new(), vec![], vec![]);
+        let (mut streams, mut tops, mut clean): (BTreeMap<usize, Vec<Tensor>>, Vec<Vec<Tensor>>, Vec<Tensor>) =
+            (BTreeMap::new(), vec![], vec![]);
         for part in images.split(chunk.max(1), 0) {
             tch::no_grad(|| -> Result<()> {
                 let mut cache = ActivationCache::new();
@@ -48,7 +49,11 @@ impl Prefix {
                 let pooled = v.run_from(v.first_slot(), &x0, &t, &cap, &mut cache, false)?;
                 clean.push(l2_normalize(&v.head(&pooled)));
                 for (i, &slot) in slots.iter().enumerate() {
-                    let x = if i == 0 { x0.shallow_clone() } else { cache.require(Modality::Vision, slots[i - 1], Site::Resid)?.shallow_clone() };
+                    let x = if i == 0 {
+                        x0.shallow_clone()
+                    } else {
+                        cache.require(Modality::Vision, slots[i - 1], Site::Resid)?.shallow_clone()
+                    };
                     streams.entry(slot).or_default().push(x);
                 }
                 if tops.is_empty() {
@@ -91,7 +96,8 @@ impl Prefix {
                 let pooled = t.run_from(0, &x0, &rows, &cap, &mut cache)?;
                 clean.push(l2_normalize(&t.head(&pooled)));
                 for (i, &slot) in slots.iter().enumerate() {
-                    let x = if i == 0 { x0.shallow_clone() } else { cache.require(Modality::Text, slots[i - 1], Site::Resid)?.shallow_clone() };
+                    let x =
+                        if i == 0 { x0.shallow_clone() } else { cache.require(Modality::Text, slots[i - 1], Site::Resid)?.shallow_clone() };
                     streams.entry(slot).or_default().push(x);
                 }
                 Ok(())
@@ -113,10 +119,18 @@ impl Prefix {
     /// clean stream entering `slot`. Edits run together as replicas, at most [`MAX_ROWS`]
     /// rows per forward.
     pub fn run(&self, model: &MsClip, slot: usize, edits: &[Vec<Hook>]) -> Result<Vec<Tensor>> {
-        let x = self.streams.get(&slot).ok_or_else(|| Error::Invalid(format!("{} tower: no attention block at slot {slot}", self.modality.name())))?;
+        let x = self
+            .streams
+            .get(&slot)
+            .ok_or_else(|| Error::Invalid(format!("{} tower: no attention block at slot {slot}", self.modality.name())))?;
         for e in edits.iter().flatten() {
             if e.modality != self.modality || (e.slot < slot && e.site != Site::Pooled) {
-                return Err(Error::Invalid(format!("a sweep from slot {slot} of the {} tower cannot run a hook on {}/{}", self.modality.name(), e.modality.name(), e.slot)));
+                return Err(Error::Invalid(format!(
+                    "a sweep from slot {slot} of the {} tower cannot run a hook on {}/{}",
+                    self.modality.name(),
+                    e.modality.name(),
+                    e.slot
+                )));
             }
         }
         let n = self.n;
@@ -125,11 +139,8 @@ impl Prefix {
         for group in edits.chunks(per) {
             let r = group.len() as i64;
             let rep = |t: &Tensor| Tensor::cat(&(0..r).map(|_| t.shallow_clone()).collect::<Vec<_>>(), 0);
-            let hooks: Vec<Hook> = group
-                .iter()
-                .enumerate()
-                .flat_map(|(i, hs)| hs.iter().map(move |h| shift(&trim(h, self.keep), i as i64, n, r)))
-                .collect();
+            let hooks: Vec<Hook> =
+                group.iter().enumerate().flat_map(|(i, hs)| hs.iter().map(move |h| shift(&trim(h, self.keep), i as i64, n, r))).collect();
             let cap = Capture::hooks(hooks);
             let emb = tch::no_grad(|| -> Result<Tensor> {
                 let mut cache = ActivationCache::new();

@@ -86,10 +86,7 @@ pub fn save_dir(final_dir: &Path, vs: &nn::VarStore, optim: &[(String, Tensor)],
     let root = final_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
     if final_dir.exists() && !final_dir.join("meta.json").is_file() {
-        return Err(Error::Invalid(format!(
-            "{}: exists and is not a checkpoint directory; refusing to replace it",
-            final_dir.display()
-        )));
+        return Err(Error::Invalid(format!("{}: exists and is not a checkpoint directory; refusing to replace it", final_dir.display())));
     }
     let name = final_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "checkpoint".into());
     let tmp = root.join(format!(".tmp-{name}-{}", std::process::id()));
@@ -124,7 +121,9 @@ pub fn save_dir(final_dir: &Path, vs: &nn::VarStore, optim: &[(String, Tensor)],
 /// Atomically swaps two directory entries (Linux `renameat2` with `RENAME_EXCHANGE`).
 fn exchange(a: &Path, b: &Path) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::Invalid(format!("{}: path holds a NUL byte", p.display())));
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::Invalid(format!("{}: path holds a NUL byte", p.display())))
+    };
     let (ca, cb) = (c(a)?, c(b)?);
     // SAFETY: two valid NUL-terminated paths; the call only renames.
     let rc = unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
@@ -139,8 +138,7 @@ fn exchange(a: &Path, b: &Path) -> Result<()> {
 pub fn verify(dir: &Path) -> Result<Meta> {
     let meta_path = dir.join("meta.json");
     let text = std::fs::read_to_string(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
-    let meta: Meta =
-        serde_json::from_str(&text).map_err(|e| Error::Parse { path: meta_path.clone(), message: e.to_string() })?;
+    let meta: Meta = serde_json::from_str(&text).map_err(|e| Error::Parse { path: meta_path.clone(), message: e.to_string() })?;
     meta.model.validate().map_err(|e| Error::Parse { path: meta_path.clone(), message: format!("model config: {e}") })?;
     if meta.step < 0 {
         return Err(Error::Parse { path: meta_path.clone(), message: format!("step = {} is negative", meta.step) });
@@ -255,16 +253,17 @@ pub fn prune(root: &Path, keep: usize, verified: &mut std::collections::HashSet<
     remove_stale_temps(root)?;
     let mut kept = 0;
     for dir in list(root) {
-        let ok = verified.contains(&dir) || match verify_deep(&dir) {
-            Ok(_) => {
-                verified.insert(dir.clone());
-                true
-            }
-            Err(e) => {
-                eprintln!("warning: keeping unverifiable checkpoint {} untouched: {e}", dir.display());
-                false
-            }
-        };
+        let ok = verified.contains(&dir)
+            || match verify_deep(&dir) {
+                Ok(_) => {
+                    verified.insert(dir.clone());
+                    true
+                }
+                Err(e) => {
+                    eprintln!("warning: keeping unverifiable checkpoint {} untouched: {e}", dir.display());
+                    false
+                }
+            };
         if !ok {
             continue;
         }
@@ -289,13 +288,8 @@ impl RunLock {
         use std::io::{Read, Seek, Write};
         std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
         let path = run_dir.join(".lock");
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let mut file =
+            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| Error::io(&path, e))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -341,9 +335,7 @@ pub fn load_named(origin: &Path, tensors: &BTreeMap<String, Tensor>, vs: &nn::Va
     for (name, var) in &vars {
         match tensors.get(name) {
             None => missing.push(format!("{name} {:?}", var.size())),
-            Some(t) if t.size() != var.size() => {
-                shapes.push(format!("{name}: expected {:?}, found {:?}", var.size(), t.size()))
-            }
+            Some(t) if t.size() != var.size() => shapes.push(format!("{name}: expected {:?}, found {:?}", var.size(), t.size())),
             Some(_) => {}
         }
     }

@@ -38,7 +38,13 @@ enum Node {
     /// A storage: dtype and the key of its bytes in `data/`.
     Storage(Kind, String),
     /// A tensor view of a storage.
-    Tensor { kind: Kind, key: String, offset: i64, size: Vec<i64>, stride: Vec<i64> },
+    Tensor {
+        kind: Kind,
+        key: String,
+        offset: i64,
+        size: Vec<i64>,
+        stride: Vec<i64>,
+    },
     /// An inert TorchScript module object (`__torch__.*` class) and its attributes.
     Object(Vec<(String, Id)>),
 }
@@ -226,7 +232,9 @@ fn unpickle(data: &[u8], origin: &str) -> Result<(Arena, Id)> {
                     }
                 };
                 if !allowed_global(&module, &name) {
-                    return Err(err(format!("refusing to load global `{module}.{name}` (only tensors and containers are read; nothing is executed)")));
+                    return Err(err(format!(
+                        "refusing to load global `{module}.{name}` (only tensors and containers are read; nothing is executed)"
+                    )));
                 }
                 stack.push(ar.push(Node::Global(module, name)))
             }
@@ -264,11 +272,19 @@ fn unpickle(data: &[u8], origin: &str) -> Result<(Arena, Id)> {
                     _ if m.starts_with("__torch__.") => ar.push(Node::Object(vec![])),
                     "OrderedDict" => ar.push(Node::Dict(vec![])),
                     "_rebuild_tensor_v2" => {
-                        let [storage, off, size, stride, ..] = a.as_slice() else { return Err(err("malformed _rebuild_tensor_v2 call".into())) };
+                        let [storage, off, size, stride, ..] = a.as_slice() else {
+                            return Err(err("malformed _rebuild_tensor_v2 call".into()));
+                        };
                         let (Node::Storage(kind, key), Node::Int(offset)) = (&ar.nodes[*storage], &ar.nodes[*off]) else {
                             return Err(err("malformed _rebuild_tensor_v2 call".into()));
                         };
-                        let t = Node::Tensor { kind: *kind, key: key.clone(), offset: *offset, size: ints(&ar, *size, "tensor size")?, stride: ints(&ar, *stride, "tensor stride")? };
+                        let t = Node::Tensor {
+                            kind: *kind,
+                            key: key.clone(),
+                            offset: *offset,
+                            size: ints(&ar, *size, "tensor size")?,
+                            stride: ints(&ar, *stride, "tensor stride")?,
+                        };
                         ar.push(t)
                     }
                     "_rebuild_parameter" => *a.first().ok_or_else(|| err("empty _rebuild_parameter".into()))?,
@@ -372,7 +388,9 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut budget = file_len.saturating_mul(MAX_INFLATION);
     let mut zip = zip::ZipArchive::new(file).map_err(|e| {
-        Error::Invalid(format!("{origin}: not a PyTorch zip checkpoint or TorchScript archive ({e}); legacy (pre-1.6) torch.save files are not supported"))
+        Error::Invalid(format!(
+            "{origin}: not a PyTorch zip checkpoint or TorchScript archive ({e}); legacy (pre-1.6) torch.save files are not supported"
+        ))
     })?;
     let pkl_name = (0..zip.len())
         .filter_map(|i| zip.by_index(i).ok().map(|f| f.name().to_string()))
@@ -415,14 +433,17 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
             storages.insert(key.clone(), t);
         }
         let st = &storages[key];
-        let (need, numel) = view_extent(*offset, size, stride)
-            .ok_or_else(|| Error::Invalid(format!("{origin}: tensor {name} has an invalid size {size:?} / stride {stride:?} / offset {offset}")))?;
+        let (need, numel) = view_extent(*offset, size, stride).ok_or_else(|| {
+            Error::Invalid(format!("{origin}: tensor {name} has an invalid size {size:?} / stride {stride:?} / offset {offset}"))
+        })?;
         if numel > 0 && need > st.size()[0] {
             return Err(Error::Invalid(format!("{origin}: tensor {name} reaches past its storage ({need} > {})", st.size()[0])));
         }
         let bytes = (numel as u64).saturating_mul(kind.elt_size_in_bytes() as u64);
         if bytes > budget {
-            return Err(Error::Invalid(format!("{origin}: tensor {name} {size:?} would decode to {bytes} bytes, more than the file can hold")));
+            return Err(Error::Invalid(format!(
+                "{origin}: tensor {name} {size:?} would decode to {bytes} bytes, more than the file can hold"
+            )));
         }
         budget -= bytes.min(budget);
         let t = st.f_as_strided(size, stride, *offset)?.contiguous();

@@ -31,13 +31,18 @@ pub struct AblateOutput {
 pub fn run(model: &LoadedModel, opts: &AblateOptions, progress: impl FnMut(usize, usize)) -> Result<AblateOutput> {
     let t0 = std::time::Instant::now();
     let ablation = ablate::run(&model.model, opts, progress)?;
-    let mut provenance = provenance(model, format!("synthetic-heldout:seed={}:zero_shot={}:pairs={}", opts.seed, opts.items, opts.items), opts.seed);
+    let mut provenance =
+        provenance(model, format!("synthetic-heldout:seed={}:zero_shot={}:pairs={}", opts.seed, opts.items, opts.items), opts.seed);
     provenance.notes.push(format!(
         "ablation: {} of each head's output z (before the out-projection){}; metrics are ablated − clean",
         opts.kind.name(),
         match opts.kind {
-            ablate::AblationKind::Mean => format!(", means over a reference set of {} held-out items of the world with seed {}", opts.reference_items, opts.reference_seed),
-            ablate::AblationKind::Resample => format!(", each item taking another item's activation (a derangement from seed {})", opts.seed),
+            ablate::AblationKind::Mean => format!(
+                ", means over a reference set of {} held-out items of the world with seed {}",
+                opts.reference_items, opts.reference_seed
+            ),
+            ablate::AblationKind::Resample =>
+                format!(", each item taking another item's activation (a derangement from seed {})", opts.seed),
             ablate::AblationKind::Zero => String::new(),
         }
     ));
@@ -70,7 +75,13 @@ impl AblateOutput {
         write_atomic(&dir.join("heads.csv"), csv.as_bytes())?;
         let mut csv = p.clone() + "site,slot,towers,d_zero_shot_top1,d_image_to_text_r1,d_text_to_image_r1,d_matched_cosine\n";
         for s in &self.ablation.sites {
-            csv.push_str(&format!("{},{},{},{}\n", s.site, s.slot.map(|x| x.to_string()).unwrap_or_default(), s.towers, delta_cols(&Some(s.delta))));
+            csv.push_str(&format!(
+                "{},{},{},{}\n",
+                s.site,
+                s.slot.map(|x| x.to_string()).unwrap_or_default(),
+                s.towers,
+                delta_cols(&Some(s.delta))
+            ));
         }
         write_atomic(&dir.join("sites.csv"), csv.as_bytes())?;
         let mut csv = p + "metric,scope,heads,spearman,p_value\n";
@@ -84,17 +95,42 @@ impl AblateOutput {
             ("importance_zero_shot", "−Δ zero-shot top-1", |m: &Metrics| -m.zero_shot_top1),
         ] {
             let panels = vec![["vision", "text", "both"].iter().map(|t| heatmap(cfg, &self.ablation.heads, t, f)).collect()];
-            plot::render(&dir.join(stem), &plot::HeatmapPanels { title: format!("{} — head importance ({label}, {} ablation): vision | text | both", cfg.name, self.ablation.kind.name()), panels })?;
+            plot::render(
+                &dir.join(stem),
+                &plot::HeatmapPanels {
+                    title: format!(
+                        "{} — head importance ({label}, {} ablation): vision | text | both",
+                        cfg.name,
+                        self.ablation.kind.name()
+                    ),
+                    panels,
+                },
+            )?;
         }
-        let points: Vec<(f64, f64)> = self.ablation.heads.iter().filter_map(|h| Some((-h.text.as_ref()?.matched_cosine, -h.vision.as_ref()?.matched_cosine))).collect();
+        let points: Vec<(f64, f64)> = self
+            .ablation
+            .heads
+            .iter()
+            .filter_map(|h| Some((-h.text.as_ref()?.matched_cosine, -h.vision.as_ref()?.matched_cosine)))
+            .collect();
         if !points.is_empty() {
-            let a = self.ablation.agreement.iter().find(|a| a.metric == "matched_cosine" && (a.scope == "shared slots" || a.scope == "unshared slots (null)") && a.heads > 0);
-            plot::scatter_png_svg(&dir.join("importance_scatter"), &plot::Scatter {
-                title: format!("{} — head importance, text vs vision{}", cfg.name, a.map(|a| format!(" ({}: ρ = {:.3}, p = {:.4})", a.scope, a.spearman, a.p_value)).unwrap_or_default()),
-                x_label: "text importance (−Δ matched cosine)".into(),
-                y_label: "vision importance (−Δ matched cosine)".into(),
-                points,
-            })?;
+            let a =
+                self.ablation.agreement.iter().find(|a| {
+                    a.metric == "matched_cosine" && (a.scope == "shared slots" || a.scope == "unshared slots (null)") && a.heads > 0
+                });
+            plot::scatter_png_svg(
+                &dir.join("importance_scatter"),
+                &plot::Scatter {
+                    title: format!(
+                        "{} — head importance, text vs vision{}",
+                        cfg.name,
+                        a.map(|a| format!(" ({}: ρ = {:.3}, p = {:.4})", a.scope, a.spearman, a.p_value)).unwrap_or_default()
+                    ),
+                    x_label: "text importance (−Δ matched cosine)".into(),
+                    y_label: "vision importance (−Δ matched cosine)".into(),
+                    points,
+                },
+            )?;
         }
         Ok(())
     }
@@ -108,14 +144,23 @@ fn heatmap(cfg: &ModelConfig, heads: &[HeadAblation], tower: &str, f: fn(&Metric
         .map(|&s| {
             (0..n)
                 .map(|hh| {
-                    heads.iter().find(|h| h.slot == s && h.head == hh).and_then(|h| match tower {
-                        "vision" => h.vision.as_ref(),
-                        "text" => h.text.as_ref(),
-                        _ => h.both.as_ref(),
-                    }).map_or(f64::NAN, f)
+                    heads
+                        .iter()
+                        .find(|h| h.slot == s && h.head == hh)
+                        .and_then(|h| match tower {
+                            "vision" => h.vision.as_ref(),
+                            "text" => h.text.as_ref(),
+                            _ => h.both.as_ref(),
+                        })
+                        .map_or(f64::NAN, f)
                 })
                 .collect()
         })
         .collect();
-    plot::Heatmap { title: tower.into(), values, row_labels: slots.iter().map(|s| format!("slot {s}")).collect(), col_labels: (0..n).map(|h| format!("h{h}")).collect() }
+    plot::Heatmap {
+        title: tower.into(),
+        values,
+        row_labels: slots.iter().map(|s| format!("slot {s}")).collect(),
+        col_labels: (0..n).map(|h| format!("h{h}")).collect(),
+    }
 }

@@ -269,7 +269,8 @@ pub fn run(model: &LoadedModel, opts: &AttentionOptions) -> Result<AttentionOutp
     for &slot in &vslots {
         let probs = cache.require(Modality::Vision, slot, Site::AttnProbs)?;
         let maps = image_query_maps(probs, slot, 0, opts.query, grid)?;
-        vision_maps.push(maps.into_iter().filter(|mp| mp.head.is_none_or(|h| heads.contains(&h) && h < cfg.vision.heads as usize)).collect());
+        vision_maps
+            .push(maps.into_iter().filter(|mp| mp.head.is_none_or(|h| heads.contains(&h) && h < cfg.vision.heads as usize)).collect());
     }
     let mut tmaps = vec![];
     for &slot in &tslots {
@@ -324,7 +325,15 @@ type Attribution = (Vec<(String, Vec<f32>)>, Vec<(String, Vec<f64>)>, std::colle
 /// Raw / rollout / relevancy maps for one image–caption pair, text relevancy, and
 /// deletion/insertion AUCs of the image–caption cosine. `from` = (rollout vision start,
 /// relevancy vision start, relevancy text start) as indices into the attention slots.
-fn attribution(m: &MsClip, pixels: &Tensor, tokens: &Tensor, eot: i64, methods: &[Method], from: (usize, usize, usize), steps: usize) -> Result<Attribution> {
+fn attribution(
+    m: &MsClip,
+    pixels: &Tensor,
+    tokens: &Tensor,
+    eot: i64,
+    methods: &[Method],
+    from: (usize, usize, usize),
+    steps: usize,
+) -> Result<Attribution> {
     let cfg = &m.config;
     let grid = cfg.grid();
     let vslots = cfg.vision_attention_slots();
@@ -335,8 +344,10 @@ fn attribution(m: &MsClip, pixels: &Tensor, tokens: &Tensor, eot: i64, methods: 
     let ie = m.encode_image_with(pixels, &cap, &mut cache, false)?;
     let te = m.encode_text_with(tokens, &cap, &mut cache)?;
     let score = (&ie * &te).sum(Kind::Float) * m.logit_scale.exp();
-    let pv: Vec<Tensor> = vslots.iter().map(|&s| cache.require(Modality::Vision, s, Site::AttnProbs).map(|t| t.shallow_clone())).collect::<Result<_>>()?;
-    let pt: Vec<Tensor> = tslots.iter().map(|&s| cache.require(Modality::Text, s, Site::AttnProbs).map(|t| t.shallow_clone())).collect::<Result<_>>()?;
+    let pv: Vec<Tensor> =
+        vslots.iter().map(|&s| cache.require(Modality::Vision, s, Site::AttnProbs).map(|t| t.shallow_clone())).collect::<Result<_>>()?;
+    let pt: Vec<Tensor> =
+        tslots.iter().map(|&s| cache.require(Modality::Text, s, Site::AttnProbs).map(|t| t.shallow_clone())).collect::<Result<_>>()?;
     let mut maps: Vec<(String, Vec<f32>)> = Vec::new();
     let mut text_rel: Vec<(String, Vec<f64>)> = Vec::new();
     let e = eot;
@@ -364,7 +375,8 @@ fn attribution(m: &MsClip, pixels: &Tensor, tokens: &Tensor, eot: i64, methods: 
                 let row = to_vec_f64(&rt.get(e).narrow(0, 0, e + 1));
                 // Words only (1..e), normalised to sum 1.
                 let words: f64 = row.get(1..e as usize).map_or(0.0, |w| w.iter().sum());
-                let norm: Vec<f64> = row.iter().enumerate().map(|(i, v)| if i >= 1 && i < e as usize && words > 0.0 { v / words } else { 0.0 }).collect();
+                let norm: Vec<f64> =
+                    row.iter().enumerate().map(|(i, v)| if i >= 1 && i < e as usize && words > 0.0 { v / words } else { 0.0 }).collect();
                 text_rel.push(("relevancy".into(), norm));
             }
         }
@@ -392,13 +404,20 @@ fn attribution(m: &MsClip, pixels: &Tensor, tokens: &Tensor, eot: i64, methods: 
         }
         let insertion_curve = curves.pop().expect("two curves");
         let deletion_curve = curves.pop().expect("two curves");
-        report.insert(name.clone(), Faithfulness { deletion_auc: auc(&deletion_curve), deletion_curve, insertion_auc: auc(&insertion_curve), insertion_curve });
+        report.insert(
+            name.clone(),
+            Faithfulness { deletion_auc: auc(&deletion_curve), deletion_curve, insertion_auc: auc(&insertion_curve), insertion_curve },
+        );
     }
     Ok((maps, text_rel, report))
 }
 
 fn short(s: &str) -> String {
-    if s.chars().count() > 48 { format!("{}…", s.chars().take(47).collect::<String>()) } else { s.to_string() }
+    if s.chars().count() > 48 {
+        format!("{}…", s.chars().take(47).collect::<String>())
+    } else {
+        s.to_string()
+    }
 }
 
 fn push_csv(csv: &mut String, modality: &str, m: &HeadMap, query: i64) {
@@ -453,7 +472,12 @@ impl AttentionOutput {
             let mean = maps.last().expect("head mean");
             matrix_png_svg(
                 &dir.join(format!("text_attention_slot{slot}")),
-                &Matrix { title: format!("{} — text attention, slot {slot} (head mean)", self.model_name), values: &mean.values, side: mean.side, labels: self.labels.clone() },
+                &Matrix {
+                    title: format!("{} — text attention, slot {slot} (head mean)", self.model_name),
+                    values: &mean.values,
+                    side: mean.side,
+                    labels: self.labels.clone(),
+                },
             )?;
         }
         write_atomic(&dir.join("attention.csv"), csv.as_bytes())?;
@@ -477,7 +501,10 @@ impl AttentionOutput {
         }
         for (name, v) in &self.text_attribution {
             for (i, x) in v.iter().enumerate() {
-                csv.push_str(&format!("{name},text_token,{i},{},{x:.6e}\n", self.labels.get(i).map(|s| s.replace(',', " ")).unwrap_or_default()));
+                csv.push_str(&format!(
+                    "{name},text_token,{i},{},{x:.6e}\n",
+                    self.labels.get(i).map(|s| s.replace(',', " ")).unwrap_or_default()
+                ));
             }
         }
         write_atomic(&dir.join("attribution.csv"), csv.as_bytes())?;

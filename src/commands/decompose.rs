@@ -135,11 +135,19 @@ pub fn run(model: &LoadedModel, opts: &DecomposeOptions) -> Result<DecomposeOutp
     })?;
     let di = decompose::image(m, &set.images)?;
     let dt = decompose::text(m, &set.tokens)?;
-    let clean = set.metrics(&crate::tensor::l2_normalize(&di.embedding).to_kind(Kind::Float), &crate::tensor::l2_normalize(&dt.embedding).to_kind(Kind::Float));
+    let clean = set.metrics(
+        &crate::tensor::l2_normalize(&di.embedding).to_kind(Kind::Float),
+        &crate::tensor::l2_normalize(&dt.embedding).to_kind(Kind::Float),
+    );
     let (vslots, tslots) = (cfg.vision_attention_slots(), cfg.text_attention_slots());
-    let (ci, ct) = (crate::tensor::l2_normalize(&di.embedding).to_kind(Kind::Float), crate::tensor::l2_normalize(&dt.embedding).to_kind(Kind::Float));
+    let (ci, ct) =
+        (crate::tensor::l2_normalize(&di.embedding).to_kind(Kind::Float), crate::tensor::l2_normalize(&dt.embedding).to_kind(Kind::Float));
     let mean_ablation = (0..=vslots.len().max(tslots.len()))
-        .map(|k| CurvePoint { k, image: set.metrics(&mean_ablated(&di, &vslots, k), &ct), text: set.metrics(&ci, &mean_ablated(&dt, &tslots, k)) })
+        .map(|k| CurvePoint {
+            k,
+            image: set.metrics(&mean_ablated(&di, &vslots, k), &ct),
+            text: set.metrics(&ci, &mean_ablated(&dt, &tslots, k)),
+        })
         .collect();
     // Contributions on the captioned pairs (rows after the zero-shot images / prompts).
     let (nz, np) = (set.n_zero_shot as i64, set.n_pairs as i64);
@@ -171,7 +179,8 @@ pub fn run(model: &LoadedModel, opts: &DecomposeOptions) -> Result<DecomposeOutp
             let sa = a.as_ref().map(|c| span_of("vision", c, vi)).transpose()?;
             let sb = b.as_ref().map(|c| span_of("text", c, vt)).transpose()?;
             if let (Some(a), Some(b), Some(sa), Some(sb)) = (&a, &b, &sa, &sb) {
-                let (x, y): (BTreeSet<&str>, BTreeSet<&str>) = (sa.steps.iter().map(|s| s.text.as_str()).collect(), sb.steps.iter().map(|s| s.text.as_str()).collect());
+                let (x, y): (BTreeSet<&str>, BTreeSet<&str>) =
+                    (sa.steps.iter().map(|s| s.text.as_str()).collect(), sb.steps.iter().map(|s| s.text.as_str()).collect());
                 sides.push(BothSides {
                     slot,
                     head,
@@ -187,7 +196,11 @@ pub fn run(model: &LoadedModel, opts: &DecomposeOptions) -> Result<DecomposeOutp
     }
     let avg = |shared: bool| {
         let v: Vec<f64> = sides.iter().filter(|s| s.shared == shared).map(|s| s.subspace_similarity).collect();
-        if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 }
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
     };
     let mut provenance = provenance(model, set.data_id.clone(), opts.seed);
     provenance.notes.push("decomposition: terms through the final LayerNorm with the item's own centring and scale fixed, and the projection; adapters (MS-CLIP-S) likewise; terms sum to the embedding before normalisation".into());
@@ -222,23 +235,38 @@ impl DecomposeOutput {
         let p = self.provenance.csv_header();
         let mut csv = p.clone() + "k,image_zero_shot_top1,image_i2t_r1,text_zero_shot_top1,text_t2i_r1\n";
         for c in &self.mean_ablation {
-            csv.push_str(&format!("{},{},{},{},{}\n", c.k, c.image.zero_shot_top1, c.image.image_to_text_r1, c.text.zero_shot_top1, c.text.text_to_image_r1));
+            csv.push_str(&format!(
+                "{},{},{},{},{}\n",
+                c.k, c.image.zero_shot_top1, c.image.image_to_text_r1, c.text.zero_shot_top1, c.text.text_to_image_r1
+            ));
         }
         write_atomic(&dir.join("mean_ablation.csv"), csv.as_bytes())?;
         let pts = |f: fn(&CurvePoint) -> f64| self.mean_ablation.iter().map(|c| (c.k as f64, f(c))).collect::<Vec<_>>();
-        plot::line_chart_png_svg(&dir.join("mean_ablation"), &plot::LineChart {
-            title: format!("{} — heads of the last K layers kept, everything else mean-ablated", self.model_name),
-            x_label: "K (attention layers kept)".into(),
-            y_label: "zero-shot top-1".into(),
-            series: vec![("image side".into(), pts(|c| c.image.zero_shot_top1)), ("text side".into(), pts(|c| c.text.zero_shot_top1))],
-            y_range: (0.0, 1.0),
-            x_integer: true,
-            ..Default::default()
-        })?;
+        plot::line_chart_png_svg(
+            &dir.join("mean_ablation"),
+            &plot::LineChart {
+                title: format!("{} — heads of the last K layers kept, everything else mean-ablated", self.model_name),
+                x_label: "K (attention layers kept)".into(),
+                y_label: "zero-shot top-1".into(),
+                series: vec![("image side".into(), pts(|c| c.image.zero_shot_top1)), ("text side".into(), pts(|c| c.text.zero_shot_top1))],
+                y_range: (0.0, 1.0),
+                x_integer: true,
+                ..Default::default()
+            },
+        )?;
         let mut csv = p.clone() + "tower,slot,head,variance_share,rank,text,explained\n";
         for s in &self.spans {
             for (i, st) in s.steps.iter().enumerate() {
-                csv.push_str(&format!("{},{},{},{},{},{},{}\n", s.tower, s.slot, s.head, s.variance_share, i + 1, st.text.replace(',', " "), st.explained));
+                csv.push_str(&format!(
+                    "{},{},{},{},{},{},{}\n",
+                    s.tower,
+                    s.slot,
+                    s.head,
+                    s.variance_share,
+                    i + 1,
+                    st.text.replace(',', " "),
+                    st.explained
+                ));
             }
         }
         write_atomic(&dir.join("text_span.csv"), csv.as_bytes())?;
@@ -251,15 +279,39 @@ impl DecomposeOutput {
             let slots: Vec<usize> = self.both_sides.iter().map(|s| s.slot).collect::<BTreeSet<_>>().into_iter().collect();
             let heads = self.both_sides.iter().map(|s| s.head).max().unwrap_or(0) + 1;
             let grid = |f: fn(&BothSides) -> f64| -> Vec<Vec<f64>> {
-                slots.iter().map(|&sl| (0..heads).map(|h| self.both_sides.iter().find(|s| s.slot == sl && s.head == h).map_or(f64::NAN, f)).collect()).collect()
+                slots
+                    .iter()
+                    .map(|&sl| {
+                        (0..heads).map(|h| self.both_sides.iter().find(|s| s.slot == sl && s.head == h).map_or(f64::NAN, f)).collect()
+                    })
+                    .collect()
             };
-            let rows: Vec<String> = slots.iter().map(|s| format!("slot {s}{}", if self.both_sides.iter().any(|x| x.slot == *s && x.shared) { " (shared)" } else { "" })).collect();
+            let rows: Vec<String> = slots
+                .iter()
+                .map(|s| format!("slot {s}{}", if self.both_sides.iter().any(|x| x.slot == *s && x.shared) { " (shared)" } else { "" }))
+                .collect();
             let cols: Vec<String> = (0..heads).map(|h| format!("h{h}")).collect();
             let panels = vec![vec![
-                plot::Heatmap { title: "subspace similarity".into(), values: grid(|s| s.subspace_similarity), row_labels: rows.clone(), col_labels: cols.clone() },
-                plot::Heatmap { title: "cosine of mean contributions".into(), values: grid(|s| s.mean_cosine), row_labels: rows, col_labels: cols },
+                plot::Heatmap {
+                    title: "subspace similarity".into(),
+                    values: grid(|s| s.subspace_similarity),
+                    row_labels: rows.clone(),
+                    col_labels: cols.clone(),
+                },
+                plot::Heatmap {
+                    title: "cosine of mean contributions".into(),
+                    values: grid(|s| s.mean_cosine),
+                    row_labels: rows,
+                    col_labels: cols,
+                },
             ]];
-            plot::render(&dir.join("both_sides"), &plot::HeatmapPanels { title: format!("{} — each head's direct contributions to image vs text embeddings", self.model_name), panels })?;
+            plot::render(
+                &dir.join("both_sides"),
+                &plot::HeatmapPanels {
+                    title: format!("{} — each head's direct contributions to image vs text embeddings", self.model_name),
+                    panels,
+                },
+            )?;
         }
         Ok(())
     }

@@ -32,14 +32,14 @@ use serde::Deserialize;
 use super::attention::{self, AttentionOptions};
 use super::heads::{self, HeadsOptions};
 use super::nmi::NmiOptions;
-use crate::analysis::nmi::modality_nmi;
 use super::probe::{self, Feature, ProbeData, ProbeOptions};
 use super::{provenance, DataOptions};
+use crate::analysis::nmi::modality_nmi;
 use tch::Tensor;
 
 use crate::analysis::embedding::{centroid_gap, rank_hits, separation};
-use crate::analysis::stats::{mean_over, Resamples};
 use crate::analysis::gap::gap_report;
+use crate::analysis::stats::{mean_over, Resamples};
 use crate::checkpoint::{LoadedModel, ModelSource};
 use crate::data::pairs::PairData;
 use crate::error::{Error, Result};
@@ -157,7 +157,11 @@ impl Recipe {
         for run in &self.runs {
             let templated = run.to_string_lossy().contains("{seed}");
             if templated != self.seeds.is_some() {
-                let why = if templated { "names {seed} but the recipe has no seeds = [...]" } else { "has no {seed} in it, but the recipe names seeds (every run of a multi-seed recipe is a group)" };
+                let why = if templated {
+                    "names {seed} but the recipe has no seeds = [...]"
+                } else {
+                    "has no {seed} in it, but the recipe names seeds (every run of a multi-seed recipe is a group)"
+                };
                 return Err(Error::config("runs", run.display(), why));
             }
         }
@@ -186,7 +190,10 @@ impl Recipe {
         for group in self.groups() {
             let models: Vec<LoadedModel> = group.iter().map(|p| ModelSource::for_run(p)?.load(0)).collect::<Result<_>>()?;
             if let Some(m) = models.iter().find(|m| m.model.config.name != models[0].model.config.name) {
-                return Err(Error::Invalid(format!("runs {:?}: one group holds {} and {}", group, models[0].model.config.name, m.model.config.name)));
+                return Err(Error::Invalid(format!(
+                    "runs {:?}: one group holds {} and {}",
+                    group, models[0].model.config.name, m.model.config.name
+                )));
             }
             out.push(models);
         }
@@ -244,7 +251,14 @@ pub fn run_all(recipes: &Path, out: &Path) -> Result<usize> {
             let sub = dir.join(&file);
             if sub.is_dir() {
                 index.push_str(&format!("### {file}\n\n"));
-                for key in ["attribution.png", "vision_cls_attention.png", "entropy_scatter.png", "distance_scatter.png", "distance_vision.png", "distance_text.png"] {
+                for key in [
+                    "attribution.png",
+                    "vision_cls_attention.png",
+                    "entropy_scatter.png",
+                    "distance_scatter.png",
+                    "distance_vision.png",
+                    "distance_text.png",
+                ] {
                     if sub.join(key).exists() {
                         index.push_str(&format!("![{file}/{key}]({name}/{file}/{key})\n\n"));
                     }
@@ -297,11 +311,18 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
         }
         "ablation" => {
             let mut csv = String::from("model,metric,scope,heads,spearman,p_value\n");
-            let mut md = String::from("| model | scope | heads | ρ (−Δ matched cosine) | p | ρ (−Δ zero-shot) | p |\n|---|---|---:|---:|---:|---:|---:|\n");
+            let mut md = String::from(
+                "| model | scope | heads | ρ (−Δ matched cosine) | p | ρ (−Δ zero-shot) | p |\n|---|---|---:|---:|---:|---:|---:|\n",
+            );
             let mut header = String::new();
             for src in r.models()? {
                 let model = src.load(0)?;
-                let opts = crate::causal::ablate::AblateOptions { items: r.synthetic.unwrap_or(128), seed: r.seed(), reference_seed: r.seed() ^ 0x5EF5_EED, ..Default::default() };
+                let opts = crate::causal::ablate::AblateOptions {
+                    items: r.synthetic.unwrap_or(128),
+                    seed: r.seed(),
+                    reference_seed: r.seed() ^ 0x5EF5_EED,
+                    ..Default::default()
+                };
                 let out = super::ablate::run(&model, &opts, |_, _| {})?;
                 out.write(&sub_dir(dir, &model.model.config.name)?)?;
                 let name = &model.model.config.name;
@@ -312,7 +333,10 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
                 for scope in ["shared slots", "unshared slots (null)"] {
                     let get = |metric: &str| ag.iter().find(|a| a.metric == metric && a.scope == scope);
                     if let (Some(c), Some(z)) = (get("matched_cosine"), get("zero_shot_top1")) {
-                        md.push_str(&format!("| {name} | {scope} | {} | {:.3} | {:.4} | {:.3} | {:.4} |\n", c.heads, c.spearman, c.p_value, z.spearman, z.p_value));
+                        md.push_str(&format!(
+                            "| {name} | {scope} | {} | {:.3} | {:.4} | {:.3} | {:.4} |\n",
+                            c.heads, c.spearman, c.p_value, z.spearman, z.p_value
+                        ));
                     }
                 }
                 header.push_str(&out.provenance.csv_header());
@@ -325,7 +349,12 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
                 let model = src.load(0)?;
                 let sub = sub_dir(dir, &model.model.config.name)?;
                 for (tower, name) in [(super::patch::Tower::Text, "text_colour"), (super::patch::Tower::Vision, "vision_colour")] {
-                    let opts = super::patch::PatchOptions { tower, attribute: crate::causal::patch::Attribute::Colour, pairs: r.synthetic.unwrap_or(32), seed: r.seed() };
+                    let opts = super::patch::PatchOptions {
+                        tower,
+                        attribute: crate::causal::patch::Attribute::Colour,
+                        pairs: r.synthetic.unwrap_or(32),
+                        seed: r.seed(),
+                    };
                     super::patch::run(&model, &opts)?.write(&sub_dir(&sub, name)?)?;
                 }
             }
@@ -343,12 +372,28 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
                 }
                 let avg = |shared: bool, f: fn(&super::decompose::BothSides) -> f64| {
                     let v: Vec<f64> = out.both_sides.iter().filter(|s| s.shared == shared).map(f).collect();
-                    if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 }
+                    if v.is_empty() {
+                        f64::NAN
+                    } else {
+                        v.iter().sum::<f64>() / v.len() as f64
+                    }
                 };
                 let shared = out.both_sides.iter().filter(|s| s.shared).count();
-                let row = [avg(true, |s| s.subspace_similarity), avg(false, |s| s.subspace_similarity), avg(true, |s| s.span_overlap), avg(false, |s| s.span_overlap), avg(true, |s| s.mean_cosine), avg(false, |s| s.mean_cosine)];
+                let row = [
+                    avg(true, |s| s.subspace_similarity),
+                    avg(false, |s| s.subspace_similarity),
+                    avg(true, |s| s.span_overlap),
+                    avg(false, |s| s.span_overlap),
+                    avg(true, |s| s.mean_cosine),
+                    avg(false, |s| s.mean_cosine),
+                ];
                 let name = &model.model.config.name;
-                csv.push_str(&format!("{name},{shared},{},{},{}\n", row.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","), out.image_sum_error, out.text_sum_error));
+                csv.push_str(&format!(
+                    "{name},{shared},{},{},{}\n",
+                    row.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","),
+                    out.image_sum_error,
+                    out.text_sum_error
+                ));
                 let f = |v: f64| if v.is_nan() { "–".to_string() } else { format!("{v:.3}") };
                 md.push_str(&format!("| {name} | {shared} | {} |\n", row.iter().map(|v| f(*v)).collect::<Vec<_>>().join(" | ")));
                 header.push_str(&out.provenance.csv_header());
@@ -401,10 +446,15 @@ fn layer_curves(r: &Recipe, dir: &Path) -> Result<()> {
             // B15 (gap): pooled tokens mapped through the frozen final LN + projection.
             let spec = LayerSpec { site, pooling: Pooling::Special, projected: by_gap };
             let f = embed_pairs(&model.model, src.as_ref(), n, 64, &r.data().tokenizer(model), Some(spec))?;
-            let mut v: Vec<(usize, Tensor, Tensor)> = f.layers.iter().map(|(s, (a, b))| (*s, a.shallow_clone(), b.shallow_clone())).collect();
+            let mut v: Vec<(usize, Tensor, Tensor)> =
+                f.layers.iter().map(|(s, (a, b))| (*s, a.shallow_clone(), b.shallow_clone())).collect();
             v.push((model.model.config.text.layers, f.image.shallow_clone(), f.text.shallow_clone()));
             let mut p = provenance(model, data_id, r.seed());
-            p.notes.push(format!("site {}{}", site.name(), if by_gap { ", pooled token through the frozen final LN + projection" } else { "" }));
+            p.notes.push(format!(
+                "site {}{}",
+                site.name(),
+                if by_gap { ", pooled token through the frozen final LN + projection" } else { "" }
+            ));
             if let Some(meta) = &model.meta {
                 p.notes.push(format!("training seed {}, step {}", meta.seed, meta.step));
             }
@@ -456,10 +506,18 @@ fn layer_curves(r: &Recipe, dir: &Path) -> Result<()> {
         x_integer: true,
         caption: Some(caption),
     };
-    let top = |curves: &[(String, Curve)]| curves.iter().flat_map(|(_, c)| c.iter().map(|p| p.3.max(p.1))).filter(|v| v.is_finite()).fold(0.0f64, f64::max);
+    let top = |curves: &[(String, Curve)]| {
+        curves.iter().flat_map(|(_, c)| c.iter().map(|p| p.3.max(p.1))).filter(|v| v.is_finite()).fold(0.0f64, f64::max)
+    };
     if by_gap {
-        let caption = format!("Centroid gap ‖x̄ − ȳ‖ of the pooled tokens at {} mapped through the frozen final LN + projection (B15); {method}.", site.name());
-        return line_chart_png_svg(&dir.join(stem), &chart(&curves[0], "centroid gap ‖x̄ − ȳ‖".into(), (top(&curves[0]) * 1.1).max(0.1), caption));
+        let caption = format!(
+            "Centroid gap ‖x̄ − ȳ‖ of the pooled tokens at {} mapped through the frozen final LN + projection (B15); {method}.",
+            site.name()
+        );
+        return line_chart_png_svg(
+            &dir.join(stem),
+            &chart(&curves[0], "centroid gap ‖x̄ − ȳ‖".into(), (top(&curves[0]) * 1.1).max(0.1), caption),
+        );
     }
     // How many slots have NMI ≈ 1 for every model: then NMI cannot rank them.
     let n_slots = curves[0].iter().map(|(_, c)| c.len()).max().unwrap_or(0);
@@ -475,9 +533,15 @@ fn layer_curves(r: &Recipe, dir: &Path) -> Result<()> {
     );
     // Log scale: the embedding layer's separation is tens of spreads, the joint space's a
     // fraction of one; a linear axis flattens every slot in between.
-    let bottom = curves[1].iter().flat_map(|(_, c)| c.iter().map(|p| p.2.min(p.1))).filter(|v| v.is_finite() && *v > 0.0).fold(f64::MAX, f64::min);
+    let bottom =
+        curves[1].iter().flat_map(|(_, c)| c.iter().map(|p| p.2.min(p.1))).filter(|v| v.is_finite() && *v > 0.0).fold(f64::MAX, f64::min);
     let bottom = if bottom < f64::MAX { bottom * 0.7 } else { 0.01 };
-    let sep = LineChart { title: format!("{} — separation", r.title), y_log: true, y_range: (bottom, (top(&curves[1]) * 1.4).max(bottom * 10.0)), ..chart(&curves[1], "gap / within-modality spread (log scale)".into(), 1.0, sep_caption) };
+    let sep = LineChart {
+        title: format!("{} — separation", r.title),
+        y_log: true,
+        y_range: (bottom, (top(&curves[1]) * 1.4).max(bottom * 10.0)),
+        ..chart(&curves[1], "gap / within-modality spread (log scale)".into(), 1.0, sep_caption)
+    };
     line_chart_png_svg(&dir.join("separation_by_layer"), &sep)
 }
 
@@ -507,10 +571,17 @@ fn training_curves(r: &Recipe, dir: &Path) -> Result<()> {
             let path = run.join("metrics.jsonl");
             let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
             for (i, line) in text.lines().enumerate() {
-                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::Parse { path: path.clone(), message: format!("line {}: {e}", i + 1) })?;
+                let v: serde_json::Value =
+                    serde_json::from_str(line).map_err(|e| Error::Parse { path: path.clone(), message: format!("line {}: {e}", i + 1) })?;
                 let Some(e) = v.get("eval") else { continue };
-                let step = v["step"].as_i64().ok_or_else(|| Error::Parse { path: path.clone(), message: format!("line {}: an eval record without an integer step", i + 1) })?;
-                csv.push_str(&format!("{label},{seed},{step},{},{},{},{}\n", v["loss"], e["zero_shot_top1"], e["image_to_text_r1"], e["modality_gap"]));
+                let step = v["step"].as_i64().ok_or_else(|| Error::Parse {
+                    path: path.clone(),
+                    message: format!("line {}: an eval record without an integer step", i + 1),
+                })?;
+                csv.push_str(&format!(
+                    "{label},{seed},{step},{},{},{},{}\n",
+                    v["loss"], e["zero_shot_top1"], e["image_to_text_r1"], e["modality_gap"]
+                ));
                 for (k, key) in ["modality_gap", "zero_shot_top1"].iter().enumerate() {
                     maps[k].entry(step).or_insert_with(Vec::new).push(e[*key].as_f64().unwrap_or(f64::NAN));
                 }
@@ -520,22 +591,50 @@ fn training_curves(r: &Recipe, dir: &Path) -> Result<()> {
         per[0].push((label.clone(), g));
         per[1].push((label, z));
     }
-    let mut prov = Provenance::new("runs", "see each run's checkpoints".into(), "synthetic-heldout (training eval)".into(), crate::model::config::Preprocess { mean: [0.0; 3], std: [1.0; 3] }, 0);
+    let mut prov = Provenance::new(
+        "runs",
+        "see each run's checkpoints".into(),
+        "synthetic-heldout (training eval)".into(),
+        crate::model::config::Preprocess { mean: [0.0; 3], std: [1.0; 3] },
+        0,
+    );
     prov.notes.push("values are the eval blocks of each run's metrics.jsonl".into());
     if seeds > 1 {
         prov.notes.push(format!("groups of {seeds} seeds: the figures draw the mean and the min–max range over seeds"));
     }
     write_atomic(&dir.join("training_curves.csv"), (prov.csv_header() + &csv).as_bytes())?;
-    let caption = (seeds > 1).then(|| format!("Line: mean over {seeds} training seeds; bars: min–max over the seeds at each evaluation (held-out synthetic pairs)."));
-    for (k, (stem, y_label, what)) in [("modality_gap", "‖x̄ − ȳ‖", "modality gap"), ("zero_shot", "top-1", "zero-shot top-1")].iter().enumerate() {
-        let series: Vec<(String, Vec<(f64, f64)>)> = per[k].iter().map(|(n, m)| (n.clone(), m.iter().map(|(s, v)| (*s as f64, v.iter().sum::<f64>() / v.len() as f64)).collect())).collect();
+    let caption = (seeds > 1).then(|| {
+        format!("Line: mean over {seeds} training seeds; bars: min–max over the seeds at each evaluation (held-out synthetic pairs).")
+    });
+    for (k, (stem, y_label, what)) in
+        [("modality_gap", "‖x̄ − ȳ‖", "modality gap"), ("zero_shot", "top-1", "zero-shot top-1")].iter().enumerate()
+    {
+        let series: Vec<(String, Vec<(f64, f64)>)> = per[k]
+            .iter()
+            .map(|(n, m)| (n.clone(), m.iter().map(|(s, v)| (*s as f64, v.iter().sum::<f64>() / v.len() as f64)).collect()))
+            .collect();
         let bands = per[k]
             .iter()
-            .map(|(_, m)| (seeds > 1).then(|| m.values().map(|v| v.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)))).collect()))
+            .map(|(_, m)| {
+                (seeds > 1).then(|| m.values().map(|v| v.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)))).collect())
+            })
             .collect();
         let hi = per[k].iter().flat_map(|(_, m)| m.values().flatten().copied()).filter(|v| v.is_finite()).fold(0.0f64, f64::max);
         let y_max = if k == 1 { 1.0 } else { (hi * 1.1).max(0.1) };
-        line_chart_png_svg(&dir.join(stem), &LineChart { title: format!("{} — {what}", r.title), x_label: "step".into(), y_label: y_label.to_string(), series, bands, y_range: (0.0, y_max), y_log: false, x_integer: true, caption: caption.clone() })?;
+        line_chart_png_svg(
+            &dir.join(stem),
+            &LineChart {
+                title: format!("{} — {what}", r.title),
+                x_label: "step".into(),
+                y_label: y_label.to_string(),
+                series,
+                bands,
+                y_range: (0.0, y_max),
+                y_log: false,
+                x_integer: true,
+                caption: caption.clone(),
+            },
+        )?;
     }
     Ok(())
 }
@@ -624,12 +723,18 @@ fn interval_table(r: &Recipe, dir: &Path, stem: &str, retrieval_ks: &[i64], metr
     };
     let mut csv = format!("# intervals: {method}; paired test vs {} on the same draws (two-sided bootstrap p)\n", names[0]);
     csv.push_str("model,params_total,params_shared,metric,seeds,items,mean,lo,hi,delta_vs_first,delta_lo,delta_hi,p_value\n");
-    let mut md = format!("{method}; Δ and p: paired bootstrap against {} on the same items and seeds.\n\n| model | params | shared |", names[0]);
+    let mut md =
+        format!("{method}; Δ and p: paired bootstrap against {} on the same items and seeds.\n\n| model | params | shared |", names[0]);
     for (m, _) in metrics {
         md.push_str(&format!(" {m} |"));
     }
     md.push_str(&format!("\n|---|---:|---:|{}\n", "---:|".repeat(metrics.len())));
-    let mut delta_md = format!("\n| Δ vs {} |{}\n|---|{}\n", names[0], metrics.iter().map(|(m, _)| format!(" {m} |")).collect::<String>(), "---:|".repeat(metrics.len()));
+    let mut delta_md = format!(
+        "\n| Δ vs {} |{}\n|---|{}\n",
+        names[0],
+        metrics.iter().map(|(m, _)| format!(" {m} |")).collect::<String>(),
+        "---:|".repeat(metrics.len())
+    );
     let mut panels: Vec<(String, Vec<(f64, f64, f64)>)> = metrics.iter().map(|(m, _)| (m.to_string(), Vec::new())).collect();
     for (g, name) in names.iter().enumerate() {
         md.push_str(&format!("| {name} | {} | {} |", params[g].0, params[g].1));
@@ -640,8 +745,12 @@ fn interval_table(r: &Recipe, dir: &Path, stem: &str, retrieval_ks: &[i64], metr
             let stat = |s: usize, it: &[usize]| runs[g][s].stat(*metric, it);
             let iv = res.interval(&stat);
             let paired = (g > 0).then(|| res.paired(&stat, &|s, it| runs[0][s].stat(*metric, it)));
-            let (d, dlo, dhi, p) = paired.map(|p| (p.delta.mean, p.delta.lo, p.delta.hi, p.p_value)).unwrap_or((f64::NAN, f64::NAN, f64::NAN, f64::NAN));
-            csv.push_str(&format!("{name},{},{},{label},{seeds},{n},{},{},{},{d},{dlo},{dhi},{p}\n", params[g].0, params[g].1, iv.mean, iv.lo, iv.hi));
+            let (d, dlo, dhi, p) =
+                paired.map(|p| (p.delta.mean, p.delta.lo, p.delta.hi, p.p_value)).unwrap_or((f64::NAN, f64::NAN, f64::NAN, f64::NAN));
+            csv.push_str(&format!(
+                "{name},{},{},{label},{seeds},{n},{},{},{},{d},{dlo},{dhi},{p}\n",
+                params[g].0, params[g].1, iv.mean, iv.lo, iv.hi
+            ));
             md.push_str(&format!(" {:.3} [{:.3}, {:.3}] |", iv.mean, iv.lo, iv.hi));
             if g > 0 {
                 delta_md.push_str(&format!(" {d:+.3} [{dlo:+.3}, {dhi:+.3}] p={} |", format_p(p, b)));
@@ -659,12 +768,18 @@ fn interval_table(r: &Recipe, dir: &Path, stem: &str, retrieval_ks: &[i64], metr
     write_atomic(&dir.join(format!("{stem}.csv")), (header + &csv).as_bytes())?;
     write_atomic(&dir.join(format!("{stem}.md")), md.as_bytes())?;
     let first = names[0].clone();
-    render(&dir.join(stem), &IntervalPanels {
-        title: r.title.clone(),
-        models: names,
-        panels,
-        caption: Some(format!("Dot: the estimate; bar: its 95 % interval. {method}. Paired differences to {} with p-values: {stem}.md and {stem}.csv.", first)),
-    })
+    render(
+        &dir.join(stem),
+        &IntervalPanels {
+            title: r.title.clone(),
+            models: names,
+            panels,
+            caption: Some(format!(
+                "Dot: the estimate; bar: its 95 % interval. {method}. Paired differences to {} with p-values: {stem}.md and {stem}.csv.",
+                first
+            )),
+        },
+    )
 }
 
 /// A bootstrap p-value as text: below the resolution `1/(B+1)` it is given as a bound.
@@ -719,8 +834,23 @@ fn probe_table(r: &Recipe, dir: &Path) -> Result<()> {
             let sub = dir.join(&name).join(feature.name());
             out.write(&sub)?;
             let res = &out.result;
-            csv.push_str(&format!("{name},{},{},{},{},{},{},{}\n", feature.name(), res.best_c, res.test_top1, res.test_mean_per_class, res.n_train, res.n_val, res.n_test));
-            md.push_str(&format!("| {name} | {} | {} | {:.3} | {:.3} |\n", feature.name(), res.best_c, res.test_top1, res.test_mean_per_class));
+            csv.push_str(&format!(
+                "{name},{},{},{},{},{},{},{}\n",
+                feature.name(),
+                res.best_c,
+                res.test_top1,
+                res.test_mean_per_class,
+                res.n_train,
+                res.n_val,
+                res.n_test
+            ));
+            md.push_str(&format!(
+                "| {name} | {} | {} | {:.3} | {:.3} |\n",
+                feature.name(),
+                res.best_c,
+                res.test_top1,
+                res.test_mean_per_class
+            ));
             if feature == Feature::Pre {
                 let mut prov = provenance(&model, "synthetic-zeroshot-splits:101/202/303".into(), 0);
                 prov.notes.push(format!("probe: multinomial logistic regression (L-BFGS), features standardised with train statistics, C swept over {cs:?} on validation; splits {splits:?}"));

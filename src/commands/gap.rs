@@ -61,7 +61,11 @@ pub fn run_npy(image: &Path, text: &Path, uniformity_max: i64) -> Result<GapOutp
         let mut start = 0;
         while start < ra.rows {
             let (x, y) = (ra.read_rows(start, NPY_CHUNK)?, rb.read_rows(start, NPY_CHUNK)?);
-            if pass == 0 { acc.add(&x, &y)? } else { acc.add_centred(&x, &y)? }
+            if pass == 0 {
+                acc.add(&x, &y)?
+            } else {
+                acc.add_centred(&x, &y)?
+            }
             start += NPY_CHUNK;
         }
     }
@@ -73,7 +77,13 @@ pub fn run_npy(image: &Path, text: &Path, uniformity_max: i64) -> Result<GapOutp
 impl GapOutput {
     /// The metrics as `(name, value)` rows in name order (what the table and CSV show).
     pub fn rows(&self) -> Vec<(String, serde_json::Value)> {
-        serde_json::to_value(&self.gap).expect("report serialises").as_object().expect("a struct").iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        serde_json::to_value(&self.gap)
+            .expect("report serialises")
+            .as_object()
+            .expect("a struct")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// `dir/gap.json` and `dir/gap.csv`.

@@ -156,9 +156,14 @@ pub fn run(model: &LoadedModel, data: &DataOptions, opts: &HeadsOptions) -> Resu
     let agree = agreement(&stats, opts.permutations, 0);
     let mut provenance = provenance_with(model, data_id, 0, data);
     provenance.notes.push("head statistics: means over items and valid queries (text: 0..=EOT); vision distance in patch-grid units; 'neighbour' = previous-token mass (text) / 4-neighbour mass (vision)".into());
-    provenance.notes.push(format!("agreement: Spearman ρ over (slot, head) pairs both towers have; two-sided permutation p-value, {} permutations", opts.permutations));
+    provenance.notes.push(format!(
+        "agreement: Spearman ρ over (slot, head) pairs both towers have; two-sided permutation p-value, {} permutations",
+        opts.permutations
+    ));
     if !rel_ground.is_empty() {
-        provenance.notes.push(format!("caption-conditioned grounding: relevancy differentiates the {RELEVANCY_SCORE} of the image and the phrase naming the object"));
+        provenance.notes.push(format!(
+            "caption-conditioned grounding: relevancy differentiates the {RELEVANCY_SCORE} of the image and the phrase naming the object"
+        ));
     }
     let grounding = ground
         .iter()
@@ -166,9 +171,24 @@ pub fn run(model: &LoadedModel, data: &DataOptions, opts: &HeadsOptions) -> Resu
         .collect();
     let relevancy_grounding = rel_ground
         .iter()
-        .map(|(method, &[sh, hit, uni, c])| MethodGrounding { method: method.to_string(), box_share: sh / c, pointing_acc: hit / c, uniform_share: uni / c, objects: c })
+        .map(|(method, &[sh, hit, uni, c])| MethodGrounding {
+            method: method.to_string(),
+            box_share: sh / c,
+            pointing_acc: hit / c,
+            uniform_share: uni / c,
+            objects: c,
+        })
         .collect();
-    Ok(HeadsOutput { provenance, stats, agreement: agree, grounding, relevancy_grounding, config: cfg.clone(), gallery, skipped: SkippedItem::from_all(&skipped) })
+    Ok(HeadsOutput {
+        provenance,
+        stats,
+        agreement: agree,
+        grounding,
+        relevancy_grounding,
+        config: cfg.clone(),
+        gallery,
+        skipped: SkippedItem::from_all(&skipped),
+    })
 }
 
 impl HeadsOutput {
@@ -184,7 +204,18 @@ impl HeadsOutput {
         let cfg = &self.config;
         let mut csv = prov.csv_header() + "modality,slot,head,entropy,distance,special,self_mass,neighbour,n\n";
         for s in &self.stats {
-            csv.push_str(&format!("{},{},{},{},{},{},{},{},{}\n", s.modality.name(), s.slot, s.head, s.entropy, s.distance, s.special, s.self_mass, s.neighbour, s.n));
+            csv.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{}\n",
+                s.modality.name(),
+                s.slot,
+                s.head,
+                s.entropy,
+                s.distance,
+                s.special,
+                s.self_mass,
+                s.neighbour,
+                s.n
+            ));
         }
         write_atomic(&dir.join("head_stats.csv"), csv.as_bytes())?;
         if !self.grounding.is_empty() {
@@ -219,12 +250,15 @@ impl HeadsOutput {
                 }
             }
             if let (false, Some(a)) = (pts.is_empty(), self.agreement.iter().find(|a| a.statistic == name)) {
-                plot::scatter_png_svg(&dir.join(format!("{name}_scatter")), &plot::Scatter {
-                    title: format!("{} — {name}: ρ = {:.3} (p = {:.4})", cfg.name, a.spearman, a.p_value),
-                    x_label: format!("text {name}"),
-                    y_label: format!("vision {name}"),
-                    points: pts,
-                })?;
+                plot::scatter_png_svg(
+                    &dir.join(format!("{name}_scatter")),
+                    &plot::Scatter {
+                        title: format!("{} — {name}: ρ = {:.3} (p = {:.4})", cfg.name, a.spearman, a.p_value),
+                        x_label: format!("text {name}"),
+                        y_label: format!("vision {name}"),
+                        points: pts,
+                    },
+                )?;
             }
         }
         Ok(())
@@ -237,7 +271,11 @@ pub fn stat_heatmap(cfg: &ModelConfig, stats: &[HeadStat], modality: Modality, s
     let slots: Vec<usize> = if modality == Modality::Vision { cfg.vision_attention_slots() } else { cfg.text_attention_slots() };
     let values = slots
         .iter()
-        .map(|&sl| (0..heads_n).map(|h| stats.iter().find(|s| s.modality == modality && s.slot == sl && s.head == h).map_or(f64::NAN, |s| s.get(stat))).collect())
+        .map(|&sl| {
+            (0..heads_n)
+                .map(|h| stats.iter().find(|s| s.modality == modality && s.slot == sl && s.head == h).map_or(f64::NAN, |s| s.get(stat)))
+                .collect()
+        })
         .collect();
     plot::Heatmap {
         title: format!("{} — {}", cfg.name, modality.name()),
@@ -252,8 +290,14 @@ pub fn stat_heatmap(cfg: &ModelConfig, stats: &[HeadStat], modality: Modality, s
 pub fn write_side_by_side(dir: &Path, models: &[(ModelConfig, Vec<HeadStat>)]) -> Result<()> {
     for stat in Statistic::ALL {
         let name = stat.name();
-        let panels = models.iter().map(|(cfg, stats)| vec![stat_heatmap(cfg, stats, Modality::Text, stat), stat_heatmap(cfg, stats, Modality::Vision, stat)]).collect();
-        plot::render(&dir.join(format!("{name}_side_by_side")), &plot::HeatmapPanels { title: format!("Head {name} (slot × head): text | vision, one row per model"), panels })?;
+        let panels = models
+            .iter()
+            .map(|(cfg, stats)| vec![stat_heatmap(cfg, stats, Modality::Text, stat), stat_heatmap(cfg, stats, Modality::Vision, stat)])
+            .collect();
+        plot::render(
+            &dir.join(format!("{name}_side_by_side")),
+            &plot::HeatmapPanels { title: format!("Head {name} (slot × head): text | vision, one row per model"), panels },
+        )?;
     }
     Ok(())
 }
@@ -270,7 +314,15 @@ pub struct GalleryItem {
 
 impl GalleryItem {
     /// Item 0 of a batch: its (resized) image, tokens and EOT position.
-    fn take(cache: &ActivationCache, rgb: RgbImage, tokens: &Tensor, eot: i64, tok: &Tokenizer, vslots: &[usize], cfg: &ModelConfig) -> GalleryItem {
+    fn take(
+        cache: &ActivationCache,
+        rgb: RgbImage,
+        tokens: &Tensor,
+        eot: i64,
+        tok: &Tokenizer,
+        vslots: &[usize],
+        cfg: &ModelConfig,
+    ) -> GalleryItem {
         let g = cfg.grid();
         let mut slots = Vec::new();
         for &slot in vslots {
@@ -295,13 +347,20 @@ impl GalleryItem {
                 .map(|h| plot::HeadPairRow { label: format!("h{h}"), text: to_vec_f32(&t.get(h)), image_map: to_vec_f32(&v.get(h)) })
                 .collect();
             let shared = cfg.is_shared(*slot, SharedSite::AttnIn);
-            plot::render(&out.join(format!("gallery_slot{slot}")), &plot::HeadPairs {
-                title: format!("{} slot {slot} ({}): each head on the caption and on its image", cfg.name, if shared { "shared attention" } else { "separate weights" }),
-                base: &self.rgb,
-                grid: cfg.grid() as usize,
-                labels: self.labels.clone(),
-                rows,
-            })?;
+            plot::render(
+                &out.join(format!("gallery_slot{slot}")),
+                &plot::HeadPairs {
+                    title: format!(
+                        "{} slot {slot} ({}): each head on the caption and on its image",
+                        cfg.name,
+                        if shared { "shared attention" } else { "separate weights" }
+                    ),
+                    base: &self.rgb,
+                    grid: cfg.grid() as usize,
+                    labels: self.labels.clone(),
+                    rows,
+                },
+            )?;
         }
         Ok(())
     }

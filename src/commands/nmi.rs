@@ -107,15 +107,18 @@ impl NmiOutput {
         write_atomic(&dir.join("nmi.csv"), csv.as_bytes())?;
         write_json(dir, "nmi.json", self)?;
         let pts: Vec<(f64, f64)> = self.layers.iter().map(|r| (r.slot as f64, r.nmi)).collect();
-        line_chart_png_svg(&dir.join("nmi"), &LineChart {
-            title: format!("{} — NMI(k-means, modality) by layer ({})", self.model_name, site.name()),
-            x_label: "slot (last = joint space)".into(),
-            y_label: "NMI".into(),
-            series: vec![(self.model_name.clone(), pts)],
-            y_range: (0.0, 1.0),
-            x_integer: true,
-            ..Default::default()
-        })
+        line_chart_png_svg(
+            &dir.join("nmi"),
+            &LineChart {
+                title: format!("{} — NMI(k-means, modality) by layer ({})", self.model_name, site.name()),
+                x_label: "slot (last = joint space)".into(),
+                y_label: "NMI".into(),
+                series: vec![(self.model_name.clone(), pts)],
+                y_range: (0.0, 1.0),
+                x_integer: true,
+                ..Default::default()
+            },
+        )
     }
 }
 
@@ -155,9 +158,22 @@ pub fn run_npy(image: &Path, text: &Path, opts: &NmiOptions) -> Result<NmiNpyOut
     let truth: Vec<i64> = std::iter::repeat_n(0, ni as usize).chain(std::iter::repeat_n(1, nt as usize)).collect();
     let v = nmi(&km.labels, &truth);
     let mut provenance = npy_provenance(image, text, opts.seed)?;
-    provenance.notes.push(format!("{ni} + {nt} rows, {}", if in_memory { "held in memory".to_string() } else { format!("streamed in chunks of {NPY_CHUNK} rows") }));
-    provenance.notes.push(format!("NMI: k-means k {}, restarts {}, seed {}; arithmetic normalisation (scikit-learn's default)", opts.k, opts.restarts, opts.seed));
-    Ok(NmiNpyOutput { provenance, nmi: v, inertia: km.inertia, iterations: km.iterations, seconds: t.elapsed().as_secs_f64(), counts: (ni, nt) })
+    provenance.notes.push(format!(
+        "{ni} + {nt} rows, {}",
+        if in_memory { "held in memory".to_string() } else { format!("streamed in chunks of {NPY_CHUNK} rows") }
+    ));
+    provenance.notes.push(format!(
+        "NMI: k-means k {}, restarts {}, seed {}; arithmetic normalisation (scikit-learn's default)",
+        opts.k, opts.restarts, opts.seed
+    ));
+    Ok(NmiNpyOutput {
+        provenance,
+        nmi: v,
+        inertia: km.inertia,
+        iterations: km.iterations,
+        seconds: t.elapsed().as_secs_f64(),
+        counts: (ni, nt),
+    })
 }
 
 impl NmiNpyOutput {

@@ -99,29 +99,41 @@ impl PatchOutput {
         let rows: Vec<String> = r.slots.iter().map(|s| format!("slot {s}")).collect();
         let what = if r.tower == "text" { format!("{} word", r.attribute) } else { "recoloured".to_string() };
         if r.tower == "text" {
-            plot::heatmap_png_svg(&dir.join("resid"), &plot::Heatmap {
-                title: format!("{}: recovered, resid in ({what})", self.model_name),
-                values: r.resid.clone(),
-                row_labels: rows.clone(),
-                col_labels: r.positions.clone(),
-            })?;
+            plot::heatmap_png_svg(
+                &dir.join("resid"),
+                &plot::Heatmap {
+                    title: format!("{}: recovered, resid in ({what})", self.model_name),
+                    values: r.resid.clone(),
+                    row_labels: rows.clone(),
+                    col_labels: r.positions.clone(),
+                },
+            )?;
         } else if let Some(base) = &self.base {
             let cells = vec![r.resid.iter().map(|row| (row[1..].iter().map(|&v| v as f32).collect::<Vec<f32>>(), self.grid)).collect()];
-            plot::overlay_grid_png(&dir.join("resid_overlay.png"), &plot::OverlayGrid {
-                title: format!("{} — recovered by patching one patch of the stream entering the slot (object recoloured)", self.model_name),
-                base,
-                cells,
-                row_labels: vec!["patch".into()],
-                col_labels: rows.clone(),
-                cell: 128,
-                alpha: 0.6,
-            })?;
+            plot::overlay_grid_png(
+                &dir.join("resid_overlay.png"),
+                &plot::OverlayGrid {
+                    title: format!(
+                        "{} — recovered by patching one patch of the stream entering the slot (object recoloured)",
+                        self.model_name
+                    ),
+                    base,
+                    cells,
+                    row_labels: vec!["patch".into()],
+                    col_labels: rows.clone(),
+                    cell: 128,
+                    alpha: 0.6,
+                },
+            )?;
         }
-        plot::heatmap_png_svg(&dir.join("heads"), &plot::Heatmap {
-            title: format!("{}: recovered, head z ({what})", self.model_name),
-            values: r.heads.clone(),
-            row_labels: rows,
-            col_labels: (0..r.heads.first().map_or(0, |h| h.len())).map(|h| format!("h{h}")).collect(),
-        })
+        plot::heatmap_png_svg(
+            &dir.join("heads"),
+            &plot::Heatmap {
+                title: format!("{}: recovered, head z ({what})", self.model_name),
+                values: r.heads.clone(),
+                row_labels: rows,
+                col_labels: (0..r.heads.first().map_or(0, |h| h.len())).map(|h| format!("h{h}")).collect(),
+            },
+        )
     }
 }

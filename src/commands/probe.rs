@@ -118,7 +118,12 @@ fn split(data: &ProbeData, which: &str, start: usize, n: usize, size: u32, mean:
             }
             let (h, w) = (dims[1], dims[2]);
             if start + n > dims[0] || start + n > labels.len() {
-                return Err(Error::Invalid(format!("{}: {which} split asks for items {start}..{} of {}", dir.display(), start + n, dims[0].min(labels.len()))));
+                return Err(Error::Invalid(format!(
+                    "{}: {which} split asks for items {start}..{} of {}",
+                    dir.display(),
+                    start + n,
+                    dims[0].min(labels.len())
+                )));
             }
             let mut ts = Vec::with_capacity(n);
             for i in start..start + n {
@@ -184,8 +189,14 @@ pub fn run(model: &LoadedModel, opts: &ProbeOptions) -> Result<ProbeOutput> {
     let result = sweep_and_fit((&ftr, &ytr), (&fva, &yva), (&fte, &yte), classes, &opts.cs)?;
     let fit_seconds = t1.elapsed().as_secs_f64();
     let mut provenance = provenance(model, data_id, 0);
-    provenance.notes.push(format!("probe features: {}; multinomial logistic regression, L-BFGS, λ = 1/(C·n), bias unpenalised", opts.feature.name()));
-    provenance.notes.push(if opts.standardize { "features standardised with the train split's per-feature mean and standard deviation".into() } else { "raw features (--no-standardize)".to_string() });
+    provenance
+        .notes
+        .push(format!("probe features: {}; multinomial logistic regression, L-BFGS, λ = 1/(C·n), bias unpenalised", opts.feature.name()));
+    provenance.notes.push(if opts.standardize {
+        "features standardised with the train split's per-feature mean and standard deviation".into()
+    } else {
+        "raw features (--no-standardize)".to_string()
+    });
     Ok(ProbeOutput {
         provenance,
         feature: opts.feature.name(),

@@ -30,7 +30,12 @@ pub enum ZeroshotData {
 
 /// Reads a templates file: one template per non-empty line, each with `{}` for the class.
 pub fn read_templates(path: &Path) -> Result<Vec<String>> {
-    let t: Vec<String> = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+    let t: Vec<String> = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(path, e))?
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
     if let Some((i, bad)) = t.iter().enumerate().find(|(_, l)| !l.contains("{}")) {
         return Err(Error::Parse { path: path.to_path_buf(), message: format!("line {}: template {bad:?} has no {{}}", i + 1) });
     }
@@ -86,7 +91,12 @@ pub fn run(model: &LoadedModel, data: &ZeroshotData, templates: &[String], batch
             if ts.is_empty() {
                 return Err(Error::Invalid(format!("{}: no images", root.display())));
             }
-            (Tensor::stack(&ts, 0), labels, classes.iter().map(|c| c.replace('_', " ")).collect::<Vec<_>>(), format!("folder:{}", root.display()))
+            (
+                Tensor::stack(&ts, 0),
+                labels,
+                classes.iter().map(|c| c.replace('_', " ")).collect::<Vec<_>>(),
+                format!("folder:{}", root.display()),
+            )
         }
         ZeroshotData::Synthetic(n) => {
             if *n == 0 {

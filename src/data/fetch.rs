@@ -38,12 +38,16 @@ fn run_tool(cmd: &mut std::process::Command, what: &str) -> Result<()> {
 fn debian_package(pkg: &str, dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let find_deb = || -> Option<PathBuf> {
-        std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
-        })
+        std::fs::read_dir(dir)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb")))
     };
     if find_deb().is_none() {
-        let dl = || run_tool(std::process::Command::new("apt-get").arg("download").arg(pkg).current_dir(dir), &format!("apt-get download {pkg}"));
+        let dl = || {
+            run_tool(std::process::Command::new("apt-get").arg("download").arg(pkg).current_dir(dir), &format!("apt-get download {pkg}"))
+        };
         if dl().is_err() {
             run_tool(std::process::Command::new("apt-get").arg("update").arg("-qq"), "apt-get update")?;
             dl()?;
@@ -129,4 +133,3 @@ fn fetch_fashion_mnist(cache: &Path) -> Result<String> {
     }
     Ok(report.join("\n"))
 }
-

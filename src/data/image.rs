@@ -96,7 +96,11 @@ pub fn composite_on_white(img: &image::DynamicImage) -> RgbImage {
 pub fn resized_size(w: u32, h: u32, size: u32) -> (u32, u32) {
     let (short, long) = if w <= h { (w, h) } else { (h, w) };
     let new_long = ((size as u64 * long as u64) as f64 / short as f64) as u32;
-    if w <= h { (size, new_long) } else { (new_long, size) }
+    if w <= h {
+        (size, new_long)
+    } else {
+        (new_long, size)
+    }
 }
 
 /// torchvision's `CenterCrop` offset: `int(round((total − crop) / 2))`, round half to even.
@@ -104,7 +108,11 @@ pub fn center_offset(total: u32, crop: u32) -> u32 {
     let d = total.saturating_sub(crop);
     // d/2 is k + ½ exactly when d is odd; Python rounds that to the even neighbour.
     let half = d / 2;
-    if d % 2 == 1 && half % 2 == 1 { half + 1 } else { half }
+    if d % 2 == 1 && half % 2 == 1 {
+        half + 1
+    } else {
+        half
+    }
 }
 
 /// `Resize(size, bicubic)` then `CenterCrop(size)`, as the official evaluation transform on a
@@ -329,7 +337,9 @@ mod tests {
     fn to_tensor_is_bit_equal_to_the_tensor_ops() {
         let (w, h) = (64u32, 60u32);
         let pixels: Vec<u8> = (0..w * h * 3).map(|i| ((i * 7 + i / 3) % 256) as u8).collect();
-        for (mean, std) in [([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]), ([0.5, 0.25, 1.0 / 3.0], [0.1, 0.7, 3.0])] {
+        for (mean, std) in
+            [([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]), ([0.5, 0.25, 1.0 / 3.0], [0.1, 0.7, 3.0])]
+        {
             let t = Tensor::from_slice(&pixels).view([h as i64, w as i64, 3]).permute([2, 0, 1]).to_kind(Kind::Float) / 255.0;
             let mt = Tensor::from_slice(&mean.map(|x| x as f32)).view([3, 1, 1]);
             let st = Tensor::from_slice(&std.map(|x| x as f32)).view([3, 1, 1]);

@@ -45,10 +45,7 @@ pub fn read(path: &Path, fmt: &ManifestFormat) -> Result<Vec<Pair>> {
     let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mut rdr = csv::ReaderBuilder::new().delimiter(fmt.separator).flexible(false).from_reader(text.as_slice());
-    let headers = rdr
-        .headers()
-        .map_err(|e| Error::Parse { path: path.to_path_buf(), message: format!("line 1: {e}") })?
-        .clone();
+    let headers = rdr.headers().map_err(|e| Error::Parse { path: path.to_path_buf(), message: format!("line 1: {e}") })?.clone();
     let col = |key: &str| {
         headers.iter().position(|h| h == key).ok_or_else(|| Error::Parse {
             path: path.to_path_buf(),

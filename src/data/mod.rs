@@ -7,5 +7,5 @@ pub mod loader;
 pub mod manifest;
 pub mod pairs;
 pub mod shards;
-pub mod synthetic_set;
 pub mod synth;
+pub mod synthetic_set;

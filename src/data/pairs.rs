@@ -88,7 +88,13 @@ pub struct Prep<'a> {
 
 /// Walks items `0..n` of `src` in order, in batches of `batch` (the last may be short),
 /// calling `f` on each batch of readable items; unreadable items are returned, not passed.
-pub fn for_each_batch(src: &dyn PairSource, n: usize, batch: usize, prep: &Prep, mut f: impl FnMut(ItemBatch) -> Result<()>) -> Result<Vec<Skipped>> {
+pub fn for_each_batch(
+    src: &dyn PairSource,
+    n: usize,
+    batch: usize,
+    prep: &Prep,
+    mut f: impl FnMut(ItemBatch) -> Result<()>,
+) -> Result<Vec<Skipped>> {
     if batch == 0 {
         return Err(Error::config("batch", 0, "must be at least 1"));
     }

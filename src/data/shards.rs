@@ -31,9 +31,7 @@ pub fn expand_braces(pattern: &str) -> Result<Vec<String>> {
         return Err(Error::config("shards", pattern, "only one brace range {lo..hi} per pattern is supported"));
     }
     let inner = &pattern[a + 1..b];
-    let (lo, hi) = inner
-        .split_once("..")
-        .ok_or_else(|| Error::config("shards", pattern, "brace range must look like {000..009}"))?;
+    let (lo, hi) = inner.split_once("..").ok_or_else(|| Error::config("shards", pattern, "brace range must look like {000..009}"))?;
     let (l, h): (u64, u64) = (
         lo.parse().map_err(|_| Error::config("shards", pattern, "range start is not a number"))?,
         hi.parse().map_err(|_| Error::config("shards", pattern, "range end is not a number"))?,
@@ -42,7 +40,11 @@ pub fn expand_braces(pattern: &str) -> Result<Vec<String>> {
         return Err(Error::config("shards", pattern, "range end is below its start"));
     }
     if h - l >= MAX_SHARDS {
-        return Err(Error::config("shards", pattern, format!("names {} files; at most {MAX_SHARDS} per pattern", (h - l).saturating_add(1))));
+        return Err(Error::config(
+            "shards",
+            pattern,
+            format!("names {} files; at most {MAX_SHARDS} per pattern", (h - l).saturating_add(1)),
+        ));
     }
     let width = lo.len();
     Ok((l..=h).map(|i| format!("{}{:0width$}{}", &pattern[..a], i, &pattern[b + 1..])).collect())
@@ -91,19 +93,31 @@ impl ShardSource {
                 let ext = ext.to_ascii_lowercase();
                 let (offset, len) = (entry.raw_file_position(), entry.size());
                 if offset.checked_add(len).is_none_or(|end| end > file_len) {
-                    return Err(Error::Invalid(format!("{}: member {name} claims {len} bytes at offset {offset}, past the end of the file ({file_len} bytes)", path.display())));
+                    return Err(Error::Invalid(format!(
+                        "{}: member {name} claims {len} bytes at offset {offset}, past the end of the file ({file_len} bytes)",
+                        path.display()
+                    )));
                 }
                 if IMAGE_EXT.contains(&ext.as_str()) {
                     if len > super::image::MAX_IMAGE_FILE_BYTES {
-                        return Err(Error::Invalid(format!("{}: member {name} is {len} bytes, larger than an image may be", path.display())));
+                        return Err(Error::Invalid(format!(
+                            "{}: member {name} is {len} bytes, larger than an image may be",
+                            path.display()
+                        )));
                     }
                     images.insert(key, Member { shard: si, offset, len });
                 } else if ext == "txt" {
                     if len > MAX_CAPTION_BYTES {
-                        return Err(Error::Invalid(format!("{}: caption {name} is {len} bytes; at most {MAX_CAPTION_BYTES}", path.display())));
+                        return Err(Error::Invalid(format!(
+                            "{}: caption {name} is {len} bytes; at most {MAX_CAPTION_BYTES}",
+                            path.display()
+                        )));
                     }
                     let mut raw = Vec::new();
-                    (&mut entry).take(MAX_CAPTION_BYTES).read_to_end(&mut raw).map_err(|e| Error::Invalid(format!("{}: {name}: {e}", path.display())))?;
+                    (&mut entry)
+                        .take(MAX_CAPTION_BYTES)
+                        .read_to_end(&mut raw)
+                        .map_err(|e| Error::Invalid(format!("{}: {name}: {e}", path.display())))?;
                     let s = String::from_utf8_lossy(&raw);
                     captions.insert(key, s.lines().next().unwrap_or("").trim().to_string());
                 }
@@ -138,11 +152,8 @@ impl PairSource for ShardSource {
 /// An ImageFolder tree (`root/CLASS/*.png|jpg`): paths, labels and sorted class names.
 pub fn image_folder(root: &Path) -> Result<(Vec<PathBuf>, Vec<i64>, Vec<String>)> {
     let rd = std::fs::read_dir(root).map_err(|e| Error::io(root, e))?;
-    let mut classes: Vec<String> = rd
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut classes: Vec<String> =
+        rd.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     classes.sort();
     if classes.is_empty() {
         return Err(Error::Invalid(format!("{}: no class folders", root.display())));

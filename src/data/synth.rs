@@ -109,9 +109,9 @@ pub fn render_with(size: u32, n_objects: usize, rng: &mut Rng, recolor: Option<(
         let x0 = rng.below((size - side) as u64 + 1) as u32;
         let y0 = rng.below((size - side) as u64 + 1) as u32;
         let bbox = [x0, y0, x0 + side, y0 + side];
-        let overlaps = objects.iter().any(|o| {
-            bbox[0] < o.bbox[2] + 1 && o.bbox[0] < bbox[2] + 1 && bbox[1] < o.bbox[3] + 1 && o.bbox[1] < bbox[3] + 1
-        });
+        let overlaps = objects
+            .iter()
+            .any(|o| bbox[0] < o.bbox[2] + 1 && o.bbox[0] < bbox[2] + 1 && bbox[1] < o.bbox[3] + 1 && o.bbox[1] < bbox[3] + 1);
         if overlaps {
             continue;
         }
@@ -156,7 +156,11 @@ fn caption_for(objects: &mut [Object], rng: &mut Rng) -> String {
             let (a, b) = (0, 1);
             let (ca, cb) = (center(&objects[a]), center(&objects[b]));
             let rel = if (ca.0 - cb.0).abs() >= (ca.1 - cb.1).abs() {
-                if ca.0 < cb.0 { "left of" } else { "right of" }
+                if ca.0 < cb.0 {
+                    "left of"
+                } else {
+                    "right of"
+                }
             } else if ca.1 < cb.1 {
                 "above"
             } else {

@@ -19,7 +19,16 @@ use crate::error::{Error, Result};
 use crate::shim::{self, ERR_LEN};
 
 extern "C" {
-    fn msd_init(host: *const c_char, port: c_int, rank: c_int, world: c_int, timeout_ms: c_int, iface: *const c_char, err: *mut c_char, errlen: usize) -> *mut c_void;
+    fn msd_init(
+        host: *const c_char,
+        port: c_int,
+        rank: c_int,
+        world: c_int,
+        timeout_ms: c_int,
+        iface: *const c_char,
+        err: *mut c_char,
+        errlen: usize,
+    ) -> *mut c_void;
     fn msd_free(g: *mut c_void);
     fn msd_allreduce_sum(g: *mut c_void, ts: *const *mut c_void, n: c_int, err: *mut c_char, errlen: usize) -> c_int;
     fn msd_allgather(g: *mut c_void, out: *mut c_void, input: *mut c_void, err: *mut c_char, errlen: usize) -> c_int;
@@ -29,7 +38,15 @@ extern "C" {
 
 #[cfg(feature = "cuda")]
 extern "C" {
-    fn msd_init_nccl(host: *const c_char, port: c_int, rank: c_int, world: c_int, timeout_ms: c_int, err: *mut c_char, errlen: usize) -> *mut c_void;
+    fn msd_init_nccl(
+        host: *const c_char,
+        port: c_int,
+        rank: c_int,
+        world: c_int,
+        timeout_ms: c_int,
+        err: *mut c_char,
+        errlen: usize,
+    ) -> *mut c_void;
 }
 
 /// Who this process is in a distributed run, and where the group meets.
@@ -167,10 +184,18 @@ impl ProcessGroup {
         init: impl FnOnce(*const c_char, c_int, c_int, c_int, c_int, *mut c_char) -> *mut c_void,
     ) -> Result<ProcessGroup> {
         let address = format!("{}:{}", launch.master_addr, launch.master_port);
-        let host = CString::new(launch.master_addr.clone()).map_err(|_| Error::config("MASTER_ADDR", &launch.master_addr, "contains a NUL byte"))?;
+        let host = CString::new(launch.master_addr.clone())
+            .map_err(|_| Error::config("MASTER_ADDR", &launch.master_addr, "contains a NUL byte"))?;
         let timeout_ms = (timeout_s.clamp(1, 86_400) * 1000) as c_int;
         let mut err = vec![0u8; ERR_LEN];
-        let handle = init(host.as_ptr(), launch.master_port as c_int, launch.rank as c_int, launch.world as c_int, timeout_ms, err.as_mut_ptr() as *mut c_char);
+        let handle = init(
+            host.as_ptr(),
+            launch.master_port as c_int,
+            launch.rank as c_int,
+            launch.world as c_int,
+            timeout_ms,
+            err.as_mut_ptr() as *mut c_char,
+        );
         if handle.is_null() {
             return Err(Error::Invalid(format!(
                 "{what} at {address} (rank {} of {}) failed: {}",
@@ -220,7 +245,9 @@ impl ProcessGroup {
         let mut shape = input.size();
         shape[0] *= self.world as i64;
         let mut out = Tensor::zeros(&shape, (input.kind(), input.device()));
-        self.collective("all-gather", |err, len| unsafe { msd_allgather(self.handle, out.as_mut_ptr() as *mut c_void, input.as_mut_ptr() as *mut c_void, err, len) })?;
+        self.collective("all-gather", |err, len| unsafe {
+            msd_allgather(self.handle, out.as_mut_ptr() as *mut c_void, input.as_mut_ptr() as *mut c_void, err, len)
+        })?;
         Ok(out)
     }
 
@@ -230,7 +257,9 @@ impl ProcessGroup {
             return Ok(());
         }
         let ptrs = shim::tensor_ptrs(tensors);
-        self.collective("broadcast", |err, len| unsafe { msd_broadcast(self.handle, ptrs.as_ptr(), ptrs.len() as c_int, root as c_int, err, len) })
+        self.collective("broadcast", |err, len| unsafe {
+            msd_broadcast(self.handle, ptrs.as_ptr(), ptrs.len() as c_int, root as c_int, err, len)
+        })
     }
 
     /// Waits until every rank arrives.
@@ -261,7 +290,8 @@ impl ProcessGroup {
             buckets.last_mut().unwrap().push(t);
             size += bytes;
         }
-        let mut flat: Vec<Tensor> = buckets.iter().map(|b| Tensor::cat(&b.iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(), 0)).collect();
+        let mut flat: Vec<Tensor> =
+            buckets.iter().map(|b| Tensor::cat(&b.iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(), 0)).collect();
         self.all_reduce_sum(&mut flat)?;
         tch::no_grad(|| {
             for (b, f) in buckets.iter().zip(&flat) {
@@ -296,9 +326,24 @@ mod tests {
     #[test]
     fn launch_reads_torchrun_and_slurm() {
         assert_eq!(Launch::from_env_with(env(&[])).unwrap(), None);
-        let l = Launch::from_env_with(env(&[("WORLD_SIZE", "4"), ("RANK", "3"), ("LOCAL_RANK", "1"), ("MASTER_ADDR", "10.0.0.2"), ("MASTER_PORT", "29555")])).unwrap().unwrap();
+        let l = Launch::from_env_with(env(&[
+            ("WORLD_SIZE", "4"),
+            ("RANK", "3"),
+            ("LOCAL_RANK", "1"),
+            ("MASTER_ADDR", "10.0.0.2"),
+            ("MASTER_PORT", "29555"),
+        ]))
+        .unwrap()
+        .unwrap();
         assert_eq!(l, Launch { rank: 3, world: 4, local_rank: 1, master_addr: "10.0.0.2".into(), master_port: 29555 });
-        let l = Launch::from_env_with(env(&[("SLURM_NTASKS", "8"), ("SLURM_PROCID", "5"), ("SLURM_LOCALID", "1"), ("SLURM_JOB_NODELIST", "gpu[07-10,12],cpu1")])).unwrap().unwrap();
+        let l = Launch::from_env_with(env(&[
+            ("SLURM_NTASKS", "8"),
+            ("SLURM_PROCID", "5"),
+            ("SLURM_LOCALID", "1"),
+            ("SLURM_JOB_NODELIST", "gpu[07-10,12],cpu1"),
+        ]))
+        .unwrap()
+        .unwrap();
         assert_eq!(l, Launch { rank: 5, world: 8, local_rank: 1, master_addr: "gpu07".into(), master_port: DEFAULT_PORT });
         for (pairs, key) in [
             (vec![("WORLD_SIZE", "2"), ("RANK", "2")], "RANK"),

@@ -412,16 +412,25 @@ impl Capture {
                 Modality::Text => (cfg.text_has_block(h.slot), cfg.text.heads, cfg.text.layers - 1),
             };
             match h.site {
-                Site::Pooled if h.slot != last => return Err(Error::Invalid(format!("{what}: the pooled token is keyed by the last slot {last}"))),
+                Site::Pooled if h.slot != last => {
+                    return Err(Error::Invalid(format!("{what}: the pooled token is keyed by the last slot {last}")))
+                }
                 Site::Pooled => {}
                 Site::Adapter => {
-                    let has = h.modality == Modality::Vision && cfg.vision.parallel_branch.as_ref().is_some_and(|p| p.adapter_slots.contains(&h.slot));
+                    let has = h.modality == Modality::Vision
+                        && cfg.vision.parallel_branch.as_ref().is_some_and(|p| p.adapter_slots.contains(&h.slot));
                     if !has {
                         return Err(Error::Invalid(format!("{what}: the model has no lateral adapter there")));
                     }
                 }
-                Site::Resid if h.slot == 0 && !has_block && h.modality == Modality::Vision && cfg.vision.stem == crate::model::StemKind::EarlyConv => {}
-                _ if !has_block => return Err(Error::Invalid(format!("{what}: the {} tower has no block at slot {}", h.modality.name(), h.slot))),
+                Site::Resid
+                    if h.slot == 0
+                        && !has_block
+                        && h.modality == Modality::Vision
+                        && cfg.vision.stem == crate::model::StemKind::EarlyConv => {}
+                _ if !has_block => {
+                    return Err(Error::Invalid(format!("{what}: the {} tower has no block at slot {}", h.modality.name(), h.slot)))
+                }
                 _ => {}
             }
             if let Some(head) = h.head {
@@ -455,9 +464,8 @@ impl ActivationCache {
     }
     /// The tensor or an error naming the missing key.
     pub fn require(&self, modality: Modality, slot: usize, site: Site) -> crate::Result<&Tensor> {
-        self.get(modality, slot, site).ok_or_else(|| {
-            crate::Error::Invalid(format!("activation cache has no {}/{slot}/{}", modality.name(), site.name()))
-        })
+        self.get(modality, slot, site)
+            .ok_or_else(|| crate::Error::Invalid(format!("activation cache has no {}/{slot}/{}", modality.name(), site.name())))
     }
     /// Slots recorded for `(modality, site)`, ascending.
     pub fn slots(&self, modality: Modality, site: Site) -> Vec<usize> {

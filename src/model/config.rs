@@ -227,8 +227,7 @@ impl ModelConfig {
 
     /// Parses and validates a TOML config; errors name the file, line and key.
     pub fn from_toml_str(text: &str, origin: &Path) -> Result<ModelConfig> {
-        let cfg: ModelConfig =
-            toml::from_str(text).map_err(|e| Error::Parse { path: origin.to_path_buf(), message: e.to_string() })?;
+        let cfg: ModelConfig = toml::from_str(text).map_err(|e| Error::Parse { path: origin.to_path_buf(), message: e.to_string() })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -306,7 +305,11 @@ impl ModelConfig {
         let v = &self.vision;
         let t = &self.text;
         let positive = |key: &str, x: i64| {
-            if x <= 0 { Err(Error::config(key, x, "must be positive")) } else { Ok(()) }
+            if x <= 0 {
+                Err(Error::config(key, x, "must be positive"))
+            } else {
+                Ok(())
+            }
         };
         positive("embed_dim", self.embed_dim)?;
         positive("mlp_ratio", self.mlp_ratio)?;
@@ -355,14 +358,14 @@ impl ModelConfig {
             return Err(Error::config("text.heads", t.heads, format!("text.width {} is not divisible by it", t.width)));
         }
         if v.image_size % v.patch_size != 0 {
-            return Err(Error::config(
-                "vision.image_size",
-                v.image_size,
-                format!("not divisible by vision.patch_size {}", v.patch_size),
-            ));
+            return Err(Error::config("vision.image_size", v.image_size, format!("not divisible by vision.patch_size {}", v.patch_size)));
         }
         if self.grid() > 1024 {
-            return Err(Error::config("vision.patch_size", v.patch_size, format!("gives a {0}×{0} token grid; at most 1024×1024 is supported", self.grid())));
+            return Err(Error::config(
+                "vision.patch_size",
+                v.patch_size,
+                format!("gives a {0}×{0} token grid; at most 1024×1024 is supported", self.grid()),
+            ));
         }
         for (i, s) in self.preprocess.std.iter().enumerate() {
             if !(*s > 0.0 && s.is_finite()) {
@@ -379,7 +382,11 @@ impl ModelConfig {
             return Err(Error::config(
                 "model",
                 &self.name,
-                format!("would hold about {:.3e} parameters ({:.0} GB in fp32); at most {MAX_PARAMS:.0e} are supported", params as f64, params as f64 * 4e-9),
+                format!(
+                    "would hold about {:.3e} parameters ({:.0} GB in fp32); at most {MAX_PARAMS:.0e} are supported",
+                    params as f64,
+                    params as f64 * 4e-9
+                ),
             ));
         }
         match v.stem {
@@ -389,11 +396,16 @@ impl ModelConfig {
                 }
             }
             StemKind::EarlyConv => {
-                let ec = v.early_conv.as_ref().ok_or_else(|| {
-                    Error::config("vision.stem", "\"early_conv\"", "needs a [vision.early_conv] table")
-                })?;
+                let ec = v
+                    .early_conv
+                    .as_ref()
+                    .ok_or_else(|| Error::config("vision.stem", "\"early_conv\"", "needs a [vision.early_conv] table"))?;
                 if ec.strides.is_empty() || ec.strides.len() > 16 || ec.strides.iter().any(|&s| !(1..=64).contains(&s)) {
-                    return Err(Error::config("vision.early_conv.strides", format!("{:?}", ec.strides), "need 1 to 16 strides, each in 1..=64"));
+                    return Err(Error::config(
+                        "vision.early_conv.strides",
+                        format!("{:?}", ec.strides),
+                        "need 1 to 16 strides, each in 1..=64",
+                    ));
                 }
                 let n = ec.strides.len() as u32;
                 if v.width % (1 << n) != 0 || v.width >> n < 1 {
@@ -473,7 +485,11 @@ impl ModelConfig {
                 }
                 let attn = rule.sites.iter().any(|s| matches!(s, SharedSite::AttnIn | SharedSite::AttnOut));
                 if attn && v.heads != t.heads {
-                    return Err(Error::config("text.heads", t.heads, format!("shared attention needs equal heads (vision.heads = {})", v.heads)));
+                    return Err(Error::config(
+                        "text.heads",
+                        t.heads,
+                        format!("shared attention needs equal heads (vision.heads = {})", v.heads),
+                    ));
                 }
             }
         }

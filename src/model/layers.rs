@@ -55,7 +55,11 @@ impl LayerNorm {
         let dim = *self.weight.size().last().unwrap();
         let kind = x.kind();
         let y = x.to_kind(tch::Kind::Float).layer_norm([dim], Some(&self.weight), Some(&self.bias), self.eps, false);
-        if kind == tch::Kind::Float { y } else { y.to_kind(kind) }
+        if kind == tch::Kind::Float {
+            y
+        } else {
+            y.to_kind(kind)
+        }
     }
     /// The same parameters, for a second user.
     pub fn shallow_clone(&self) -> LayerNorm {
@@ -157,16 +161,7 @@ impl BatchNorm {
     }
     /// Batch statistics when `train` (updating the running ones), else running statistics.
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        x.batch_norm(
-            Some(&self.weight),
-            Some(&self.bias),
-            Some(&self.running_mean),
-            Some(&self.running_var),
-            train,
-            0.1,
-            self.eps,
-            false,
-        )
+        x.batch_norm(Some(&self.weight), Some(&self.bias), Some(&self.running_mean), Some(&self.running_var), train, 0.1, self.eps, false)
     }
 }
 

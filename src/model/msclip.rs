@@ -90,13 +90,7 @@ impl MsClip {
     }
 
     /// Image embeddings `[B, E]` (L2-normalised), recording what `capture` asks for.
-    pub fn encode_image_with(
-        &self,
-        images: &Tensor,
-        capture: &Capture,
-        cache: &mut ActivationCache,
-        train: bool,
-    ) -> Result<Tensor> {
+    pub fn encode_image_with(&self, images: &Tensor, capture: &Capture, cache: &mut ActivationCache, train: bool) -> Result<Tensor> {
         self.vision.check_input(images)?;
         self.check_device("image", images)?;
         capture.check_hooks(&self.config)?;

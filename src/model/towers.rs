@@ -43,12 +43,9 @@ impl VisionTower {
         let grid = cfg.grid();
         let stem = Stem::new(p, cfg);
         let class_embedding = init::var(p, "class_embedding", &[w], Init::Normal { std: scale });
-        let positional_embedding =
-            init::var(p, "positional_embedding", &[grid * grid + 1, w], Init::Normal { std: scale });
+        let positional_embedding = init::var(p, "positional_embedding", &[grid * grid + 1, w], Init::Normal { std: scale });
         let ln_pre = LayerNorm::new(&(p / "ln_pre"), w, cfg.ln_eps);
-        let blocks = (0..v.layers)
-            .map(|slot| cfg.vision_has_block(slot).then(|| reg.block(cfg, p, Modality::Vision, slot)))
-            .collect();
+        let blocks = (0..v.layers).map(|slot| cfg.vision_has_block(slot).then(|| reg.block(cfg, p, Modality::Vision, slot))).collect();
         let parallel = ParallelBranch::new(&(p / "parallel"), cfg);
         let ln_post = LayerNorm::new(&(p / "ln_post"), w, cfg.ln_eps);
         let proj = init::var(p, "proj", &[w, cfg.embed_dim], Init::Normal { std: scale });
@@ -71,10 +68,7 @@ impl VisionTower {
     pub fn check_input(&self, images: &Tensor) -> Result<()> {
         let size = images.size();
         if size.len() != 4 || size[1] != 3 || size[2] != self.image_size || size[3] != self.image_size {
-            return Err(Error::Invalid(format!(
-                "image tensor has shape {size:?}; the model expects [B, 3, {0}, {0}]",
-                self.image_size
-            )));
+            return Err(Error::Invalid(format!("image tensor has shape {size:?}; the model expects [B, 3, {0}, {0}]", self.image_size)));
         }
         if !matches!(images.kind(), Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double) {
             return Err(Error::Invalid(format!("image tensor has dtype {:?}; expected float", images.kind())));
@@ -116,7 +110,15 @@ impl VisionTower {
     /// Runs the slots from `first` on `x`, the stream entering slot `first` (before its
     /// adapter, if any), with the branch outputs `tops` ([`VisionTower::branch`]); returns the
     /// pooled CLS before `ln_post` `[B, W]` (the `pooled` site, keyed by the last slot).
-    pub fn run_from(&self, first: usize, x: &Tensor, tops: &[Tensor], capture: &Capture, cache: &mut ActivationCache, train: bool) -> Result<Tensor> {
+    pub fn run_from(
+        &self,
+        first: usize,
+        x: &Tensor,
+        tops: &[Tensor],
+        capture: &Capture,
+        cache: &mut ActivationCache,
+        train: bool,
+    ) -> Result<Tensor> {
         let b = x.size()[0];
         let mut x = x.shallow_clone();
         let last = self.blocks.iter().rposition(|b| b.is_some()).expect("a vision tower has a block");
@@ -217,10 +219,7 @@ impl TextTower {
         if tokens.numel() > 0 {
             let (lo, hi) = (tokens.min().int64_value(&[]), tokens.max().int64_value(&[]));
             if lo < 0 || hi >= self.vocab_size {
-                return Err(Error::Invalid(format!(
-                    "token ids span [{lo}, {hi}] but the vocabulary has {} entries",
-                    self.vocab_size
-                )));
+                return Err(Error::Invalid(format!("token ids span [{lo}, {hi}] but the vocabulary has {} entries", self.vocab_size)));
             }
         }
         Ok(())

@@ -51,8 +51,7 @@ pub fn upsample_normalized(values: &[f32], side: usize, size: usize) -> Vec<f64>
             let fx = ((x as f64 + 0.5) * side as f64 / size as f64 - 0.5).clamp(0.0, (side - 1) as f64);
             let (x0, tx) = (fx.floor() as usize, fx - fx.floor());
             let x1 = (x0 + 1).min(side - 1);
-            out[y * size + x] = (1.0 - ty) * ((1.0 - tx) * at(y0, x0) + tx * at(y0, x1))
-                + ty * ((1.0 - tx) * at(y1, x0) + tx * at(y1, x1));
+            out[y * size + x] = (1.0 - ty) * ((1.0 - tx) * at(y0, x0) + tx * at(y0, x1)) + ty * ((1.0 - tx) * at(y1, x0) + tx * at(y1, x1));
         }
     }
     out
@@ -162,11 +161,16 @@ pub struct Matrix<'a> {
     pub labels: Vec<String>,
 }
 
-fn draw_matrix<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, m: &Matrix, cell: i32) -> std::result::Result<(), String> {
+fn draw_matrix<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    m: &Matrix,
+    cell: i32,
+) -> std::result::Result<(), String> {
     let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
     root.fill(&WHITE).map_err(e)?;
     let (left, top) = (110, 40);
-    root.draw_text(&m.title, &("sans-serif", fitted_size(&m.title, root.dim_in_pixel().0, 16)).into_font().color(&BLACK), (8, 8)).map_err(e)?;
+    root.draw_text(&m.title, &("sans-serif", fitted_size(&m.title, root.dim_in_pixel().0, 16)).into_font().color(&BLACK), (8, 8))
+        .map_err(e)?;
     let hi = m.values.iter().cloned().fold(f32::MIN, f32::max).max(1e-12) as f64;
     let font = ("sans-serif", 12).into_font();
     for (i, label) in m.labels.iter().enumerate() {
@@ -300,7 +304,11 @@ fn draw_lines<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>,
     draw_lines_with(root, c, false)
 }
 
-fn draw_lines_with<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, c: &LineChart, log_labels: bool) -> std::result::Result<(), String> {
+fn draw_lines_with<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    c: &LineChart,
+    log_labels: bool,
+) -> std::result::Result<(), String> {
     let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
     root.fill(&WHITE).map_err(e)?;
     let (w, h) = root.dim_in_pixel();
@@ -326,7 +334,11 @@ fn draw_lines_with<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Sh
             return String::new();
         }
         let e = v.round() as i32;
-        if e >= 0 { format!("{}", 10f64.powi(e)) } else { format!("{:.*}", (-e) as usize, 10f64.powi(e)) }
+        if e >= 0 {
+            format!("{}", 10f64.powi(e))
+        } else {
+            format!("{:.*}", (-e) as usize, 10f64.powi(e))
+        }
     };
     let mut mesh = chart.configure_mesh();
     mesh.x_desc(c.x_label.as_str()).y_desc(c.y_label.as_str()).label_style(("sans-serif", 13)).x_labels(n_ticks);
@@ -344,10 +356,14 @@ fn draw_lines_with<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Sh
         if let Some(Some(band)) = c.bands.get(i) {
             for (&(x, _), &(lo, hi)) in pts.iter().zip(band) {
                 if lo.is_finite() && hi.is_finite() {
-                    chart.draw_series(std::iter::once(PathElement::new(vec![(x, lo), (x, hi)], col.stroke_width(2)))).map_err(|x| x.to_string())?;
+                    chart
+                        .draw_series(std::iter::once(PathElement::new(vec![(x, lo), (x, hi)], col.stroke_width(2))))
+                        .map_err(|x| x.to_string())?;
                     for y in [lo, hi] {
                         let dx = (x1 - x0 + 2.0 * pad) * 0.008;
-                        chart.draw_series(std::iter::once(PathElement::new(vec![(x - dx, y), (x + dx, y)], col.stroke_width(2)))).map_err(|x| x.to_string())?;
+                        chart
+                            .draw_series(std::iter::once(PathElement::new(vec![(x - dx, y), (x + dx, y)], col.stroke_width(2))))
+                            .map_err(|x| x.to_string())?;
                     }
                 }
             }
@@ -374,7 +390,10 @@ fn draw_lines_with<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Sh
     for i in 0..n {
         for j in i + 1..n {
             let (a, b) = (&c.series[i].1, &c.series[j].1);
-            if a.len() == b.len() && !a.is_empty() && a.iter().zip(b).all(|(p, q)| (p.0 - q.0).abs() < 1e-12 && (p.1 - q.1).abs() <= 1e-9 * p.1.abs().max(1.0)) {
+            if a.len() == b.len()
+                && !a.is_empty()
+                && a.iter().zip(b).all(|(p, q)| (p.0 - q.0).abs() < 1e-12 && (p.1 - q.1).abs() <= 1e-9 * p.1.abs().max(1.0))
+            {
                 same.push(format!("{} = {}", c.series[i].0, c.series[j].0));
             }
         }
@@ -444,7 +463,14 @@ fn finite_range<'a>(values: impl Iterator<Item = &'a f64>) -> (f64, f64) {
 }
 
 /// Labels and cells of a heatmap with its top-left cell at `origin`, coloured on `[lo, hi]`.
-fn draw_heat_cells<DB: DrawingBackend>(root: &DrawingArea<DB, plotters::coord::Shift>, m: &Heatmap, cell: i32, origin: (i32, i32), x0: i32, (lo, hi): (f64, f64)) -> std::result::Result<(), String> {
+fn draw_heat_cells<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    m: &Heatmap,
+    cell: i32,
+    origin: (i32, i32),
+    x0: i32,
+    (lo, hi): (f64, f64),
+) -> std::result::Result<(), String> {
     let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
     let (left, top) = origin;
     let range = if hi > lo { hi - lo } else { 1.0 };
@@ -465,14 +491,20 @@ fn draw_heat_cells<DB: DrawingBackend>(root: &DrawingArea<DB, plotters::coord::S
     Ok(())
 }
 
-fn draw_heatmap<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, m: &Heatmap, cell: i32) -> std::result::Result<(), String> {
+fn draw_heatmap<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    m: &Heatmap,
+    cell: i32,
+) -> std::result::Result<(), String> {
     let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
     root.fill(&WHITE).map_err(e)?;
-    root.draw_text(&m.title, &("sans-serif", fitted_size(&m.title, root.dim_in_pixel().0, 15)).into_font().color(&BLACK), (8, 8)).map_err(e)?;
+    root.draw_text(&m.title, &("sans-serif", fitted_size(&m.title, root.dim_in_pixel().0, 15)).into_font().color(&BLACK), (8, 8))
+        .map_err(e)?;
     let (lo, hi) = finite_range(m.values.iter().flatten());
     // A value that rounds to zero prints as 0.000, not -0.000.
     let show = |v: f64| if v.abs() < 5e-4 { 0.0 } else { v };
-    root.draw_text(&format!("min {:.3}  max {:.3}", show(lo), show(hi)), &("sans-serif", 12).into_font().color(&BLACK), (8, 30)).map_err(e)?;
+    root.draw_text(&format!("min {:.3}  max {:.3}", show(lo), show(hi)), &("sans-serif", 12).into_font().color(&BLACK), (8, 30))
+        .map_err(e)?;
     draw_heat_cells(&root, m, cell, (70, 60), 0, (lo, hi))?;
     root.present().map_err(e)?;
     Ok(())
@@ -505,13 +537,20 @@ impl Figure for HeatmapPanels {
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
         let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
         root.fill(&WHITE).map_err(e)?;
-        root.draw_text(&self.title, &("sans-serif", fitted_size(&self.title, root.dim_in_pixel().0, 15)).into_font().color(&BLACK), (8, 8)).map_err(e)?;
+        root.draw_text(&self.title, &("sans-serif", fitted_size(&self.title, root.dim_in_pixel().0, 15)).into_font().color(&BLACK), (8, 8))
+            .map_err(e)?;
         // One colour scale per column (e.g. per modality), shared by every row (model).
         let cols = self.panels.iter().map(|r| r.len()).max().unwrap_or(0);
-        let ranges: Vec<(f64, f64)> = (0..cols).map(|c| finite_range(self.panels.iter().filter_map(|r| r.get(c)).flat_map(|h| h.values.iter().flatten()))).collect();
+        let ranges: Vec<(f64, f64)> =
+            (0..cols).map(|c| finite_range(self.panels.iter().filter_map(|r| r.get(c)).flat_map(|h| h.values.iter().flatten()))).collect();
         let (pw, ph) = self.panel_size();
         for (c, (lo, hi)) in ranges.iter().enumerate() {
-            root.draw_text(&format!("column scale: min {lo:.3}  max {hi:.3}"), &("sans-serif", 12).into_font().color(&BLACK), (8 + c as i32 * pw, 30)).map_err(e)?;
+            root.draw_text(
+                &format!("column scale: min {lo:.3}  max {hi:.3}"),
+                &("sans-serif", 12).into_font().color(&BLACK),
+                (8 + c as i32 * pw, 30),
+            )
+            .map_err(e)?;
         }
         for (r, row) in self.panels.iter().enumerate() {
             for (c, h) in row.iter().enumerate() {
@@ -575,7 +614,13 @@ fn draw_scatter<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift
         .y_label_area_size(55)
         .build_cartesian_2d(span(|p| p.0), span(|p| p.1))
         .map_err(|x| x.to_string())?;
-    chart.configure_mesh().x_desc(s.x_label.as_str()).y_desc(s.y_label.as_str()).label_style(("sans-serif", 12)).draw().map_err(|x| x.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc(s.x_label.as_str())
+        .y_desc(s.y_label.as_str())
+        .label_style(("sans-serif", 12))
+        .draw()
+        .map_err(|x| x.to_string())?;
     chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 4, SERIES_COLORS[0].mix(0.8).filled()))).map_err(|x| x.to_string())?;
     root.present().map_err(e)?;
     Ok(())
@@ -645,7 +690,8 @@ impl Figure for HeadPairs<'_> {
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
         let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
         root.fill(&WHITE).map_err(e)?;
-        root.draw_text(&self.title, &("sans-serif", fitted_size(&self.title, root.dim_in_pixel().0, 15)).into_font().color(&BLACK), (8, 8)).map_err(e)?;
+        root.draw_text(&self.title, &("sans-serif", fitted_size(&self.title, root.dim_in_pixel().0, 15)).into_font().color(&BLACK), (8, 8))
+            .map_err(e)?;
         let font = ("sans-serif", 11).into_font();
         let n = self.labels.len();
         let base = image::imageops::resize(self.base, Self::IMG, Self::IMG, image::imageops::FilterType::Triangle);
@@ -753,7 +799,8 @@ impl Figure for IntervalPanels {
                 let x = px(v);
                 root.draw(&PathElement::new(vec![(x, axis + 4), (x, axis + 8)], BLACK.stroke_width(1))).map_err(e)?;
                 let label = format!("{v:.digits$}");
-                root.draw_text(&label, &("sans-serif", 11).into_font().color(&BLACK), (x - 3 * label.len() as i32, axis + 10)).map_err(e)?;
+                root.draw_text(&label, &("sans-serif", 11).into_font().color(&BLACK), (x - 3 * label.len() as i32, axis + 10))
+                    .map_err(e)?;
             }
             for (r, (m, (mean, l, h))) in self.models.iter().zip(vals).enumerate() {
                 let y = top + r as i32 * Self::ROW + 12;

@@ -16,8 +16,8 @@ mod entities;
 
 /// cp1252 bytes 0x80..=0x9F (undefined ones map to the C1 control of the same value).
 const CP1252_HIGH: [char; 32] = [
-    '€', '\u{81}', '‚', 'ƒ', '„', '…', '†', '‡', 'ˆ', '‰', 'Š', '‹', 'Œ', '\u{8d}', 'Ž', '\u{8f}', '\u{90}', '‘', '’',
-    '“', '”', '•', '–', '—', '˜', '™', 'š', '›', 'œ', '\u{9d}', 'ž', 'Ÿ',
+    '€', '\u{81}', '‚', 'ƒ', '„', '…', '†', '‡', 'ˆ', '‰', 'Š', '‹', 'Œ', '\u{8d}', 'Ž', '\u{8f}', '\u{90}', '‘', '’', '“', '”', '•', '–',
+    '—', '˜', '™', 'š', '›', 'œ', '\u{9d}', 'ž', 'Ÿ',
 ];
 
 fn cp1252_encode(c: char) -> Option<u8> {
@@ -45,11 +45,8 @@ fn lookup(name: &str) -> Option<&'static str> {
 fn replace_charref(s: &str) -> String {
     if let Some(num) = s.strip_prefix('#') {
         let digits = num.trim_end_matches(';');
-        let value = if let Some(hex) = digits.strip_prefix(['x', 'X']) {
-            u64::from_str_radix(hex, 16).ok()
-        } else {
-            digits.parse::<u64>().ok()
-        };
+        let value =
+            if let Some(hex) = digits.strip_prefix(['x', 'X']) { u64::from_str_radix(hex, 16).ok() } else { digits.parse::<u64>().ok() };
         let n = value.unwrap_or(u64::MAX);
         if n <= u32::MAX as u64 {
             if let Some((_, r)) = entities::INVALID_CHARREFS.iter().find(|(k, _)| *k as u64 == n) {
@@ -88,7 +85,11 @@ fn ftfy_unescape(s: &str) -> String {
     re.replace_all(s, |c: &regex::Captures| {
         let t = &c[0];
         let u = html_unescape(t);
-        if u.contains(';') { t.to_string() } else { u }
+        if u.contains(';') {
+            t.to_string()
+        } else {
+            u
+        }
     })
     .into_owned()
 }
@@ -131,8 +132,14 @@ fn fix_char(c: char, out: &mut String) {
         // fix_line_breaks
         '\r' | '\u{2028}' | '\u{2029}' => out.push('\n'),
         // remove_control_chars (ftfy's CONTROL_CHARS)
-        '\u{0}'..='\u{8}' | '\u{b}' | '\u{e}'..='\u{1f}' | '\u{7f}' | '\u{206a}'..='\u{206f}' | '\u{feff}'
-        | '\u{fff9}'..='\u{fffc}' | '\u{e0000}'..='\u{e007f}' => {}
+        '\u{0}'..='\u{8}'
+        | '\u{b}'
+        | '\u{e}'..='\u{1f}'
+        | '\u{7f}'
+        | '\u{206a}'..='\u{206f}'
+        | '\u{feff}'
+        | '\u{fff9}'..='\u{fffc}'
+        | '\u{e0000}'..='\u{e007f}' => {}
         _ => out.push(c),
     }
 }
@@ -160,10 +167,7 @@ pub fn basic_clean(text: &str) -> String {
 
 /// `whitespace_clean`: every run of whitespace becomes one space; strip.
 pub fn whitespace_clean(text: &str) -> String {
-    text.split(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
-        .filter(|w| !w.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+    text.split(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)).filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

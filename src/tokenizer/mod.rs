@@ -118,9 +118,7 @@ impl Tokenizer {
     /// Builds the tokenizer from the embedded merges file.
     pub fn new(context_length: usize) -> Tokenizer {
         let mut text = String::new();
-        flate2::read::GzDecoder::new(VOCAB_GZ)
-            .read_to_string(&mut text)
-            .expect("embedded BPE vocabulary is a valid gzip file");
+        flate2::read::GzDecoder::new(VOCAB_GZ).read_to_string(&mut text).expect("embedded BPE vocabulary is a valid gzip file");
         // As simple_tokenizer: skip the header line, take 49152-256-2 merges.
         let merges: Vec<(String, String)> = text
             .split('\n')
@@ -152,10 +150,8 @@ impl Tokenizer {
             .collect();
         let longest_token = vocab.iter().map(|t| t.trim_end_matches("</w>").chars().count()).max().unwrap_or(1).max(1);
         let byte_decoder = byte_encoder.iter().enumerate().map(|(i, c)| (*c, i as u8)).collect();
-        let pattern = Regex::new(
-            r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+",
-        )
-        .expect("CLIP regex compiles");
+        let pattern = Regex::new(r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+")
+            .expect("CLIP regex compiles");
         let mut cache = HashMap::new();
         cache.insert("<|startoftext|>".to_string(), vec![SOT]);
         cache.insert("<|endoftext|>".to_string(), vec![EOT]);

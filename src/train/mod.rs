@@ -191,7 +191,11 @@ impl TrainConfig {
             return Err(Error::config("batch_size", self.batch_size, "contrastive training needs 2 to 1,048,576"));
         }
         if self.data.is_none() && !(self.batch_size..=1 << 40).contains(&self.data_items) {
-            return Err(Error::config("data_items", self.data_items, format!("must be at least batch_size {} (and at most 2^40)", self.batch_size)));
+            return Err(Error::config(
+                "data_items",
+                self.data_items,
+                format!("must be at least batch_size {} (and at most 2^40)", self.batch_size),
+            ));
         }
         if self.accum_freq < 1 || self.batch_size % self.accum_freq != 0 || self.batch_size / self.accum_freq < 1 {
             return Err(Error::config("accum_freq", self.accum_freq, format!("must divide batch_size {}", self.batch_size)));
@@ -398,14 +402,21 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
         eprintln!("note: local_loss only changes data-parallel runs; a one-process run computes the full loss");
     }
     if world > 1 && tc.data.is_none() && tc.data_items < global_bs {
-        return Err(Error::config("data_items", tc.data_items, format!("must be at least world {world} × batch_size {} = {global_bs}", tc.batch_size)));
+        return Err(Error::config(
+            "data_items",
+            tc.data_items,
+            format!("must be at least world {world} × batch_size {} = {global_bs}", tc.batch_size),
+        ));
     }
     let _lock = if lead { Some(checkpoint::RunLock::acquire(run_dir)?) } else { None };
     let ckpt_root = run_dir.join("checkpoints");
     if lead {
         let removed = checkpoint::remove_stale_temps(&ckpt_root)?;
         if removed > 0 {
-            eprintln!("removed {removed} stale temporary checkpoint director{} of interrupted saves", if removed == 1 { "y" } else { "ies" });
+            eprintln!(
+                "removed {removed} stale temporary checkpoint director{} of interrupted saves",
+                if removed == 1 { "y" } else { "ies" }
+            );
         }
     }
     let from = match &opts.resume {
@@ -455,12 +466,20 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
     if let Some(dir) = &from {
         let meta = checkpoint::verify(dir)?;
         if meta.model != cfg {
-            return Err(Error::Invalid(format!("{}: checkpoint was trained with model {:?}, config asks for {:?}", dir.display(), meta.model.name, cfg.name)));
+            return Err(Error::Invalid(format!(
+                "{}: checkpoint was trained with model {:?}, config asks for {:?}",
+                dir.display(),
+                meta.model.name,
+                cfg.name
+            )));
         }
         checkpoint::load_model(dir, &vs)?;
         let optim_path = dir.join("optim.safetensors");
         if !optim_path.exists() {
-            return Err(Error::Invalid(format!("{}: no optimizer state (an imported checkpoint cannot be resumed; train from it as a fresh run instead)", dir.display())));
+            return Err(Error::Invalid(format!(
+                "{}: no optimizer state (an imported checkpoint cannot be resumed; train from it as a fresh run instead)",
+                dir.display()
+            )));
         }
         let optim = Tensor::read_safetensors(&optim_path).map_err(|e| Error::Invalid(format!("{}: {e}", optim_path.display())))?;
         checkpoint::check_finite(&optim_path.display().to_string(), optim.iter().map(|(n, t)| (n.as_str(), t)))?;
@@ -476,7 +495,12 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
             )));
         }
         if meta.step > tc.steps {
-            return Err(Error::Invalid(format!("{}: checkpoint is at step {}, past the run's steps = {}", dir.display(), meta.step, tc.steps)));
+            return Err(Error::Invalid(format!(
+                "{}: checkpoint is at step {}, past the run's steps = {}",
+                dir.display(),
+                meta.step,
+                tc.steps
+            )));
         }
         start = meta.step;
         verified.insert(dir.clone());
@@ -539,7 +563,11 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
     let (mut loss_scale, mut good_steps) = (65536.0f64, 0u64);
     let precision = amp::Precision::parse(&tc.precision)?;
     if precision == amp::Precision::AmpFp16 && !device.is_cuda() {
-        return Err(Error::config("precision", &tc.precision, "fp16 autocast needs CUDA (its loss scaling is CUDA-only); on CPU use amp-bf16"));
+        return Err(Error::config(
+            "precision",
+            &tc.precision,
+            "fp16 autocast needs CUDA (its loss scaling is CUDA-only); on CPU use amp-bf16",
+        ));
     }
     let t_run = Instant::now();
     for step in start..end {
@@ -562,7 +590,9 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
         let scale = if amp { loss_scale } else { 1.0 };
         let comm_before = comm_s;
         let loss_v = match group {
-            None => amp::autocast(device, precision.autocast_kind(), || loss_and_backward(&model, &vs, &images, &tokens, tc.accum_freq, scale))?,
+            None => {
+                amp::autocast(device, precision.autocast_kind(), || loss_and_backward(&model, &vs, &images, &tokens, tc.accum_freq, scale))?
+            }
             Some(g) => {
                 // Skipped (unreadable) items leave ranks with different counts: all ranks keep
                 // the smallest count, a multiple of accum_freq.
@@ -570,7 +600,11 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
                 let least = Vec::<i64>::try_from(&counts).map_err(Error::Torch)?.into_iter().min().unwrap_or(0) as usize;
                 let keep = least / tc.accum_freq * tc.accum_freq;
                 if keep < 1 {
-                    return Err(Error::Invalid(format!("step {}: a rank has fewer than accum_freq = {} readable items", step + 1, tc.accum_freq)));
+                    return Err(Error::Invalid(format!(
+                        "step {}: a rank has fewer than accum_freq = {} readable items",
+                        step + 1,
+                        tc.accum_freq
+                    )));
                 }
                 if keep < bs_now {
                     images = images.narrow(0, 0, keep as i64);
@@ -578,7 +612,8 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
                 }
                 bs_now = keep * world;
                 let how = DistLoss { group: g, accum: tc.accum_freq, loss_scale: scale, local_loss: tc.local_loss };
-                let (v, c) = amp::autocast(device, precision.autocast_kind(), || loss_and_backward_dist(&model, &vs, &images, &tokens, &how))?;
+                let (v, c) =
+                    amp::autocast(device, precision.autocast_kind(), || loss_and_backward_dist(&model, &vs, &images, &tokens, &how))?;
                 comm_s += c;
                 timed(&mut comm_s, || g.all_reduce_bucketed(&opt.grads(), 25 << 20))?;
                 v
@@ -643,12 +678,20 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
             writeln!(metrics, "{}", serde_json::to_string(&m).unwrap()).map_err(|e| Error::io(run_dir.join("metrics.jsonl"), e))?;
             metrics.flush().map_err(|e| Error::io(run_dir.join("metrics.jsonl"), e))?;
         } else if is_report_step(done, tc.steps) {
-            eprintln!("rank {rank}: step {done}/{} loss {loss_v:.4} {:.1} samples/s (all ranks) comm {:.0}%", tc.steps, m.samples_per_s, 100.0 * m.comm_frac.unwrap_or(0.0));
+            eprintln!(
+                "rank {rank}: step {done}/{} loss {loss_v:.4} {:.1} samples/s (all ranks) comm {:.0}%",
+                tc.steps,
+                m.samples_per_s,
+                100.0 * m.comm_frac.unwrap_or(0.0)
+            );
         }
         if progress && is_report_step(done, tc.steps) {
             let rate = (done - start) as f64 / t_run.elapsed().as_secs_f64();
             let eta = (tc.steps - done) as f64 / rate.max(1e-9);
-            eprintln!("step {done}/{} loss {loss_v:.4} lr {lr:.2e} scale {:.2} {:.1} samples/s eta {eta:.0}s", tc.steps, m.logit_scale, m.samples_per_s);
+            eprintln!(
+                "step {done}/{} loss {loss_v:.4} lr {lr:.2e} scale {:.2} {:.1} samples/s eta {eta:.0}s",
+                tc.steps, m.logit_scale, m.samples_per_s
+            );
         }
         if (tc.save_every > 0 && done % tc.save_every == 0) || done == end {
             let meta = Meta {
@@ -707,7 +750,8 @@ fn timed<T>(acc: &mut f64, f: impl FnOnce() -> T) -> T {
 /// running mean moves towards its own batch, and their mean moves towards the mean of the
 /// per-rank statistics.
 fn average_buffers(g: &crate::dist::ProcessGroup, vs: &nn::VarStore) -> Result<()> {
-    let buffers: Vec<Tensor> = named_in_order(vs).into_iter().map(|(_, t)| t).filter(|t| !t.requires_grad() && t.is_floating_point()).collect();
+    let buffers: Vec<Tensor> =
+        named_in_order(vs).into_iter().map(|(_, t)| t).filter(|t| !t.requires_grad() && t.is_floating_point()).collect();
     if buffers.is_empty() {
         return Ok(());
     }
@@ -850,7 +894,14 @@ fn embed_without_grad(model: &MsClip, vs: &nn::VarStore, ims: &[Tensor], tks: &[
 /// detached for j > 0). BatchNorm running statistics are restored after the no-grad pass so
 /// they are updated once per micro-batch, as without caching. The loss is multiplied by
 /// `loss_scale` before back-propagation (1 except under mixed precision).
-pub fn loss_and_backward(model: &MsClip, vs: &nn::VarStore, images: &Tensor, tokens: &Tensor, accum: usize, loss_scale: f64) -> Result<f64> {
+pub fn loss_and_backward(
+    model: &MsClip,
+    vs: &nn::VarStore,
+    images: &Tensor,
+    tokens: &Tensor,
+    accum: usize,
+    loss_scale: f64,
+) -> Result<f64> {
     if accum <= 1 {
         let out = model.forward(images, tokens, &Capture::none(), true)?;
         let loss = clip_loss(&out.logits_per_image);
@@ -909,7 +960,10 @@ mod tests {
             (TrainConfig { optimizer: AdamWConfig { beta1: 1.0, ..Default::default() }, ..ok.clone() }, "optimizer.beta1"),
             (TrainConfig { optimizer: AdamWConfig { beta2: -0.1, ..Default::default() }, ..ok.clone() }, "optimizer.beta2"),
             (TrainConfig { optimizer: AdamWConfig { eps: 0.0, ..Default::default() }, ..ok.clone() }, "optimizer.eps"),
-            (TrainConfig { optimizer: AdamWConfig { weight_decay: f64::NAN, ..Default::default() }, ..ok.clone() }, "optimizer.weight_decay"),
+            (
+                TrainConfig { optimizer: AdamWConfig { weight_decay: f64::NAN, ..Default::default() }, ..ok.clone() },
+                "optimizer.weight_decay",
+            ),
             (TrainConfig { grad_clip: f64::INFINITY, ..ok.clone() }, "grad_clip"),
             (TrainConfig { grad_clip: -1.0, ..ok.clone() }, "grad_clip"),
             (TrainConfig { warmup_steps: -5, ..ok.clone() }, "warmup_steps"),

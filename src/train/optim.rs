@@ -64,7 +64,13 @@ impl AdamWConfig {
     /// The learning rate and weight decay of a parameter group at base learning rate `lr`.
     pub fn lr_and_decay(&self, group: Group, lr: f64) -> (f64, f64) {
         let lr_g = if group.shared { lr * self.lr_scale_shared } else { lr };
-        let wd = if !group.decay { 0.0 } else if group.shared { self.weight_decay_shared } else { self.weight_decay };
+        let wd = if !group.decay {
+            0.0
+        } else if group.shared {
+            self.weight_decay_shared
+        } else {
+            self.weight_decay
+        };
         (lr_g, wd)
     }
 }
@@ -299,7 +305,21 @@ impl AdamW {
             let ptrs = crate::shim::tensor_ptrs;
             let (pp, gp, mp, vp) = (ptrs(&mut p), ptrs(&mut g), ptrs(&mut m), ptrs(&mut v));
             crate::shim::call(|err, len| unsafe {
-                msd_fused_adamw(pp.as_ptr(), gp.as_ptr(), mp.as_ptr(), vp.as_ptr(), pp.len() as std::ffi::c_int, self.step as f64, lr_g, c.beta1, c.beta2, wd, c.eps, err, len)
+                msd_fused_adamw(
+                    pp.as_ptr(),
+                    gp.as_ptr(),
+                    mp.as_ptr(),
+                    vp.as_ptr(),
+                    pp.len() as std::ffi::c_int,
+                    self.step as f64,
+                    lr_g,
+                    c.beta1,
+                    c.beta2,
+                    wd,
+                    c.eps,
+                    err,
+                    len,
+                )
             })?;
         }
         Ok(())
@@ -472,7 +492,8 @@ mod tests {
             opt.zero_grad();
             assert!(!a.grad().defined() && !b.grad().defined(), "{kernel:?}: gradients still defined");
             let b_before = b.copy();
-            let moments_b = |o: &AdamW| o.state().into_iter().filter(|(k, _)| k == "m.b" || k == "v.b").map(|(_, t)| t.copy()).collect::<Vec<_>>();
+            let moments_b =
+                |o: &AdamW| o.state().into_iter().filter(|(k, _)| k == "m.b" || k == "v.b").map(|(_, t)| t.copy()).collect::<Vec<_>>();
             let state_b = moments_b(&opt);
             assert_eq!(state_b.len(), 2);
             (&a * 3.0).sum(Kind::Float).backward();
@@ -505,7 +526,8 @@ mod tests {
                 opt.zero_grad();
                 tch::manual_seed(100 + step);
                 let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
-                let loss: Tensor = vars.values().map(|t| (t * Tensor::randn(t.size(), (Kind::Float, tch::Device::Cpu))).sum(Kind::Float)).sum();
+                let loss: Tensor =
+                    vars.values().map(|t| (t * Tensor::randn(t.size(), (Kind::Float, tch::Device::Cpu))).sum(Kind::Float)).sum();
                 loss.backward();
                 norms.push(opt.grad_norm());
                 opt.step(1e-2);

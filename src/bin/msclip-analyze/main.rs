@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use msclip::checkpoint::{LoadedModel, ModelSource};
 use msclip::cli::{int_in, positive_float};
-use msclip::commands::{self, attention, check, embed, eval, figures, gap, heads, nmi, probe, retrieval, zeroshot, DataOptions, SkippedItem};
+use msclip::commands::{
+    self, attention, check, embed, eval, figures, gap, heads, nmi, probe, retrieval, zeroshot, DataOptions, SkippedItem,
+};
 use msclip::data::pairs::PairData;
 use msclip::eval::Pooling;
 use msclip::model::{MsClip, Site};
@@ -421,26 +423,50 @@ fn main() -> ExitCode {
         Command::Attention(a) => attention_cmd(&a),
         Command::Eval { model, items, seed, json } => eval_cmd(&model, items, seed, json),
         Command::Embed { model, data, out } => embed_cmd(&model, &data, &out),
-        Command::Gap { model, data, image_npy, text_npy, uniformity_max, out, json } => gap_cmd(&model, &data, image_npy.as_deref().zip(text_npy.as_deref()), uniformity_max, out.as_deref(), json),
-        Command::Zeroshot { model, folder, synthetic, templates, batch, out } => zeroshot_cmd(&model, folder, synthetic, templates.as_deref(), batch, out.as_deref()),
+        Command::Gap { model, data, image_npy, text_npy, uniformity_max, out, json } => {
+            gap_cmd(&model, &data, image_npy.as_deref().zip(text_npy.as_deref()), uniformity_max, out.as_deref(), json)
+        }
+        Command::Zeroshot { model, folder, synthetic, templates, batch, out } => {
+            zeroshot_cmd(&model, folder, synthetic, templates.as_deref(), batch, out.as_deref())
+        }
         Command::Probe { model, fashion_mnist, synthetic, feature, train, val, test, c, no_standardize, save_features, out } => {
             let data = match (fashion_mnist, synthetic) {
                 (Some(d), _) => Ok(probe::ProbeData::FashionMnist(d)),
                 (None, true) => Ok(probe::ProbeData::Synthetic),
                 (None, false) => Err(Error::Invalid("give --fashion-mnist DIR or --synthetic".into())),
             };
-            data.and_then(|data| probe_cmd(&model, &probe::ProbeOptions { data, feature, splits: [train, val, test], cs: c, standardize: !no_standardize }, save_features.as_deref(), out.as_deref()))
+            data.and_then(|data| {
+                probe_cmd(
+                    &model,
+                    &probe::ProbeOptions { data, feature, splits: [train, val, test], cs: c, standardize: !no_standardize },
+                    save_features.as_deref(),
+                    out.as_deref(),
+                )
+            })
         }
         Command::Retrieval { model, data, out } => retrieval_cmd(&model, &data, out.as_deref()),
         Command::Figures { recipes, out } => figures::run_all(&recipes, &out).map(|n| println!("wrote {n} recipes into {}", out.display())),
-        Command::Heads { model, data, out, permutations, gallery_slots } => heads_cmd(&model, &data, &out, &heads::HeadsOptions { permutations, gallery_slots }),
+        Command::Heads { model, data, out, permutations, gallery_slots } => {
+            heads_cmd(&model, &data, &out, &heads::HeadsOptions { permutations, gallery_slots })
+        }
         Command::Nmi { nmi, image_npy: Some(a), text_npy: Some(b), out, json, .. } => nmi_npy_cmd(&a, &b, &nmi, out.as_deref(), json),
         Command::Nmi { model, data, nmi, out, json, .. } => nmi_cmd(&model, &data, &nmi, out.as_deref(), json),
         Command::Ablate { model, out, synthetic, kind, reference, seed, no_sites, permutations, batch } => {
-            let opts = msclip::causal::ablate::AblateOptions { kind, items: synthetic, seed, reference_items: reference, reference_seed: seed ^ 0x5EF5_EED, sites: !no_sites, permutations, batch };
+            let opts = msclip::causal::ablate::AblateOptions {
+                kind,
+                items: synthetic,
+                seed,
+                reference_items: reference,
+                reference_seed: seed ^ 0x5EF5_EED,
+                sites: !no_sites,
+                permutations,
+                batch,
+            };
             ablate_cmd(&model, &opts, &out)
         }
-        Command::Patch { model, out, tower, attribute, pairs, seed } => patch_cmd(&model, &commands::patch::PatchOptions { tower, attribute, pairs, seed }, &out),
+        Command::Patch { model, out, tower, attribute, pairs, seed } => {
+            patch_cmd(&model, &commands::patch::PatchOptions { tower, attribute, pairs, seed }, &out)
+        }
         Command::Decompose { model, out, synthetic, seed, span, texts, subspace_k } => {
             decompose_cmd(&model, &commands::decompose::DecomposeOptions { items: synthetic, seed, span, texts, subspace_k }, &out)
         }
@@ -576,7 +602,9 @@ fn check_cmd(model: &ModelArg, data: &DataArg, args: &NmiArgs, baseline: &Path, 
     // The baseline is read (and, to check against, validated) before the model runs.
     let existing = if update {
         match std::fs::read_to_string(baseline) {
-            Ok(t) => Some(serde_json::from_str::<Baseline>(&t).map_err(|e| Error::Parse { path: baseline.to_path_buf(), message: e.to_string() })?),
+            Ok(t) => Some(
+                serde_json::from_str::<Baseline>(&t).map_err(|e| Error::Parse { path: baseline.to_path_buf(), message: e.to_string() })?,
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::io(baseline, e)),
         }
@@ -615,7 +643,14 @@ fn heads_cmd(model: &ModelArg, data: &DataArg, out: &Path, opts: &heads::HeadsOp
     Ok(())
 }
 
-fn zeroshot_cmd(model: &ModelArg, folder: Option<PathBuf>, synthetic: Option<usize>, templates: Option<&Path>, batch: usize, out: Option<&Path>) -> Result<()> {
+fn zeroshot_cmd(
+    model: &ModelArg,
+    folder: Option<PathBuf>,
+    synthetic: Option<usize>,
+    templates: Option<&Path>,
+    batch: usize,
+    out: Option<&Path>,
+) -> Result<()> {
     let data = match (folder, synthetic) {
         (Some(root), _) => zeroshot::ZeroshotData::Folder(root),
         (None, Some(n)) => zeroshot::ZeroshotData::Synthetic(n),
@@ -716,7 +751,16 @@ fn ablate_cmd(model: &ModelArg, opts: &msclip::causal::ablate::AblateOptions, ou
     let r = commands::ablate::run(&loaded, opts, |d, t| bar.tick(d, t))?;
     r.write(out)?;
     let c = &r.ablation.clean;
-    println!("{:<14} clean: zero-shot {:.3} R@1 i→t {:.3} t→i {:.3} matched cosine {:.4} ({} ablation, {:.1}s)", loaded.model.config.name, c.zero_shot_top1, c.image_to_text_r1, c.text_to_image_r1, c.matched_cosine, opts.kind.name(), r.seconds);
+    println!(
+        "{:<14} clean: zero-shot {:.3} R@1 i→t {:.3} t→i {:.3} matched cosine {:.4} ({} ablation, {:.1}s)",
+        loaded.model.config.name,
+        c.zero_shot_top1,
+        c.image_to_text_r1,
+        c.text_to_image_r1,
+        c.matched_cosine,
+        opts.kind.name(),
+        r.seconds
+    );
     println!("{:<16} {:<22} {:>6} {:>9} {:>9}", "importance", "scope", "heads", "spearman", "p");
     for a in r.ablation.agreement.iter().filter(|a| !a.scope.starts_with("slot")) {
         println!("{:<16} {:<22} {:>6} {:>9.4} {:>9.4}", a.metric, a.scope, a.heads, a.spearman, a.p_value);
@@ -741,8 +785,14 @@ fn patch_cmd(model: &ModelArg, opts: &commands::patch::PatchOptions, out: &Path)
 fn decompose_cmd(model: &ModelArg, opts: &commands::decompose::DecomposeOptions, out: &Path) -> Result<()> {
     let r = commands::decompose::run(&model.load(0)?, opts)?;
     r.write(out)?;
-    println!("sum check: image {:.2e}, text {:.2e} (max relative error; {} + {} terms)", r.image_sum_error, r.text_sum_error, r.terms.0, r.terms.1);
-    println!("shared heads' subspace similarity (image vs text contributions): {:.3}; unshared pairs: {:.3}", r.subspace_similarity_shared, r.subspace_similarity_unshared);
+    println!(
+        "sum check: image {:.2e}, text {:.2e} (max relative error; {} + {} terms)",
+        r.image_sum_error, r.text_sum_error, r.terms.0, r.terms.1
+    );
+    println!(
+        "shared heads' subspace similarity (image vs text contributions): {:.3}; unshared pairs: {:.3}",
+        r.subspace_similarity_shared, r.subspace_similarity_unshared
+    );
     for c in &r.mean_ablation {
         println!("K {:>2}: zero-shot image side {:.3}, text side {:.3}", c.k, c.image.zero_shot_top1, c.text.zero_shot_top1);
     }
