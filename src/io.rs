@@ -81,3 +81,103 @@ impl Provenance {
         format!("# provenance: {json}\n")
     }
 }
+
+/// The longest name [`path_component`] accepts, in bytes: room for the suffixes the toolkit
+/// appends (`-2`, `.tmp`, `_side_by_side.svg`) within the usual 255-byte file-name limit.
+pub const MAX_COMPONENT_BYTES: usize = 200;
+
+/// `name`, checked to be one safe path component: every folder or file name the toolkit
+/// builds from data (model names from `meta.json`, recipe stems, run names) goes through
+/// here, so no data can make a write land outside the output folder. Refused, with an error
+/// naming `what` and the name: empty, `.`/`..` and other names starting with a dot, `/` or
+/// `\`, NUL or other control characters, more than [`MAX_COMPONENT_BYTES`] bytes.
+pub fn path_component(name: &str, what: &str) -> Result<String> {
+    let why = if name.is_empty() {
+        Some("it is empty".to_string())
+    } else if name.starts_with('.') {
+        Some("it starts with a dot (`.`, `..` and hidden names are refused)".to_string())
+    } else if name.contains(['/', '\\']) {
+        Some("it holds a path separator".to_string())
+    } else if name.chars().any(|c| c.is_control()) {
+        Some("it holds a control character (NUL, newline, …)".to_string())
+    } else if name.len() > MAX_COMPONENT_BYTES {
+        Some(format!("it is {} bytes long (at most {MAX_COMPONENT_BYTES})", name.len()))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(Error::Invalid(format!("{what} {:?} cannot name an output folder: {why}", truncate_for_display(name)))),
+        None => Ok(name.to_string()),
+    }
+}
+
+fn truncate_for_display(name: &str) -> String {
+    match name.char_indices().nth(60) {
+        Some((i, _)) => format!("{}…", &name[..i]),
+        None => name.to_string(),
+    }
+}
+
+/// Sub-folders of one output folder, one per name, never shared: a name claimed twice gets
+/// `-2`, `-3`, … (and a note on stderr), so two runs of one model in a recipe do not
+/// overwrite each other.
+#[derive(Debug, Default)]
+pub struct SubDirs {
+    used: std::collections::BTreeSet<String>,
+}
+
+impl SubDirs {
+    /// No names claimed yet.
+    pub fn new() -> SubDirs {
+        SubDirs::default()
+    }
+
+    /// Creates and returns `parent/<name>` (or `parent/<name>-k` when `name` was claimed
+    /// before); `name` must pass [`path_component`].
+    pub fn claim(&mut self, parent: &Path, name: &str, what: &str) -> Result<std::path::PathBuf> {
+        let base = path_component(name, what)?;
+        let mut chosen = base.clone();
+        let mut k = 2;
+        while !self.used.insert(chosen.clone()) {
+            chosen = format!("{base}-{k}");
+            k += 1;
+        }
+        if chosen != base {
+            eprintln!("note: {what} {base:?} appears more than once; this one is written to {chosen}/");
+        }
+        let dir = parent.join(&chosen);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        Ok(dir)
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::*;
+
+    #[test]
+    fn path_component_refuses_everything_that_is_not_one_plain_name() {
+        let long = "a".repeat(300);
+        for bad in ["", ".", "..", "...", ".hidden", "/abs", "a/../../b", "a\\b", "nul\0byte", "new\nline", long.as_str()] {
+            let err = path_component(bad, "model name").unwrap_err().to_string();
+            assert!(err.starts_with("model name "), "{bad:?}: {err}");
+        }
+        for good in ["tiny-msclip-s", "clip b32", "ü-model", "a.b", &"x".repeat(MAX_COMPONENT_BYTES)] {
+            assert_eq!(path_component(good, "model name").unwrap(), good);
+        }
+    }
+
+    #[test]
+    fn a_name_claimed_twice_gets_its_own_folder() {
+        let root = std::env::temp_dir().join(format!("msclip-subdirs-{}", std::process::id()));
+        let mut dirs = SubDirs::new();
+        let a = dirs.claim(&root, "m", "model name").unwrap();
+        let b = dirs.claim(&root, "m", "model name").unwrap();
+        let c = dirs.claim(&root, "m", "model name").unwrap();
+        assert_eq!([a.file_name().unwrap(), b.file_name().unwrap(), c.file_name().unwrap()], ["m", "m-2", "m-3"]);
+        assert!(a.is_dir() && b.is_dir() && c.is_dir());
+        assert!(dirs.claim(&root, "../escape", "model name").is_err());
+        assert!(!root.join("../escape").exists());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

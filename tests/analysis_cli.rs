@@ -393,3 +393,61 @@ fn linear_probe_on_synthetic_classes() {
     assert_eq!(code, 2);
     assert!(err.contains("--feature"), "{err}");
 }
+
+/// Paths built from data never leave `--out`: a checkpoint whose model name holds `../` is
+/// refused by name, recipe files named `...toml` / `..toml` are refused by name, two runs of
+/// one model in a recipe get their own folders, and a recipe that is not a regular file is
+/// not opened.
+#[test]
+fn figures_never_write_outside_out() {
+    let dir = std::env::temp_dir().join(format!("msclip-figs-paths-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ck = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/check/ckpt");
+    let evil = dir.join("evil-ckpt");
+    std::fs::create_dir_all(&evil).unwrap();
+    for f in ["model.safetensors", "meta.json"] {
+        std::fs::copy(ck.join(f), evil.join(f)).unwrap();
+    }
+    let meta = std::fs::read_to_string(evil.join("meta.json")).unwrap().replace("\"micro-msclip-s\"", "\"../../escaped\"");
+    std::fs::write(evil.join("meta.json"), meta).unwrap();
+    let out = dir.join("out/figs");
+    let figures = |recipes: &Path| run(&["figures", "--recipes", recipes.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let recipe = |runs: &str| format!("analysis = \"attention-gallery\"\ntitle = \"t\"\nruns = [{runs}]\nseed = 1\n");
+
+    let r1 = dir.join("r1");
+    std::fs::create_dir_all(&r1).unwrap();
+    std::fs::write(r1.join("gal.toml"), recipe(&format!("\"{}\"", evil.display()))).unwrap();
+    let (code, _, err) = figures(&r1);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("\"../../escaped\"") && err.contains("model name"), "{err}");
+    assert!(!dir.join("escaped").exists() && !dir.join("out/escaped").exists());
+
+    for stem in ["..", "."] {
+        let r = dir.join(format!("r-{}", stem.len()));
+        std::fs::create_dir_all(&r).unwrap();
+        std::fs::write(r.join(format!("{stem}.toml")), recipe(&format!("\"{}\"", ck.display()))).unwrap();
+        let (code, _, err) = figures(&r);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(&format!("{stem}.toml")) && err.contains("starts with a dot"), "{err}");
+    }
+    assert!(!dir.join("out/gal").exists() && !dir.join("out/README.md").exists(), "nothing written next to --out");
+
+    let r2 = dir.join("r2");
+    std::fs::create_dir_all(&r2).unwrap();
+    std::fs::write(r2.join("gal.toml"), recipe(&format!("\"{}\", \"{}\"", ck.display(), ck.display()))).unwrap();
+    let (code, _, err) = figures(&r2);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("micro-msclip-s-2"), "the second folder is named on stderr: {err}");
+    for sub in ["micro-msclip-s", "micro-msclip-s-2"] {
+        assert!(out.join("gal").join(sub).join("attention.json").is_file(), "{sub}");
+    }
+
+    let r3 = dir.join("r3");
+    std::fs::create_dir_all(&r3).unwrap();
+    let fifo = std::ffi::CString::new(r3.join("pipe.toml").to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let (code, _, err) = figures(&r3);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("pipe.toml") && err.contains("not a regular file"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

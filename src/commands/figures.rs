@@ -110,6 +110,10 @@ impl Recipe {
     /// Reads a recipe; an unknown analysis, a field it does not use, or a value out of its
     /// domain is an error naming the file.
     pub fn read(path: &Path) -> Result<Recipe> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if !meta.is_file() {
+            return Err(Error::Invalid(format!("{}: not a regular file (a recipe is a TOML file)", path.display())));
+        }
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let r: Recipe = toml::from_str(&text).map_err(|e| Error::Parse { path: path.to_path_buf(), message: e.to_string() })?;
         r.check().map_err(|e| Error::Parse { path: path.to_path_buf(), message: e.to_string() })?;
@@ -236,7 +240,11 @@ pub fn run_all(recipes: &Path, out: &Path) -> Result<usize> {
     }
     let parsed: Vec<(String, Recipe)> = files
         .iter()
-        .map(|f| Ok((f.file_stem().expect("a file name").to_string_lossy().to_string(), Recipe::read(f)?)))
+        .map(|f| {
+            let stem = f.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+            let name = crate::io::path_component(&stem, &format!("recipe file {}: its name", f.display()))?;
+            Ok((name, Recipe::read(f)?))
+        })
         .collect::<Result<_>>()?;
     let shown = recipes.display().to_string();
     let shown = shown.trim_end_matches('/');
@@ -288,6 +296,9 @@ fn listing(dir: &Path) -> Vec<String> {
 /// Renders one recipe into `dir`; returns the files there.
 pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
     r.check()?;
+    // One folder per model, named after it (checked to be a plain name) and never shared.
+    let mut subdirs = crate::io::SubDirs::new();
+    let mut sub_dir = |name: &str| subdirs.claim(dir, name, "model name (from the checkpoint's meta.json)");
     match r.analysis.as_str() {
         "nmi-by-layer" | "gap-by-layer" => layer_curves(r, dir)?,
         "training-curves" => training_curves(r, dir)?,
@@ -302,9 +313,7 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
                 // One gallery per model (the last attention slot) keeps figures/ small.
                 let last = cfg.vision_attention_slots().last().copied();
                 let out = heads::run(&model, &r.data(), &HeadsOptions { permutations: 2000, gallery_slots: last.into_iter().collect() })?;
-                let sub = dir.join(&cfg.name);
-                std::fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;
-                out.write(&sub)?;
+                out.write(&sub_dir(&cfg.name)?)?;
                 all.push((cfg, out.stats));
             }
             heads::write_side_by_side(dir, &all)?;
@@ -324,7 +333,7 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
                     ..Default::default()
                 };
                 let out = super::ablate::run(&model, &opts, |_, _| {})?;
-                out.write(&sub_dir(dir, &model.model.config.name)?)?;
+                out.write(&sub_dir(&model.model.config.name)?)?;
                 let name = &model.model.config.name;
                 let ag = &out.ablation.agreement;
                 for a in ag {
@@ -347,7 +356,7 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
         "patching" => {
             for src in r.models()? {
                 let model = src.load(0)?;
-                let sub = sub_dir(dir, &model.model.config.name)?;
+                let sub = sub_dir(&model.model.config.name)?;
                 for (tower, name) in [(super::patch::Tower::Text, "text_colour"), (super::patch::Tower::Vision, "vision_colour")] {
                     let opts = super::patch::PatchOptions {
                         tower,
@@ -355,7 +364,7 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
                         pairs: r.synthetic.unwrap_or(32),
                         seed: r.seed(),
                     };
-                    super::patch::run(&model, &opts)?.write(&sub_dir(&sub, name)?)?;
+                    super::patch::run(&model, &opts)?.write(&sub.join(name))?;
                 }
             }
         }
@@ -368,7 +377,7 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
                 let opts = super::decompose::DecomposeOptions { items: r.synthetic.unwrap_or(128), seed: r.seed(), ..Default::default() };
                 let out = super::decompose::run(&model, &opts)?;
                 if r.analysis == "decomposition" {
-                    out.write(&sub_dir(dir, &model.model.config.name)?)?;
+                    out.write(&sub_dir(&model.model.config.name)?)?;
                 }
                 let avg = |shared: bool, f: fn(&super::decompose::BothSides) -> f64| {
                     let v: Vec<f64> = out.both_sides.iter().filter(|s| s.shared == shared).map(f).collect();
@@ -405,18 +414,12 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
             for src in r.models()? {
                 let model = src.load(r.seed())?;
                 let out = attention::run(&model, &AttentionOptions { seed: r.seed(), ..Default::default() })?;
-                out.write(&dir.join(&model.model.config.name))?;
+                out.write(&sub_dir(&model.model.config.name)?)?;
             }
         }
         _ => unreachable!("checked above"),
     }
     Ok(listing(dir))
-}
-
-fn sub_dir(dir: &Path, name: &str) -> Result<PathBuf> {
-    let sub = dir.join(name);
-    std::fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;
-    Ok(sub)
 }
 
 /// One curve's points with their intervals: `(slot, mean, lo, hi)`.
@@ -826,12 +829,14 @@ fn probe_table(r: &Recipe, dir: &Path) -> Result<()> {
     let mut csv = String::from("model,feature,best_c,test_top1,test_mean_per_class,n_train,n_val,n_test\n");
     let mut md = String::from("| model | feature | best C | test top-1 | mean-per-class |\n|---|---|---:|---:|---:|\n");
     let mut header = String::new();
+    let mut subdirs = crate::io::SubDirs::new();
     for src in r.models()? {
         let model = src.load(0)?;
         let name = model.model.config.name.clone();
+        let model_dir = subdirs.claim(dir, &name, "model name (from the checkpoint's meta.json)")?;
         for feature in [Feature::Pre, Feature::Post] {
             let out = probe::run(&model, &ProbeOptions { data: ProbeData::Synthetic, feature, splits, cs: cs.clone(), standardize: true })?;
-            let sub = dir.join(&name).join(feature.name());
+            let sub = model_dir.join(feature.name());
             out.write(&sub)?;
             let res = &out.result;
             csv.push_str(&format!(
