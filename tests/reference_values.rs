@@ -64,6 +64,7 @@ fn adamw_matches_torch_over_several_steps() {
             weight_decay: a["weight_decay"]["w"].as_f64().unwrap(),
             weight_decay_shared: a["weight_decay"]["s"].as_f64().unwrap(),
             lr_scale_shared: a["lr_scale"]["s"].as_f64().unwrap(),
+            weight_decay_embeddings: false,
         };
         let mut opt = AdamW::new(&vs, cfg);
         opt.kernel = kernel;

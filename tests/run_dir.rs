@@ -201,6 +201,7 @@ fn nothing_non_finite_is_checkpointed_or_resumed() {
         seed: 0,
         train_config: String::new(),
         sha256: Default::default(),
+        init: None,
     };
     let root = tmp("nonfinite");
     let err = checkpoint::save(&root, &vs, &[], meta.clone()).unwrap_err().to_string();

@@ -97,6 +97,26 @@ struct Cli {
     /// Each rank computes only its own rows of the contrastive loss (same gradient, less memory).
     #[arg(long)]
     local_loss: bool,
+    /// Start a fresh run from the weights of this checkpoint (trained, or imported with
+    /// `msclip-train import`) or run directory; step 0, fresh optimizer. Overrides [init] from.
+    #[arg(long)]
+    init: Option<std::path::PathBuf>,
+    /// Which tensors --init loads (repeatable; default: all, by name): `text`, `vision`,
+    /// `[vision.|text.|shared.]SITE[:SLOTS]` (SITE: attn, mlp, ln, block, attn_in, attn_out,
+    /// fc1, fc2, ln1, ln2; SLOTS: 3, 2-5, 0,2-4), `logit_scale`, a name glob (`text.*`), or a
+    /// mapping TARGET=SOURCE across layouts (`shared.attn:1-11=text.attn:1-11`).
+    #[arg(long, requires = "init")]
+    init_select: Vec<String>,
+    /// Keep these parameters fixed (repeatable; same selectors as --init-select, no
+    /// mappings): no gradient, no optimizer state, bit-identical through the run. A shared
+    /// tensor is one tensor: freezing it through one tower (`--freeze vision`) freezes it for
+    /// the text tower too. Adds to the config's `freeze`.
+    #[arg(long)]
+    freeze: Vec<String>,
+    /// Decay the token and positional embeddings too (OpenCLIP's weight-decay groups; the
+    /// default follows the official MS-CLIP code, which never decays them).
+    #[arg(long)]
+    weight_decay_embeddings: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -188,6 +208,13 @@ fn run(cli: Cli) -> Result<()> {
     }
     tc.strict |= cli.strict;
     tc.local_loss |= cli.local_loss;
+    if let Some(from) = &cli.init {
+        let select =
+            if cli.init_select.is_empty() { tc.init.take().map(|i| i.select).unwrap_or_default() } else { cli.init_select.clone() };
+        tc.init = Some(msclip::train::InitConfig { from: from.clone(), select });
+    }
+    tc.freeze.extend(cli.freeze.iter().cloned());
+    tc.optimizer.weight_decay_embeddings |= cli.weight_decay_embeddings;
     let mut device = match cli.device.as_str() {
         "auto" => Device::cuda_if_available(),
         "cpu" => Device::Cpu,

@@ -284,6 +284,7 @@ pub fn import_file(from: &std::path::Path, cfg: Option<ModelConfig>, out: &std::
         seed: 0,
         train_config: format!("imported from {} (sha256 {})", from.display(), crate::io::sha256_file(from)?),
         sha256: Default::default(),
+        init: None,
     };
     super::save_dir(out, &vs, &[], meta)?;
     Ok(ImportReport { model: cfg.name, read_s, map_s, write_s: t2.elapsed().as_secs_f64() })

@@ -40,6 +40,25 @@ pub struct Meta {
     pub train_config: String,
     /// sha256 of `model.safetensors` and `optim.safetensors`.
     pub sha256: BTreeMap<String, String>,
+    /// Where the run's initial weights came from, when it started from another checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitRecord>,
+}
+
+/// What a training run's `init` loaded (see `train::TrainConfig::init`), recorded in every
+/// checkpoint's `meta.json` and in `RUN/init.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InitRecord {
+    /// The source checkpoint directory.
+    pub from: PathBuf,
+    /// sha256 of its `model.safetensors`.
+    pub source_sha256: String,
+    /// The source's model name.
+    pub source_model: String,
+    /// The selection as given (empty: everything).
+    pub select: Vec<String>,
+    /// `(target, source)` names of the tensors loaded.
+    pub tensors: Vec<(String, String)>,
 }
 
 /// The directory name of the checkpoint at `step` (`step-00000200`).

@@ -34,6 +34,25 @@ pub trait PairSource: Send + Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Pre-processed tensors, batched as they are (no decoding, augmentation or tokenising).
+    fn preprocessed(&self) -> Option<&super::tensors::TensorPairs> {
+        None
+    }
+}
+
+impl PairSource for super::tensors::TensorPairs {
+    fn len(&self) -> usize {
+        self.n
+    }
+    fn get(&self, _i: usize) -> std::result::Result<(RgbImage, String), String> {
+        Err("pre-processed tensors have no image file or caption".into())
+    }
+    fn describe(&self, i: usize) -> String {
+        format!("tensors:{i}")
+    }
+    fn preprocessed(&self) -> Option<&super::tensors::TensorPairs> {
+        Some(self)
+    }
 }
 
 /// The synthetic world, item `i` = `synth::scene(seed, i)`.
@@ -160,6 +179,7 @@ fn build_batch(src: &dyn PairSource, tok: &Tokenizer, plan: &Plan, step: i64) ->
     let first = step as u64 * plan.batch_size as u64;
     let mut order: Option<(u64, Vec<usize>)> = None;
     let (mut imgs, mut caps, mut indices, mut skipped) = (vec![], vec![], vec![], vec![]);
+    let mut pre_tokens: Vec<Tensor> = vec![];
     let mut epoch = first / n;
     let (rank, world) = plan.shard;
     let local = (plan.batch_size / world.max(1)) as u64;
@@ -171,6 +191,13 @@ fn build_batch(src: &dyn PairSource, tok: &Tokenizer, plan: &Plan, step: i64) ->
         }
         epoch = e;
         let i = order.as_ref().unwrap().1[(pos % n) as usize];
+        if let Some(tp) = src.preprocessed() {
+            let (img, tok) = tp.item(i);
+            imgs.push(img);
+            pre_tokens.push(tok);
+            indices.push(i);
+            continue;
+        }
         match src.get(i) {
             Ok((img, cap)) => {
                 let img = match plan.augment {
@@ -194,7 +221,7 @@ fn build_batch(src: &dyn PairSource, tok: &Tokenizer, plan: &Plan, step: i64) ->
         step,
         epoch,
         images: Tensor::stack(&imgs, 0),
-        tokens: tok.tokenize_batch(&caps),
+        tokens: if pre_tokens.is_empty() { tok.tokenize_batch(&caps) } else { Tensor::stack(&pre_tokens, 0) },
         indices,
         skipped,
         build_s: t0.elapsed().as_secs_f64(),

@@ -9,3 +9,4 @@ pub mod pairs;
 pub mod shards;
 pub mod synth;
 pub mod synthetic_set;
+pub mod tensors;

@@ -1,8 +1,10 @@
 //! Contrastive training with exact resume and per-step telemetry.
 
 pub mod amp;
+pub mod init;
 pub mod loss;
 pub mod optim;
+pub mod select;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -103,6 +105,31 @@ pub struct TrainConfig {
     /// (OpenCLIP's `--local-loss`; the same gradient, `B/world × B` logits per rank).
     #[serde(default)]
     pub local_loss: bool,
+    /// Start a fresh run from another checkpoint's weights, all of them or a selection (the
+    /// rest comes from the seed); the run still starts at step 0 with a fresh optimizer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitConfig>,
+    /// Parameters kept fixed for the whole run: selectors as in [`select`] (`text`,
+    /// `shared.attn:2-5`, `visual.parallel.*`, …). Frozen parameters get no gradient and no
+    /// optimizer state and stay bit-identical. A shared tensor is one tensor: freezing it
+    /// through one tower freezes it for both. BatchNorm running statistics are buffers, not
+    /// parameters: they keep updating (as OpenCLIP's `--lock-image` without
+    /// `--lock-image-freeze-bn-stats`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freeze: Vec<String>,
+}
+
+/// Where a fresh run's weights come from (see [`TrainConfig::init`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitConfig {
+    /// A checkpoint directory (trained or imported with `msclip-train import`), or a run
+    /// directory (its newest checkpoint).
+    pub from: PathBuf,
+    /// Which tensors to load, as [`select`] entries: `TARGET` (same names in the source) or
+    /// `TARGET=SOURCE` (a mapping across layouts). Empty: every tensor, by name.
+    #[serde(default)]
+    pub select: Vec<String>,
 }
 
 /// `[lo, hi]`: exactly two numbers (serde's fixed-size arrays would silently drop extras).
@@ -160,6 +187,8 @@ impl Default for TrainConfig {
             logit_scale_init: None,
             precision: default_precision(),
             local_loss: false,
+            init: None,
+            freeze: vec![],
         }
     }
 }
@@ -250,6 +279,20 @@ impl TrainConfig {
         if let Some(v) = self.logit_scale_init {
             finite("logit_scale_init", v)?;
         }
+        if self.seed > i64::MAX as u64 {
+            return Err(Error::config(
+                "seed",
+                self.seed,
+                format!("must be at most {} (checkpoints store it as a signed integer)", i64::MAX),
+            ));
+        }
+        if let Some(init) = &self.init {
+            if init.from.as_os_str().is_empty() {
+                return Err(Error::config("init.from", "\"\"", "name a checkpoint or run directory"));
+            }
+            select::check_syntax(&init.select, "init.select", true)?;
+        }
+        select::check_syntax(&self.freeze, "freeze", false)?;
         self.optimizer.validate()
     }
 }
@@ -433,6 +476,27 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
         },
         Resume::Path(p) => Some(p.clone()),
     };
+    let train_toml = toml::to_string(tc).map_err(|e| Error::Invalid(format!("the training config cannot be written as TOML: {e}")))?;
+    // Build the model and resolve init and freeze before anything in the run directory is
+    // touched: a bad selection must not cost the user an earlier run deleted by --force.
+    let (vs, model) = MsClip::build(&cfg, device, tc.seed as i64);
+    let buffers: std::collections::BTreeSet<String> =
+        vs.variables().into_iter().filter(|(_, t)| !t.requires_grad()).map(|(n, _)| n).collect();
+    let mut init_record = match (&from, &tc.init) {
+        (None, Some(ic)) => Some(init::apply(ic, &vs)?),
+        _ => None,
+    };
+    let frozen = init::freeze(&tc.freeze, &vs)?;
+    if let Some(r) = &init_record {
+        if lead {
+            eprintln!("init: {} tensors from {} ({}, sha256 {})", r.tensors.len(), r.from.display(), r.source_model, r.source_sha256);
+        }
+    }
+    if !frozen.is_empty() && lead {
+        let shared = frozen.iter().filter(|n| n.starts_with("shared.")).count();
+        let note = if shared > 0 { format!(", {shared} of them shared by both towers") } else { String::new() };
+        eprintln!("freeze: {} parameter tensors fixed{note}", frozen.len());
+    }
     if from.is_none() {
         let found = earlier_outputs(run_dir);
         if !found.is_empty() && !opts.force {
@@ -447,7 +511,7 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
             g.barrier()?;
         }
         if opts.force && lead {
-            for f in ["metrics.jsonl", "skipped.tsv"] {
+            for f in ["metrics.jsonl", "skipped.tsv", "init.json"] {
                 let p = run_dir.join(f);
                 if p.exists() {
                     std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
@@ -458,7 +522,6 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
             }
         }
     }
-    let (vs, model) = MsClip::build(&cfg, device, tc.seed as i64);
     let mut opt = AdamW::new(&vs, tc.optimizer.clone());
     let mut comm_s = 0.0f64;
     let mut start = 0i64;
@@ -477,12 +540,20 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
         let optim_path = dir.join("optim.safetensors");
         if !optim_path.exists() {
             return Err(Error::Invalid(format!(
-                "{}: no optimizer state (an imported checkpoint cannot be resumed; train from it as a fresh run instead)",
+                "{}: no optimizer state to resume (an imported checkpoint has none); to train from its weights, start a fresh run with --init {} (config: [init] from = ...)",
+                dir.display(),
                 dir.display()
             )));
         }
         let optim = Tensor::read_safetensors(&optim_path).map_err(|e| Error::Invalid(format!("{}: {e}", optim_path.display())))?;
         checkpoint::check_finite(&optim_path.display().to_string(), optim.iter().map(|(n, t)| (n.as_str(), t)))?;
+        if let Some(n) = optim.iter().map(|(n, _)| n).find(|n| n.strip_prefix("m.").is_some_and(|p| frozen.contains(p))) {
+            return Err(Error::Invalid(format!(
+                "{}: holds optimizer state for {}, which this run freezes; a resume keeps the run's freeze list",
+                optim_path.display(),
+                &n[2..]
+            )));
+        }
         opt.load_state(optim, &optim_path.display().to_string())?;
         if meta.step > 0 && meta.samples_seen != meta.step as u64 * global_bs as u64 {
             return Err(Error::Invalid(format!(
@@ -503,6 +574,7 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
             )));
         }
         start = meta.step;
+        init_record = meta.init.clone();
         verified.insert(dir.clone());
         eprintln!("resumed from {} (step {start})", dir.display());
     }
@@ -512,9 +584,14 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
         let mut all: Vec<Tensor> = named_in_order(&vs).into_iter().map(|(_, t)| t).collect();
         timed(&mut comm_s, || tch::no_grad(|| g.broadcast(&mut all, 0)).and_then(|()| g.barrier()))?;
     }
-    let train_toml = toml::to_string(tc).expect("train config serialises");
     let mut metrics = if lead {
         crate::io::write_atomic(&run_dir.join("train.toml"), train_toml.as_bytes())?;
+        if let Some(r) = &init_record {
+            crate::io::write_atomic(
+                &run_dir.join("init.json"),
+                serde_json::to_string_pretty(r).map_err(|e| Error::Invalid(e.to_string()))?.as_bytes(),
+            )?;
+        }
         Some(open_metrics(&run_dir.join("metrics.jsonl"), start)?)
     } else {
         None
@@ -527,6 +604,22 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
     let mut last_eval = None;
     let end = tc.stop_after.map_or(tc.steps, |s| s.clamp(start, tc.steps));
     let source: Arc<dyn PairSource> = match &tc.data {
+        Some(spec) if spec.ends_with(".safetensors") => {
+            let path = Path::new(spec);
+            let tp = crate::data::tensors::TensorPairs::read(path)?;
+            tp.check_fits(path, size as usize, cfg.text.context_length as usize, cfg.text.vocab_size)?;
+            if tc.augment_scale.is_some() {
+                return Err(Error::config(
+                    "augment_scale",
+                    "set",
+                    format!("{spec}: pre-processed tensors are used as they are; remove augment_scale"),
+                ));
+            }
+            if tp.n < bs {
+                return Err(Error::Invalid(format!("{spec}: {} pairs, fewer than the step's batch {bs}", tp.n)));
+            }
+            Arc::new(tp)
+        }
         Some(spec) if spec.contains(".tar") => {
             let src = ShardSource::open(spec)?;
             if src.len() < bs {
@@ -558,7 +651,7 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
         augment: tc.augment_scale.map(|[lo, hi]| Augment { scale: (lo, hi) }),
         shard: (rank, world),
     };
-    let mut loader = Loader::new(source, Arc::new(tok), plan, tc.workers, tc.prefetch);
+    let mut loader = Loader::new(source.clone(), Arc::new(tok), plan, tc.workers, tc.prefetch);
     let skipped_path = run_dir.join(if lead { "skipped.tsv".to_string() } else { format!("skipped-rank-{rank}.tsv") });
     let (mut loss_scale, mut good_steps) = (65536.0f64, 0u64);
     let precision = amp::Precision::parse(&tc.precision)?;
@@ -649,7 +742,7 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
         };
         clamp_logit_scale(&model);
         if let Some(g) = group {
-            timed(&mut comm_s, || average_buffers(g, &vs))?;
+            timed(&mut comm_s, || average_buffers(g, &vs, &buffers))?;
         }
         let done = step + 1;
         let elapsed = t0.elapsed().as_secs_f64();
@@ -698,12 +791,13 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
                 tool_version: crate::VERSION.into(),
                 model: cfg.clone(),
                 step: done,
-                epoch: (done as u64 * bs as u64) / n as u64,
+                epoch: (done as u64 * bs as u64) / source.len() as u64,
                 samples_seen: done as u64 * bs as u64,
-                data_cursor: (done as u64 * bs as u64) % n as u64,
+                data_cursor: (done as u64 * bs as u64) % source.len() as u64,
                 seed: tc.seed,
                 train_config: train_toml.clone(),
                 sha256: Default::default(),
+                init: init_record.clone(),
             };
             if lead {
                 let saved = checkpoint::save(&ckpt_root, &vs, &opt.state(), meta).map_err(|e| {
@@ -749,9 +843,10 @@ fn timed<T>(acc: &mut f64, f: impl FnOnce() -> T) -> T {
 /// ranks and the checkpoint hold the same buffers: with per-rank batch statistics each rank's
 /// running mean moves towards its own batch, and their mean moves towards the mean of the
 /// per-rank statistics.
-fn average_buffers(g: &crate::dist::ProcessGroup, vs: &nn::VarStore) -> Result<()> {
+fn average_buffers(g: &crate::dist::ProcessGroup, vs: &nn::VarStore, names: &std::collections::BTreeSet<String>) -> Result<()> {
+    // Buffers by name (frozen parameters also require no gradient, and stay as they are).
     let buffers: Vec<Tensor> =
-        named_in_order(vs).into_iter().map(|(_, t)| t).filter(|t| !t.requires_grad() && t.is_floating_point()).collect();
+        named_in_order(vs).into_iter().filter(|(n, t)| names.contains(n) && t.is_floating_point()).map(|(_, t)| t).collect();
     if buffers.is_empty() {
         return Ok(());
     }

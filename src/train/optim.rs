@@ -8,7 +8,10 @@
 //! ```
 //! Groups: no weight decay on biases, LayerNorm/BatchNorm, embeddings, CLS and `logit_scale`
 //! (official `no_weight_decay()` + `WITHOUT_WD_LIST: [bn, bias, ln]`); shared parameters get
-//! their own lr scale and weight decay (official `LR_SHARE`, `WD_SHARE: 0.2`).
+//! their own lr scale and weight decay (official `LR_SHARE`, `WD_SHARE: 0.2`). With
+//! `weight_decay_embeddings = true` the decay groups are OpenCLIP's training script's
+//! (`exclude = ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n`):
+//! the token and positional embeddings are then decayed.
 
 use std::collections::BTreeMap;
 
@@ -33,6 +36,10 @@ pub struct AdamWConfig {
     pub weight_decay_shared: f64,
     /// Learning-rate multiplier of shared parameters (official `LR_SHARE / LR`, 1.0).
     pub lr_scale_shared: f64,
+    /// Decay the 2-D embeddings (token, positional) too, as OpenCLIP's training script does;
+    /// false (the official MS-CLIP code's `no_weight_decay()`) by default.
+    #[serde(default)]
+    pub weight_decay_embeddings: bool,
 }
 
 impl AdamWConfig {
@@ -77,7 +84,15 @@ impl AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        AdamWConfig { beta1: 0.9, beta2: 0.98, eps: 1e-6, weight_decay: 0.05, weight_decay_shared: 0.2, lr_scale_shared: 1.0 }
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-6,
+            weight_decay: 0.05,
+            weight_decay_shared: 0.2,
+            lr_scale_shared: 1.0,
+            weight_decay_embeddings: false,
+        }
     }
 }
 
@@ -90,8 +105,9 @@ pub struct Group {
     pub shared: bool,
 }
 
-/// Decides the group from the VarStore name.
-pub fn group_of(name: &str, dims: usize) -> Group {
+/// Decides the group from the VarStore name; `decay_embeddings` decays the 2-D embeddings
+/// (OpenCLIP's groups, see the module doc).
+pub fn group_of(name: &str, dims: usize, decay_embeddings: bool) -> Group {
     let last = name.rsplit('.').next().unwrap_or(name);
     let no_decay = dims < 2
         || last == "bias"
@@ -99,7 +115,7 @@ pub fn group_of(name: &str, dims: usize) -> Group {
         || name.contains("ln_")
         || name.contains(".bn")
         || name.contains("_bn")
-        || name.contains("embedding")
+        || (name.contains("embedding") && !decay_embeddings)
         || name == "logit_scale";
     Group { decay: !no_decay, shared: name.starts_with("shared.") }
 }
@@ -156,13 +172,14 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// All trainable variables of `vs`, in name order.
+    /// All trainable variables of `vs` (those that require a gradient: frozen ones are left
+    /// out, and get no state), in name order.
     pub fn new(vs: &nn::VarStore, config: AdamWConfig) -> AdamW {
         let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         let slots = vars
             .into_iter()
             .map(|(name, param)| {
-                let group = group_of(&name, param.dim());
+                let group = group_of(&name, param.dim(), config.weight_decay_embeddings);
                 Slot { m: param.zeros_like().detach(), v: param.zeros_like().detach(), name, param, group }
             })
             .collect();
@@ -554,14 +571,19 @@ mod tests {
 
     #[test]
     fn groups_follow_the_official_exclusions() {
-        assert_eq!(group_of("shared.blocks.3.fc1.weight", 2), Group { decay: true, shared: true });
-        assert_eq!(group_of("shared.blocks.3.fc1.bias", 1), Group { decay: false, shared: true });
-        assert!(!group_of("visual.blocks.1.ln1.weight", 1).decay);
-        assert!(!group_of("text.token_embedding", 2).decay);
-        assert!(!group_of("visual.positional_embedding", 2).decay);
-        assert!(!group_of("logit_scale", 0).decay);
-        assert!(group_of("visual.proj", 2).decay);
-        assert!(group_of("visual.stem.blocks.0.conv.weight", 4).decay);
+        for oc in [false, true] {
+            assert_eq!(group_of("shared.blocks.3.fc1.weight", 2, oc), Group { decay: true, shared: true });
+            assert_eq!(group_of("shared.blocks.3.fc1.bias", 1, oc), Group { decay: false, shared: true });
+            assert!(!group_of("visual.blocks.1.ln1.weight", 1, oc).decay);
+            assert!(!group_of("logit_scale", 0, oc).decay);
+            assert!(!group_of("visual.class_embedding", 1, oc).decay);
+            assert!(group_of("visual.proj", 2, oc).decay);
+            assert!(group_of("visual.stem.blocks.0.conv.weight", 4, oc).decay);
+            // The 2-D embeddings: official MS-CLIP never decays them, OpenCLIP's script does.
+            for emb in ["text.token_embedding", "text.positional_embedding", "visual.positional_embedding"] {
+                assert_eq!(group_of(emb, 2, oc).decay, oc, "{emb}");
+            }
+        }
     }
 
     #[test]
