@@ -3,13 +3,20 @@
 CARGO ?= cargo
 DEMO_OUT ?= demo-out
 
-.PHONY: setup build test demo study clean-demo
+.PHONY: setup build lint test demo study clean-demo
 
 setup:
 	@scripts/setup-libtorch.sh
 
 build: setup
 	$(CARGO) build --release --bins
+
+# The gates CI runs before the tests: rustfmt (rustfmt.toml) and clippy with warnings as errors.
+lint: setup
+	@$(CARGO) fmt --version >/dev/null 2>&1 || { echo "lint: rustfmt is missing (rustup component add rustfmt)" >&2; exit 1; }
+	@$(CARGO) clippy --version >/dev/null 2>&1 || { echo "lint: clippy is missing (rustup component add clippy)" >&2; exit 1; }
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
 
 # One libtorch thread per test process: tests run in parallel, and oversubscribed OpenMP
 # threads make small-op code (L-BFGS, k-means, tiny models) orders of magnitude slower.

@@ -462,9 +462,7 @@ fn nasty_corpus_is_handled_within_limits() {
     for _ in 0..depth {
         pkl.extend_from_slice(b"](");
     }
-    for _ in 0..depth {
-        pkl.push(b'e');
-    }
+    pkl.extend(std::iter::repeat_n(b'e', depth));
     pkl.push(b'.');
     let p = scratch("nested").join("nested.pth");
     std::fs::write(&p, zip_of(&[("archive/data.pkl".into(), pkl), ("archive/version".into(), b"3\n".to_vec())])).unwrap();

@@ -189,7 +189,7 @@ fn pooled_last_block_equals_full_forward_and_gradients() {
         let tok = Tokenizer::new(m.config.text.context_length as usize);
         let tokens = tok.tokenize_batch(&["a red circle", "a large green triangle left of a small blue square above", "x"]);
         // Third row: no EOT at all → pooled at the largest id.
-        let _ = tokens.get(2).copy_(&Tensor::randint_low(1, 40000, [m.config.text.context_length], (Kind::Int64, Device::Cpu)));
+        tokens.get(2).copy_(&Tensor::randint_low(1, 40000, [m.config.text.context_length], (Kind::Int64, Device::Cpu)));
         // Attention recorded at the last slot forces the full explicit forward there.
         let only_last = |modality_slots: usize| Capture::sites(&[Site::AttnProbs]).with_slots(vec![modality_slots]).keep_graph();
         let last = m.config.text.layers - 1;

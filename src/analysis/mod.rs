@@ -10,3 +10,4 @@ pub mod nmi;
 pub mod npy;
 pub mod probe;
 pub mod stats;
+pub mod transfer;

@@ -37,6 +37,10 @@ fn sq_dists(x: &Tensor, c: &Tensor) -> Tensor {
 pub trait Rows {
     /// Number of rows.
     fn len(&self) -> i64;
+    /// Whether there are no rows.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Number of chunks.
     fn chunks(&self) -> usize;
     /// Chunk `i` as `[rows, d]` (any float kind; used in f64).

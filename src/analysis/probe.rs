@@ -67,15 +67,15 @@ pub fn fit(x: &Tensor, y: &[i64], classes: i64, lambda: f64, max_iter: usize, to
         for (s, yv) in s_hist.iter().zip(&y_hist).rev() {
             let rho = 1.0 / yv.dot(s).double_value(&[]);
             let a = rho * s.dot(&q).double_value(&[]);
-            q = q - yv * a;
+            q -= yv * a;
             alphas.push((rho, a));
         }
         if let (Some(s), Some(yv)) = (s_hist.last(), y_hist.last()) {
-            q = q * (s.dot(yv).double_value(&[]) / yv.dot(yv).double_value(&[]));
+            q *= s.dot(yv).double_value(&[]) / yv.dot(yv).double_value(&[]);
         }
         for ((s, yv), (rho, a)) in s_hist.iter().zip(&y_hist).zip(alphas.into_iter().rev()) {
             let bcoef = rho * yv.dot(&q).double_value(&[]);
-            q = q + s * (a - bcoef);
+            q += s * (a - bcoef);
         }
         let dir = -q;
         let slope = g.dot(&dir).double_value(&[]);

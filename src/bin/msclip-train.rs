@@ -272,9 +272,9 @@ fn run(cli: Cli) -> Result<()> {
             if backend == "nccl" {
                 let (g, d) = nccl_group(&l, cli.dist_timeout)?;
                 device = d;
-                Some(std::sync::Arc::new(g))
+                Some(std::rc::Rc::new(g))
             } else {
-                Some(std::sync::Arc::new(msclip::dist::ProcessGroup::new(&l, cli.dist_timeout)?))
+                Some(std::rc::Rc::new(msclip::dist::ProcessGroup::new(&l, cli.dist_timeout)?))
             }
         }
         _ => None,

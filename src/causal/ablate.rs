@@ -364,8 +364,10 @@ pub fn run(model: &MsClip, opts: &AblateOptions, mut progress: impl FnMut(usize,
     })
 }
 
+/// A metric of an ablation run.
+type MetricFn = fn(&Metrics) -> f64;
 /// The importance metrics compared between the towers.
-const IMPORTANCE: [(&str, fn(&Metrics) -> f64); 2] = [("matched_cosine", |m| m.matched_cosine), ("zero_shot_top1", |m| m.zero_shot_top1)];
+const IMPORTANCE: [(&str, MetricFn); 2] = [("matched_cosine", |m| m.matched_cosine), ("zero_shot_top1", |m| m.zero_shot_top1)];
 
 /// Spearman's ρ of vision vs text importance (−Δ) over heads: of shared slots, of unshared
 /// slots (the null: head h of each tower, separate weights), and per slot.
@@ -376,7 +378,8 @@ pub fn agreement(heads: &[HeadAblation], permutations: usize, seed: u64) -> Vec<
         let pairs = |pred: &dyn Fn(&HeadAblation) -> bool| -> (Vec<f64>, Vec<f64>) {
             heads.iter().filter(|h| pred(h)).filter_map(|h| Some((-f(h.vision.as_ref()?), -f(h.text.as_ref()?)))).unzip()
         };
-        let mut scopes: Vec<(String, (Vec<f64>, Vec<f64>))> =
+        type Scope = (String, (Vec<f64>, Vec<f64>));
+        let mut scopes: Vec<Scope> =
             vec![("shared slots".into(), pairs(&|h| h.shared)), ("unshared slots (null)".into(), pairs(&|h| !h.shared))];
         for &s in &slots {
             scopes.push((format!("slot {s}"), pairs(&|h| h.slot == s)));

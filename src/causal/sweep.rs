@@ -38,8 +38,9 @@ impl Prefix {
     pub fn vision(model: &MsClip, images: &Tensor, chunk: i64) -> Result<Prefix> {
         let v = &model.vision;
         let slots = model.config.vision_attention_slots();
-        let (mut streams, mut tops, mut clean): (BTreeMap<usize, Vec<Tensor>>, Vec<Vec<Tensor>>, Vec<Tensor>) =
-            (BTreeMap::new(), vec![], vec![]);
+        let mut streams: BTreeMap<usize, Vec<Tensor>> = BTreeMap::new();
+        let mut tops: Vec<Vec<Tensor>> = vec![];
+        let mut clean: Vec<Tensor> = vec![];
         for part in images.split(chunk.max(1), 0) {
             tch::no_grad(|| -> Result<()> {
                 let mut cache = ActivationCache::new();

@@ -32,9 +32,12 @@ fn site_of(ours: &str) -> Option<SharedSite> {
     SharedSite::ALL.into_iter().find(|s| s.name() == prefix)
 }
 
+/// Pairs of names: (published key, msclip name), or (text key, vision key) for duplicates.
+pub type KeyPairs = Vec<(String, String)>;
+
 /// (source key, our name) for every tensor the config needs; shared sites appear once, under
 /// the vision key, and `duplicates` lists the text keys that must equal them.
-pub fn key_map(cfg: &ModelConfig) -> (Vec<(String, String)>, Vec<(String, String)>) {
+pub fn key_map(cfg: &ModelConfig) -> (KeyPairs, KeyPairs) {
     let mut map = vec![];
     let mut dups = vec![];
     let block_sites = SITES.iter().copied().chain([("ln_2.weight", "ln2.weight"), ("ln_2.bias", "ln2.bias")]);

@@ -329,7 +329,7 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
                 let opts = crate::causal::ablate::AblateOptions {
                     items: r.synthetic.unwrap_or(128),
                     seed: r.seed(),
-                    reference_seed: r.seed() ^ 0x5EF5_EED,
+                    reference_seed: r.seed() ^ 0x05EF_5EED,
                     ..Default::default()
                 };
                 let out = super::ablate::run(&model, &opts, |_, _| {})?;
@@ -472,8 +472,8 @@ fn layer_curves(r: &Recipe, dir: &Path) -> Result<()> {
         let res = Resamples::new(seeds, items, b, r.seed());
         for (k, stat_name) in stats.iter().enumerate() {
             let mut curve = Vec::new();
-            for j in 0..feats[0].len() {
-                let slot = feats[0][j].0;
+            for (j, first) in feats[0].iter().enumerate() {
+                let slot = first.0;
                 let stat = |s: usize, it: &[usize]| {
                     let (_, x, y) = &feats[s][j];
                     let idx = Tensor::from_slice(&it.iter().map(|&i| i as i64).collect::<Vec<_>>());
@@ -562,7 +562,8 @@ fn group_label(run: &Path) -> String {
 /// `metrics.jsonl`; a group of seeds is drawn as its mean with the min–max range over seeds.
 fn training_curves(r: &Recipe, dir: &Path) -> Result<()> {
     // [metric][group] = (label, step → values over seeds)
-    let mut per: [Vec<(String, std::collections::BTreeMap<i64, Vec<f64>>)>; 2] = [Vec::new(), Vec::new()];
+    type SeedCurves = Vec<(String, std::collections::BTreeMap<i64, Vec<f64>>)>;
+    let mut per: [SeedCurves; 2] = [Vec::new(), Vec::new()];
     let mut csv = String::from("run,seed,step,loss,zero_shot_top1,image_to_text_r1,modality_gap\n");
     let mut seeds = 1;
     for (template, group) in r.runs.iter().zip(r.groups()) {
@@ -738,7 +739,7 @@ fn interval_table(r: &Recipe, dir: &Path, stem: &str, retrieval_ks: &[i64], metr
         metrics.iter().map(|(m, _)| format!(" {m} |")).collect::<String>(),
         "---:|".repeat(metrics.len())
     );
-    let mut panels: Vec<(String, Vec<(f64, f64, f64)>)> = metrics.iter().map(|(m, _)| (m.to_string(), Vec::new())).collect();
+    let mut panels: Vec<crate::plot::IntervalPanel> = metrics.iter().map(|(m, _)| (m.to_string(), Vec::new())).collect();
     for (g, name) in names.iter().enumerate() {
         md.push_str(&format!("| {name} | {} | {} |", params[g].0, params[g].1));
         if g > 0 {

@@ -56,7 +56,7 @@ fn inside(shape: &str, dx: f64, dy: f64) -> bool {
     match shape {
         "circle" => dx * dx + dy * dy <= 1.0,
         "square" => dx.abs() <= 0.85 && dy.abs() <= 0.85,
-        "triangle" => dy <= 0.9 && dy >= -0.9 && dx.abs() <= (dy + 0.9) / 1.8 * 0.95,
+        "triangle" => (-0.9..=0.9).contains(&dy) && dx.abs() <= (dy + 0.9) / 1.8 * 0.95,
         "diamond" => dx.abs() + dy.abs() <= 1.0,
         "cross" => (dx.abs() <= 0.3 && dy.abs() <= 0.95) || (dy.abs() <= 0.3 && dx.abs() <= 0.95),
         "ring" => {
@@ -85,7 +85,7 @@ pub fn render_with(size: u32, n_objects: usize, rng: &mut Rng, recolor: Option<(
     for y in 0..s {
         for x in 0..s {
             let t = if angle == 0 { x } else { y };
-            let shade = if (t / stripe) % 2 == 0 { 10 } else { -10 };
+            let shade = if (t / stripe).is_multiple_of(2) { 10 } else { -10 };
             let grad = (y as i32 * 20) / s as i32;
             for c in 0..3 {
                 px[(y * s + x) * 3 + c] = (base[c] + shade - grad).clamp(0, 255) as u8;

@@ -56,7 +56,7 @@ impl ConvResBlock {
 #[derive(Debug)]
 enum Stage {
     First(ConvBn),
-    Res(ConvResBlock),
+    Res(Box<ConvResBlock>),
 }
 
 /// One lateral adapter (`Lateral_Adapter`).
@@ -120,7 +120,7 @@ impl ParallelBranch {
             stages.push(if k == 0 {
                 Stage::First(ConvBn::new(&q, 3, dims[0], 3, s, 1, 1, 1e-5))
             } else {
-                Stage::Res(ConvResBlock::new(&q, dims[k - 1], dims[k], s, pb.bn_eps))
+                Stage::Res(Box::new(ConvResBlock::new(&q, dims[k - 1], dims[k], s, pb.bn_eps)))
             });
             adapters.push(LateralAdapter::new(&(p / "adapters" / k), dims[k], w, pb.t2b_kernels[k], cfg.ln_eps));
         }

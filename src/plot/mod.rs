@@ -725,6 +725,9 @@ impl Figure for HeadPairs<'_> {
     }
 }
 
+/// One panel of [`IntervalPanels`]: the metric's name and `(mean, lo, hi)` per model.
+pub type IntervalPanel = (String, Vec<(f64, f64, f64)>);
+
 /// Point estimates with 95 % intervals, one panel per metric, models as rows (each in its
 /// colour across figures): the comparison tables as a figure.
 pub struct IntervalPanels {
@@ -733,7 +736,7 @@ pub struct IntervalPanels {
     /// Model names, top to bottom.
     pub models: Vec<String>,
     /// Per panel: the metric's name and `(mean, lo, hi)` per model (NaN = missing).
-    pub panels: Vec<(String, Vec<(f64, f64, f64)>)>,
+    pub panels: Vec<IntervalPanel>,
     /// Explanatory text under the figure.
     pub caption: Option<String>,
 }
@@ -784,7 +787,8 @@ impl Figure for IntervalPanels {
             root.draw_text(metric, &font.color(&BLACK), (x0 + 10, top - 26)).map_err(e)?;
             let finite: Vec<f64> = vals.iter().flat_map(|v| [v.0, v.1, v.2]).filter(|v| v.is_finite()).collect();
             let (mut lo, mut hi) = finite.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-            if !(lo < hi) {
+            // Also when nothing is finite (lo = MAX, hi = MIN).
+            if lo.partial_cmp(&hi) != Some(std::cmp::Ordering::Less) {
                 (lo, hi) = (lo - 0.5, lo + 0.5);
             }
             let span = hi - lo;

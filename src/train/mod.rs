@@ -226,7 +226,7 @@ impl TrainConfig {
                 format!("must be at least batch_size {} (and at most 2^40)", self.batch_size),
             ));
         }
-        if self.accum_freq < 1 || self.batch_size % self.accum_freq != 0 || self.batch_size / self.accum_freq < 1 {
+        if self.accum_freq < 1 || !self.batch_size.is_multiple_of(self.accum_freq) || self.batch_size / self.accum_freq < 1 {
             return Err(Error::config("accum_freq", self.accum_freq, format!("must divide batch_size {}", self.batch_size)));
         }
         amp::Precision::parse(&self.precision)?;
@@ -234,7 +234,7 @@ impl TrainConfig {
             return Err(Error::config("steps", self.steps, "must be in 1..=2^40"));
         }
         finite("lr", self.lr)?;
-        if !(self.lr > 0.0) {
+        if self.lr <= 0.0 {
             return Err(Error::config("lr", self.lr, "must be positive"));
         }
         finite("min_lr", self.min_lr)?;
@@ -360,7 +360,7 @@ pub struct TrainOptions {
     pub progress: bool,
     /// Data-parallel training over this process group (None: one process). `batch_size` is
     /// then per rank; see [`crate::dist`] and [`train`].
-    pub group: Option<std::sync::Arc<crate::dist::ProcessGroup>>,
+    pub group: Option<std::rc::Rc<crate::dist::ProcessGroup>>,
 }
 
 impl TrainOptions {

@@ -415,12 +415,14 @@ mod fused {
     }
 
     /// # Safety
-    /// As [`slice`], and no other slice of `t` is alive.
-    unsafe fn slice_mut(t: &Tensor, n: usize) -> &mut [f32] {
+    /// `data` points to `n` contiguous f32 (a tensor's storage, from `data_ptr`) that nothing
+    /// else reads or writes while the slice lives. (A raw pointer, not `&Tensor`: a mutable
+    /// slice must not be derived from a shared borrow.)
+    unsafe fn slice_mut<'a>(data: *mut std::ffi::c_void, n: usize) -> &'a mut [f32] {
         if n == 0 {
             return &mut [];
         }
-        std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n)
+        std::slice::from_raw_parts_mut(data as *mut f32, n)
     }
 
     pub fn sum_sq(g: &[f32]) -> f64 {
@@ -462,7 +464,7 @@ mod fused {
     /// # Safety
     /// `p`, `g`, `m`, `v` are distinct contiguous CPU f32 tensors of `n` elements each.
     pub unsafe fn update(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, n: usize, k: &Coeffs) {
-        let (p, g, m, v) = (slice_mut(p, n), slice(g, n), slice_mut(m, n), slice_mut(v, n));
+        let (p, g, m, v) = (slice_mut(p.data_ptr(), n), slice(g, n), slice_mut(m.data_ptr(), n), slice_mut(v.data_ptr(), n));
         let threads = (tch::get_num_threads().max(1) as usize).min(n / (1 << 16)).max(1);
         if threads == 1 {
             return kernel(p, g, m, v, k);

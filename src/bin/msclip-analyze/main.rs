@@ -457,7 +457,7 @@ fn main() -> ExitCode {
                 items: synthetic,
                 seed,
                 reference_items: reference,
-                reference_seed: seed ^ 0x5EF5_EED,
+                reference_seed: seed ^ 0x05EF_5EED,
                 sites: !no_sites,
                 permutations,
                 batch,
