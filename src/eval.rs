@@ -148,6 +148,10 @@ pub struct EvalResult {
     pub n_zero_shot: usize,
     /// Pairs retrieved.
     pub n_pairs: usize,
+    /// Relation test: share of held-out relations-world scenes whose caption scores above the
+    /// same caption with the relation reversed (chance 0.5; ties count as misses).
+    #[serde(default)]
+    pub relation_acc: f64,
 }
 
 impl EvalResult {
@@ -179,6 +183,8 @@ pub struct ItemResults {
     pub image_to_text_hit: Vec<f64>,
     /// Pair i's image retrieved first for its caption.
     pub text_to_image_hit: Vec<f64>,
+    /// Relations-world scene i: its caption beat the reversed one.
+    pub relation_hit: Vec<f64>,
     /// L2-normalised embeddings of the pairs `[N, E]`.
     pub image: Tensor,
     /// L2-normalised text embeddings of the pairs.
@@ -197,6 +203,7 @@ impl ItemResults {
             modality_gap: centroid_gap(&self.image, &self.text),
             n_zero_shot: self.zero_shot_hit.len(),
             n_pairs: self.image_to_text_hit.len(),
+            relation_acc: m(&self.relation_hit),
         }
     }
 }
@@ -251,7 +258,20 @@ pub fn evaluate_items(model: &MsClip, seed: u64, n: usize) -> Result<ItemResults
         }
         let (ie, te) = (Tensor::cat(&ie, 0), Tensor::cat(&te, 0));
         let sim = ie.matmul(&te.tr());
+        let (ri, rt, rs) = synthetic_set::relation_set(seed, n, size, cfg.preprocess.mean, cfg.preprocess.std, &tok);
+        let mut relation_hit = Vec::with_capacity(n);
+        for ((ci, ct), cs) in ri.split(256, 0).iter().zip(rt.split(256, 0).iter()).zip(rs.split(256, 0).iter()) {
+            let i = model.encode_image(&ci.to_device(dev))?;
+            let (t, s) = (model.encode_text(&ct.to_device(dev))?, model.encode_text(&cs.to_device(dev))?);
+            let win = (&i * t).sum_dim_intlist(&[-1i64][..], false, Kind::Float).gt_tensor(&(&i * s).sum_dim_intlist(
+                &[-1i64][..],
+                false,
+                Kind::Float,
+            ));
+            relation_hit.extend(crate::tensor::to_vec_f64(&win.to_device(cpu)));
+        }
         Ok(ItemResults {
+            relation_hit,
             zero_shot_hit,
             zero_shot_top5_hit,
             image_to_text_hit: rank1_hits(&sim),

@@ -451,3 +451,92 @@ fn figures_never_write_outside_out() {
     assert!(err.contains("pipe.toml") && err.contains("not a regular file"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `transfer` on a short tiny-msclip-s run: comparable statistics for every head of both
+/// towers, agreement rows for shared and unshared slots with nulls and p-values, relation
+/// lifts on two-object scenes, and over training one row per checkpoint (step 0 = the seed's
+/// initialisation) with settling steps and sign tests.
+#[test]
+fn transfer_writes_statistics_nulls_and_the_over_training_table() {
+    let dir = std::env::temp_dir().join(format!("msclip-transfer-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run_dir = dir.join("run");
+    let tc = msclip::train::TrainConfig {
+        model: "tiny-msclip-s".into(),
+        data_items: 64,
+        world: msclip::data::synth::World::Relations,
+        steps: 6,
+        batch_size: 8,
+        lr: 1e-3,
+        min_lr: 1e-5,
+        warmup_steps: 1,
+        grad_clip: 1.0,
+        seed: 1,
+        save_every: 2,
+        keep: 10,
+        eval_every: 0,
+        eval_items: 16,
+        workers: 1,
+        ..Default::default()
+    };
+    msclip::train::train(&tc, &run_dir, &msclip::train::TrainOptions::fresh()).unwrap();
+    let ck = run_dir.join("checkpoints/step-00000006");
+    let out = dir.join("out");
+    let (code, stdout, err) = run(&[
+        "transfer",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--synthetic",
+        "24",
+        "--world",
+        "relations",
+        "--permutations",
+        "200",
+        "--run",
+        run_dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("shared slots") && stdout.contains("settling"), "{stdout}");
+    let cfg = msclip::model::ModelConfig::preset("tiny-msclip-s").unwrap();
+    let heads = cfg.vision.heads;
+    let csv = std::fs::read_to_string(out.join("profiles.csv")).unwrap();
+    assert!(csv.starts_with("# provenance: "));
+    let rows: Vec<&str> = csv.lines().skip(2).collect();
+    let want = (cfg.vision_attention_slots().len() + cfg.text_attention_slots().len()) * heads as usize;
+    assert_eq!(rows.len(), want, "{csv}");
+    let agree: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("transfer.json")).unwrap()).unwrap();
+    let a = agree["agreement"].as_array().unwrap();
+    for row in a {
+        let p = row["p_value"].as_f64().unwrap();
+        assert!(p > 0.0 && p <= 1.0 && row["null_lo"].as_f64().unwrap() <= row["null_hi"].as_f64().unwrap(), "{row}");
+    }
+    for stat in ["norm_entropy", "special_lift", "locality", "relation_lift", "shape"] {
+        assert!(a.iter().any(|r| r["statistic"] == stat && r["scope"] == "shared slots"), "{stat}");
+    }
+    // Step 0 and the three checkpoints.
+    let steps: Vec<i64> = agree["over_training"].as_array().unwrap().iter().map(|c| c["step"].as_i64().unwrap()).collect();
+    assert_eq!(steps, vec![0, 2, 4, 6]);
+    assert!(!agree["settle_tests"].as_array().unwrap().is_empty());
+    for f in ["agreement.png", "offset_shape.png", "scatter_locality.png", "over_training_locality.png", "settle.csv", "relations.csv"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    // Bad settings are errors naming them.
+    let (code, _, err) = run(&[
+        "transfer",
+        "--model",
+        "tiny-msclip-s",
+        "--synthetic",
+        "4",
+        "--text-min-query",
+        "3",
+        "--max-distance",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("max_distance"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

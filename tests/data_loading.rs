@@ -40,7 +40,7 @@ fn plan(steps: i64, augment: Option<Augment>) -> Plan {
 /// Data-parallel shards: rank r of 2 (or 3) gets exactly its slice of the one-process batch.
 #[test]
 fn shards_partition_the_global_batch() {
-    let src: Arc<dyn PairSource> = Arc::new(SyntheticSource { seed: 2, n: 20, size: 64 });
+    let src: Arc<dyn PairSource> = Arc::new(SyntheticSource { seed: 2, n: 20, size: 64, world: Default::default() });
     let tok = Arc::new(Tokenizer::new(24));
     let aug = Some(Augment { scale: (0.5, 1.0) });
     let mut full = Loader::new(src.clone(), tok.clone(), plan(4, aug), 1, 1);
@@ -62,7 +62,7 @@ fn shards_partition_the_global_batch() {
 
 #[test]
 fn loader_output_does_not_depend_on_worker_count() {
-    let src: Arc<dyn PairSource> = Arc::new(SyntheticSource { seed: 2, n: 20, size: 64 });
+    let src: Arc<dyn PairSource> = Arc::new(SyntheticSource { seed: 2, n: 20, size: 64, world: Default::default() });
     let tok = Arc::new(Tokenizer::new(24));
     let aug = Some(Augment { scale: (0.5, 1.0) });
     let collect = |workers| {

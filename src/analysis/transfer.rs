@@ -76,6 +76,9 @@ pub struct HeadProfile {
     pub offsets: Vec<f64>,
     /// Queries averaged (over all items).
     pub queries: i64,
+    /// Object-relation lift (filled in by the `transfer` command on two-object scenes).
+    #[serde(default)]
+    pub relation_lift: Option<f64>,
 }
 
 /// Running sums per (modality, slot): per head `[norm_entropy, special_lift, ℓ(0..=D)…,
@@ -205,6 +208,7 @@ impl ProfileAccumulator {
                     shape: s[3 + d..4 + 2 * d].to_vec(),
                     offsets: if *m == Modality::Vision { s[4 + 2 * d..].to_vec() } else { vec![] },
                     queries: *n,
+                    relation_lift: None,
                 });
             }
         }
@@ -213,7 +217,7 @@ impl ProfileAccumulator {
 }
 
 /// The scalar statistics compared between the towers.
-pub const SCALARS: [&str; 3] = ["norm_entropy", "special_lift", "locality"];
+pub const SCALARS: [&str; 4] = ["norm_entropy", "special_lift", "locality", "relation_lift"];
 
 /// The value of one of [`SCALARS`].
 pub fn scalar(p: &HeadProfile, name: &str) -> f64 {
@@ -225,6 +229,7 @@ pub fn scalar(p: &HeadProfile, name: &str) -> f64 {
             (Some(a), Some(b)) if p.shape.len() > 2 => a.max(1e-12).ln() - b.max(1e-12).ln(),
             _ => f64::NAN,
         },
+        "relation_lift" => p.relation_lift.unwrap_or(f64::NAN),
         _ => f64::NAN,
     }
 }
@@ -232,8 +237,8 @@ pub fn scalar(p: &HeadProfile, name: &str) -> f64 {
 /// Text and vision agreement of one statistic over heads, with its within-slot null.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TransferAgreement {
-    /// `norm_entropy`, `special_lift`, `locality` (Spearman ρ) or `shape` (minus the mean
-    /// total variation distance between the offset shapes of the same head).
+    /// `norm_entropy`, `special_lift`, `locality`, `relation_lift` (Spearman ρ) or `shape`
+    /// (minus the mean total variation distance between the offset shapes of the same head).
     pub statistic: String,
     /// Which heads: `shared slots` or `unshared slots`.
     pub scope: String,
@@ -314,6 +319,10 @@ pub fn agreement(profiles: &[HeadProfile], slots: &[usize], scope: &str, permuta
     for name in SCALARS {
         let a: Vec<f64> = t.iter().map(|p| scalar(p, name)).collect();
         let b: Vec<f64> = v.iter().map(|p| scalar(p, name)).collect();
+        if a.iter().chain(&b).any(|x| !x.is_finite()) {
+            // Not measured on these data (relation lift needs two-object synthetic scenes).
+            continue;
+        }
         let value = spearman(&a, &b);
         let null = perms.iter().map(|p| spearman(&a, &p.iter().map(|&i| b[i]).collect::<Vec<_>>())).collect();
         out.push(summarise(name, value, null));

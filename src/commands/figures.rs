@@ -81,6 +81,10 @@ pub struct Recipe {
     /// Bootstrap replicates of the 95 % intervals (tables: 1,000; layer curves: 100).
     #[serde(default)]
     pub bootstrap: Option<usize>,
+    /// Which synthetic world the held-out scenes come from (`shapes`, the default, or
+    /// `relations`).
+    #[serde(default)]
+    pub world: Option<crate::data::synth::World>,
 }
 
 /// Most seeds a recipe may name.
@@ -91,18 +95,19 @@ pub const MIN_BOOTSTRAP: usize = 20;
 pub const MAX_BOOTSTRAP: usize = 100_000;
 
 /// The analyses and the optional fields each uses.
-const ANALYSES: [(&str, &[&str]); 12] = [
+const ANALYSES: [(&str, &[&str]); 13] = [
     ("ablation", &["synthetic", "seed"]),
     ("patching", &["synthetic", "seed"]),
     ("decomposition", &["synthetic", "seed"]),
     ("shared-heads", &["synthetic", "seed"]),
-    ("nmi-by-layer", &["synthetic", "site", "seed", "seeds", "bootstrap"]),
-    ("gap-by-layer", &["synthetic", "site", "seed", "seeds", "bootstrap"]),
+    ("transfer", &["synthetic", "seed", "seeds", "world"]),
+    ("nmi-by-layer", &["synthetic", "site", "seed", "seeds", "bootstrap", "world"]),
+    ("gap-by-layer", &["synthetic", "site", "seed", "seeds", "bootstrap", "world"]),
     ("training-curves", &["seeds"]),
     ("comparison", &["synthetic", "seed", "seeds", "bootstrap"]),
     ("probe-table", &["splits", "c"]),
     ("zeroshot-retrieval", &["synthetic", "seed", "seeds", "bootstrap"]),
-    ("heads-transfer", &["synthetic", "seed"]),
+    ("heads-transfer", &["synthetic", "seed", "world"]),
     ("attention-gallery", &["seed"]),
 ];
 
@@ -133,6 +138,7 @@ impl Recipe {
             ("c", self.c.is_some()),
             ("seeds", self.seeds.is_some()),
             ("bootstrap", self.bootstrap.is_some()),
+            ("world", self.world.is_some()),
         ];
         if let Some((field, _)) = given.iter().find(|(f, set)| *set && !allowed.contains(f)) {
             return Err(Error::config(*field, "(set)", format!("analysis {} does not use it", self.analysis)));
@@ -217,7 +223,7 @@ impl Recipe {
     }
 
     fn data(&self) -> DataOptions {
-        DataOptions::new(PairData::Synthetic { n: self.synthetic(), seed: self.seed() })
+        DataOptions::new(PairData::Synthetic { n: self.synthetic(), seed: self.seed(), world: self.world.unwrap_or_default() })
     }
 
     fn models(&self) -> Result<Vec<ModelSource>> {
@@ -302,6 +308,7 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
     match r.analysis.as_str() {
         "nmi-by-layer" | "gap-by-layer" => layer_curves(r, dir)?,
         "training-curves" => training_curves(r, dir)?,
+        "transfer" => transfer_recipe(r, dir)?,
         "comparison" => comparison(r, dir)?,
         "probe-table" => probe_table(r, dir)?,
         "zeroshot-retrieval" => zeroshot_retrieval(r, dir)?,
@@ -866,4 +873,105 @@ fn probe_table(r: &Recipe, dir: &Path) -> Result<()> {
     }
     write_atomic(&dir.join("probe_table.csv"), (header + &csv).as_bytes())?;
     write_atomic(&dir.join("probe_table.md"), md.as_bytes())
+}
+
+/// `transfer`: the transfer analysis of every run (each seed of each group), over training
+/// where the run kept several checkpoints, into `<model>/seed-<s>/`; and the seed-level
+/// summary `transfer_summary.csv/.md`: per model, statistic and scope, each seed's excess of
+/// the observed agreement over the mean of its within-slot null, their mean with a t-interval
+/// over seeds, a one-sample t-test of "excess = 0" and Holm-adjusted p-values over the table.
+fn transfer_recipe(r: &Recipe, dir: &Path) -> Result<()> {
+    use super::transfer::{self, TransferOptions};
+    use crate::analysis::stats::{format_p, holm, seed_interval, t_cdf};
+    let data = r.data();
+    let seeds: Vec<Option<u64>> = match &r.seeds {
+        Some(s) => s.iter().map(|s| Some(*s)).collect(),
+        None => vec![None],
+    };
+    let mut subdirs = crate::io::SubDirs::new();
+    // (model, statistic, scope) → per-seed excess over the null.
+    let mut excess: Vec<((String, String, String), Vec<f64>)> = Vec::new();
+    let mut header = String::new();
+    for group in r.groups() {
+        let mut model_dir: Option<PathBuf> = None;
+        for (run, seed) in group.iter().zip(&seeds) {
+            let model = ModelSource::for_run(run)?.load(0)?;
+            let name = model.model.config.name.clone();
+            let md = match &model_dir {
+                Some(d) => d.clone(),
+                None => {
+                    let d = subdirs.claim(dir, &name, "model name (from the checkpoint's meta.json)")?;
+                    model_dir = Some(d.clone());
+                    d
+                }
+            };
+            let several = crate::checkpoint::list(&run.join("checkpoints")).len() >= 2;
+            let opts = TransferOptions { run: several.then(|| run.clone()), ..Default::default() };
+            let out = transfer::run(&model, &data, &opts)?;
+            let sub = match seed {
+                Some(s) => md.join(format!("seed-{s}")),
+                None => md.clone(),
+            };
+            out.write(&sub)?;
+            if header.is_empty() {
+                header = out.provenance.csv_header();
+            }
+            for a in &out.agreement {
+                let key = (name.clone(), a.statistic.clone(), a.scope.clone());
+                match excess.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, v)) => v.push(a.value - a.null_mean),
+                    None => excess.push((key, vec![a.value - a.null_mean])),
+                }
+            }
+        }
+    }
+    // One-sample t-test over seeds of the excess (two-sided), Holm over the table's rows.
+    let rows: Vec<(&(String, String, String), crate::analysis::stats::SeedInterval, f64)> = excess
+        .iter()
+        .map(|(k, v)| {
+            let iv = seed_interval(v);
+            let n = v.len() as f64;
+            let p = if v.len() < 2 || iv.sd == 0.0 { f64::NAN } else { 2.0 * (1.0 - t_cdf((iv.mean / (iv.sd / n.sqrt())).abs(), n - 1.0)) };
+            (k, iv, p)
+        })
+        .collect();
+    let ps: Vec<f64> = rows.iter().map(|r| if r.2.is_finite() { r.2 } else { 1.0 }).collect();
+    let adj = holm(&ps);
+    let mut w = csv::WriterBuilder::new().from_writer(header.clone().into_bytes());
+    let e = |e: csv::Error| Error::Invalid(format!("transfer_summary.csv: {e}"));
+    w.write_record(["model", "statistic", "scope", "seeds", "per_seed_excess", "mean_excess", "t_lo", "t_hi", "p_t", "p_holm"])
+        .map_err(e)?;
+    let mut md = format!(
+        "Family: the {} rows of this table (Holm). Excess = observed text–vision agreement − mean of its within-slot permutation null, one value per seed; interval: mean ± t₀.₉₇₅,n−1·s/√n; p: two-sided one-sample t-test of excess = 0 over seeds.\n\n| model | statistic | scope | seeds | mean excess [95 % t-interval] | p | p (Holm) |\n|---|---|---|---:|---|---:|---:|\n",
+        rows.len()
+    );
+    for ((k, iv, p), h) in rows.iter().zip(&adj) {
+        let per: Vec<String> = iv.values.iter().map(|v| format!("{v:.4}")).collect();
+        w.write_record([
+            k.0.clone(),
+            k.1.clone(),
+            k.2.clone(),
+            iv.values.len().to_string(),
+            per.join(" "),
+            iv.mean.to_string(),
+            iv.lo.to_string(),
+            iv.hi.to_string(),
+            p.to_string(),
+            h.to_string(),
+        ])
+        .map_err(e)?;
+        let ci = if iv.lo.is_finite() { format!("{:.3} [{:.3}, {:.3}]", iv.mean, iv.lo, iv.hi) } else { format!("{:.3}", iv.mean) };
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {ci} | {} | {} |\n",
+            k.0,
+            super::transfer::label(&k.1),
+            k.2,
+            iv.values.len(),
+            format_p(*p),
+            format_p(*h)
+        ));
+    }
+    let bytes = w.into_inner().map_err(|e| Error::Invalid(format!("transfer_summary.csv: {e}")))?;
+    write_atomic(&dir.join("transfer_summary.csv"), &bytes)?;
+    write_atomic(&dir.join("transfer_summary.md"), md.as_bytes())
 }

@@ -29,6 +29,7 @@ pub mod nmi;
 pub mod patch;
 pub mod probe;
 pub mod retrieval;
+pub mod transfer;
 pub mod zeroshot;
 
 use std::path::Path;

@@ -63,6 +63,8 @@ pub struct SyntheticSource {
     pub n: usize,
     /// Image side in pixels.
     pub size: u32,
+    /// Which world.
+    pub world: synth::World,
 }
 
 impl PairSource for SyntheticSource {
@@ -70,11 +72,14 @@ impl PairSource for SyntheticSource {
         self.n
     }
     fn get(&self, i: usize) -> std::result::Result<(RgbImage, String), String> {
-        let sc = synth::scene(self.seed, i as u64, self.size);
+        let sc = synth::scene_in(self.world, self.seed, i as u64, self.size);
         Ok((RgbImage::from_raw(self.size, self.size, sc.pixels).expect("scene buffer"), sc.caption))
     }
     fn describe(&self, i: usize) -> String {
-        format!("synthetic:{}:{i}", self.seed)
+        match self.world {
+            synth::World::Shapes => format!("synthetic:{}:{i}", self.seed),
+            synth::World::Relations => format!("synthetic-relations:{}:{i}", self.seed),
+        }
     }
 }
 

@@ -28,6 +28,8 @@ pub enum PairData {
         n: usize,
         /// The world's seed (before the held-out offset).
         seed: u64,
+        /// Which world.
+        world: synth::World,
     },
 }
 
@@ -40,12 +42,16 @@ impl PairData {
                 let pairs = manifest::read(m, &ManifestFormat::for_path(m))?;
                 Ok((Arc::new(ManifestSource { pairs }), manifest::manifest_hash(m)?))
             }
-            PairData::Synthetic { n, seed } => {
+            PairData::Synthetic { n, seed, world } => {
                 if *n == 0 {
                     return Err(Error::config("synthetic", 0, "need at least one scene"));
                 }
                 let s = seed ^ EVAL_SEED_OFFSET;
-                Ok((Arc::new(SyntheticSource { seed: s, n: *n, size: image_size }), format!("synthetic:seed={s}:n={n}")))
+                let id = match world {
+                    synth::World::Shapes => format!("synthetic:seed={s}:n={n}"),
+                    synth::World::Relations => format!("synthetic-relations:seed={s}:n={n}"),
+                };
+                Ok((Arc::new(SyntheticSource { seed: s, n: *n, size: image_size, world: *world }), id))
             }
         }
     }
@@ -53,7 +59,9 @@ impl PairData {
     /// The ground-truth objects of item `index` (synthetic scenes only).
     pub fn objects(&self, index: usize, image_size: u32) -> Option<Vec<synth::Object>> {
         match self {
-            PairData::Synthetic { seed, .. } => Some(synth::scene(seed ^ EVAL_SEED_OFFSET, index as u64, image_size).objects),
+            PairData::Synthetic { seed, world, .. } => {
+                Some(synth::scene_in(*world, seed ^ EVAL_SEED_OFFSET, index as u64, image_size).objects)
+            }
             PairData::Manifest(_) => None,
         }
     }

@@ -19,6 +19,32 @@ pub const COLORS: [(&str, [u8; 3]); 8] = [
 /// Object sizes.
 pub const SIZES: [&str; 2] = ["small", "large"];
 
+/// Which synthetic world a run trains on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum World {
+    /// One to three objects of 6 shapes × 8 colours × 2 sizes; captions name each object and
+    /// the relation of the first two.
+    #[default]
+    Shapes,
+    /// Always two large objects of 3 shapes × 3 colours (circle, square, triangle; red,
+    /// green, blue), caption "a large red circle left of a large blue square". With 45
+    /// unordered object pairs, a batch of 64 often holds the same pair in another arrangement,
+    /// so matching captions to images needs where the objects are, not only what they are.
+    Relations,
+}
+
+/// The attributes a world draws from (indices into [`SHAPES`] and [`COLORS`], and whether
+/// objects may be small).
+struct Palette {
+    shapes: &'static [usize],
+    colors: &'static [usize],
+    sizes: &'static [bool],
+}
+
+const FULL: Palette = Palette { shapes: &[0, 1, 2, 3, 4, 5], colors: &[0, 1, 2, 3, 4, 5, 6, 7], sizes: &[false, true] };
+const RELATIONS: Palette = Palette { shapes: &[0, 1, 2], colors: &[0, 1, 2], sizes: &[true] };
+
 /// A drawn object and the caption words that refer to it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Object {
@@ -76,6 +102,10 @@ pub fn render(size: u32, n_objects: usize, rng: &mut Rng) -> Scene {
 /// drawn for it (every random draw is still made, so the rest of the scene is the same; the
 /// caption names the new colour).
 pub fn render_with(size: u32, n_objects: usize, rng: &mut Rng, recolor: Option<(usize, usize)>) -> Scene {
+    render_from(size, n_objects, rng, recolor, &FULL)
+}
+
+fn render_from(size: u32, n_objects: usize, rng: &mut Rng, recolor: Option<(usize, usize)>, palette: &Palette) -> Scene {
     let s = size as usize;
     let mut px = vec![0u8; s * s * 3];
     // Background: a soft two-colour gradient with stripes, never close to object colours.
@@ -97,13 +127,13 @@ pub fn render_with(size: u32, n_objects: usize, rng: &mut Rng, recolor: Option<(
     let mut tries = 0;
     while objects.len() < n && tries < 200 {
         tries += 1;
-        let shape = SHAPES[rng.below(SHAPES.len() as u64) as usize];
-        let drawn = rng.below(COLORS.len() as u64) as usize;
+        let shape = SHAPES[palette.shapes[rng.below(palette.shapes.len() as u64) as usize]];
+        let drawn = palette.colors[rng.below(palette.colors.len() as u64) as usize];
         let (color, rgb) = match recolor {
             Some((o, c)) if o == objects.len() => COLORS[c % COLORS.len()],
             _ => COLORS[drawn],
         };
-        let large = rng.below(2) == 1;
+        let large = palette.sizes[rng.below(palette.sizes.len() as u64) as usize];
         let frac = if large { 0.42 + 0.08 * rng.unit() } else { 0.28 + 0.06 * rng.unit() };
         let side = ((size as f64) * frac).round().max(4.0) as u32;
         let x0 = rng.below((size - side) as u64 + 1) as u32;
@@ -185,6 +215,28 @@ fn center(o: &Object) -> (f64, f64) {
 /// Scene `index` of the world with `seed`: its own stream, so any subset renders identically.
 pub fn scene(seed: u64, index: u64, size: u32) -> Scene {
     scene_with(seed, index, size, None)
+}
+
+/// Scene `index` of `world` with `seed` ([`World::Shapes`] is [`scene`]).
+pub fn scene_in(world: World, seed: u64, index: u64, size: u32) -> Scene {
+    match world {
+        World::Shapes => scene(seed, index, size),
+        World::Relations => {
+            let mut rng = Rng::new(seed.wrapping_mul(0x100_0000_01B3) ^ index.wrapping_mul(0x9E37_79B9) ^ 0x5E1A_7105);
+            render_from(size, 2, &mut rng, None, &RELATIONS)
+        }
+    }
+}
+
+/// The caption with its relation reversed ("left of" ↔ "right of", "above" ↔ "below"), or
+/// None when it names no relation: the hard negative of the relation test.
+pub fn swap_relation(caption: &str) -> Option<String> {
+    for (a, b) in [(" left of ", " right of "), (" right of ", " left of "), (" above ", " below "), (" below ", " above ")] {
+        if let Some(i) = caption.find(a) {
+            return Some(format!("{}{b}{}", &caption[..i], &caption[i + a.len()..]));
+        }
+    }
+    None
 }
 
 /// [`scene`] with one object recoloured (see [`render_with`]).

@@ -37,6 +37,19 @@ pub fn batch(seed: u64, indices: &[usize], size: u32, mean: [f64; 3], std: [f64;
     (Tensor::stack(&imgs, 0), tok.tokenize_batch(&caps), caps)
 }
 
+/// Held-out scenes of the relations world (`seed ^ EVAL_SEED_OFFSET`): images, their captions'
+/// tokens, and the tokens of the same captions with the relation reversed.
+pub fn relation_set(seed: u64, n: usize, size: u32, mean: [f64; 3], std: [f64; 3], tok: &Tokenizer) -> (Tensor, Tensor, Tensor) {
+    let (mut imgs, mut caps, mut swapped) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        let sc = synth::scene_in(synth::World::Relations, seed ^ EVAL_SEED_OFFSET, i as u64, size);
+        imgs.push(to_tensor(&sc.pixels, size, size, mean, std));
+        swapped.push(synth::swap_relation(&sc.caption).unwrap_or_else(|| sc.caption.clone()));
+        caps.push(sc.caption);
+    }
+    (Tensor::stack(&imgs, 0), tok.tokenize_batch(&caps), tok.tokenize_batch(&swapped))
+}
+
 /// Zero-shot classes of the synthetic world: every colour × shape, named "COLOR SHAPE".
 pub fn zero_shot_classes() -> Vec<String> {
     COLORS.iter().flat_map(|(c, _)| SHAPES.iter().map(move |s| format!("{c} {s}"))).collect()

@@ -36,6 +36,10 @@ pub struct TrainConfig {
     pub model: String,
     /// Synthetic world size (items per epoch) when no manifest is given.
     pub data_items: usize,
+    /// Which synthetic world (`shapes`, the default, or `relations`: two objects of few kinds
+    /// whose arrangement the captions name; see [`crate::data::synth::World`]).
+    #[serde(default, skip_serializing_if = "is_default_world")]
+    pub world: crate::data::synth::World,
     /// Image–caption data instead of the synthetic world: a manifest (CSV/TSV, OpenCLIP
     /// convention) or WebDataset tar shards (`dir/shard-{000..009}.tar`, comma-separated).
     #[serde(default)]
@@ -142,6 +146,10 @@ fn two_floats<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Opt
     }
 }
 
+fn is_default_world(w: &crate::data::synth::World) -> bool {
+    *w == crate::data::synth::World::Shapes
+}
+
 fn default_img_key() -> String {
     "filepath".into()
 }
@@ -163,6 +171,7 @@ impl Default for TrainConfig {
         TrainConfig {
             model: "tiny-msclip-s".into(),
             data_items: 20000,
+            world: Default::default(),
             data: None,
             csv_img_key: default_img_key(),
             csv_caption_key: default_caption_key(),
@@ -638,7 +647,7 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
             }
             Arc::new(ManifestSource { pairs })
         }
-        None => Arc::new(SyntheticSource { seed: tc.seed, n, size }),
+        None => Arc::new(SyntheticSource { seed: tc.seed, n, size, world: tc.world }),
     };
     let plan = Plan {
         seed: tc.seed,

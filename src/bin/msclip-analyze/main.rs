@@ -68,6 +68,10 @@ struct DataArg {
     /// Seed of the synthetic world (held out from training worlds of the same seed).
     #[arg(long, default_value_t = 0)]
     data_seed: u64,
+    /// Which synthetic world: shapes (1–3 objects of 48 kinds) or relations (two objects
+    /// whose arrangement the caption names).
+    #[arg(long, value_enum, default_value_t = msclip::data::synth::World::Shapes)]
+    world: msclip::data::synth::World,
     /// Use only the first N pairs (fixed order).
     #[arg(long, value_parser = int_in(1usize..=MAX_ITEMS))]
     limit: Option<usize>,
@@ -84,7 +88,7 @@ impl DataArg {
     fn options(&self) -> Result<DataOptions> {
         let data = match (&self.manifest, self.synthetic) {
             (Some(m), _) => PairData::Manifest(m.clone()),
-            (None, Some(n)) => PairData::Synthetic { n, seed: self.data_seed },
+            (None, Some(n)) => PairData::Synthetic { n, seed: self.data_seed, world: self.world },
             (None, None) => return Err(Error::Invalid("give --manifest FILE or --synthetic N".into())),
         };
         Ok(DataOptions { data, limit: self.limit, batch: self.batch, truncation: self.truncation })
@@ -206,6 +210,32 @@ enum Command {
         /// only). Default: every attention slot both towers have.
         #[arg(long, value_delimiter = ',')]
         gallery_slots: Vec<usize>,
+    },
+    /// Language-to-vision transfer of attention: per-head statistics comparable across the
+    /// towers (normalised entropy, CLS/SOT lift, offset shape and locality, object-relation
+    /// lift), text–vision agreement over the shared slots' heads against a within-slot
+    /// permutation null (unshared slots as reference), and with --run the same statistics at
+    /// every checkpoint with a sign test of "text settles before vision".
+    Transfer {
+        #[command(flatten)]
+        model: ModelArg,
+        #[command(flatten)]
+        data: DataArg,
+        #[arg(long)]
+        out: PathBuf,
+        /// Permutations of the within-slot null.
+        #[arg(long, default_value_t = 2000, value_parser = int_in(1usize..=1_000_000))]
+        permutations: usize,
+        /// A run directory: also compute the statistics at each of its checkpoints.
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// First text query position counted (SOT = 0): every offset up to --max-distance is
+        /// then open to each query, so the causal mask does not decide the profile.
+        #[arg(long, default_value_t = 4, value_parser = int_in(3i64..=70))]
+        text_min_query: i64,
+        /// Largest offset of the profiles (< --text-min-query).
+        #[arg(long, default_value_t = 3, value_parser = int_in(2i64..=69))]
+        max_distance: i64,
     },
     /// Zero-shot classification with a prompt ensemble (mean of normalised prompt embeddings,
     /// renormalised; ×100 logits): top-1, top-5, mean-per-class. An ImageFolder tree, or the
@@ -446,6 +476,15 @@ fn main() -> ExitCode {
         }
         Command::Retrieval { model, data, out } => retrieval_cmd(&model, &data, out.as_deref()),
         Command::Figures { recipes, out } => figures::run_all(&recipes, &out).map(|n| println!("wrote {n} recipes into {}", out.display())),
+        Command::Transfer { model, data, out, permutations, run, text_min_query, max_distance } => {
+            let opts = msclip::commands::transfer::TransferOptions {
+                profile: msclip::analysis::transfer::ProfileOptions { text_min_query, max_distance },
+                permutations,
+                run,
+                ..Default::default()
+            };
+            transfer_cmd(&model, &data, &out, &opts)
+        }
         Command::Heads { model, data, out, permutations, gallery_slots } => {
             heads_cmd(&model, &data, &out, &heads::HeadsOptions { permutations, gallery_slots })
         }
@@ -638,6 +677,40 @@ fn heads_cmd(model: &ModelArg, data: &DataArg, out: &Path, opts: &heads::HeadsOp
     println!("{:<10} {:>6} {:>9} {:>9}", "statistic", "heads", "spearman", "p");
     for a in &r.agreement {
         println!("{:<10} {:>6} {:>9.4} {:>9.4}", a.statistic, a.heads, a.spearman, a.p_value);
+    }
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+fn transfer_cmd(model: &ModelArg, data: &DataArg, out: &Path, opts: &msclip::commands::transfer::TransferOptions) -> Result<()> {
+    let r = msclip::commands::transfer::run(&model.load(0)?, &data.options()?, opts)?;
+    report_skipped(&r.skipped);
+    r.write(out)?;
+    let holm = r.agreement_holm();
+    println!("{:<14} {:<15} {:>5} {:>9} {:>22} {:>8} {:>8}", "statistic", "scope", "heads", "observed", "null 95 %", "p", "p holm");
+    for (a, h) in r.agreement.iter().zip(holm) {
+        println!(
+            "{:<14} {:<15} {:>5} {:>9.3} {:>22} {:>8} {:>8}",
+            a.statistic,
+            a.scope,
+            a.heads,
+            a.value,
+            format!("[{:.3}, {:.3}]", a.null_lo, a.null_hi),
+            msclip::analysis::stats::format_p(a.p_value),
+            msclip::analysis::stats::format_p(h)
+        );
+    }
+    for t in &r.settle_tests {
+        println!(
+            "settling {:<14} heads {:>3}: text first {:>3}, vision first {:>3}, ties {:>3}, sign test p {} (Holm {})",
+            t.statistic,
+            t.heads,
+            t.text_first,
+            t.vision_first,
+            t.ties,
+            msclip::analysis::stats::format_p(t.p_value),
+            msclip::analysis::stats::format_p(t.p_holm)
+        );
     }
     println!("wrote {}", out.display());
     Ok(())
