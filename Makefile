@@ -3,7 +3,7 @@
 CARGO ?= cargo
 DEMO_OUT ?= demo-out
 
-.PHONY: setup build lint test demo study clean-demo
+.PHONY: setup build lint test demo figures study clean-demo
 
 setup:
 	@scripts/setup-libtorch.sh
@@ -28,9 +28,16 @@ test: setup
 demo: build
 	scripts/demo.sh $(DEMO_OUT)
 
-# The sharing spectrum at 3 seeds with intervals (not part of CI; see scripts/study.sh).
+# Re-renders the committed figures/ from the runs `make demo` left in $(DEMO_OUT), and the docs'
+# generated tables (make demo itself writes only into $(DEMO_OUT)).
+figures: build
+	target/release/msclip-analyze figures --recipes analyses --out figures
+	target/release/msclip-analyze sync-docs
+
+# The sharing spectrum and the transfer study at 8 seeds (not part of CI; see scripts/study.sh).
 study: build
 	scripts/study.sh $(DEMO_OUT)
+	target/release/msclip-analyze sync-docs
 
 clean-demo:
 	rm -rf $(DEMO_OUT)

@@ -1,7 +1,7 @@
 // A small C API over libtorch's distributed engine (c10d): TCPStore rendezvous and the Gloo
 // process group, for `msclip::dist`. Tensors come in as tch's `C_tensor` pointers (that is,
 // `at::Tensor*`); errors come back as strings (C++ exceptions never cross into Rust).
-// Built by build.rs with the `cc` crate; recipe and flags: shared/STACK.md ("Distributed").
+// Built by build.rs with the `cc` crate; recipe and flags: docs/stack.md ("Distributed").
 #include <ATen/ATen.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 

@@ -6,7 +6,8 @@
 #     (everything, LayerNorms too) and tiny-msclip-s (early specialization + parallel branch);
 #  3. a comparison table on held-out data (zero-shot, retrieval R@1, modality gap, params);
 #  4. every figure of analyses/*.toml (attention gallery, head statistics, NMI and gap by
-#     layer, training curves, comparison table) into figures/ (FIGURES=DIR to redirect).
+#     layer, training curves, comparison table) into $OUT/figures/ (FIGURES=DIR to redirect;
+#     `make figures` updates the committed figures/ from these runs).
 # DEMO_STEPS overrides the step budget (e.g. DEMO_STEPS=50 for a quick look).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,7 +44,9 @@ echo "== held-out comparison (1,000 single-object images for zero-shot over 48 c
 } | tee "$OUT/comparison.txt"
 
 echo
-echo "== figures (recipes in analyses/ → figures/) =="
-"$BIN/msclip-analyze" figures --recipes analyses --out "${FIGURES:-figures}"
+FIGURES="${FIGURES:-$OUT/figures}"
+echo "== figures (recipes in analyses/ → $FIGURES/) =="
+"$BIN/msclip-analyze" figures --recipes analyses --out "$FIGURES"
 echo
-echo "demo outputs: $OUT/ (params.txt, comparison.txt, runs/*/metrics.jsonl, checkpoints) and ${FIGURES:-figures}/README.md"
+echo "demo outputs: $OUT/ (params.txt, comparison.txt, runs/*/metrics.jsonl, checkpoints) and $FIGURES/README.md"
+echo "(make figures copies them into the committed figures/ and refreshes the docs' tables)"

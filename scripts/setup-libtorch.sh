@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the CPU part of libtorch 2.11.0 (the version tch 0.24 expects) from the PyPI
 # torch==2.11.0 wheel into ./libtorch (gitignored). Idempotent: does nothing when present.
-# Recipe and reasons: shared/STACK.md. Override the target with LIBTORCH_DIR.
+# Recipe and reasons: docs/stack.md. Override the target with LIBTORCH_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST="${LIBTORCH_DIR:-libtorch}"

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# `make study`: the sharing spectrum at 3 seeds each (not part of CI; ~45 min on 2 CPU cores).
+# `make study`: the sharing spectrum and the transfer study at 8 seeds each (not part of CI).
 #  1. trains tiny-clip, tiny-msclip-attn, tiny-msclip, tiny-msclip-ln and tiny-msclip-s with
-#     seeds 0, 1, 2 into $OUT/runs/<model>/seed-<s> (the demo's seed-0 runs are reused; every
-#     run resumes from its newest valid checkpoint, a finished one is a no-op);
-#  2. renders the recipes in analyses/study/ (comparison and retrieval tables with bootstrap
-#     intervals over seeds × items and paired tests, NMI/separation/gap by layer with bands,
-#     training curves across seeds) into figures/study/ (FIGURES=DIR to redirect).
+#     seeds 0..7 into $OUT/runs/<model>/seed-<s> (the demo's seed-0 runs are reused; every
+#     run resumes from its newest valid checkpoint, a finished one is a no-op): 40 runs of
+#     about 3.5 min each on 2 CPU cores, about 2.5 h;
+#  2. scripts/transfer.sh: the transfer study on the relations world (see there);
+#  3. renders the recipes in analyses/study/ (comparison and retrieval tables with per-seed
+#     values, t-intervals over seeds, paired t-tests and Holm-adjusted p-values; NMI,
+#     separation and gap by layer; training curves across seeds; the transfer analysis) into
+#     figures/study/ (FIGURES=DIR to redirect).
+# Interrupt it at any point: the next `make study` resumes where it stopped.
 # SEEDS=0,1 or STUDY_STEPS=50 for a quicker look (the figures then say so in their provenance).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-demo-out}"
-SEEDS="${SEEDS:-0,1,2}"
+SEEDS="${SEEDS:-0,1,2,3,4,5,6,7}"
 STEPS="${STUDY_STEPS:-}"
 BIN=target/release
 MODELS="tiny-clip tiny-msclip-attn tiny-msclip tiny-msclip-ln tiny-msclip-s"
@@ -21,6 +25,7 @@ for m in $MODELS; do
   [ -n "$STEPS" ] && args+=(--steps "$STEPS")
   "$BIN/msclip-train" "${args[@]}" > /dev/null
 done
+SEEDS="$SEEDS" STUDY_STEPS="$STEPS" scripts/transfer.sh "$OUT"
 trained=$SECONDS
 if [ "$OUT" != demo-out ]; then
   echo "note: the recipes in analyses/study/ read demo-out/runs; with OUT=$OUT edit them or symlink demo-out" >&2

@@ -1,4 +1,4 @@
-//! The dependency rules of the layout (README, "Layout"), checked on the sources:
+//! The dependency rules of the layout (docs/layout.md), checked on the sources:
 //! `model/` imports nothing of data/train/analysis/plot/eval/commands/checkpoint;
 //! `analysis/` never imports plot/, data/, train/, eval/ or commands/; `plot/` draws tables
 //! and never touches a model or a tensor; `bin/` holds no computation (no tensor code).

@@ -3,7 +3,7 @@
 # (china.jpg, flower.jpg: 640×427), taken from the bench venv (scripts/bench/setup-venv.sh)
 # or fetched from PyPI into .cache/ when it is missing. Decode + Pillow-exact resize/crop to
 # 224 + normalisation, one thread. Prints JSON lines and the cores one GPU needs at RATE
-# samples/s (default 6,700: B/32 at 30 % of an H200's dense bf16 peak, issue 13).
+# samples/s (default 6,700: B/32 at 30 % of an H200's dense bf16 peak).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RATE="${RATE:-6700}"

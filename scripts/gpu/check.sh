@@ -22,7 +22,7 @@ ldd $B/msclip-train | grep -E "torch|not found" | tee -a "$OUTD/gpu.txt"
 echo "== 1. parity =="
 timeout 150 $B/gpu_check 2>&1 | grep -v "autocast_mode.h" | tee "$OUTD/parity.jsonl"
 # TF32 off in cuBLAS and cuDNN: if the parallel branch's 2-4 % gradient gap (cuDNN's default
-# TF32 convolutions) is TF32, it drops to fp32 round-off here (issue 13).
+# TF32 convolutions) is TF32, it drops to fp32 round-off here.
 MSCLIP_TF32=0 timeout 150 $B/gpu_check 2>&1 | grep -v "autocast_mode.h" | tee "$OUTD/parity-tf32-off.jsonl"
 
 echo "== 2. training precisions and resume =="

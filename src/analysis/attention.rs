@@ -1,4 +1,4 @@
-//! Raw attention read-outs (spec/analysis-methods.md C1): per-head maps from captured
+//! Raw attention read-outs (docs/analysis-methods.md C1): per-head maps from captured
 //! post-softmax attention `A[b, h, q, k]` (rows are queries).
 
 use serde::Serialize;

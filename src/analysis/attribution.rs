@@ -1,4 +1,4 @@
-//! Attention-based attribution (spec/analysis-methods.md C2, C4, C14), as pure functions of
+//! Attention-based attribution (docs/analysis-methods.md C2, C4, C14), as pure functions of
 //! captured attention `A^l: [H, L, L]` (one item) and, for relevancy, the gradients
 //! `G^l = ∂s/∂A^l` of the target score s.
 

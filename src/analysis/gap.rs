@@ -1,5 +1,5 @@
 //! Modality-gap metrics on paired, L2-normalised embeddings `X, Y: [n, d]` (row i of X is
-//! paired with row i of Y). Formulas: shared/spec/analysis-methods.md §B; computed in f64.
+//! paired with row i of Y). Formulas: docs/analysis-methods.md §B; computed in f64.
 //! Everything but uniformity is O(n·d) (pairwise sums in closed form), so 100k pairs take
 //! seconds; uniformity is estimated on the first `uniformity_max` items (recorded; default
 //! [`DEFAULT_UNIFORMITY_MAX`]). [`GapAccumulator`] streams: two passes over chunks, memory

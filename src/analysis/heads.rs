@@ -1,4 +1,4 @@
-//! Attention-head statistics per (slot, head) and modality (spec/analysis-methods.md C13), and
+//! Attention-head statistics per (slot, head) and modality (docs/analysis-methods.md C13), and
 //! their cross-modal agreement — the "language-to-vision transfer" analysis. In MS-CLIP a
 //! shared slot's head h runs the same W_Q, W_K, W_V on both modalities; in CLIP the pairing of
 //! head h of the two towers is only a null baseline.

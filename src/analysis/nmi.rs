@@ -1,5 +1,5 @@
 //! Layer-wise NMI between k-means clusters and modality (the analysis the official MS-CLIP
-//! code's `OUTPUT_*` feature hooks were built for; spec/msclip.md §7.1, analysis-methods B10).
+//! code's `OUTPUT_*` feature hooks were built for; docs/spec-msclip.md §7.1, analysis-methods B10).
 //!
 //! k-means: k-means++ seeding from a SplitMix64 stream of the seed, Lloyd iterations until
 //! the assignment stops changing (≤ `max_iter`), `restarts` runs, lowest inertia wins. It runs

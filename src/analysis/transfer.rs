@@ -1,5 +1,5 @@
 //! Language-to-vision transfer of attention, measured with statistics that mean the same in
-//! both towers (spec: `spec/analysis-methods.md`, "transfer").
+//! both towers (method: docs/transfer.md).
 //!
 //! The raw per-head statistics of [`super::heads`] are not comparable across towers: the
 //! causal mask inflates text self and SOT mass, entropy grows with the number of keys (77

@@ -1,5 +1,5 @@
 //! Maps published state-dict key names (OpenAI CLIP / OpenCLIP, and the official MS-CLIP-S
-//! layout, spec/msclip.md §3) onto msclip's VarStore names, converting to fp32.
+//! layout, docs/spec-msclip.md §3) onto msclip's VarStore names, converting to fp32.
 //!
 //! Vision block `i` is `visual.transformer.resblocks.{i}`, text block `i` is
 //! `transformer.resblocks.{i}`; a shared site reads its tensor once (from the vision key) and

@@ -443,7 +443,7 @@ fn layer_curves(r: &Recipe, dir: &Path) -> Result<()> {
     // (file stem, column) per statistic.
     let stats: &[&str] = if by_gap { &["gap"] } else { &["nmi", "separation"] };
     let mut curves: Vec<Vec<(String, Curve)>> = vec![Vec::new(); stats.len()];
-    let mut csv = String::from("model,slot,metric,seeds,items,mean,lo,hi\n");
+    let mut csv = String::from("model,slot,metric,seeds,items,per_seed,mean,lo,hi\n");
     let mut header = String::new();
     let mut seeds = 1;
     let mut items = 0;
@@ -491,15 +491,28 @@ fn layer_curves(r: &Recipe, dir: &Path) -> Result<()> {
                         _ => modality_nmi(&x, &y, nmi_opts.k, nmi_opts.restarts, nmi_opts.seed).map(|v| v.0).unwrap_or(f64::NAN),
                     }
                 };
-                let iv = res.interval(&stat);
-                csv.push_str(&format!("{name},{slot},{stat_name},{seeds},{items},{},{},{}\n", iv.mean, iv.lo, iv.hi));
-                curve.push((slot as f64, iv.mean, iv.lo, iv.hi));
+                let all: Vec<usize> = (0..items).collect();
+                let per_seed: Vec<f64> = (0..seeds).map(|s| stat(s, &all)).collect();
+                // Several seeds: t-interval over the per-seed values (each on all items);
+                // one run: the item bootstrap.
+                let (mean, lo, hi) = if seeds > 1 {
+                    let iv = crate::analysis::stats::seed_interval(&per_seed);
+                    (iv.mean, iv.lo, iv.hi)
+                } else {
+                    let iv = res.interval(&stat);
+                    (iv.mean, iv.lo, iv.hi)
+                };
+                let per: Vec<String> = per_seed.iter().map(|v| format!("{v:.6}")).collect();
+                csv.push_str(&format!("{name},{slot},{stat_name},{seeds},{items},{},{mean},{lo},{hi}\n", per.join(" ")));
+                curve.push((slot as f64, mean, lo, hi));
             }
             curves[k].push((name.clone(), curve));
         }
     }
     let method = if seeds > 1 {
-        format!("Line: mean over {seeds} training seeds; bars: 95 % hierarchical bootstrap over seeds × {items} held-out pairs ({b} replicates)")
+        format!(
+            "Line: mean over {seeds} training seeds (each on the same {items} held-out pairs); bars: Student-t 95 % interval over seeds"
+        )
     } else {
         format!("Bars: 95 % bootstrap over {items} held-out pairs ({b} replicates)")
     };
@@ -570,13 +583,13 @@ fn group_label(run: &Path) -> String {
 fn training_curves(r: &Recipe, dir: &Path) -> Result<()> {
     // [metric][group] = (label, step → values over seeds)
     type SeedCurves = Vec<(String, std::collections::BTreeMap<i64, Vec<f64>>)>;
-    let mut per: [SeedCurves; 2] = [Vec::new(), Vec::new()];
-    let mut csv = String::from("run,seed,step,loss,zero_shot_top1,image_to_text_r1,modality_gap\n");
+    let mut per: [SeedCurves; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    let mut csv = String::from("run,seed,step,loss,zero_shot_top1,image_to_text_r1,modality_gap,relation_acc\n");
     let mut seeds = 1;
     for (template, group) in r.runs.iter().zip(r.groups()) {
         let label = group_label(template);
         seeds = group.len();
-        let mut maps = [std::collections::BTreeMap::new(), std::collections::BTreeMap::new()];
+        let mut maps = [std::collections::BTreeMap::new(), std::collections::BTreeMap::new(), std::collections::BTreeMap::new()];
         for (si, run) in group.iter().enumerate() {
             let seed = r.seeds.as_ref().map(|s| s[si].to_string()).unwrap_or_default();
             let path = run.join("metrics.jsonl");
@@ -590,17 +603,30 @@ fn training_curves(r: &Recipe, dir: &Path) -> Result<()> {
                     message: format!("line {}: an eval record without an integer step", i + 1),
                 })?;
                 csv.push_str(&format!(
-                    "{label},{seed},{step},{},{},{},{}\n",
-                    v["loss"], e["zero_shot_top1"], e["image_to_text_r1"], e["modality_gap"]
+                    "{label},{seed},{step},{},{},{},{},{}\n",
+                    v["loss"],
+                    e["zero_shot_top1"],
+                    e["image_to_text_r1"],
+                    e["modality_gap"],
+                    e.get("relation_acc").and_then(|x| x.as_f64()).map_or(String::new(), |x| x.to_string())
                 ));
-                for (k, key) in ["modality_gap", "zero_shot_top1"].iter().enumerate() {
-                    maps[k].entry(step).or_insert_with(Vec::new).push(e[*key].as_f64().unwrap_or(f64::NAN));
+                for (k, key) in ["modality_gap", "zero_shot_top1", "relation_acc"].iter().enumerate() {
+                    if let Some(x) = e.get(*key).and_then(|x| x.as_f64()) {
+                        maps[k].entry(step).or_insert_with(Vec::new).push(x);
+                    }
                 }
             }
         }
-        let [g, z] = maps;
+        if maps[0].is_empty() {
+            return Err(Error::Invalid(format!(
+                "{}: no evaluation records in metrics.jsonl (train with eval_every > 0)",
+                group.first().map_or(String::new(), |p| p.display().to_string())
+            )));
+        }
+        let [g, z, rel] = maps;
         per[0].push((label.clone(), g));
-        per[1].push((label, z));
+        per[1].push((label.clone(), z));
+        per[2].push((label, rel));
     }
     let mut prov = Provenance::new(
         "runs",
@@ -611,15 +637,23 @@ fn training_curves(r: &Recipe, dir: &Path) -> Result<()> {
     );
     prov.notes.push("values are the eval blocks of each run's metrics.jsonl".into());
     if seeds > 1 {
-        prov.notes.push(format!("groups of {seeds} seeds: the figures draw the mean and the min–max range over seeds"));
+        prov.notes.push(format!("groups of {seeds} seeds: the figures draw the mean and its Student-t 95 % interval over seeds"));
     }
     write_atomic(&dir.join("training_curves.csv"), (prov.csv_header() + &csv).as_bytes())?;
     let caption = (seeds > 1).then(|| {
-        format!("Line: mean over {seeds} training seeds; bars: min–max over the seeds at each evaluation (held-out synthetic pairs).")
+        format!("Line: mean over {seeds} training seeds; bars: Student-t 95 % interval over the seeds at each evaluation (held-out synthetic data).")
     });
-    for (k, (stem, y_label, what)) in
-        [("modality_gap", "‖x̄ − ȳ‖", "modality gap"), ("zero_shot", "top-1", "zero-shot top-1")].iter().enumerate()
+    for (k, (stem, y_label, what)) in [
+        ("modality_gap", "‖x̄ − ȳ‖", "modality gap"),
+        ("zero_shot", "top-1", "zero-shot top-1"),
+        ("relation_acc", "share of scenes (chance 0.5)", "relation test"),
+    ]
+    .iter()
+    .enumerate()
     {
+        if per[k].iter().all(|(_, m)| m.is_empty()) {
+            continue;
+        }
         let series: Vec<(String, Vec<(f64, f64)>)> = per[k]
             .iter()
             .map(|(n, m)| (n.clone(), m.iter().map(|(s, v)| (*s as f64, v.iter().sum::<f64>() / v.len() as f64)).collect()))
@@ -627,11 +661,18 @@ fn training_curves(r: &Recipe, dir: &Path) -> Result<()> {
         let bands = per[k]
             .iter()
             .map(|(_, m)| {
-                (seeds > 1).then(|| m.values().map(|v| v.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)))).collect())
+                (seeds > 1).then(|| {
+                    m.values()
+                        .map(|v| {
+                            let iv = crate::analysis::stats::seed_interval(v);
+                            (iv.lo, iv.hi)
+                        })
+                        .collect()
+                })
             })
             .collect();
         let hi = per[k].iter().flat_map(|(_, m)| m.values().flatten().copied()).filter(|v| v.is_finite()).fold(0.0f64, f64::max);
-        let y_max = if k == 1 { 1.0 } else { (hi * 1.1).max(0.1) };
+        let y_max = if k >= 1 { 1.0 } else { (hi * 1.1).max(0.1) };
         line_chart_png_svg(
             &dir.join(stem),
             &LineChart {
@@ -689,11 +730,19 @@ impl SeedItems {
     }
 }
 
-/// The comparison tables (`comparison`, `zeroshot-retrieval`): every metric per model group
-/// as mean and 95 % interval (bootstrap over held-out items; over seeds × items for several
-/// runs, [`Resamples`]), and the paired difference to the first group on the same draws with
-/// its p-value. Writes `<stem>.csv`, `<stem>.md` and the interval figure `<stem>.png/.svg`.
+/// The comparison tables (`comparison`, `zeroshot-retrieval`), seed-level inference first.
+///
+/// Several seeds per model: each metric's per-seed values (each on all held-out items), their
+/// mean with a Student-t 95 % interval over seeds, and for per-item metrics (accuracies,
+/// recalls) the crossed seeds × items interval as well (the same items score every seed);
+/// Δ against the first group is a paired t-test over seeds (seed s against seed s), with
+/// Holm-adjusted p-values over the table's family (every Δ test of the table). One run per
+/// model: the item bootstrap interval and a paired bootstrap test on the same items (no
+/// seed-level inference is possible, and the table says so). Writes `<stem>.csv`,
+/// `<stem>.md`, the interval figure `<stem>.png/.svg` (per-seed dots) and the Δ figure
+/// `<stem>_delta.png/.svg` (zero line).
 fn interval_table(r: &Recipe, dir: &Path, stem: &str, retrieval_ks: &[i64], metrics: &[(&str, Metric)]) -> Result<()> {
+    use crate::analysis::stats::{crossed, format_p as fmt_p, holm, paired_t, seed_interval};
     let n = r.synthetic();
     let b = r.bootstrap(1000);
     let groups = r.load_groups()?;
@@ -726,16 +775,85 @@ fn interval_table(r: &Recipe, dir: &Path, stem: &str, retrieval_ks: &[i64], metr
         runs.push(per_seed);
     }
     let seeds = runs[0].len();
+    let all: Vec<usize> = (0..n).collect();
     let res = Resamples::new(seeds, n, b, r.seed());
     let method = if seeds > 1 {
-        format!("Mean over {seeds} training seeds; intervals: hierarchical bootstrap over seeds × {n} held-out items ({b} replicates)")
+        format!("{seeds} training seeds per model, each scored on the same {n} held-out items: mean over seeds with its Student-t 95 % interval (per-seed values in the CSV); Δ: paired t-test over seeds against {}, Holm-adjusted over the table's Δ tests", names[0])
     } else {
-        format!("One run per model; intervals: bootstrap over {n} held-out items ({b} replicates)")
+        format!("One run per model (no seed-level inference): intervals from a bootstrap over {n} held-out items ({b} replicates); Δ: paired bootstrap against {} on the same items, Holm-adjusted over the table's Δ tests", names[0])
     };
-    let mut csv = format!("# intervals: {method}; paired test vs {} on the same draws (two-sided bootstrap p)\n", names[0]);
-    csv.push_str("model,params_total,params_shared,metric,seeds,items,mean,lo,hi,delta_vs_first,delta_lo,delta_hi,p_value\n");
-    let mut md =
-        format!("{method}; Δ and p: paired bootstrap against {} on the same items and seeds.\n\n| model | params | shared |", names[0]);
+    struct Cell {
+        values: Vec<f64>,
+        mean: f64,
+        lo: f64,
+        hi: f64,
+        crossed: Option<(f64, f64)>,
+        delta: Option<(f64, f64, f64, f64, Vec<f64>)>,
+    }
+    let mut cells: Vec<Vec<Cell>> = Vec::new();
+    for g in 0..names.len() {
+        let mut row = Vec::new();
+        for (_, metric) in metrics {
+            let values: Vec<f64> = runs[g].iter().map(|s| s.stat(*metric, &all)).collect();
+            let hits_of = |grp: usize| -> Option<Vec<Vec<f64>>> {
+                match metric {
+                    Metric::Hits(k) => Some(runs[grp].iter().map(|s| s.hits[*k].clone()).collect()),
+                    _ => None,
+                }
+            };
+            let (mean, lo, hi, crossed_iv, delta);
+            if seeds > 1 {
+                let iv = seed_interval(&values);
+                (mean, lo, hi) = (iv.mean, iv.lo, iv.hi);
+                crossed_iv = hits_of(g).map(|y| {
+                    let c = crossed(&y);
+                    (c.lo, c.hi)
+                });
+                delta = (g > 0).then(|| {
+                    let base: Vec<f64> = runs[0].iter().map(|s| s.stat(*metric, &all)).collect();
+                    let t = paired_t(&values, &base);
+                    (t.delta.mean, t.delta.lo, t.delta.hi, t.p_value, t.delta.values.clone())
+                });
+            } else {
+                let stat = |s: usize, it: &[usize]| runs[g][s].stat(*metric, it);
+                let iv = res.interval(&stat);
+                (mean, lo, hi) = (iv.mean, iv.lo, iv.hi);
+                crossed_iv = None;
+                delta = (g > 0).then(|| {
+                    let p = res.paired(&stat, &|s, it| runs[0][s].stat(*metric, it));
+                    (p.delta.mean, p.delta.lo, p.delta.hi, p.p_value, vec![p.delta.mean])
+                });
+            }
+            row.push(Cell { values, mean, lo, hi, crossed: crossed_iv, delta });
+        }
+        cells.push(row);
+    }
+    // Holm over every Δ test of the table.
+    let raw: Vec<f64> = cells.iter().flatten().filter_map(|c| c.delta.as_ref().map(|d| if d.3.is_finite() { d.3 } else { 1.0 })).collect();
+    let mut adj = holm(&raw).into_iter();
+    let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
+    let ce = |e: csv::Error| Error::Invalid(format!("{stem}.csv: {e}"));
+    w.write_record([
+        "model",
+        "params_total",
+        "params_shared",
+        "metric",
+        "seeds",
+        "items",
+        "per_seed",
+        "mean",
+        "lo",
+        "hi",
+        "crossed_lo",
+        "crossed_hi",
+        "delta_vs_first",
+        "delta_lo",
+        "delta_hi",
+        "p_value",
+        "p_holm",
+    ])
+    .map_err(ce)?;
+    let mut md = format!("{method}. Family for Holm: the {} Δ tests of this table.\n\n| model | params | shared |", raw.len());
     for (m, _) in metrics {
         md.push_str(&format!(" {m} |"));
     }
@@ -747,26 +865,47 @@ fn interval_table(r: &Recipe, dir: &Path, stem: &str, retrieval_ks: &[i64], metr
         "---:|".repeat(metrics.len())
     );
     let mut panels: Vec<crate::plot::IntervalPanel> = metrics.iter().map(|(m, _)| (m.to_string(), Vec::new())).collect();
+    let mut dots: Vec<Vec<Vec<f64>>> = vec![Vec::new(); metrics.len()];
+    let mut delta_panels: Vec<crate::plot::IntervalPanel> = metrics.iter().map(|(m, _)| (format!("Δ {m}"), Vec::new())).collect();
+    let mut delta_dots: Vec<Vec<Vec<f64>>> = vec![Vec::new(); metrics.len()];
     for (g, name) in names.iter().enumerate() {
         md.push_str(&format!("| {name} | {} | {} |", params[g].0, params[g].1));
         if g > 0 {
             delta_md.push_str(&format!("| {name} |"));
         }
-        for (j, (label, metric)) in metrics.iter().enumerate() {
-            let stat = |s: usize, it: &[usize]| runs[g][s].stat(*metric, it);
-            let iv = res.interval(&stat);
-            let paired = (g > 0).then(|| res.paired(&stat, &|s, it| runs[0][s].stat(*metric, it)));
-            let (d, dlo, dhi, p) =
-                paired.map(|p| (p.delta.mean, p.delta.lo, p.delta.hi, p.p_value)).unwrap_or((f64::NAN, f64::NAN, f64::NAN, f64::NAN));
-            csv.push_str(&format!(
-                "{name},{},{},{label},{seeds},{n},{},{},{},{d},{dlo},{dhi},{p}\n",
-                params[g].0, params[g].1, iv.mean, iv.lo, iv.hi
-            ));
-            md.push_str(&format!(" {:.3} [{:.3}, {:.3}] |", iv.mean, iv.lo, iv.hi));
+        for (j, ((label, _), c)) in metrics.iter().zip(&cells[g]).enumerate() {
+            let per: Vec<String> = c.values.iter().map(|v| format!("{v:.6}")).collect();
+            let (d, dlo, dhi, p) = c.delta.as_ref().map_or((f64::NAN, f64::NAN, f64::NAN, f64::NAN), |d| (d.0, d.1, d.2, d.3));
+            let ph = if c.delta.is_some() { adj.next().unwrap_or(f64::NAN) } else { f64::NAN };
+            let (clo, chi) = c.crossed.unwrap_or((f64::NAN, f64::NAN));
+            w.write_record([
+                name.clone(),
+                params[g].0.to_string(),
+                params[g].1.to_string(),
+                label.to_string(),
+                seeds.to_string(),
+                n.to_string(),
+                per.join(" "),
+                c.mean.to_string(),
+                c.lo.to_string(),
+                c.hi.to_string(),
+                clo.to_string(),
+                chi.to_string(),
+                d.to_string(),
+                dlo.to_string(),
+                dhi.to_string(),
+                p.to_string(),
+                ph.to_string(),
+            ])
+            .map_err(ce)?;
+            md.push_str(&format!(" {:.3} [{:.3}, {:.3}] |", c.mean, c.lo, c.hi));
             if g > 0 {
-                delta_md.push_str(&format!(" {d:+.3} [{dlo:+.3}, {dhi:+.3}] p={} |", format_p(p, b)));
+                delta_md.push_str(&format!(" {d:+.3} [{dlo:+.3}, {dhi:+.3}] p = {} (Holm {}) |", fmt_p(p), fmt_p(ph)));
+                delta_panels[j].1.push((d, dlo, dhi));
+                delta_dots[j].push(c.delta.as_ref().map(|d| d.4.clone()).unwrap_or_default());
             }
-            panels[j].1.push((iv.mean, iv.lo, iv.hi));
+            panels[j].1.push((c.mean, c.lo, c.hi));
+            dots[j].push(if seeds > 1 { c.values.clone() } else { vec![] });
         }
         md.push('\n');
         if g > 0 {
@@ -776,32 +915,42 @@ fn interval_table(r: &Recipe, dir: &Path, stem: &str, retrieval_ks: &[i64], metr
     if names.len() > 1 {
         md.push_str(&delta_md);
     }
-    write_atomic(&dir.join(format!("{stem}.csv")), (header + &csv).as_bytes())?;
+    let body = w.into_inner().map_err(|e| Error::Invalid(format!("{stem}.csv: {e}")))?;
+    let mut csv_bytes = header.into_bytes();
+    csv_bytes.extend_from_slice(format!("# {method}\n").as_bytes());
+    csv_bytes.extend_from_slice(&body);
+    write_atomic(&dir.join(format!("{stem}.csv")), &csv_bytes)?;
     write_atomic(&dir.join(format!("{stem}.md")), md.as_bytes())?;
     let first = names[0].clone();
+    let seeds_note = if seeds > 1 { format!(" Small circles: the {seeds} seeds.") } else { String::new() };
     render(
         &dir.join(stem),
         &IntervalPanels {
             title: r.title.clone(),
-            models: names,
+            models: names.clone(),
             panels,
-            caption: Some(format!(
-                "Dot: the estimate; bar: its 95 % interval. {method}. Paired differences to {} with p-values: {stem}.md and {stem}.csv.",
-                first
-            )),
+            dots,
+            caption: Some(format!("Dot: the mean; bar: its 95 % interval.{seeds_note} {method}.")),
+            ..Default::default()
         },
-    )
-}
-
-/// A bootstrap p-value as text: below the resolution `1/(B+1)` it is given as a bound.
-fn format_p(p: f64, b: usize) -> String {
-    if p.is_nan() {
-        "–".into()
-    } else if p <= 2.0 / (b as f64 + 1.0) + 1e-12 {
-        format!("<{:.0e}", 2.0 / (b as f64 + 1.0) + 1e-12)
-    } else {
-        format!("{p:.3}")
+    )?;
+    if names.len() > 1 {
+        render(
+            &dir.join(format!("{stem}_delta")),
+            &IntervalPanels {
+                title: format!("{}: difference to {first}", r.title),
+                models: names[1..].to_vec(),
+                panels: delta_panels,
+                dots: if seeds > 1 { delta_dots } else { vec![] },
+                reference: Some(0.0),
+                caption: Some(format!(
+                    "Dot: the mean difference to {first}; bar: its 95 % interval; line: no difference.{} p-values (raw and Holm) in {stem}.md.",
+                    if seeds > 1 { " Small circles: per-seed differences (seed s against seed s)." } else { "" }
+                )),
+            },
+        )?;
     }
+    Ok(())
 }
 
 fn comparison(r: &Recipe, dir: &Path) -> Result<()> {

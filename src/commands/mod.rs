@@ -20,6 +20,7 @@ pub mod ablate;
 pub mod attention;
 pub mod check;
 pub mod decompose;
+pub mod docs;
 pub mod embed;
 pub mod eval;
 pub mod figures;

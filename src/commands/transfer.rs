@@ -147,11 +147,7 @@ type Measured = (Vec<HeadProfile>, Vec<RelationStat>, Vec<SkippedItem>, String);
 
 /// Statistics of one model on `data`: the profiles (with the relation lift filled in when the
 /// data are synthetic scenes) and the relation statistics.
-fn measure(
-    model: &LoadedModel,
-    data: &DataOptions,
-    opts: &ProfileOptions,
-) -> Result<Measured> {
+fn measure(model: &LoadedModel, data: &DataOptions, opts: &ProfileOptions) -> Result<Measured> {
     let m = &model.model;
     let cfg = &m.config;
     let size = cfg.vision.image_size as u32;
@@ -624,6 +620,7 @@ impl TransferOutput {
                     models: rows,
                     panels,
                     caption: Some("Spearman ρ over heads (shape: −mean total variation distance). Null: the central 95 % of the vision values permuted among heads of the same slot. Transfer predicts the observed value right of its null.".into()),
+                    ..Default::default()
                 },
             )?;
         }

@@ -41,10 +41,14 @@ pub fn batch(seed: u64, indices: &[usize], size: u32, mean: [f64; 3], std: [f64;
 /// tokens, and the tokens of the same captions with the relation reversed.
 pub fn relation_set(seed: u64, n: usize, size: u32, mean: [f64; 3], std: [f64; 3], tok: &Tokenizer) -> (Tensor, Tensor, Tensor) {
     let (mut imgs, mut caps, mut swapped) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    for i in 0..n {
-        let sc = synth::scene_in(synth::World::Relations, seed ^ EVAL_SEED_OFFSET, i as u64, size);
+    // Scenes whose two objects could not both be placed name no relation: skipped.
+    let mut i = 0u64;
+    while caps.len() < n && i < 4 * n as u64 + 16 {
+        let sc = synth::scene_in(synth::World::Relations, seed ^ EVAL_SEED_OFFSET, i, size);
+        i += 1;
+        let Some(sw) = synth::swap_relation(&sc.caption) else { continue };
         imgs.push(to_tensor(&sc.pixels, size, size, mean, std));
-        swapped.push(synth::swap_relation(&sc.caption).unwrap_or_else(|| sc.caption.clone()));
+        swapped.push(sw);
         caps.push(sc.caption);
     }
     (Tensor::stack(&imgs, 0), tok.tokenize_batch(&caps), tok.tokenize_batch(&swapped))

@@ -2,7 +2,7 @@
 //!
 //! Every point of MS-CLIP's sharing spectrum is a config: vanilla CLIP has an empty mask,
 //! MS-CLIP shares attention and FFN in every slot, MS-CLIP-S specializes slot 0 (conv stem for
-//! vision, a text-only block for text) and shares slots 1..11 (spec/msclip.md §2, §4).
+//! vision, a text-only block for text) and shares slots 1..11 (docs/spec-msclip.md §2, §4).
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -730,6 +730,7 @@ pub type IntervalPanel = (String, Vec<(f64, f64, f64)>);
 
 /// Point estimates with 95 % intervals, one panel per metric, models as rows (each in its
 /// colour across figures): the comparison tables as a figure.
+#[derive(Default)]
 pub struct IntervalPanels {
     /// Title.
     pub title: String,
@@ -737,6 +738,11 @@ pub struct IntervalPanels {
     pub models: Vec<String>,
     /// Per panel: the metric's name and `(mean, lo, hi)` per model (NaN = missing).
     pub panels: Vec<IntervalPanel>,
+    /// Per panel, per model: individual values drawn as small circles (per-seed values);
+    /// empty = none.
+    pub dots: Vec<Vec<Vec<f64>>>,
+    /// A vertical reference line (0 for differences), included in every panel's range.
+    pub reference: Option<f64>,
     /// Explanatory text under the figure.
     pub caption: Option<String>,
 }
@@ -785,7 +791,14 @@ impl Figure for IntervalPanels {
             let x0 = Self::LEFT + (p % cols) as i32 * Self::PANEL_W;
             let (x_lo, x_hi) = (x0 + 10, x0 + Self::PANEL_W - 20);
             root.draw_text(metric, &font.color(&BLACK), (x0 + 10, top - 26)).map_err(e)?;
-            let finite: Vec<f64> = vals.iter().flat_map(|v| [v.0, v.1, v.2]).filter(|v| v.is_finite()).collect();
+            let panel_dots: &[Vec<f64>] = self.dots.get(p).map_or(&[], |d| d.as_slice());
+            let finite: Vec<f64> = vals
+                .iter()
+                .flat_map(|v| [v.0, v.1, v.2])
+                .chain(panel_dots.iter().flatten().copied())
+                .chain(self.reference)
+                .filter(|v| v.is_finite())
+                .collect();
             let (mut lo, mut hi) = finite.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
             // Also when nothing is finite (lo = MAX, hi = MIN).
             if lo.partial_cmp(&hi) != Some(std::cmp::Ordering::Less) {
@@ -806,10 +819,19 @@ impl Figure for IntervalPanels {
                 root.draw_text(&label, &("sans-serif", 11).into_font().color(&BLACK), (x - 3 * label.len() as i32, axis + 10))
                     .map_err(e)?;
             }
+            if let Some(rv) = self.reference {
+                let x = px(rv);
+                for y in (top..axis).step_by(6) {
+                    root.draw(&PathElement::new(vec![(x, y), (x, (y + 3).min(axis))], RGBColor(90, 90, 90).stroke_width(1))).map_err(e)?;
+                }
+            }
             for (r, (m, (mean, l, h))) in self.models.iter().zip(vals).enumerate() {
                 let y = top + r as i32 * Self::ROW + 12;
                 let col = series_color(m, r);
                 root.draw(&PathElement::new(vec![(x_lo, y), (x_hi, y)], RGBColor(225, 225, 225).stroke_width(1))).map_err(e)?;
+                for v in panel_dots.get(r).into_iter().flatten().filter(|v| v.is_finite()) {
+                    root.draw(&Circle::new((px(*v), y - 7), 2, col.stroke_width(1))).map_err(e)?;
+                }
                 if l.is_finite() && h.is_finite() {
                     root.draw(&PathElement::new(vec![(px(*l), y), (px(*h), y)], col.stroke_width(3))).map_err(e)?;
                 }

@@ -211,6 +211,13 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         gallery_slots: Vec<usize>,
     },
+    /// Rewrite the include blocks of README.md and docs/*.md (`<!-- include: PATH -->` …
+    /// `<!-- end include -->`) from the generated files they name, so no result is typed.
+    SyncDocs {
+        /// The repository root.
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+    },
     /// Language-to-vision transfer of attention: per-head statistics comparable across the
     /// towers (normalised entropy, CLS/SOT lift, offset shape and locality, object-relation
     /// lift), text–vision agreement over the shared slots' heads against a within-slot
@@ -476,6 +483,7 @@ fn main() -> ExitCode {
         }
         Command::Retrieval { model, data, out } => retrieval_cmd(&model, &data, out.as_deref()),
         Command::Figures { recipes, out } => figures::run_all(&recipes, &out).map(|n| println!("wrote {n} recipes into {}", out.display())),
+        Command::SyncDocs { root } => sync_docs_cmd(&root),
         Command::Transfer { model, data, out, permutations, run, text_min_query, max_distance } => {
             let opts = msclip::commands::transfer::TransferOptions {
                 profile: msclip::analysis::transfer::ProfileOptions { text_min_query, max_distance },
@@ -571,8 +579,8 @@ fn eval_cmd(model: &ModelArg, items: usize, seed: u64, json: bool) -> Result<()>
     } else {
         let e = &r.eval;
         println!(
-            "{:<14} zero-shot top1 {:.3} top5 {:.3} | R@1 i→t {:.3} t→i {:.3} | gap {:.3}",
-            r.model, e.zero_shot_top1, e.zero_shot_top5, e.image_to_text_r1, e.text_to_image_r1, e.modality_gap
+            "{:<14} zero-shot top1 {:.3} top5 {:.3} | R@1 i→t {:.3} t→i {:.3} | gap {:.3} | relation test {:.3}",
+            r.model, e.zero_shot_top1, e.zero_shot_top5, e.image_to_text_r1, e.text_to_image_r1, e.modality_gap, e.relation_acc
         );
     }
     Ok(())
@@ -679,6 +687,14 @@ fn heads_cmd(model: &ModelArg, data: &DataArg, out: &Path, opts: &heads::HeadsOp
         println!("{:<10} {:>6} {:>9.4} {:>9.4}", a.statistic, a.heads, a.spearman, a.p_value);
     }
     println!("wrote {}", out.display());
+    Ok(())
+}
+
+fn sync_docs_cmd(root: &Path) -> Result<()> {
+    let docs = msclip::commands::docs::doc_files(root)?;
+    let refs: Vec<&Path> = docs.iter().map(|p| p.as_path()).collect();
+    let n = msclip::commands::docs::sync(root, &refs)?;
+    println!("{n} include block(s) rewritten in {} file(s)", docs.len());
     Ok(())
 }
 
