@@ -39,6 +39,10 @@ pub enum Error {
     /// not "bad input".
     #[error("{0}")]
     Stopped(String),
+    /// A model or computation produced values that are not finite, or a degenerate model
+    /// (all-zero embeddings) where a metric would be undefined: exit 1.
+    #[error("{0}")]
+    Numeric(String),
     /// An error raised inside libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
@@ -51,7 +55,7 @@ impl Error {
     /// The command-line exit status: 1 for a stopped run, 2 for everything else (bad input).
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Stopped(_) => 1,
+            Error::Stopped(_) | Error::Numeric(_) => 1,
             _ => 2,
         }
     }

@@ -222,6 +222,7 @@ fn figures_regenerate_from_recipes() {
         ("pat", "patching", ck.clone(), "synthetic = 4"),
         ("dec", "decomposition", ck.clone(), "synthetic = 8"),
         ("shh", "shared-heads", ck.clone(), "synthetic = 8"),
+        ("tr", "transfer", grp("grp-a"), "synthetic = 8\nseeds = [0, 1]\nworld = \"relations\""),
     ] {
         std::fs::write(
             recipes.join(format!("{name}.toml")),
@@ -301,21 +302,31 @@ fn figures_regenerate_from_recipes() {
     let num = |v: &str| v.parse::<f64>().unwrap();
     let zsr = rows("zsr/zeroshot_retrieval.csv");
     assert_eq!(zsr.len(), 8);
-    let mean = |metric: &str| num(&zsr.iter().find(|r| r[3] == metric).unwrap()[6]);
+    // Columns: model, params_total, params_shared, metric, seeds, items, per_seed, mean, lo, hi,
+    // crossed_lo, crossed_hi, delta_vs_first, delta_lo, delta_hi, p_value, p_holm.
+    let mean = |metric: &str| num(&zsr.iter().find(|r| r[3] == metric).unwrap()[7]);
     assert!(mean("i→t R@1") <= mean("i→t R@5") && mean("i→t R@5") <= mean("i→t R@10"), "{zsr:?}");
     assert!(mean("t→i R@1") <= mean("t→i R@5") && mean("t→i R@5") <= mean("t→i R@10"), "{zsr:?}");
     for r in zsr.iter().chain(&rows("comparison/comparison.csv")) {
-        let (m, lo, hi) = (num(&r[6]), num(&r[7]), num(&r[8]));
+        let (m, lo, hi) = (num(&r[7]), num(&r[8]), num(&r[9]));
         assert!(lo <= m + 1e-12 && m <= hi + 1e-12, "{r:?}");
         assert_eq!((r[4].as_str(), r[5].as_str()), ("1", "16"), "{r:?}");
     }
-    // Two groups of the same weights: every paired difference is exactly 0 with p = 1, and
-    // both groups report 2 seeds.
+    // Two groups of the same weights: every paired difference is exactly 0 with p = 1 (raw
+    // and Holm), both groups report 2 seeds and their per-seed values, and per-item metrics
+    // carry the crossed interval.
     let grouped = rows("cmp-seeds/comparison.csv");
     assert_eq!(grouped.len(), 12);
     for r in &grouped[6..] {
-        assert_eq!((r[4].as_str(), num(&r[9]), num(&r[12])), ("2", 0.0, 1.0), "{r:?}");
+        assert_eq!((r[4].as_str(), num(&r[12]), num(&r[15]), num(&r[16])), ("2", 0.0, 1.0, 1.0), "{r:?}");
+        assert_eq!(r[6].split(' ').count(), 2, "{r:?}");
     }
+    assert!(grouped.iter().any(|r| r[3] == "zero-shot top-1" && num(&r[10]).is_finite() && num(&r[10]) <= num(&r[7])), "{grouped:?}");
+    assert!(out.join("cmp-seeds/comparison_delta.png").is_file());
+    // The transfer recipe: every seed's analysis and the seed-level summary.
+    let summary = std::fs::read_to_string(out.join("tr/transfer_summary.csv")).unwrap();
+    assert!(summary.lines().any(|l| l.starts_with("micro-msclip-s,shape,shared slots,2,")), "{summary}");
+    assert!(out.join("tr/micro-msclip-s/seed-1/profiles.csv").is_file());
     // Training curves of two seeds: both rows per step in the CSV.
     let curves = std::fs::read_to_string(out.join("curves-seeds/training_curves.csv")).unwrap();
     assert!(curves.contains("curves-grp,0,10,") && curves.contains("curves-grp,1,10,"), "{curves}");

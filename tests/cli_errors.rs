@@ -221,3 +221,58 @@ fn empty_inputs_and_results_are_errors() {
     assert!(err.contains("b.json") && err.contains("no values"), "{err}");
     assert!(!out.contains("check passed"));
 }
+
+/// A checkpoint of `cfg` whose tensors are `f(name, tensor)`.
+fn checkpoint_with(dir: &std::path::Path, f: impl Fn(&str, &tch::Tensor) -> tch::Tensor) {
+    let cfg = ModelConfig::from_toml_file(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/check/micro-msclip-s.toml")))
+        .unwrap();
+    let (vs, _) = msclip::model::MsClip::build(&cfg, tch::Device::Cpu, 0);
+    tch::no_grad(|| {
+        for (n, t) in vs.variables() {
+            let new = f(&n, &t);
+            t.shallow_clone().copy_(&new);
+        }
+    });
+    let meta = msclip::checkpoint::Meta {
+        tool_version: msclip::VERSION.into(),
+        model: cfg,
+        step: 0,
+        epoch: 0,
+        samples_seen: 0,
+        data_cursor: 0,
+        seed: 0,
+        train_config: String::new(),
+        sha256: Default::default(),
+        init: None,
+    };
+    msclip::checkpoint::save_dir(dir, &vs, &[], meta).unwrap();
+}
+
+/// Finite weights whose outputs overflow, and all-zero weights: every command that computes
+/// on the outputs fails with exit 1 naming the tower and the cause, instead of printing
+/// numbers (R@1 1.0, NaN sums) or writing NaN files.
+#[test]
+fn models_that_cannot_produce_numbers_are_refused() {
+    let dir = std::env::temp_dir().join(format!("msclip-degenerate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (huge, zero) = (dir.join("huge"), dir.join("zero"));
+    checkpoint_with(&huge, |n, t| if n == "visual.proj" { t.ones_like() * 3e38 } else { t.copy() });
+    checkpoint_with(&zero, |_, t| t.zeros_like());
+    let out = dir.join("out").display().to_string();
+    for (ck, want) in [(&huge, "vision tower: outputs are not finite"), (&zero, "degenerate model")] {
+        let ck = ck.display().to_string();
+        for args in [
+            vec!["eval", "--checkpoint", &ck, "--items", "8"],
+            vec!["zeroshot", "--checkpoint", &ck, "--synthetic", "8"],
+            vec!["embed", "--checkpoint", &ck, "--synthetic", "8", "--out", &out],
+            vec!["decompose", "--checkpoint", &ck, "--synthetic", "4", "--out", &out],
+            vec!["transfer", "--checkpoint", &ck, "--synthetic", "4", "--permutations", "10", "--out", &out],
+        ] {
+            let (code, _, err) = run(&args);
+            assert_eq!(code, 1, "{args:?}: {err}");
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+    }
+    assert!(!dir.join("out/image.npy").exists(), "no NaN embeddings written");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -140,7 +140,9 @@ pub fn image(model: &MsClip, images: &Tensor) -> Result<Decomposition> {
         let x0 = v.embed(images, &Capture::none(), &mut cache, false)?;
         let tops = v.branch(images, false);
         let pooled = v.run_from(v.first_slot(), &x0, &tops, &cap, &mut cache, false)?;
-        let embedding = v.project(&v.ln_post().forward(&pooled)).to_kind(Kind::Double);
+        let embedding = v.project(&v.ln_post().forward(&pooled));
+        crate::model::msclip::check_outputs("vision", &embedding)?;
+        let embedding = embedding.to_kind(Kind::Double);
         let mut names = vec![Term::Embed];
         let mut terms = x0.select(1, 0).to_kind(Kind::Double).unsqueeze(1);
         let adapters: Vec<usize> = cfg.vision.parallel_branch.as_ref().map(|p| p.adapter_slots.clone()).unwrap_or_default();
@@ -192,7 +194,9 @@ pub fn text(model: &MsClip, tokens: &Tensor) -> Result<Decomposition> {
     let (embedding, mut terms, names) = tch::no_grad(|| -> Result<(Tensor, Tensor, Vec<Term>)> {
         let x0 = t.embed(tokens);
         let pooled = t.run_from(0, &x0, &rows, &cap, &mut cache)?;
-        let embedding = t.project(&t.ln_final().forward(&pooled)).to_kind(Kind::Double);
+        let embedding = t.project(&t.ln_final().forward(&pooled));
+        crate::model::msclip::check_outputs("text", &embedding)?;
+        let embedding = embedding.to_kind(Kind::Double);
         let mut names = vec![Term::Embed];
         let mut terms = pick(&x0, &rows).to_kind(Kind::Double).unsqueeze(1);
         for &slot in &slots {

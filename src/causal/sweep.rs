@@ -48,7 +48,9 @@ impl Prefix {
                 let x0 = v.embed(&part, &Capture::none(), &mut cache, false)?;
                 let t = v.branch(&part, false);
                 let pooled = v.run_from(v.first_slot(), &x0, &t, &cap, &mut cache, false)?;
-                clean.push(l2_normalize(&v.head(&pooled)));
+                let e = v.head(&pooled);
+                crate::model::msclip::check_outputs("vision", &e)?;
+                clean.push(l2_normalize(&e));
                 for (i, &slot) in slots.iter().enumerate() {
                     let x = if i == 0 {
                         x0.shallow_clone()
@@ -95,7 +97,9 @@ impl Prefix {
                 let x0 = t.embed(&part);
                 let rows = TextTower::pooled_positions(&part);
                 let pooled = t.run_from(0, &x0, &rows, &cap, &mut cache)?;
-                clean.push(l2_normalize(&t.head(&pooled)));
+                let e = t.head(&pooled);
+                crate::model::msclip::check_outputs("text", &e)?;
+                clean.push(l2_normalize(&e));
                 for (i, &slot) in slots.iter().enumerate() {
                     let x =
                         if i == 0 { x0.shallow_clone() } else { cache.require(Modality::Text, slots[i - 1], Site::Resid)?.shallow_clone() };

@@ -95,7 +95,9 @@ impl MsClip {
         self.check_device("image", images)?;
         capture.check_hooks(&self.config)?;
         let pooled = self.vision.forward_features(images, capture, cache, train)?;
-        Ok(l2_normalize(&self.vision.project(&pooled)))
+        let projected = self.vision.project(&pooled);
+        check_outputs("vision", &projected)?;
+        Ok(l2_normalize(&projected))
     }
 
     /// Text embeddings `[B, E]` (L2-normalised), recording what `capture` asks for.
@@ -104,7 +106,9 @@ impl MsClip {
         self.check_device("token", tokens)?;
         capture.check_hooks(&self.config)?;
         let pooled = self.text.forward_features(tokens, capture, cache)?;
-        Ok(l2_normalize(&self.text.project(&pooled)))
+        let projected = self.text.project(&pooled);
+        check_outputs("text", &projected)?;
+        Ok(l2_normalize(&projected))
     }
 
     /// Normalised image embeddings, eval mode, nothing captured.
@@ -155,4 +159,27 @@ impl MsClip {
         }
         c
     }
+}
+
+/// Every embedding a tower produces is checked once, where it is produced: values that are
+/// not finite (finite weights whose outputs overflow) and exactly-zero embeddings (a
+/// degenerate model, e.g. all-zero weights, for which cosine similarity is undefined) are
+/// errors naming the tower, never numbers downstream.
+pub fn check_outputs(tower: &str, projected: &Tensor) -> Result<()> {
+    if projected.numel() == 0 {
+        return Ok(());
+    }
+    let p = projected.detach();
+    if p.isfinite().all().int64_value(&[]) == 0 {
+        return Err(crate::Error::Numeric(format!(
+            "{tower} tower: outputs are not finite (the embedding after the projection holds NaN or ±inf; the weights are finite but their outputs overflow)"
+        )));
+    }
+    let zero_rows = p.abs().amax(&[-1i64][..], false).eq(0.0).any().int64_value(&[]);
+    if zero_rows != 0 {
+        return Err(crate::Error::Numeric(format!(
+            "{tower} tower: degenerate model: an embedding is exactly zero (all-zero weights?), so similarities and every metric built on them are undefined"
+        )));
+    }
+    Ok(())
 }

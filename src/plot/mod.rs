@@ -128,10 +128,22 @@ pub trait Figure {
     fn size(&self) -> (u32, u32);
     /// Draws onto `root` (PNG or SVG backend).
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String>;
+    /// The first value that must not be drawn (±∞ anywhere; NaN where the figure has no
+    /// "missing" meaning for it), described for the error. Checked before anything is drawn.
+    fn bad_value(&self) -> Option<String> {
+        None
+    }
+}
+
+fn first_bad<'a>(what: &str, values: impl IntoIterator<Item = &'a f64>, nan_ok: bool) -> Option<String> {
+    values.into_iter().find(|v| v.is_infinite() || (!nan_ok && v.is_nan())).map(|v| format!("{what} holds {v}"))
 }
 
 /// Renders `fig` to `stem.png` (bitmap, saved with `image`) and `stem.svg`, both atomically.
 pub fn render(stem: &Path, fig: &impl Figure) -> Result<()> {
+    if let Some(bad) = fig.bad_value() {
+        return Err(Error::Numeric(format!("{}: not drawn: {bad} (the data are not finite)", stem.display())));
+    }
     init_fonts();
     let (w, h) = fig.size();
     if let Some(dir) = stem.parent() {
@@ -443,6 +455,12 @@ impl Figure for LineChart {
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
         draw_lines(root, self)
     }
+    fn bad_value(&self) -> Option<String> {
+        self.series
+            .iter()
+            .find_map(|(n, pts)| first_bad(&format!("series {n:?}"), pts.iter().flat_map(|(x, y)| [x, y]), false))
+            .or_else(|| self.bands.iter().flatten().find_map(|b| first_bad("a band", b.iter().flat_map(|(l, h)| [l, h]), true)))
+    }
 }
 
 /// A labelled heatmap of `values[row][col]` (e.g. slot × head), colour-scaled to its range.
@@ -640,6 +658,9 @@ impl Figure for Scatter {
     }
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
         draw_scatter(root, self)
+    }
+    fn bad_value(&self) -> Option<String> {
+        first_bad("a point", self.points.iter().flat_map(|(x, y)| [x, y]), false)
     }
 }
 
@@ -848,5 +869,40 @@ impl Figure for IntervalPanels {
         }
         root.present().map_err(e)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod finite_tests {
+    use super::*;
+
+    /// Non-finite data are refused before anything is drawn or written (NaN points once made
+    /// the tick loop spin); NaN stays allowed where it means "missing" (interval panels).
+    #[test]
+    fn plots_refuse_non_finite_data() {
+        let dir = std::env::temp_dir().join(format!("msclip-plot-finite-{}", std::process::id()));
+        let chart = |y: f64| LineChart {
+            title: "t".into(),
+            series: vec![("a".into(), vec![(0.0, 1.0), (1.0, y)])],
+            bands: vec![None],
+            y_range: (0.0, 2.0),
+            ..Default::default()
+        };
+        for bad in [f64::NAN, f64::INFINITY] {
+            let err = line_chart_png_svg(&dir.join("c"), &chart(bad)).unwrap_err();
+            assert!(matches!(err, Error::Numeric(_)) && err.to_string().contains("series \"a\""), "{err}");
+        }
+        assert!(!dir.join("c.png").exists());
+        let s = Scatter { title: "s".into(), x_label: "x".into(), y_label: "y".into(), points: vec![(0.0, f64::NAN), (1.0, 1.0)] };
+        assert!(matches!(scatter_png_svg(&dir.join("s"), &s), Err(Error::Numeric(_))));
+        line_chart_png_svg(&dir.join("ok"), &chart(1.5)).unwrap();
+        let p = IntervalPanels {
+            title: "p".into(),
+            models: vec!["m".into()],
+            panels: vec![("x".into(), vec![(f64::NAN, f64::NAN, f64::NAN)])],
+            ..Default::default()
+        };
+        render(&dir.join("p"), &p).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
