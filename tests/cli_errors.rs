@@ -276,3 +276,44 @@ fn models_that_cannot_produce_numbers_are_refused() {
     assert!(!dir.join("out/image.npy").exists(), "no NaN embeddings written");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Options that were accepted and ignored are refused, naming the option.
+#[test]
+fn ignored_options_are_refused() {
+    let dir = std::env::temp_dir().join(format!("msclip-ignored-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("o").display().to_string();
+    let (code, _, err) =
+        run(&["patch", "--model", "tiny-msclip-s", "--tower", "vision", "--attribute", "shape", "--pairs", "2", "--out", &out]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--attribute") && err.contains("colour only"), "{err}");
+    // A misspelt tolerance key in a baseline.
+    let ck = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/check/ckpt");
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/check/data/manifest.tsv");
+    let mut b: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/gap-baseline.json")).unwrap()).unwrap();
+    b["tolerances"] = serde_json::json!({"centroid_gpa": 0.5});
+    let bp = dir.join("b.json");
+    std::fs::write(&bp, b.to_string()).unwrap();
+    let (code, _, err) = run(&["check", "--checkpoint", ck, "--manifest", manifest, "--baseline", bp.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("tolerances.centroid_gpa") && err.contains("misspelt"), "{err}");
+    // NCCL on a build or machine without CUDA.
+    let t = std::process::Command::new(env!("CARGO_BIN_EXE_msclip-train"))
+        .args([
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/configs/train/tiny-clip.toml"),
+            "--out",
+            &out,
+            "--dist-backend",
+            "nccl",
+            "--device",
+            "cpu",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&t.stderr);
+    assert_eq!(t.status.code(), Some(2), "{err}");
+    assert!(err.contains("--dist-backend") && err.contains("nccl"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -52,6 +52,14 @@ impl Baseline {
         if let Some((k, v)) = self.values.iter().find(|(_, v)| !v.is_finite()) {
             return Err(Error::config(format!("values.{k}"), v, "must be finite"));
         }
+        if let Some(k) = self.tolerances.keys().find(|k| !self.values.contains_key(*k)) {
+            let known: Vec<&str> = self.values.keys().map(|s| s.as_str()).collect();
+            return Err(Error::config(
+                format!("tolerances.{k}"),
+                "(set)",
+                format!("no metric of that name in values (a misspelt key would silently disable its check); known: {}", known.join(", ")),
+            ));
+        }
         Ok(())
     }
 

@@ -234,6 +234,17 @@ fn run(cli: Cli) -> Result<()> {
         "gloo" | "nccl" => {}
         other => return Err(Error::config("--dist-backend", other, "expected gloo or nccl")),
     }
+    if cli.dist_backend.as_deref() == Some("nccl") && (!cfg!(feature = "cuda") || !device.is_cuda()) {
+        return Err(Error::config(
+            "--dist-backend",
+            "nccl",
+            if cfg!(feature = "cuda") {
+                "NCCL takes CUDA tensors; use --device cuda (or gloo on CPU)"
+            } else {
+                "NCCL needs a --features cuda build and a GPU"
+            },
+        ));
+    }
     let worker = std::env::var_os(LOCAL_WORKER).is_some();
     let spawn = cli.nproc_per_node.filter(|&n| n > 1 && !worker);
     if spawn.is_some() && std::env::var_os("WORLD_SIZE").is_some() {

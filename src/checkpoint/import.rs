@@ -224,7 +224,7 @@ pub fn infer_preset(tensors: &[(String, Tensor)]) -> Result<ModelConfig> {
             return Ok(cfg);
         }
     }
-    Err(Error::Invalid("no preset matches the checkpoint's keys and shapes; pass --model PRESET or --config FILE".into()))
+    Err(Error::Invalid("no preset matches the checkpoint's keys and shapes; pass --model PRESET or --model-config FILE".into()))
 }
 
 /// The OpenAI/OpenCLIP state dict of a model (inverse of [`key_map`]); shared sites are

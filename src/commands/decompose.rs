@@ -128,6 +128,17 @@ pub fn run(model: &LoadedModel, opts: &DecomposeOptions) -> Result<DecomposeOutp
     if opts.subspace_k < 1 {
         return Err(Error::config("--subspace-k", opts.subspace_k, "must be at least 1"));
     }
+    // The subspaces are principal components of the centred contributions of the items:
+    // at most min(items − 1, embedding width) of them exist.
+    let rank = (set.images.size()[0] - 1).min(cfg.embed_dim).max(1);
+    let subspace_k = opts.subspace_k.min(rank);
+    if subspace_k < opts.subspace_k {
+        eprintln!(
+            "warning: --subspace-k {} is more than the {rank} principal components {} items give; using {subspace_k}",
+            opts.subspace_k,
+            set.images.size()[0]
+        );
+    }
     let tok = Tokenizer::new(cfg.text.context_length as usize);
     let pool_emb = tch::no_grad(|| -> Result<Tensor> {
         let parts: Vec<Tensor> = pool.chunks(256).map(|c| m.encode_text(&tok.tokenize_batch(c))).collect::<Result<_>>()?;
@@ -186,7 +197,7 @@ pub fn run(model: &LoadedModel, opts: &DecomposeOptions) -> Result<DecomposeOutp
                     head,
                     shared: cfg.is_shared(slot, SharedSite::AttnIn) && cfg.is_shared(slot, SharedSite::AttnOut),
                     mean_cosine: mean_cosine(a, b),
-                    subspace_similarity: subspace_similarity(a, b, opts.subspace_k),
+                    subspace_similarity: subspace_similarity(a, b, subspace_k),
                     span_overlap: x.intersection(&y).count() as f64 / x.union(&y).count().max(1) as f64,
                 });
             }
@@ -210,7 +221,7 @@ pub fn run(model: &LoadedModel, opts: &DecomposeOptions) -> Result<DecomposeOutp
         opts.span,
         pool.len(),
         if opts.texts.is_some() { " + the user's file" } else { "" },
-        opts.subspace_k
+        if subspace_k < opts.subspace_k { format!("{subspace_k} (requested {}, more than the available rank)", opts.subspace_k) } else { subspace_k.to_string() }
     ));
     Ok(DecomposeOutput {
         provenance,

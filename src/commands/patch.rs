@@ -55,6 +55,13 @@ pub struct PatchOutput {
 /// Builds the minimal pairs and patches every (slot, position) and (slot, head).
 pub fn run(model: &LoadedModel, opts: &PatchOptions) -> Result<PatchOutput> {
     let m = &model.model;
+    if opts.tower == Tower::Vision && opts.attribute != Attribute::Colour {
+        return Err(crate::Error::config(
+            "--attribute",
+            format!("{:?}", opts.attribute).to_lowercase(),
+            "vision patching recolours one object (colour only); other attributes are text-only",
+        ));
+    }
     let patching = match opts.tower {
         Tower::Text => patch::patch_text(m, opts.seed, opts.pairs, opts.attribute)?,
         Tower::Vision => patch::patch_vision(m, opts.seed, opts.pairs)?,

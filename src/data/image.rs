@@ -43,6 +43,13 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     decode_rgb(&bytes).map_err(|why| Error::Invalid(format!("{}: {why}", path.display())))
 }
 
+/// Whether a JPEG stream has an end-of-image marker (FF D9) after its first start-of-scan
+/// (FF DA) — what a file cut short lacks. Trailing bytes after EOI are allowed, as Pillow does.
+pub fn jpeg_complete(bytes: &[u8]) -> bool {
+    let Some(sos) = bytes.windows(2).position(|w| w == [0xFF, 0xDA]) else { return false };
+    bytes[sos..].windows(2).any(|w| w == [0xFF, 0xD9])
+}
+
 /// Decodes image bytes by their content (PNG, JPEG) to RGB with alpha composited on white,
 /// after checking the header's dimensions against [`MAX_IMAGE_PIXELS`] and [`MAX_IMAGE_SIDE`].
 pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
@@ -50,8 +57,13 @@ pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     if reader.format().is_none() {
         return Err("cannot decode image: not a PNG or JPEG file".into());
     }
+    let jpeg = reader.format() == Some(image::ImageFormat::Jpeg);
     let (w, h) = reader.into_dimensions().map_err(|e| format!("cannot decode image: {e}"))?;
     check_dimensions(w, h)?;
+    if jpeg && !jpeg_complete(bytes) {
+        // The decoder fills the missing rows in grey without complaint; Pillow refuses.
+        return Err("image file is truncated (no JPEG end-of-image marker after the scan data)".into());
+    }
     let mut reader = image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| format!("cannot read image: {e}"))?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
@@ -328,6 +340,25 @@ pub fn to_tensor(pixels: &[u8], width: u32, height: u32, mean: [f64; 3], std: [f
 
 #[cfg(test)]
 mod tests {
+
+    /// A JPEG cut short is refused (Pillow: "image file is truncated"); the whole file, and
+    /// one with bytes after its end marker, decode.
+    #[test]
+    fn truncated_jpegs_are_refused() {
+        let img = image::RgbImage::from_fn(32, 24, |x, y| image::Rgb([(x * 8) as u8, (y * 10) as u8, 128]));
+        let mut bytes = Vec::new();
+        image::DynamicImage::ImageRgb8(img).write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Jpeg).unwrap();
+        assert!(decode_rgb(&bytes).is_ok());
+        let mut trailing = bytes.clone();
+        trailing.extend_from_slice(b"trailing");
+        assert!(decode_rgb(&trailing).is_ok());
+        for cut in [bytes.len() - 2, bytes.len() * 3 / 4, bytes.len() / 2] {
+            let err = decode_rgb(&bytes[..cut]).unwrap_err();
+            assert!(err.contains("truncated") || err.contains("cannot decode"), "{cut}: {err}");
+        }
+        assert!(decode_rgb(&bytes[..bytes.len() - 2]).unwrap_err().contains("truncated"));
+    }
+
     use super::*;
     use tch::Kind;
 

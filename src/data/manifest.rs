@@ -40,11 +40,15 @@ impl ManifestFormat {
     }
 }
 
-/// Reads a manifest; errors name the file, the line and the missing key.
+/// Reads a manifest; errors name the file, the line and the missing key. A tab-separated
+/// manifest is plain text (no quoting: a caption that starts with `"` is just a caption); in a
+/// comma-separated one a quoted field may not span lines (a stray quote would otherwise
+/// swallow the rows after it silently).
 pub fn read(path: &Path, fmt: &ManifestFormat) -> Result<Vec<Pair>> {
     let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let mut rdr = csv::ReaderBuilder::new().delimiter(fmt.separator).flexible(false).from_reader(text.as_slice());
+    let mut rdr =
+        csv::ReaderBuilder::new().delimiter(fmt.separator).quoting(fmt.separator != b'\t').flexible(false).from_reader(text.as_slice());
     let headers = rdr.headers().map_err(|e| Error::Parse { path: path.to_path_buf(), message: format!("line 1: {e}") })?.clone();
     let col = |key: &str| {
         headers.iter().position(|h| h == key).ok_or_else(|| Error::Parse {
@@ -60,6 +64,14 @@ pub fn read(path: &Path, fmt: &ManifestFormat) -> Result<Vec<Pair>> {
             Error::Parse { path: path.to_path_buf(), message: format!("line {line}: {e}") }
         })?;
         let line = rec.position().map(|p| p.line()).unwrap_or(0);
+        if rec.iter().any(|f| f.contains('\n')) {
+            return Err(Error::Parse {
+                path: path.to_path_buf(),
+                message: format!(
+                    "line {line}: a quoted field spans several lines (a caption with an unmatched `\"`?); quote it on one line"
+                ),
+            });
+        }
         let img = rec.get(ci).unwrap_or("").trim();
         if img.is_empty() {
             return Err(Error::Parse { path: path.to_path_buf(), message: format!("line {line}: empty `{}`", fmt.img_key) });
@@ -94,5 +106,19 @@ mod tests {
         std::fs::write(&p, "filepath\ttitle\na.png\tx\nb.png\ty\textra\n").unwrap();
         let e = read(&p, &ManifestFormat::for_path(&p)).unwrap_err().to_string();
         assert!(e.contains("m.tsv") && e.contains("line 3"), "{e}");
+        // A caption opening with a double quote is a caption: all 12 rows are read.
+        let mut rows = String::from("filepath\ttitle\n");
+        for i in 0..12 {
+            rows.push_str(&format!("{i}.png\t{}caption {i}\n", if i == 2 { "\"" } else { "" }));
+        }
+        std::fs::write(&p, &rows).unwrap();
+        let pairs = read(&p, &ManifestFormat::for_path(&p)).unwrap();
+        assert_eq!(pairs.len(), 12);
+        assert_eq!(pairs[2].caption, "\"caption 2");
+        // In a CSV, the same stray quote would swallow rows: an error naming the line.
+        let c = dir.join("m.csv");
+        std::fs::write(&c, rows.replace('\t', ",")).unwrap();
+        let e = read(&c, &ManifestFormat::for_path(&c)).unwrap_err().to_string();
+        assert!(e.contains("m.csv") && e.contains("spans several lines"), "{e}");
     }
 }
