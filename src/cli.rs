@@ -87,3 +87,31 @@ mod tests {
         assert!(positive_float("0").is_err());
     }
 }
+
+/// Runs a binary's body so that no panic (a bug, or a libtorch error surfacing through tch's
+/// panicking API, such as a failed allocation) ends it with a backtrace and status 101: the
+/// panic prints one sentence on stderr and the process exits with status 1.
+pub fn guard_panics(body: impl FnOnce() -> std::process::ExitCode + std::panic::UnwindSafe) -> std::process::ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown cause".into());
+        // libtorch messages carry a C++ backtrace (escaped or not) after the first line.
+        let cut = ["\\nframe #", "\nframe #", "\n"].iter().filter_map(|m| msg.find(m)).min().unwrap_or(msg.len());
+        let first = msg[..cut].trim();
+        if let Some(i) = first.find("can't allocate memory") {
+            let what = first[i..].split(" Error code").next().unwrap_or("").trim_end_matches(['.', '"', ')']);
+            eprintln!("error: out of memory: libtorch {what}; use a smaller count or batch size");
+            return;
+        }
+        let at = info.location().map(|l| format!(" ({}:{})", l.file(), l.line())).unwrap_or_default();
+        eprintln!("error: internal error: {first}{at}; if the input looks right, this is a bug: please report it with the command line");
+    }));
+    match std::panic::catch_unwind(body) {
+        Ok(code) => code,
+        Err(_) => std::process::ExitCode::from(1),
+    }
+}

@@ -317,3 +317,54 @@ fn ignored_options_are_refused() {
     assert!(err.contains("--dist-backend") && err.contains("nccl"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A seed beyond i64::MAX is a config error before anything is deleted: with --force the
+/// earlier run stays intact.
+#[test]
+fn a_bad_seed_with_force_deletes_nothing() {
+    let dir = std::env::temp_dir().join(format!("msclip-seed-force-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/train/tiny-clip.toml");
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "--config",
+            cfg,
+            "--out",
+            dir.to_str().unwrap(),
+            "--steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--data-items",
+            "8",
+            "--eval-every",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        let o = Command::new(env!("CARGO_BIN_EXE_msclip-train")).args(&args).output().unwrap();
+        (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    let (code, err) = train(&[]);
+    assert_eq!(code, 0, "{err}");
+    let before = std::fs::read(dir.join("metrics.jsonl")).unwrap();
+    let (code, err) = train(&["--force", "--seed", "18446744073709551615"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("`seed`"), "{err}");
+    assert_eq!(std::fs::read(dir.join("metrics.jsonl")).unwrap(), before);
+    assert!(dir.join("checkpoints/step-00000001/meta.json").is_file());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A libtorch allocation failure (forced with a 2.5 GB address-space limit and a user-sized
+/// request) is one sentence and exit 1, not a panic with a C++ backtrace (exit 101).
+#[test]
+fn an_allocation_failure_is_one_sentence_not_a_panic() {
+    let bin = env!("CARGO_BIN_EXE_msclip-analyze");
+    let o = Command::new("bash")
+        .args(["-c", &format!("ulimit -v 2500000; exec {bin} eval --model tiny-msclip-s --items 100000")])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.starts_with("error: out of memory:") && err.lines().count() == 1 && !err.contains("frame #"), "{err}");
+}

@@ -40,6 +40,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    msclip::cli::guard_panics(real_main)
+}
+
+fn real_main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Synth { n, seed, size, out } => {
             synthetic_set::write_dataset(n, seed, size, &out).map(|m| format!("wrote {n} scenes and {}", m.display()))

@@ -424,6 +424,10 @@ fn spawn_workers(n: usize, out: &std::path::Path) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    msclip::cli::guard_panics(real_main)
+}
+
+fn real_main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -453,6 +453,10 @@ struct AttentionArgs {
 }
 
 fn main() -> ExitCode {
+    msclip::cli::guard_panics(real_main)
+}
+
+fn real_main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Params { model, json } => params(&model, json),
