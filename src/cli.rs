@@ -70,24 +70,6 @@ impl Progress {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges_and_messages() {
-        let p = int_in(1usize..=10);
-        assert_eq!(p("3"), Ok(3));
-        assert!(p("0").unwrap_err().contains("1..=10"));
-        assert!(p("18446744073709551615").unwrap_err().contains("out of range"));
-        assert!(p("-1").unwrap_err().contains("not an integer"));
-        assert!(float_in(0.0, 1.0)("NaN").is_err());
-        assert!(float_in(0.0, 1.0)("inf").is_err());
-        assert_eq!(float_in(0.0, 1.0)("0.5"), Ok(0.5));
-        assert!(positive_float("0").is_err());
-    }
-}
-
 /// Runs a binary's body so that no panic (a bug, or a libtorch error surfacing through tch's
 /// panicking API, such as a failed allocation) ends it with a backtrace and status 101: the
 /// panic prints one sentence on stderr and the process exits with status 1.
@@ -113,5 +95,23 @@ pub fn guard_panics(body: impl FnOnce() -> std::process::ExitCode + std::panic::
     match std::panic::catch_unwind(body) {
         Ok(code) => code,
         Err(_) => std::process::ExitCode::from(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_and_messages() {
+        let p = int_in(1usize..=10);
+        assert_eq!(p("3"), Ok(3));
+        assert!(p("0").unwrap_err().contains("1..=10"));
+        assert!(p("18446744073709551615").unwrap_err().contains("out of range"));
+        assert!(p("-1").unwrap_err().contains("not an integer"));
+        assert!(float_in(0.0, 1.0)("NaN").is_err());
+        assert!(float_in(0.0, 1.0)("inf").is_err());
+        assert_eq!(float_in(0.0, 1.0)("0.5"), Ok(0.5));
+        assert!(positive_float("0").is_err());
     }
 }
