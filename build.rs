@@ -1,7 +1,7 @@
 //! Puts libtorch's lib folder on the rpath of every binary and test, so `cargo run`,
 //! `cargo test` and `target/release/*` work without LD_LIBRARY_PATH (torch-sys adds none),
 //! and compiles the C++ shims: `csrc/dist.cpp` over libtorch's distributed engine (see
-//! `msclip::dist`) and `csrc/ops.cpp` (ATen's fused AdamW, see `msclip::train::optim`), against libtorch's headers and gloo's (which the wheel lacks; the setup
+//! `msclip::distributed`) and `csrc/ops.cpp` (ATen's fused AdamW, see `msclip::train::optim`), against libtorch's headers and gloo's (which the wheel lacks; the setup
 //! script puts Debian's `libgloo-dev` headers in `$LIBTORCH/gloo-include`).
 use std::path::PathBuf;
 

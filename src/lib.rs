@@ -63,7 +63,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod commands;
 pub mod data;
-pub mod dist;
+pub mod distributed;
 pub mod error;
 pub mod eval;
 pub mod io;

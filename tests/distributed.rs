@@ -291,7 +291,7 @@ fn failed_rendezvous_names_the_address() {
 #[test]
 fn local_loss_gradient_equals_full_loss_gradient() {
     use msclip::data::synthetic_set;
-    use msclip::dist::{Launch, ProcessGroup};
+    use msclip::distributed::{Launch, ProcessGroup};
     use msclip::model::{ModelConfig, MsClip};
     use msclip::tokenizer::Tokenizer;
     use msclip::train::{loss_and_backward, loss_and_backward_dist, DistLoss};

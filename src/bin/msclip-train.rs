@@ -252,7 +252,7 @@ fn run(cli: Cli) -> Result<()> {
             "--nproc-per-node with WORLD_SIZE already set (torchrun/srun launch the workers; drop one of the two)".into(),
         ));
     }
-    let launch = msclip::dist::Launch::from_env()?;
+    let launch = msclip::distributed::Launch::from_env()?;
     if spawn.is_some() || launch.as_ref().is_some_and(|l| l.world > 1) {
         match backend.as_str() {
             "gloo" if device.is_cuda() => {
@@ -285,7 +285,7 @@ fn run(cli: Cli) -> Result<()> {
                 device = d;
                 Some(std::rc::Rc::new(g))
             } else {
-                Some(std::rc::Rc::new(msclip::dist::ProcessGroup::new(&l, cli.dist_timeout)?))
+                Some(std::rc::Rc::new(msclip::distributed::ProcessGroup::new(&l, cli.dist_timeout)?))
             }
         }
         _ => None,
@@ -321,14 +321,14 @@ fn run(cli: Cli) -> Result<()> {
 
 /// An NCCL group on GPU `LOCAL_RANK` (modulo the GPUs present): one GPU per local rank.
 #[cfg(feature = "cuda")]
-fn nccl_group(l: &msclip::dist::Launch, timeout: u64) -> Result<(msclip::dist::ProcessGroup, Device)> {
+fn nccl_group(l: &msclip::distributed::Launch, timeout: u64) -> Result<(msclip::distributed::ProcessGroup, Device)> {
     let n = tch::Cuda::device_count().max(1) as usize;
     let device = Device::Cuda(l.local_rank % n);
-    Ok((msclip::dist::ProcessGroup::new_nccl(l, timeout, device)?, device))
+    Ok((msclip::distributed::ProcessGroup::new_nccl(l, timeout, device)?, device))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn nccl_group(_: &msclip::dist::Launch, _: u64) -> Result<(msclip::dist::ProcessGroup, Device)> {
+fn nccl_group(_: &msclip::distributed::Launch, _: u64) -> Result<(msclip::distributed::ProcessGroup, Device)> {
     Err(Error::config("--dist-backend", "nccl", "NCCL needs a --features cuda build"))
 }
 

@@ -24,7 +24,8 @@ use tch::{Kind, Tensor};
 
 use super::{provenance_with, to_json_pretty, DataOptions, SkippedItem};
 use crate::analysis::stats::format_p;
-use crate::analysis::transfer::{agreement, scalar, HeadProfile, ProfileAccumulator, ProfileOptions, TransferAgreement, SCALARS};
+pub use crate::analysis::transfer::ProfileOptions;
+use crate::analysis::transfer::{agreement, scalar, HeadProfile, ProfileAccumulator, TransferAgreement, SCALARS};
 use crate::checkpoint::{self, LoadedModel, ModelSource};
 use crate::data::pairs::{for_each_batch, Prep};
 use crate::error::{Error, Result};
@@ -570,6 +571,39 @@ impl TransferOutput {
         }
         write_atomic(&dir.join("transfer.json"), to_json_pretty(self).as_bytes())?;
         self.figures(dir)
+    }
+
+    /// The agreement table and the settling tests as text (what the command prints).
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "{:<14} {:<15} {:>5} {:>9} {:>22} {:>8} {:>8}\n",
+            "statistic", "scope", "heads", "observed", "null 95 %", "p", "p holm"
+        );
+        for (a, h) in self.agreement.iter().zip(self.agreement_holm()) {
+            s.push_str(&format!(
+                "{:<14} {:<15} {:>5} {:>9.3} {:>22} {:>8} {:>8}\n",
+                a.statistic,
+                a.scope,
+                a.heads,
+                a.value,
+                format!("[{:.3}, {:.3}]", a.null_lo, a.null_hi),
+                format_p(a.p_value),
+                format_p(h)
+            ));
+        }
+        for t in &self.settle_tests {
+            s.push_str(&format!(
+                "settling {:<14} heads {:>3}: text first {:>3}, vision first {:>3}, ties {:>3}, sign test p {} (Holm {})\n",
+                t.statistic,
+                t.heads,
+                t.text_first,
+                t.vision_first,
+                t.ties,
+                format_p(t.p_value),
+                format_p(t.p_holm)
+            ));
+        }
+        s
     }
 
     /// Holm-adjusted p-values over the whole agreement family (every statistic and scope).

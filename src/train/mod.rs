@@ -368,8 +368,8 @@ pub struct TrainOptions {
     /// Print a status line with an ETA every 10 steps on stderr.
     pub progress: bool,
     /// Data-parallel training over this process group (None: one process). `batch_size` is
-    /// then per rank; see [`crate::dist`] and [`train`].
-    pub group: Option<std::rc::Rc<crate::dist::ProcessGroup>>,
+    /// then per rank; see [`crate::distributed`] and [`train`].
+    pub group: Option<std::rc::Rc<crate::distributed::ProcessGroup>>,
 }
 
 impl TrainOptions {
@@ -852,7 +852,7 @@ fn timed<T>(acc: &mut f64, f: impl FnOnce() -> T) -> T {
 /// ranks and the checkpoint hold the same buffers: with per-rank batch statistics each rank's
 /// running mean moves towards its own batch, and their mean moves towards the mean of the
 /// per-rank statistics.
-fn average_buffers(g: &crate::dist::ProcessGroup, vs: &nn::VarStore, names: &std::collections::BTreeSet<String>) -> Result<()> {
+fn average_buffers(g: &crate::distributed::ProcessGroup, vs: &nn::VarStore, names: &std::collections::BTreeSet<String>) -> Result<()> {
     // Buffers by name (frozen parameters also require no gradient, and stay as they are).
     let buffers: Vec<Tensor> =
         named_in_order(vs).into_iter().filter(|(n, t)| names.contains(n) && t.is_floating_point()).map(|(_, t)| t).collect();
@@ -871,7 +871,7 @@ fn average_buffers(g: &crate::dist::ProcessGroup, vs: &nn::VarStore, names: &std
 /// How [`loss_and_backward_dist`] runs.
 pub struct DistLoss<'a> {
     /// The ranks.
-    pub group: &'a crate::dist::ProcessGroup,
+    pub group: &'a crate::distributed::ProcessGroup,
     /// Micro-batches per rank.
     pub accum: usize,
     /// Multiplier of the loss before back-propagation (mixed precision).

@@ -490,7 +490,7 @@ fn real_main() -> ExitCode {
         Command::SyncDocs { root } => sync_docs_cmd(&root),
         Command::Transfer { model, data, out, permutations, run, text_min_query, max_distance } => {
             let opts = msclip::commands::transfer::TransferOptions {
-                profile: msclip::analysis::transfer::ProfileOptions { text_min_query, max_distance },
+                profile: msclip::commands::transfer::ProfileOptions { text_min_query, max_distance },
                 permutations,
                 run,
                 ..Default::default()
@@ -649,29 +649,16 @@ fn nmi_cmd(model: &ModelArg, data: &DataArg, args: &NmiArgs, out: Option<&Path>,
 }
 
 fn check_cmd(model: &ModelArg, data: &DataArg, args: &NmiArgs, baseline: &Path, update: bool) -> Result<bool> {
-    use msclip::analysis::check::{compare, Baseline};
-    // The baseline is read (and, to check against, validated) before the model runs.
-    let existing = if update {
-        match std::fs::read_to_string(baseline) {
-            Ok(t) => Some(
-                serde_json::from_str::<Baseline>(&t).map_err(|e| Error::Parse { path: baseline.to_path_buf(), message: e.to_string() })?,
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Error::io(baseline, e)),
+    match check::run(&model.load(0)?, &data.options()?, &args.options()?, baseline, update)? {
+        check::CheckOutcome::Updated => {
+            println!("baseline written to {}", baseline.display());
+            Ok(true)
         }
-    } else {
-        Some(Baseline::read(baseline)?)
-    };
-    let (values, provenance) = check::current(&model.load(0)?, &data.options()?, &args.options()?)?;
-    if update {
-        let b = Baseline::updated(existing, values, provenance);
-        msclip::io::write_atomic(baseline, serde_json::to_string_pretty(&b).expect("a baseline serialises").as_bytes())?;
-        println!("baseline written to {}", baseline.display());
-        return Ok(true);
+        check::CheckOutcome::Compared(report) => {
+            print!("{}", report.table());
+            Ok(report.passed)
+        }
     }
-    let report = compare(&values, &existing.expect("read above"))?;
-    print!("{}", report.table());
-    Ok(report.passed)
 }
 
 fn heads_cmd(model: &ModelArg, data: &DataArg, out: &Path, opts: &heads::HeadsOptions) -> Result<()> {
@@ -706,32 +693,7 @@ fn transfer_cmd(model: &ModelArg, data: &DataArg, out: &Path, opts: &msclip::com
     let r = msclip::commands::transfer::run(&model.load(0)?, &data.options()?, opts)?;
     report_skipped(&r.skipped);
     r.write(out)?;
-    let holm = r.agreement_holm();
-    println!("{:<14} {:<15} {:>5} {:>9} {:>22} {:>8} {:>8}", "statistic", "scope", "heads", "observed", "null 95 %", "p", "p holm");
-    for (a, h) in r.agreement.iter().zip(holm) {
-        println!(
-            "{:<14} {:<15} {:>5} {:>9.3} {:>22} {:>8} {:>8}",
-            a.statistic,
-            a.scope,
-            a.heads,
-            a.value,
-            format!("[{:.3}, {:.3}]", a.null_lo, a.null_hi),
-            msclip::analysis::stats::format_p(a.p_value),
-            msclip::analysis::stats::format_p(h)
-        );
-    }
-    for t in &r.settle_tests {
-        println!(
-            "settling {:<14} heads {:>3}: text first {:>3}, vision first {:>3}, ties {:>3}, sign test p {} (Holm {})",
-            t.statistic,
-            t.heads,
-            t.text_first,
-            t.vision_first,
-            t.ties,
-            msclip::analysis::stats::format_p(t.p_value),
-            msclip::analysis::stats::format_p(t.p_holm)
-        );
-    }
+    print!("{}", r.table());
     println!("wrote {}", out.display());
     Ok(())
 }
