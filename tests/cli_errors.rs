@@ -37,8 +37,19 @@ fn params_json_prints_the_exact_totals() {
 
 #[test]
 fn config_file_round_trips_through_params() {
-    let (code, _) = with_config(&preset_text("tiny-msclip-s"));
-    assert_eq!(code, 0);
+    // The preset written out as a file gives the preset's exact parameter counts.
+    let dir = std::env::temp_dir().join(format!("msclip-cli-roundtrip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.toml");
+    std::fs::write(&path, preset_text("tiny-msclip-s")).unwrap();
+    let (code, from_file, err) = run(&["params", "--config", path.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, preset, _) = run(&["params", "--model", "tiny-msclip-s", "--json"]);
+    let (a, b): (serde_json::Value, serde_json::Value) =
+        (serde_json::from_str(&from_file).unwrap(), serde_json::from_str(&preset).unwrap());
+    assert_eq!(a, b);
+    assert_eq!(a["total"], 7_790_273, "{a}");
+    assert_eq!(a["shared"], 988_800, "{a}");
 }
 
 #[test]
