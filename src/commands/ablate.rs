@@ -94,7 +94,10 @@ impl AblateOutput {
             ("importance_matched_cosine", "−Δ matched cosine", (|m: &Metrics| -m.matched_cosine) as fn(&Metrics) -> f64),
             ("importance_zero_shot", "−Δ zero-shot top-1", |m: &Metrics| -m.zero_shot_top1),
         ] {
-            let panels = vec![["vision", "text", "both"].iter().map(|t| heatmap(cfg, &self.ablation.heads, t, f)).collect()];
+            let panels = vec![["vision", "text", "both"]
+                .iter()
+                .map(|t| plot::Heatmap { unit: format!("importance ({label})"), ..heatmap(cfg, &self.ablation.heads, t, f) })
+                .collect()];
             plot::render(
                 &dir.join(stem),
                 &plot::HeatmapPanels {
@@ -104,6 +107,7 @@ impl AblateOutput {
                         self.ablation.kind.name()
                     ),
                     panels,
+                    shared_scale: true,
                 },
             )?;
         }
@@ -124,7 +128,8 @@ impl AblateOutput {
                     title: format!(
                         "{} — head importance, text vs vision{}",
                         cfg.name,
-                        a.map(|a| format!(" ({}: ρ = {:.3}, p = {:.4})", a.scope, a.spearman, a.p_value)).unwrap_or_default()
+                        a.map(|a| format!(" ({}: ρ = {:.2}, p = {})", a.scope, a.spearman, crate::analysis::stats::format_p(a.p_value)))
+                            .unwrap_or_default()
                     ),
                     x_label: "text importance (−Δ matched cosine)".into(),
                     y_label: "vision importance (−Δ matched cosine)".into(),
@@ -157,10 +162,17 @@ fn heatmap(cfg: &ModelConfig, heads: &[HeadAblation], tower: &str, f: fn(&Metric
                 .collect()
         })
         .collect();
+    // Signed (an ablation can also help): diverging about 0; grey cells: the tower has no
+    // attention there (MS-CLIP-S's vision slot 0 is the conv stem).
     plot::Heatmap {
-        title: tower.into(),
+        title: match tower {
+            "both" => "both towers".into(),
+            t => format!("{t} tower"),
+        },
         values,
         row_labels: slots.iter().map(|s| format!("slot {s}")).collect(),
-        col_labels: (0..n).map(|h| format!("h{h}")).collect(),
+        col_labels: (0..n).map(|h| format!("head {h}")).collect(),
+        scale: plot::ColorScale::Diverging,
+        unit: String::new(),
     }
 }

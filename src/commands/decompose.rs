@@ -308,12 +308,16 @@ impl DecomposeOutput {
                     values: grid(|s| s.subspace_similarity),
                     row_labels: rows.clone(),
                     col_labels: cols.clone(),
+                    scale: plot::ColorScale::Fixed(0.0, 1.0),
+                    unit: "similarity (0–1)".into(),
                 },
                 plot::Heatmap {
                     title: "cosine of mean contributions".into(),
                     values: grid(|s| s.mean_cosine),
                     row_labels: rows,
                     col_labels: cols,
+                    scale: plot::ColorScale::Diverging,
+                    unit: "cosine".into(),
                 },
             ]];
             plot::render(
@@ -321,6 +325,7 @@ impl DecomposeOutput {
                 &plot::HeatmapPanels {
                     title: format!("{} — each head's direct contributions to image vs text embeddings", self.model_name),
                     panels,
+                    shared_scale: false,
                 },
             )?;
         }

@@ -277,11 +277,25 @@ pub fn stat_heatmap(cfg: &ModelConfig, stats: &[HeadStat], modality: Modality, s
                 .collect()
         })
         .collect();
+    let shared = |s: usize| cfg.is_shared(s, SharedSite::AttnIn);
     plot::Heatmap {
         title: format!("{} — {}", cfg.name, modality.name()),
         values,
-        row_labels: slots.iter().map(|s| format!("slot {s}")).collect(),
-        col_labels: (0..heads_n).map(|h| format!("h{h}")).collect(),
+        row_labels: slots.iter().map(|&s| format!("slot {s}{}", if shared(s) { " (shared)" } else { "" })).collect(),
+        col_labels: (0..heads_n).map(|h| format!("head {h}")).collect(),
+        scale: plot::ColorScale::Sequential,
+        unit: stat_unit(stat).into(),
+    }
+}
+
+/// A reader's label for a statistic, with its unit.
+pub fn stat_unit(stat: Statistic) -> &'static str {
+    match stat {
+        Statistic::Entropy => "entropy (nats)",
+        Statistic::Distance => "distance (patches / tokens)",
+        Statistic::Special => "CLS/SOT mass",
+        Statistic::SelfMass => "mass on itself",
+        Statistic::Neighbour => "neighbour mass",
     }
 }
 
@@ -296,7 +310,11 @@ pub fn write_side_by_side(dir: &Path, models: &[(ModelConfig, Vec<HeadStat>)]) -
             .collect();
         plot::render(
             &dir.join(format!("{name}_side_by_side")),
-            &plot::HeatmapPanels { title: format!("Head {name} (slot × head): text | vision, one row per model"), panels },
+            &plot::HeatmapPanels {
+                title: format!("Head {name} (slot × head): text | vision, one row per model"),
+                panels,
+                shared_scale: false,
+            },
         )?;
     }
     Ok(())

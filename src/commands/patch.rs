@@ -113,6 +113,8 @@ impl PatchOutput {
                     values: r.resid.clone(),
                     row_labels: rows.clone(),
                     col_labels: r.positions.clone(),
+                    scale: plot::ColorScale::Diverging,
+                    unit: "share recovered".into(),
                 },
             )?;
         } else if let Some(base) = &self.base {
@@ -139,7 +141,9 @@ impl PatchOutput {
                 title: format!("{}: recovered, head z ({what})", self.model_name),
                 values: r.heads.clone(),
                 row_labels: rows,
-                col_labels: (0..r.heads.first().map_or(0, |h| h.len())).map(|h| format!("h{h}")).collect(),
+                col_labels: (0..r.heads.first().map_or(0, |h| h.len())).map(|h| format!("head {h}")).collect(),
+                scale: plot::ColorScale::Diverging,
+                unit: "share recovered".into(),
             },
         )
     }

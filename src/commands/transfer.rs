@@ -668,6 +668,8 @@ impl TransferOutput {
                     values: ps.iter().map(|p| p.shape.clone()).collect(),
                     row_labels: ps.iter().map(|p| format!("slot {} head {}", p.slot, p.head)).collect(),
                     col_labels: (0..ps.first().map_or(0, |p| p.shape.len())).map(|d| format!("d={d}")).collect(),
+                    scale: plot::ColorScale::DivergingAbout(1.0 / ps.first().map_or(1, |p| p.shape.len().max(1)) as f64),
+                    unit: "p(d); white = uniform".into(),
                 }
             };
             plot::render(
@@ -675,6 +677,7 @@ impl TransferOutput {
                 &plot::HeatmapPanels {
                     title: format!("{name}: per-key attention by offset, shared heads (text 1-D, vision 2-D Chebyshev)"),
                     panels: vec![vec![panel(Modality::Text), panel(Modality::Vision)]],
+                    shared_scale: true,
                 },
             )?;
             for st in SCALARS {
@@ -749,7 +752,7 @@ impl TransferOutput {
                             (c.step as f64, v.iter().sum::<f64>() / v.len().max(1) as f64)
                         })
                         .collect();
-                    (format!("{} (mean over shared heads)", m.name()), progress)
+                    (m.name().to_string(), progress)
                 });
                 let test = self.settle_tests.iter().find(|t| t.statistic == st);
                 plot::line_chart_png_svg(
@@ -757,7 +760,7 @@ impl TransferOutput {
                     &plot::LineChart {
                         title: format!("{name}: {} over training", label(st)),
                         x_label: "step".into(),
-                        y_label: "share of the final change".into(),
+                        y_label: "share of the final change (mean over shared heads)".into(),
                         bands: vec![None, None],
                         series: series.into_iter().collect(),
                         y_range: (-0.5, 1.5),

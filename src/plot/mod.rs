@@ -10,6 +10,8 @@ use plotters::style::FontStyle;
 
 use crate::error::{Error, Result};
 
+pub mod text;
+
 /// Registers the embedded font once (no system fonts are used).
 pub fn init_fonts() {
     static ONCE: Once = Once::new();
@@ -91,7 +93,7 @@ pub fn overlay_grid_png(path: &Path, g: &OverlayGrid) -> Result<()> {
     let h = top + rows * (g.cell + pad) + pad;
     let mut buf = vec![255u8; (w * h * 3) as usize];
     {
-        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        let root = text::FixedText::new(BitMapBackend::with_buffer(&mut buf, (w, h))).into_drawing_area();
         root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
         let font = ("sans-serif", 16).into_font();
         root.draw_text(&g.title, &font.color(&BLACK), (8, 6)).map_err(|e| plot_err(path, e))?;
@@ -139,6 +141,18 @@ fn first_bad<'a>(what: &str, values: impl IntoIterator<Item = &'a f64>, nan_ok: 
     values.into_iter().find(|v| v.is_infinite() || (!nan_ok && v.is_nan())).map(|v| format!("{what} holds {v}"))
 }
 
+/// Draws `fig` into an RGB buffer and returns it with its size and every text box drawn (the
+/// figure tests read both).
+pub fn render_to_buffer(fig: &impl Figure) -> std::result::Result<(Vec<u8>, u32, u32, Vec<text::TextBox>), String> {
+    init_fonts();
+    let (w, h) = fig.size();
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    let sink = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    fig.draw(text::FixedText::recording(BitMapBackend::with_buffer(&mut buf, (w, h)), sink.clone()).into_drawing_area())?;
+    let boxes = sink.borrow().clone();
+    Ok((buf, w, h, boxes))
+}
+
 /// Renders `fig` to `stem.png` (bitmap, saved with `image`) and `stem.svg`, both atomically.
 pub fn render(stem: &Path, fig: &impl Figure) -> Result<()> {
     if let Some(bad) = fig.bad_value() {
@@ -153,7 +167,7 @@ pub fn render(stem: &Path, fig: &impl Figure) -> Result<()> {
     }
     let png = stem.with_extension("png");
     let mut buf = vec![255u8; (w * h * 3) as usize];
-    fig.draw(BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area()).map_err(|e| plot_err(&png, e))?;
+    fig.draw(text::FixedText::new(BitMapBackend::with_buffer(&mut buf, (w, h))).into_drawing_area()).map_err(|e| plot_err(&png, e))?;
     save_png(&png, buf, w, h)?;
     let svg = stem.with_extension("svg");
     let mut text = String::new();
@@ -463,7 +477,8 @@ impl Figure for LineChart {
     }
 }
 
-/// A labelled heatmap of `values[row][col]` (e.g. slot × head), colour-scaled to its range.
+/// A labelled heatmap of `values[row][col]` (e.g. slot × head) with its colour bar.
+#[derive(Debug, Clone, Default)]
 pub struct Heatmap {
     /// Title.
     pub title: String,
@@ -473,6 +488,105 @@ pub struct Heatmap {
     pub row_labels: Vec<String>,
     /// Column labels.
     pub col_labels: Vec<String>,
+    /// How values map to colours (drawn as a colour bar beside the cells).
+    pub scale: ColorScale,
+    /// What the colour bar measures, with its unit (e.g. "nats", "share recovered").
+    pub unit: String,
+}
+
+/// How a heatmap's values map to colours.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum ColorScale {
+    /// Magnitudes: viridis from the smallest to the largest finite value.
+    #[default]
+    Sequential,
+    /// Magnitudes on a stated range (viridis; values outside it are clipped).
+    Fixed(f64, f64),
+    /// Signed values: blue (negative) – white (0) – red (positive), symmetric about 0 at
+    /// ± the largest |value|.
+    Diverging,
+    /// Values around a reference (e.g. the uniform level): blue below, white at it, red
+    /// above, symmetric about it.
+    DivergingAbout(f64),
+}
+
+impl ColorScale {
+    /// The range drawn for `values` (for a diverging scale symmetric about 0).
+    pub fn range<'a>(&self, values: impl Iterator<Item = &'a f64>) -> (f64, f64) {
+        let (lo, hi) = finite_range(values);
+        let (lo, hi) = if lo > hi { (0.0, 1.0) } else { (lo, hi) };
+        match *self {
+            ColorScale::Sequential => (lo, hi),
+            ColorScale::Fixed(a, b) => (a, b),
+            ColorScale::Diverging => {
+                let m = lo.abs().max(hi.abs()).max(1e-12);
+                (-m, m)
+            }
+            ColorScale::DivergingAbout(c) => {
+                let m = (lo - c).abs().max((hi - c).abs()).max(1e-12);
+                (c - m, c + m)
+            }
+        }
+    }
+
+    /// The colour of `v` on `[lo, hi]` (grey for a missing value).
+    pub fn color(&self, v: f64, (lo, hi): (f64, f64)) -> RGBColor {
+        if !v.is_finite() {
+            return RGBColor(200, 200, 200);
+        }
+        let t = if hi > lo { ((v - lo) / (hi - lo)).clamp(0.0, 1.0) } else { 0.5 };
+        match self {
+            ColorScale::Diverging | ColorScale::DivergingAbout(_) => diverging(2.0 * t - 1.0),
+            _ => heat(t),
+        }
+    }
+}
+
+/// Blue–white–red for `s ∈ [−1, 1]` (ColorBrewer RdBu end points, linear through white).
+pub fn diverging(s: f64) -> RGBColor {
+    let s = s.clamp(-1.0, 1.0);
+    let (end, a) = if s < 0.0 { ([33.0, 102.0, 172.0], -s) } else { ([178.0, 24.0, 43.0], s) };
+    let mix = |e: f64| (255.0 + (e - 255.0) * a).round() as u8;
+    RGBColor(mix(end[0]), mix(end[1]), mix(end[2]))
+}
+
+/// Width of the colour bar and its labels right of a heatmap's cells.
+pub const COLOR_BAR_W: i32 = 96;
+
+/// A vertical colour bar of `scale` on `range` at `(x, top)`, `h` pixels high, labelled at
+/// its ends and middle, with `unit` above it.
+fn draw_color_bar<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    scale: ColorScale,
+    range: (f64, f64),
+    (x, top): (i32, i32),
+    h: i32,
+    unit: &str,
+) -> std::result::Result<(), String> {
+    let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
+    let h = h.max(40);
+    let font = ("sans-serif", 11).into_font();
+    if !unit.is_empty() {
+        root.draw_text(unit, &font.color(&BLACK), (x, top + h + 4)).map_err(e)?;
+    }
+    for k in 0..h {
+        // Top = high end.
+        let v = range.1 - (range.1 - range.0) * k as f64 / (h - 1) as f64;
+        let c = scale.color(v, range);
+        root.draw(&Rectangle::new([(x, top + k), (x + 14, top + k + 1)], c.filled())).map_err(e)?;
+    }
+    root.draw(&Rectangle::new([(x, top), (x + 14, top + h)], BLACK.stroke_width(1))).map_err(e)?;
+    let digits = {
+        let span = (range.1 - range.0).abs().max(1e-12);
+        (-(span / 4.0).log10().floor()).clamp(1.0, 6.0) as usize
+    };
+    for (frac, v) in [(0.0, range.1), (0.5, 0.5 * (range.0 + range.1)), (1.0, range.0)] {
+        let y = top + (frac * (h - 1) as f64).round() as i32;
+        let v = if v.abs() < 0.5 * 10f64.powi(-(digits as i32)) { 0.0 } else { v };
+        root.draw(&PathElement::new(vec![(x + 14, y), (x + 18, y)], BLACK.stroke_width(1))).map_err(e)?;
+        root.draw_text(&format!("{v:.digits$}"), &font.color(&BLACK), (x + 21, y - 6)).map_err(e)?;
+    }
+    Ok(())
 }
 
 /// (min, max) of the finite values.
@@ -480,20 +594,30 @@ fn finite_range<'a>(values: impl Iterator<Item = &'a f64>) -> (f64, f64) {
     values.filter(|v| v.is_finite()).fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)))
 }
 
-/// Labels and cells of a heatmap with its top-left cell at `origin`, coloured on `[lo, hi]`.
+/// Labels and cells of a heatmap with its top-left cell at `origin`, coloured by `scale` on
+/// `range`.
 fn draw_heat_cells<DB: DrawingBackend>(
     root: &DrawingArea<DB, plotters::coord::Shift>,
     m: &Heatmap,
     cell: i32,
     origin: (i32, i32),
     x0: i32,
-    (lo, hi): (f64, f64),
+    scale: ColorScale,
+    range: (f64, f64),
 ) -> std::result::Result<(), String> {
     let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
     let (left, top) = origin;
-    let range = if hi > lo { hi - lo } else { 1.0 };
     let font = ("sans-serif", 12).into_font();
+    // Column labels wider than a cell ("head 10") lose their common first word, which is
+    // written once left of them ("head" … "0 1 2").
+    let too_wide = m.col_labels.iter().any(|l| text::layout(l, 12.0).width > cell - 3);
+    let prefix = m.col_labels.first().and_then(|l| l.split_once(' ')).map(|(p, _)| p.to_string());
+    let short = too_wide && prefix.as_ref().is_some_and(|p| m.col_labels.iter().all(|l| l.starts_with(&format!("{p} "))));
+    if short {
+        root.draw_text(prefix.as_deref().unwrap_or(""), &font.color(&BLACK), (x0 + 6, top - 16)).map_err(e)?;
+    }
     for (c, label) in m.col_labels.iter().enumerate() {
+        let label = if short { label.rsplit(' ').next().unwrap_or(label) } else { label.as_str() };
         root.draw_text(label, &font.color(&BLACK), (left + c as i32 * cell + 4, top - 16)).map_err(e)?;
     }
     for (r, row) in m.values.iter().enumerate() {
@@ -502,7 +626,7 @@ fn draw_heat_cells<DB: DrawingBackend>(
         }
         for (c, &v) in row.iter().enumerate() {
             let (x, y) = (left + c as i32 * cell, top + r as i32 * cell);
-            let col = if v.is_finite() { heat((v - lo) / range) } else { RGBColor(200, 200, 200) };
+            let col = scale.color(v, range);
             root.draw(&Rectangle::new([(x, y), (x + cell - 2, y + cell - 2)], col.filled())).map_err(e)?;
         }
     }
@@ -518,12 +642,14 @@ fn draw_heatmap<DB: DrawingBackend>(
     root.fill(&WHITE).map_err(e)?;
     root.draw_text(&m.title, &("sans-serif", fitted_size(&m.title, root.dim_in_pixel().0, 15)).into_font().color(&BLACK), (8, 8))
         .map_err(e)?;
-    let (lo, hi) = finite_range(m.values.iter().flatten());
-    // A value that rounds to zero prints as 0.000, not -0.000.
-    let show = |v: f64| if v.abs() < 5e-4 { 0.0 } else { v };
-    root.draw_text(&format!("min {:.3}  max {:.3}", show(lo), show(hi)), &("sans-serif", 12).into_font().color(&BLACK), (8, 30))
-        .map_err(e)?;
-    draw_heat_cells(&root, m, cell, (70, 60), 0, (lo, hi))?;
+    let range = m.scale.range(m.values.iter().flatten());
+    if m.values.iter().flatten().any(|v| v.is_nan()) {
+        root.draw_text("grey: no value", &("sans-serif", 11).into_font().color(&BLACK), (8, 30)).map_err(e)?;
+    }
+    draw_heat_cells(&root, m, cell, (70, 60), 0, m.scale, range)?;
+    let cols = m.values.iter().map(|r| r.len()).max().unwrap_or(1) as i32;
+    let rows = m.values.len() as i32;
+    draw_color_bar(&root, m.scale, range, (70 + cols * cell + 16, 60), rows * cell - 2, &m.unit)?;
     root.present().map_err(e)?;
     Ok(())
 }
@@ -535,14 +661,21 @@ pub struct HeatmapPanels {
     pub title: String,
     /// Rows of panels; each column shares one colour scale.
     pub panels: Vec<Vec<Heatmap>>,
+    /// One colour scale for every panel (when the columns are compared with each other, e.g.
+    /// the same statistic for text and vision), instead of one per column.
+    pub shared_scale: bool,
 }
 
 impl HeatmapPanels {
     const CELL: i32 = 24;
+    /// Width of the row labels: the widest label plus a margin.
+    fn label_w(&self) -> i32 {
+        self.panels.iter().flatten().flat_map(|h| h.row_labels.iter()).map(|l| text::layout(l, 12.0).width).max().unwrap_or(0).max(40) + 14
+    }
     fn panel_size(&self) -> (i32, i32) {
         let cols = self.panels.iter().flatten().map(|h| h.values.iter().map(|r| r.len()).max().unwrap_or(1)).max().unwrap_or(1) as i32;
         let rows = self.panels.iter().flatten().map(|h| h.values.len()).max().unwrap_or(1) as i32;
-        ((64 + cols * Self::CELL + 24).max(220), 44 + rows * Self::CELL + 16)
+        ((self.label_w() + cols * Self::CELL + 24 + COLOR_BAR_W).max(220), 44 + rows * Self::CELL + 20)
     }
 }
 
@@ -557,24 +690,45 @@ impl Figure for HeatmapPanels {
         root.fill(&WHITE).map_err(e)?;
         root.draw_text(&self.title, &("sans-serif", fitted_size(&self.title, root.dim_in_pixel().0, 15)).into_font().color(&BLACK), (8, 8))
             .map_err(e)?;
-        // One colour scale per column (e.g. per modality), shared by every row (model).
+        // One colour scale per column (e.g. per modality), shared by every row (model), with
+        // its colour bar beside each panel; the scale kind is the column's first panel's.
         let cols = self.panels.iter().map(|r| r.len()).max().unwrap_or(0);
-        let ranges: Vec<(f64, f64)> =
-            (0..cols).map(|c| finite_range(self.panels.iter().filter_map(|r| r.get(c)).flat_map(|h| h.values.iter().flatten()))).collect();
+        let scales: Vec<ColorScale> =
+            (0..cols).map(|c| self.panels.iter().find_map(|r| r.get(c)).map_or(ColorScale::Sequential, |h| h.scale)).collect();
+        let ranges: Vec<(f64, f64)> = if self.shared_scale {
+            let all =
+                scales.first().copied().unwrap_or_default().range(self.panels.iter().flatten().flat_map(|h| h.values.iter().flatten()));
+            vec![all; cols]
+        } else {
+            (0..cols)
+                .map(|c| scales[c].range(self.panels.iter().filter_map(|r| r.get(c)).flat_map(|h| h.values.iter().flatten())))
+                .collect()
+        };
+        let scales: Vec<ColorScale> = if self.shared_scale { vec![scales.first().copied().unwrap_or_default(); cols] } else { scales };
         let (pw, ph) = self.panel_size();
-        for (c, (lo, hi)) in ranges.iter().enumerate() {
-            root.draw_text(
-                &format!("column scale: min {lo:.3}  max {hi:.3}"),
-                &("sans-serif", 12).into_font().color(&BLACK),
-                (8 + c as i32 * pw, 30),
-            )
-            .map_err(e)?;
-        }
+        let note = if self.shared_scale {
+            "every panel shares one colour scale"
+        } else if self.panels.len() > 1 {
+            "each column shares one colour scale (bar beside each panel)"
+        } else {
+            "each panel has its own colour scale"
+        };
+        root.draw_text(note, &("sans-serif", 11).into_font().color(&BLACK), (8, 30)).map_err(e)?;
         for (r, row) in self.panels.iter().enumerate() {
             for (c, h) in row.iter().enumerate() {
                 let (x0, y0) = (8 + c as i32 * pw, 56 + r as i32 * ph);
                 root.draw_text(&h.title, &("sans-serif", 13).into_font().color(&BLACK), (x0, y0)).map_err(e)?;
-                draw_heat_cells(&root, h, Self::CELL, (x0 + 58, y0 + 36), x0, ranges[c])?;
+                let lw = self.label_w();
+                draw_heat_cells(&root, h, Self::CELL, (x0 + lw, y0 + 36), x0, scales[c], ranges[c])?;
+                let ncols = h.values.iter().map(|v| v.len()).max().unwrap_or(1) as i32;
+                draw_color_bar(
+                    &root,
+                    scales[c],
+                    ranges[c],
+                    (x0 + lw + ncols * Self::CELL + 10, y0 + 36),
+                    h.values.len() as i32 * Self::CELL - 2,
+                    &h.unit,
+                )?;
             }
         }
         root.present().map_err(e)?;
@@ -591,7 +745,7 @@ impl Figure for Heatmap {
     fn size(&self) -> (u32, u32) {
         let cell = 34;
         let cols = self.values.iter().map(|r| r.len()).max().unwrap_or(1) as i32;
-        ((70 + cols * cell + 20).max(360) as u32, (60 + self.values.len() as i32 * cell + 20) as u32)
+        ((70 + cols * cell + 20 + COLOR_BAR_W).max(360) as u32, (60 + (self.values.len() as i32 * cell).max(40) + 20) as u32)
     }
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
         draw_heatmap(root, self, 34)
@@ -904,5 +1058,127 @@ mod finite_tests {
         };
         render(&dir.join("p"), &p).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod figure_tests {
+    use super::*;
+
+    fn pixel(buf: &[u8], w: u32, x: i32, y: i32) -> [u8; 3] {
+        let i = ((y as u32 * w + x as u32) * 3) as usize;
+        [buf[i], buf[i + 1], buf[i + 2]]
+    }
+
+    fn overlaps(boxes: &[text::TextBox]) -> Vec<String> {
+        let mut out = vec![];
+        for (i, a) in boxes.iter().enumerate() {
+            for b in &boxes[i + 1..] {
+                if a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3 {
+                    out.push(format!("{:?} overlaps {:?}", a, b));
+                }
+            }
+        }
+        out
+    }
+
+    fn heatmap(title: &str, values: Vec<Vec<f64>>, scale: ColorScale) -> Heatmap {
+        let (r, c) = (values.len(), values[0].len());
+        Heatmap {
+            title: title.into(),
+            values,
+            row_labels: (0..r).map(|i| format!("slot {i}")).collect(),
+            col_labels: (0..c).map(|i| format!("head {i}")).collect(),
+            scale,
+            unit: "units".into(),
+        }
+    }
+
+    /// Every heatmap has its colour bar right of the cells: a strip whose colours run from
+    /// the scale's top colour to its bottom colour; signed values use the diverging map,
+    /// white at 0.
+    #[test]
+    fn heatmaps_carry_a_colour_bar_of_their_scale() {
+        for scale in [ColorScale::Sequential, ColorScale::Diverging] {
+            let m = heatmap("t", vec![vec![-0.5, 0.1, 0.9], vec![0.2, 0.4, f64::NAN]], scale);
+            let (buf, w, _, boxes) = render_to_buffer(&m).unwrap();
+            let range = scale.range(m.values.iter().flatten());
+            // Cells at (70, 60), 34 px; the bar 16 px right of the last column, 2 rows high.
+            let (bx, top, h) = (70 + 3 * 34 + 16 + 7, 60, 2 * 34 - 2);
+            // Two pixels inside the bar's black border at each end.
+            for (k, want_v) in [
+                (2, range.1 - (range.1 - range.0) * 2.0 / (h - 1) as f64),
+                (h - 3, range.0 + (range.1 - range.0) * 2.0 / (h - 1) as f64),
+                ((h - 1) / 2, 0.5 * (range.0 + range.1)),
+            ] {
+                let got = pixel(&buf, w, bx, top + k);
+                let want = scale.color(want_v, range);
+                let d = got.iter().zip([want.0, want.1, want.2]).map(|(a, b)| (*a as i32 - b as i32).abs()).max().unwrap();
+                assert!(d <= 8, "{scale:?} bar at {k}: {got:?} vs {want:?}");
+            }
+            if scale == ColorScale::Diverging {
+                assert_eq!(range.0, -range.1);
+                let mid = pixel(&buf, w, bx, top + (h - 1) / 2);
+                assert!(mid.iter().all(|c| *c > 240), "0 is white: {mid:?}");
+            }
+            assert!(boxes.iter().any(|b| b.4 == "units"), "the bar names its unit");
+            assert!(overlaps(&boxes).is_empty(), "{:?}", overlaps(&boxes));
+        }
+    }
+
+    /// Panels that share a column's scale map one value to one colour.
+    #[test]
+    fn panels_sharing_a_scale_map_one_value_to_one_colour() {
+        let a = heatmap("model a", vec![vec![0.3, 1.0]], ColorScale::Sequential);
+        let b = heatmap("model b", vec![vec![0.0, 0.3]], ColorScale::Sequential);
+        let p = HeatmapPanels { title: "shared".into(), panels: vec![vec![a], vec![b]], shared_scale: false };
+        let (buf, w, _, boxes) = render_to_buffer(&p).unwrap();
+        let (_, ph) = p.panel_size();
+        let cell = HeatmapPanels::CELL;
+        // Cell (0, 0) of panel a and cell (0, 1) of panel b both hold 0.3.
+        let lw = p.label_w();
+        let (x_a, y_a) = (8 + lw + cell / 2, 56 + 36 + cell / 2);
+        let (x_b, y_b) = (8 + lw + cell + cell / 2, 56 + ph + 36 + cell / 2);
+        assert_eq!(pixel(&buf, w, x_a, y_a), pixel(&buf, w, x_b, y_b));
+        assert_ne!(pixel(&buf, w, x_a, y_a), pixel(&buf, w, x_a + cell, y_a), "0.3 and 1.0 differ");
+        assert!(overlaps(&boxes).is_empty(), "{:?}", overlaps(&boxes));
+    }
+
+    /// Line charts, interval panels and scatters lay out their text without overlaps.
+    #[test]
+    fn no_text_box_overlaps_another() {
+        let chart = LineChart {
+            title: "Training — zero-shot top-1".into(),
+            x_label: "step".into(),
+            y_label: "top-1".into(),
+            series: vec![("tiny-clip".into(), vec![(0.0, 0.1), (100.0, 0.5)]), ("tiny-msclip-s".into(), vec![(0.0, 0.2), (100.0, 0.7)])],
+            bands: vec![None, None],
+            y_range: (0.0, 1.0),
+            x_integer: true,
+            caption: Some("Line: mean over 8 seeds; bars: Student-t 95 % interval.".into()),
+            ..Default::default()
+        };
+        let panels = IntervalPanels {
+            title: "Sharing spectrum".into(),
+            models: vec!["tiny-clip".into(), "tiny-msclip-attn".into(), "tiny-msclip-s".into()],
+            panels: vec![
+                ("zero-shot top-1".into(), vec![(0.3, 0.28, 0.33), (0.31, 0.29, 0.34), (0.5, 0.47, 0.53)]),
+                ("R@1 i→t".into(), vec![(0.2, 0.18, 0.22), (0.21, 0.2, 0.23), (0.4, 0.38, 0.42)]),
+            ],
+            reference: Some(0.0),
+            caption: Some("Dot: the mean; bar: its 95 % interval.".into()),
+            ..Default::default()
+        };
+        let scatter =
+            Scatter { title: "importance".into(), x_label: "text".into(), y_label: "vision".into(), points: vec![(0.0, 0.1), (1.0, 0.5)] };
+        for (name, boxes) in [
+            ("line chart", render_to_buffer(&chart).unwrap().3),
+            ("interval panels", render_to_buffer(&panels).unwrap().3),
+            ("scatter", render_to_buffer(&scatter).unwrap().3),
+        ] {
+            assert!(boxes.len() >= 3, "{name}: {boxes:?}");
+            let o = overlaps(&boxes);
+            assert!(o.is_empty(), "{name}: {o:?}");
+        }
     }
 }
