@@ -509,12 +509,24 @@ fn layer_curves(r: &Recipe, dir: &Path) -> Result<()> {
             curves[k].push((name.clone(), curve));
         }
     }
+    // Models whose curve starts later (MS-CLIP-S: its vision slot 0 is the conv stem, so no
+    // slot-0 feature exists for both towers).
+    let first_slot = curves[0].iter().filter_map(|(_, c)| c.first().map(|p| p.0)).fold(f64::MAX, f64::min);
+    let late: Vec<String> = curves[0].iter().filter(|(_, c)| c.first().is_some_and(|p| p.0 > first_slot)).map(|(n, _)| n.clone()).collect();
+    let late_note = if late.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " {} start after slot {first_slot}: a conv stem takes the vision tower's first slot, so no feature exists there for both towers.",
+            late.join(", ")
+        )
+    };
     let method = if seeds > 1 {
         format!(
-            "Line: mean over {seeds} training seeds (each on the same {items} held-out pairs); bars: Student-t 95 % interval over seeds"
+            "Line: mean over {seeds} training seeds (each on the same {items} held-out pairs); bars: Student-t 95 % interval over seeds.{late_note}"
         )
     } else {
-        format!("Bars: 95 % bootstrap over {items} held-out pairs ({b} replicates)")
+        format!("Bars: 95 % bootstrap over {items} held-out pairs ({b} replicates).{late_note}")
     };
     let stem = if by_gap { "gap_by_layer" } else { "nmi_by_layer" };
     write_atomic(&dir.join(format!("{stem}.csv")), (header + &format!("# {method}\n") + &csv).as_bytes())?;

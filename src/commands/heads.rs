@@ -240,7 +240,7 @@ impl HeadsOutput {
             let name = stat.name();
             for modality in [Modality::Vision, Modality::Text] {
                 let mut hm = stat_heatmap(cfg, &self.stats, modality, stat);
-                hm.title = format!("{} — {name}, {} (slot × head)", cfg.name, modality.name());
+                hm.title = format!("{} — {}, {} tower (slot × head)", cfg.name, stat_unit(stat), modality.name());
                 plot::heatmap_png_svg(&dir.join(format!("{name}_{}", modality.name())), &hm)?;
             }
             let mut pts = vec![];
@@ -253,9 +253,15 @@ impl HeadsOutput {
                 plot::scatter_png_svg(
                     &dir.join(format!("{name}_scatter")),
                     &plot::Scatter {
-                        title: format!("{} — {name}: ρ = {:.3} (p = {:.4})", cfg.name, a.spearman, a.p_value),
-                        x_label: format!("text {name}"),
-                        y_label: format!("vision {name}"),
+                        title: format!(
+                            "{} — {}: ρ = {:.2} (p = {})",
+                            cfg.name,
+                            stat_unit(stat),
+                            a.spearman,
+                            crate::analysis::stats::format_p(a.p_value)
+                        ),
+                        x_label: format!("text: {}", stat_unit(stat)),
+                        y_label: format!("vision: {}", stat_unit(stat)),
                         points: pts,
                     },
                 )?;
@@ -268,7 +274,12 @@ impl HeadsOutput {
 /// The slot × head heatmap of one statistic for one modality (NaN where a slot has no head).
 pub fn stat_heatmap(cfg: &ModelConfig, stats: &[HeadStat], modality: Modality, stat: Statistic) -> plot::Heatmap {
     let heads_n = cfg.vision.heads.max(cfg.text.heads) as usize;
-    let slots: Vec<usize> = if modality == Modality::Vision { cfg.vision_attention_slots() } else { cfg.text_attention_slots() };
+    // The same rows for both towers (the union of their attention slots), so that a shared
+    // slot sits on the same row in the text and the vision panel; grey = no attention there
+    // (e.g. MS-CLIP-S's vision slot 0, the conv stem).
+    let mut slots: Vec<usize> = cfg.vision_attention_slots().into_iter().chain(cfg.text_attention_slots()).collect();
+    slots.sort();
+    slots.dedup();
     let values = slots
         .iter()
         .map(|&sl| {
@@ -311,7 +322,7 @@ pub fn write_side_by_side(dir: &Path, models: &[(ModelConfig, Vec<HeadStat>)]) -
         plot::render(
             &dir.join(format!("{name}_side_by_side")),
             &plot::HeatmapPanels {
-                title: format!("Head {name} (slot × head): text | vision, one row per model"),
+                title: format!("Head {} (slot × head): text | vision, one row per model; grey: no attention there", stat_unit(stat)),
                 panels,
                 shared_scale: false,
             },
