@@ -67,6 +67,7 @@ pub mod distributed;
 pub mod error;
 pub mod eval;
 pub mod io;
+pub mod limits;
 pub mod model;
 pub mod plot;
 pub mod profile;

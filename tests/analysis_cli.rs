@@ -355,6 +355,9 @@ fn figures_regenerate_from_recipes() {
         ("analysis = \"comparison\"\ntitle = \"x\"\nruns = [\"a/seed-{seed}\"]\nseeds = [1, 1]\n", "seeds"),
         ("analysis = \"comparison\"\ntitle = \"x\"\nruns = [\"a\"]\nbootstrap = 5\n", "bootstrap"),
         ("analysis = \"ablation\"\ntitle = \"x\"\nruns = [\"a/seed-{seed}\"]\nseeds = [0]\n", "seeds"),
+        // Recipes share the flags' caps (an uncapped recipe once aborted or hung).
+        ("analysis = \"ablation\"\ntitle = \"x\"\nruns = [\"a\"]\nsynthetic = 10000000\n", "at most 4096"),
+        ("analysis = \"patching\"\ntitle = \"x\"\nruns = [\"a\"]\nsynthetic = 1000000000000\n", "at most 10000"),
     ] {
         std::fs::write(recipes.join("zz.toml"), body).unwrap();
         let t = std::time::Instant::now();

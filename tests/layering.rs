@@ -100,6 +100,7 @@ fn rules() -> Vec<(&'static str, Vec<&'static str>)> {
         ),
         ("error.rs", vec!["crate::model", "crate::data", "crate::train", "crate::analysis", "crate::commands"]),
         ("rng.rs", vec!["crate::"]),
+        ("limits.rs", vec!["crate::"]),
         ("tensor.rs", vec!["crate::model", "crate::data", "crate::train", "crate::analysis", "crate::commands"]),
         ("shim.rs", vec!["crate::model", "crate::data", "crate::train", "crate::analysis", "crate::commands"]),
         ("autocast.rs", vec!["crate::model", "crate::data", "crate::train", "crate::analysis", "crate::commands"]),

@@ -146,6 +146,16 @@ impl Recipe {
         if self.synthetic == Some(0) {
             return Err(Error::config("synthetic", 0, "need at least one item"));
         }
+        if let Some(n) = self.synthetic {
+            let cap = crate::limits::recipe_items(&self.analysis);
+            if n > cap {
+                return Err(Error::config(
+                    "synthetic",
+                    n,
+                    format!("analysis {} takes at most {cap} items (the same cap as its command's flag)", self.analysis),
+                ));
+            }
+        }
         if let Some(s) = &self.site {
             let site = Site::parse(s)?;
             if matches!(site, Site::AttnProbs | Site::AttnLogits) {
