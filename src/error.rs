@@ -1,5 +1,8 @@
 //! The crate's error type. Every variant names what was wrong (file, key, tensor) so the
-//! command-line front-ends can print it and exit with status 2 instead of panicking.
+//! command-line front-ends can print it and exit instead of panicking. A caller matches the
+//! kind: input (`Config`, `Parse`, `Invalid`), data (`Data`, `Io`), checkpoint
+//! (`Checkpoint`), numeric (`Numeric`, `Stopped`), resource, distributed, libtorch (`Torch`).
+//! Input, data and checkpoint errors exit 2; the others exit 1 ([`Error::exit_code`]).
 
 use std::path::PathBuf;
 
@@ -32,9 +35,25 @@ pub enum Error {
         /// The system's error.
         source: std::io::Error,
     },
-    /// A request outside what the model or data offers (layer/head out of range, …).
+    /// Input: a request outside what the model or data offers (layer/head out of range, a
+    /// flag combination that cannot work, …): exit 2.
     #[error("{0}")]
     Invalid(String),
+    /// Data: an image, manifest, shard or tensor file that cannot be read as data (named):
+    /// exit 2.
+    #[error("{0}")]
+    Data(String),
+    /// Checkpoint: a checkpoint or published weight file that does not verify, does not fit
+    /// the model, or cannot be written (named): exit 2.
+    #[error("{0}")]
+    Checkpoint(String),
+    /// Distributed: a process group that cannot form, or a rank that failed or disagrees:
+    /// exit 1.
+    #[error("{0}")]
+    Distributed(String),
+    /// Resource: memory or disk ran out: exit 1.
+    #[error("{0}")]
+    Resource(String),
     /// A run stopped on its own data (non-finite loss or weights, a failed save): exit 1,
     /// not "bad input".
     #[error("{0}")]
@@ -55,7 +74,7 @@ impl Error {
     /// The command-line exit status: 1 for a stopped run, 2 for everything else (bad input).
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Stopped(_) | Error::Numeric(_) => 1,
+            Error::Stopped(_) | Error::Numeric(_) | Error::Distributed(_) | Error::Resource(_) => 1,
             _ => 2,
         }
     }

@@ -166,6 +166,13 @@ fn patching_the_changed_word_recovers_everything() {
         assert!(r.heads.iter().flatten().all(|v| v.is_finite()));
         assert!((r.clean_logit - r.corrupt_logit).abs() > 1e-3);
     }
+    // Relation pairs are ill-conditioned: on the fixture 10 of 16 differ by less than the
+    // stated gap and are left out (counted); an untrained model tells none apart: an error.
+    let r = patch::patch_text(&m, 0, 16, Attribute::Relation).unwrap();
+    assert_eq!(r.excluded_pairs, 10);
+    assert!(r.resid.iter().flatten().all(|v| v.is_finite()));
+    let err = patch::patch_text(&build("tiny-msclip-s"), 0, 16, Attribute::Relation).unwrap_err();
+    assert!(matches!(err, msclip::Error::Numeric(_)) && err.to_string().contains("degenerate"), "{err}");
     let v = patch::patch_vision(&m, 0, 4).unwrap();
     assert_eq!(v.positions.len(), 1 + 16);
     assert_eq!(v.resid.len(), m.config.vision_attention_slots().len());

@@ -163,8 +163,36 @@ pub struct PatchResult {
     pub clean_logit: f64,
     /// Mean corrupted logit.
     pub corrupt_logit: f64,
+    /// Pairs left out of the recovered fractions because their clean and corrupted logits
+    /// differ by less than [`MIN_LOGIT_GAP`] (the ratio would be noise).
+    pub excluded_pairs: usize,
     /// The pairs.
     pub pairs: Vec<MinimalPair>,
+}
+
+/// The smallest |clean − corrupted| logit difference of a pair that enters the recovered
+/// fractions (logit units, `exp(t)·cos`): below it the ratio (patched − corrupted) /
+/// (clean − corrupted) divides noise by almost nothing (relation pairs often do).
+pub const MIN_LOGIT_GAP: f64 = 0.05;
+
+/// Which pairs are well-conditioned (1) or left out (0), and how many are left out; an error
+/// when none is left (clean and corrupted runs agree: the model cannot tell the pairs apart).
+fn conditioned(lc: &Tensor, lx: &Tensor, what: &str) -> Result<(Tensor, usize)> {
+    let keep = (lc - lx).abs().ge(MIN_LOGIT_GAP).to_kind(Kind::Double);
+    let kept = keep.sum(Kind::Double).double_value(&[]) as usize;
+    let n = keep.size()[0] as usize;
+    if kept == 0 {
+        return Err(Error::Numeric(format!(
+            "{what}: degenerate: no pair's clean and corrupted logits differ by {MIN_LOGIT_GAP} or more; the model does not tell the pairs apart, so nothing can be recovered"
+        )));
+    }
+    if kept < n {
+        eprintln!(
+            "warning: {what}: {} of {n} pairs have |clean − corrupted| < {MIN_LOGIT_GAP} logit and are left out of the recovered fractions",
+            n - kept
+        );
+    }
+    Ok((keep, n - kept))
 }
 
 /// The logit of matching rows: `exp(t)·⟨a_i, b_i⟩`.
@@ -172,9 +200,11 @@ fn logits(model: &MsClip, a: &Tensor, b: &Tensor) -> Tensor {
     (a * b).sum_dim_intlist(&[-1i64][..], false, Kind::Double) * model.logit_scale.exp().double_value(&[])
 }
 
-fn recovered(model: &MsClip, patched: &Tensor, other: &Tensor, lc: &Tensor, lx: &Tensor) -> f64 {
+/// The share of the clean − corrupted logit difference that the patched run recovers, over
+/// the well-conditioned pairs (`keep`).
+fn recovered(model: &MsClip, patched: &Tensor, other: &Tensor, lc: &Tensor, lx: &Tensor, keep: &Tensor) -> f64 {
     let lp = logits(model, patched, other);
-    (lp - lx).sum(Kind::Double).double_value(&[]) / (lc - lx).sum(Kind::Double).double_value(&[])
+    ((lp - lx) * keep).sum(Kind::Double).double_value(&[]) / ((lc - lx) * keep).sum(Kind::Double).double_value(&[])
 }
 
 /// Patches the clean caption's activations into the corrupted caption's run, per (slot,
@@ -199,6 +229,7 @@ pub fn patch_text(model: &MsClip, seed: u64, n: usize, attr: Attribute) -> Resul
     let clean = tch::no_grad(|| model.encode_text_with(&clean_tokens, &Capture::sites(&[Site::ResidIn, Site::Z]), &mut cache))?;
     let corrupt = Prefix::text(model, &corrupt_tokens, 256)?;
     let (lc, lx) = (logits(model, &clean, &img), logits(model, &corrupt.clean, &img));
+    let (keep, excluded_pairs) = conditioned(&lc, &lx, &format!("text patching ({attr:?})"))?;
     let len = attr.template().len();
     let (mut resid, mut heads) = (vec![], vec![]);
     for &slot in &slots {
@@ -206,12 +237,12 @@ pub fn patch_text(model: &MsClip, seed: u64, n: usize, attr: Attribute) -> Resul
         let edits: Vec<Vec<Hook>> = (0..len as i64)
             .map(|t| vec![Hook::new(Modality::Text, slot, Site::ResidIn, Edit::Patch(src.shallow_clone())).positions(vec![t])])
             .collect();
-        resid.push(corrupt.run(model, slot, &edits)?.iter().map(|e| recovered(model, e, &img, &lc, &lx)).collect());
+        resid.push(corrupt.run(model, slot, &edits)?.iter().map(|e| recovered(model, e, &img, &lc, &lx, &keep)).collect());
         let z = cache.require(Modality::Text, slot, Site::Z)?;
         let edits: Vec<Vec<Hook>> = (0..cfg.text.heads as usize)
             .map(|h| vec![Hook::new(Modality::Text, slot, Site::Z, Edit::Patch(z.shallow_clone())).head(h)])
             .collect();
-        heads.push(corrupt.run(model, slot, &edits)?.iter().map(|e| recovered(model, e, &img, &lc, &lx)).collect());
+        heads.push(corrupt.run(model, slot, &edits)?.iter().map(|e| recovered(model, e, &img, &lc, &lx, &keep)).collect());
     }
     Ok(PatchResult {
         tower: "text".into(),
@@ -222,6 +253,7 @@ pub fn patch_text(model: &MsClip, seed: u64, n: usize, attr: Attribute) -> Resul
         heads,
         clean_logit: lc.mean(Kind::Double).double_value(&[]),
         corrupt_logit: lx.mean(Kind::Double).double_value(&[]),
+        excluded_pairs,
         pairs,
     })
 }
@@ -247,6 +279,7 @@ pub fn patch_vision(model: &MsClip, seed: u64, n: usize) -> Result<PatchResult> 
     let clean = tch::no_grad(|| model.encode_image_with(&clean_images, &Capture::sites(&[Site::ResidIn, Site::Z]), &mut cache, false))?;
     let corrupt = Prefix::vision(model, &corrupt_images, 256)?;
     let (lc, lx) = (logits(model, &clean, &txt), logits(model, &corrupt.clean, &txt));
+    let (keep, excluded_pairs) = conditioned(&lc, &lx, "vision patching (colour)")?;
     let slots = cfg.vision_attention_slots();
     let g = cfg.grid();
     let (mut resid, mut heads) = (vec![], vec![]);
@@ -257,12 +290,12 @@ pub fn patch_vision(model: &MsClip, seed: u64, n: usize) -> Result<PatchResult> 
         let edits: Vec<Vec<Hook>> = (0..1 + g * g)
             .map(|t| vec![Hook::new(Modality::Vision, slot, Site::ResidIn, Edit::Patch(src.shallow_clone())).positions(vec![t])])
             .collect();
-        resid.push(corrupt.run(model, slot, &edits)?.iter().map(|e| recovered(model, e, &txt, &lc, &lx)).collect());
+        resid.push(corrupt.run(model, slot, &edits)?.iter().map(|e| recovered(model, e, &txt, &lc, &lx, &keep)).collect());
         let z = cache.require(Modality::Vision, slot, Site::Z)?;
         let edits: Vec<Vec<Hook>> = (0..cfg.vision.heads as usize)
             .map(|h| vec![Hook::new(Modality::Vision, slot, Site::Z, Edit::Patch(z.shallow_clone())).head(h)])
             .collect();
-        heads.push(corrupt.run(model, slot, &edits)?.iter().map(|e| recovered(model, e, &txt, &lc, &lx)).collect());
+        heads.push(corrupt.run(model, slot, &edits)?.iter().map(|e| recovered(model, e, &txt, &lc, &lx, &keep)).collect());
     }
     let positions = std::iter::once("cls".to_string()).chain((0..g * g).map(|p| format!("r{}c{}", p / g, p % g))).collect();
     Ok(PatchResult {
@@ -274,6 +307,7 @@ pub fn patch_vision(model: &MsClip, seed: u64, n: usize) -> Result<PatchResult> 
         heads,
         clean_logit: lc.mean(Kind::Double).double_value(&[]),
         corrupt_logit: lx.mean(Kind::Double).double_value(&[]),
+        excluded_pairs,
         pairs: pairs.into_iter().map(|(p, _)| p).collect(),
     })
 }

@@ -195,7 +195,7 @@ pub fn import_into(tensors: Vec<(String, Tensor)>, cfg: &ModelConfig, vs: &nn::V
     if !problems.is_empty() {
         let n = problems.len();
         problems.truncate(30);
-        return Err(Error::Invalid(format!("{origin}: does not fit model {} ({n} problems): {}", cfg.name, problems.join("; "))));
+        return Err(Error::Checkpoint(format!("{origin}: does not fit model {} ({n} problems): {}", cfg.name, problems.join("; "))));
     }
     tch::no_grad(|| {
         for (key, ours) in &map {
@@ -224,7 +224,7 @@ pub fn infer_preset(tensors: &[(String, Tensor)]) -> Result<ModelConfig> {
             return Ok(cfg);
         }
     }
-    Err(Error::Invalid("no preset matches the checkpoint's keys and shapes; pass --model PRESET or --model-config FILE".into()))
+    Err(Error::Checkpoint("no preset matches the checkpoint's keys and shapes; pass --model PRESET or --model-config FILE".into()))
 }
 
 /// The OpenAI/OpenCLIP state dict of a model (inverse of [`key_map`]); shared sites are
@@ -259,11 +259,11 @@ pub struct ImportReport {
 /// keys and shapes. An existing `out` is replaced only with `force`.
 pub fn import_file(from: &std::path::Path, cfg: Option<ModelConfig>, out: &std::path::Path, force: bool) -> Result<ImportReport> {
     if out.exists() && !force {
-        return Err(Error::Invalid(format!("{}: exists; pass --force to replace it", out.display())));
+        return Err(Error::Checkpoint(format!("{}: exists; pass --force to replace it", out.display())));
     }
     let t0 = std::time::Instant::now();
     let tensors = if from.extension().is_some_and(|e| e == "safetensors") {
-        Tensor::read_safetensors(from).map_err(|e| Error::Invalid(format!("{}: {e}", from.display())))?
+        Tensor::read_safetensors(from).map_err(|e| Error::Checkpoint(format!("{}: {e}", from.display())))?
     } else {
         super::torch_zip::read(from)?
     };
@@ -298,7 +298,7 @@ pub fn import_file(from: &std::path::Path, cfg: Option<ModelConfig>, out: &std::
 /// MS-CLIP models keep the official code's key names.
 pub fn export_file(checkpoint: &std::path::Path, out: &std::path::Path, force: bool) -> Result<(usize, bool)> {
     if out.exists() && !force {
-        return Err(Error::Invalid(format!("{}: exists; pass --force to replace it", out.display())));
+        return Err(Error::Checkpoint(format!("{}: exists; pass --force to replace it", out.display())));
     }
     let (vs, m, _) = super::load(checkpoint, tch::Device::Cpu)?;
     let vanilla = m.config.sharing.is_empty() && m.config.vision.stem == StemKind::Patch;

@@ -105,7 +105,10 @@ pub fn save_dir(final_dir: &Path, vs: &nn::VarStore, optim: &[(String, Tensor)],
     let root = final_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
     if final_dir.exists() && !final_dir.join("meta.json").is_file() {
-        return Err(Error::Invalid(format!("{}: exists and is not a checkpoint directory; refusing to replace it", final_dir.display())));
+        return Err(Error::Checkpoint(format!(
+            "{}: exists and is not a checkpoint directory; refusing to replace it",
+            final_dir.display()
+        )));
     }
     let name = final_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "checkpoint".into());
     let tmp = root.join(format!(".tmp-{name}-{}", std::process::id()));
@@ -141,7 +144,7 @@ pub fn save_dir(final_dir: &Path, vs: &nn::VarStore, optim: &[(String, Tensor)],
 fn exchange(a: &Path, b: &Path) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = |p: &Path| {
-        std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::Invalid(format!("{}: path holds a NUL byte", p.display())))
+        std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::Checkpoint(format!("{}: path holds a NUL byte", p.display())))
     };
     let (ca, cb) = (c(a)?, c(b)?);
     // SAFETY: two valid NUL-terminated paths; the call only renames.
@@ -168,7 +171,7 @@ pub fn verify(dir: &Path) -> Result<Meta> {
         }
         let got = sha256_file(&dir.join(file))?;
         if &got != want {
-            return Err(Error::Invalid(format!("{}: sha256 mismatch (file is corrupted or truncated)", dir.join(file).display())));
+            return Err(Error::Checkpoint(format!("{}: sha256 mismatch (file is corrupted or truncated)", dir.join(file).display())));
         }
     }
     if !meta.sha256.contains_key("model.safetensors") {
@@ -184,7 +187,7 @@ pub fn verify_deep(dir: &Path) -> Result<Meta> {
     for file in meta.sha256.keys() {
         let path = dir.join(file);
         let tensors = Tensor::read_safetensors(&path)
-            .map_err(|e| Error::Invalid(format!("{}: not a readable safetensors file: {e}", path.display())))?;
+            .map_err(|e| Error::Checkpoint(format!("{}: not a readable safetensors file: {e}", path.display())))?;
         check_finite(&path.display().to_string(), tensors.iter().map(|(n, t)| (n.as_str(), t)))?;
     }
     Ok(meta)
@@ -195,7 +198,7 @@ pub fn check_finite<'a>(origin: &str, tensors: impl IntoIterator<Item = (&'a str
     for (name, t) in tensors {
         if t.is_floating_point() && t.numel() > 0 && t.isfinite().all().int64_value(&[]) == 0 {
             let bad = t.isfinite().logical_not().sum(tch::Kind::Int64).int64_value(&[]);
-            return Err(Error::Invalid(format!("{origin}: tensor {name} has {bad} non-finite values")));
+            return Err(Error::Checkpoint(format!("{origin}: tensor {name} has {bad} non-finite values")));
         }
     }
     Ok(())
@@ -315,7 +318,7 @@ impl RunLock {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
                 let holder = holder.trim();
-                return Err(Error::Invalid(format!(
+                return Err(Error::Checkpoint(format!(
                     "{}: the run directory is in use by another training ({}); wait for it or use another --out",
                     run_dir.display(),
                     if holder.is_empty() { "holder unknown" } else { holder }
@@ -337,10 +340,10 @@ impl RunLock {
 pub fn load_model(dir: &Path, vs: &nn::VarStore) -> Result<()> {
     let path = dir.join("model.safetensors");
     if !path.exists() {
-        return Err(Error::Invalid(format!("{}: no such file", path.display())));
+        return Err(Error::Checkpoint(format!("{}: no such file", path.display())));
     }
     let tensors: BTreeMap<String, Tensor> = Tensor::read_safetensors(&path)
-        .map_err(|e| Error::Invalid(format!("{}: not a readable safetensors file: {e}", path.display())))?
+        .map_err(|e| Error::Checkpoint(format!("{}: not a readable safetensors file: {e}", path.display())))?
         .into_iter()
         .collect();
     check_finite(&path.display().to_string(), tensors.iter().map(|(n, t)| (n.as_str(), t)))?;
@@ -374,7 +377,7 @@ pub fn load_named(origin: &Path, tensors: &BTreeMap<String, Tensor>, vs: &nn::Va
         };
         let parts: Vec<String> =
             [list("missing", &missing), list("unexpected", &unexpected), list("shape mismatches", &shapes)].into_iter().flatten().collect();
-        return Err(Error::Invalid(format!("{}: checkpoint does not fit the model: {}", origin.display(), parts.join("; "))));
+        return Err(Error::Checkpoint(format!("{}: checkpoint does not fit the model: {}", origin.display(), parts.join("; "))));
     }
     tch::no_grad(|| {
         for (name, var) in &vars {
@@ -450,6 +453,6 @@ impl ModelSource {
             .into_iter()
             .next()
             .map(ModelSource::Checkpoint)
-            .ok_or_else(|| Error::Invalid(format!("{}: no checkpoint (run `make demo` first)", path.display())))
+            .ok_or_else(|| Error::Checkpoint(format!("{}: no checkpoint (run `make demo` first)", path.display())))
     }
 }

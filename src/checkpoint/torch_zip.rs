@@ -103,29 +103,29 @@ fn ints(ar: &Arena, v: Id, what: &str) -> Result<Vec<i64>> {
             .iter()
             .map(|&x| match ar.nodes[x] {
                 Node::Int(i) => Ok(i),
-                _ => Err(Error::Invalid(format!("pickle: {what} holds a non-integer"))),
+                _ => Err(Error::Checkpoint(format!("pickle: {what} holds a non-integer"))),
             })
             .collect(),
-        _ => Err(Error::Invalid(format!("pickle: {what} is not a tuple"))),
+        _ => Err(Error::Checkpoint(format!("pickle: {what} is not a tuple"))),
     }
 }
 
 /// Interprets a pickle (iteratively: no recursion on nesting); returns the arena and the id
 /// of the top-level value.
 fn unpickle(data: &[u8], origin: &str) -> Result<(Arena, Id)> {
-    let err = |m: String| Error::Invalid(format!("{origin}: {m}"));
+    let err = |m: String| Error::Checkpoint(format!("{origin}: {m}"));
     let mut ar = Arena { nodes: Vec::new() };
     let mut stack: Vec<Id> = Vec::new();
     let mut memo: HashMap<u32, Id> = HashMap::new();
     let mut pos = 0usize;
     let take = |pos: &mut usize, n: usize| -> Result<&[u8]> {
-        let end = pos.checked_add(n).ok_or_else(|| Error::Invalid(format!("{origin}: truncated pickle")))?;
-        let s = data.get(*pos..end).ok_or_else(|| Error::Invalid(format!("{origin}: truncated pickle")))?;
+        let end = pos.checked_add(n).ok_or_else(|| Error::Checkpoint(format!("{origin}: truncated pickle")))?;
+        let s = data.get(*pos..end).ok_or_else(|| Error::Checkpoint(format!("{origin}: truncated pickle")))?;
         *pos = end;
         Ok(s)
     };
     let pop_mark = |stack: &mut Vec<Id>| -> Result<Vec<Id>> {
-        let m = stack.iter().rposition(|&v| v == MARK).ok_or_else(|| Error::Invalid(format!("{origin}: pickle MARK missing")))?;
+        let m = stack.iter().rposition(|&v| v == MARK).ok_or_else(|| Error::Checkpoint(format!("{origin}: pickle MARK missing")))?;
         let items = stack.split_off(m + 1);
         stack.pop();
         Ok(items)
@@ -133,13 +133,13 @@ fn unpickle(data: &[u8], origin: &str) -> Result<(Arena, Id)> {
     let pop = |stack: &mut Vec<Id>, what: &str| -> Result<Id> {
         match stack.pop() {
             Some(v) if v != MARK => Ok(v),
-            _ => Err(Error::Invalid(format!("{origin}: {what} on an empty stack"))),
+            _ => Err(Error::Checkpoint(format!("{origin}: {what} on an empty stack"))),
         }
     };
     let top = |stack: &Vec<Id>, what: &str| -> Result<Id> {
         match stack.last() {
             Some(&v) if v != MARK => Ok(v),
-            _ => Err(Error::Invalid(format!("{origin}: {what} on an empty stack"))),
+            _ => Err(Error::Checkpoint(format!("{origin}: {what} on an empty stack"))),
         }
     };
     loop {
@@ -343,7 +343,7 @@ fn flatten_object(ar: &Arena, root: Id, origin: &str) -> Result<Vec<(String, Id)
             Node::Tensor { .. } => out.push((path, id)),
             Node::Object(fields) => {
                 if depth > MAX_OBJECT_DEPTH {
-                    return Err(Error::Invalid(format!("{origin}: module objects nest deeper than {MAX_OBJECT_DEPTH}")));
+                    return Err(Error::Checkpoint(format!("{origin}: module objects nest deeper than {MAX_OBJECT_DEPTH}")));
                 }
                 if !seen.insert(id) {
                     continue;
@@ -388,14 +388,14 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut budget = file_len.saturating_mul(MAX_INFLATION);
     let mut zip = zip::ZipArchive::new(file).map_err(|e| {
-        Error::Invalid(format!(
+        Error::Checkpoint(format!(
             "{origin}: not a PyTorch zip checkpoint or TorchScript archive ({e}); legacy (pre-1.6) torch.save files are not supported"
         ))
     })?;
     let pkl_name = (0..zip.len())
         .filter_map(|i| zip.by_index(i).ok().map(|f| f.name().to_string()))
         .find(|n| n.ends_with("/data.pkl"))
-        .ok_or_else(|| Error::Invalid(format!("{origin}: no data.pkl in the archive")))?;
+        .ok_or_else(|| Error::Checkpoint(format!("{origin}: no data.pkl in the archive")))?;
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
     let pkl = read_member(&mut zip, &pkl_name, MAX_PICKLE_BYTES.min(budget), &origin)?;
     budget = budget.saturating_sub(pkl.len() as u64);
@@ -405,7 +405,7 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let mut entries: Vec<(String, Id)> = match &ar.nodes[top] {
         Node::Dict(d) => d.iter().filter_map(|&(k, v)| if let Node::Str(k) = &ar.nodes[k] { Some((k.clone(), v)) } else { None }).collect(),
         Node::Object(_) => flatten_object(&ar, top, &origin)?,
-        _ => return Err(Error::Invalid(format!("{origin}: the pickle is not a dict of tensors"))),
+        _ => return Err(Error::Checkpoint(format!("{origin}: the pickle is not a dict of tensors"))),
     };
     for wrapper in ["state_dict", "model"] {
         let inner = entries.iter().find_map(|(k, v)| match &ar.nodes[*v] {
@@ -427,21 +427,21 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
             budget = budget.saturating_sub(bytes.len() as u64);
             let elt = kind.elt_size_in_bytes();
             if bytes.len() % elt != 0 {
-                return Err(Error::Invalid(format!("{origin}: storage {entry} is truncated")));
+                return Err(Error::Checkpoint(format!("{origin}: storage {entry} is truncated")));
             }
             let t = Tensor::f_from_data_size(&bytes, &[(bytes.len() / elt) as i64], *kind)?;
             storages.insert(key.clone(), t);
         }
         let st = &storages[key];
         let (need, numel) = view_extent(*offset, size, stride).ok_or_else(|| {
-            Error::Invalid(format!("{origin}: tensor {name} has an invalid size {size:?} / stride {stride:?} / offset {offset}"))
+            Error::Checkpoint(format!("{origin}: tensor {name} has an invalid size {size:?} / stride {stride:?} / offset {offset}"))
         })?;
         if numel > 0 && need > st.size()[0] {
-            return Err(Error::Invalid(format!("{origin}: tensor {name} reaches past its storage ({need} > {})", st.size()[0])));
+            return Err(Error::Checkpoint(format!("{origin}: tensor {name} reaches past its storage ({need} > {})", st.size()[0])));
         }
         let bytes = (numel as u64).saturating_mul(kind.elt_size_in_bytes() as u64);
         if bytes > budget {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Checkpoint(format!(
                 "{origin}: tensor {name} {size:?} would decode to {bytes} bytes, more than the file can hold"
             )));
         }
@@ -451,21 +451,21 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
         out.push((name, t));
     }
     if out.is_empty() {
-        return Err(Error::Invalid(format!("{origin}: no tensors found")));
+        return Err(Error::Checkpoint(format!("{origin}: no tensors found")));
     }
     Ok(out)
 }
 
 /// One archive member's bytes, refusing members whose size exceeds `limit`.
 fn read_member(zip: &mut zip::ZipArchive<std::fs::File>, name: &str, limit: u64, origin: &str) -> Result<Vec<u8>> {
-    let f = zip.by_name(name).map_err(|e| Error::Invalid(format!("{origin}: {name}: {e}")))?;
+    let f = zip.by_name(name).map_err(|e| Error::Checkpoint(format!("{origin}: {name}: {e}")))?;
     if f.size() > limit {
-        return Err(Error::Invalid(format!("{origin}: {name} declares {} bytes, more than the limit of {limit}", f.size())));
+        return Err(Error::Checkpoint(format!("{origin}: {name} declares {} bytes, more than the limit of {limit}", f.size())));
     }
     let mut bytes = Vec::new();
-    f.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| Error::Invalid(format!("{origin}: {name}: {e}")))?;
+    f.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| Error::Checkpoint(format!("{origin}: {name}: {e}")))?;
     if bytes.len() as u64 > limit {
-        return Err(Error::Invalid(format!("{origin}: {name} inflates past the limit of {limit} bytes")));
+        return Err(Error::Checkpoint(format!("{origin}: {name} inflates past the limit of {limit} bytes")));
     }
     Ok(bytes)
 }

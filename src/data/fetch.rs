@@ -26,9 +26,9 @@ pub fn cache_dir(given: Option<PathBuf>) -> PathBuf {
 }
 
 fn run_tool(cmd: &mut std::process::Command, what: &str) -> Result<()> {
-    let out = cmd.output().map_err(|e| Error::Invalid(format!("{what}: cannot run: {e}")))?;
+    let out = cmd.output().map_err(|e| Error::Data(format!("{what}: cannot run: {e}")))?;
     if !out.status.success() {
-        return Err(Error::Invalid(format!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(Error::Data(format!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
     }
     Ok(())
 }
@@ -53,7 +53,7 @@ fn debian_package(pkg: &str, dir: &Path) -> Result<PathBuf> {
             dl()?;
         }
     }
-    let deb = find_deb().ok_or_else(|| Error::Invalid(format!("{}: no {pkg}_*.deb after download", dir.display())))?;
+    let deb = find_deb().ok_or_else(|| Error::Data(format!("{}: no {pkg}_*.deb after download", dir.display())))?;
     let root = dir.join("root");
     if !root.exists() {
         let tmp = dir.join("root.partial");
@@ -107,13 +107,13 @@ fn fetch_tuxpaint(cache: &Path) -> Result<String> {
         let name = format!("{n:04}-{stem}.png");
         let mut bytes = Vec::new();
         rgb.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-            .map_err(|e| Error::Invalid(format!("{}: {e}", png.display())))?;
+            .map_err(|e| Error::Data(format!("{}: {e}", png.display())))?;
         write_atomic(&images.join(&name), &bytes)?;
         manifest.push_str(&format!("images/{name}\t{}\n", caption.replace(['\t', '\n'], " ")));
         n += 1;
     }
     if n == 0 {
-        return Err(Error::Invalid(format!("{}: no captioned stamps found", root.display())));
+        return Err(Error::Data(format!("{}: no captioned stamps found", root.display())));
     }
     write_atomic(&base.join("manifest.tsv"), manifest.as_bytes())?;
     Ok(format!("wrote {n} captioned stamps and {} (GPL-2 data: keep it out of git)", base.join("manifest.tsv").display()))

@@ -26,7 +26,7 @@ pub fn read(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
     };
     let mut reader: Box<dyn Read> =
         if got == 2 && head == [0x1f, 0x8b] { Box::new(flate2::read::GzDecoder::new(peek)) } else { Box::new(peek) };
-    let bad = |why: &str| Error::Invalid(format!("{}: not an IDX file: {why}", path.display()));
+    let bad = |why: &str| Error::Data(format!("{}: not an IDX file: {why}", path.display()));
     let mut magic = [0u8; 4];
     reader.read_exact(&mut magic).map_err(|_| bad("truncated header"))?;
     if magic[0] != 0 || magic[1] != 0 || magic[2] != 0x08 {

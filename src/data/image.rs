@@ -38,9 +38,9 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     let mut bytes = Vec::new();
     f.take(MAX_IMAGE_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
     if bytes.len() as u64 > MAX_IMAGE_FILE_BYTES {
-        return Err(Error::Invalid(format!("{}: image file larger than {MAX_IMAGE_FILE_BYTES} bytes", path.display())));
+        return Err(Error::Data(format!("{}: image file larger than {MAX_IMAGE_FILE_BYTES} bytes", path.display())));
     }
-    decode_rgb(&bytes).map_err(|why| Error::Invalid(format!("{}: {why}", path.display())))
+    decode_rgb(&bytes).map_err(|why| Error::Data(format!("{}: {why}", path.display())))
 }
 
 /// Whether a JPEG stream has an end-of-image marker (FF D9) after its first start-of-scan

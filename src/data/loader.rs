@@ -220,7 +220,7 @@ fn build_batch(src: &dyn PairSource, tok: &Tokenizer, plan: &Plan, step: i64) ->
         }
     }
     if imgs.len() < 2 {
-        return Err(Error::Invalid(format!("step {}: fewer than 2 readable items in the batch ({} skipped)", step + 1, skipped.len())));
+        return Err(Error::Data(format!("step {}: fewer than 2 readable items in the batch ({} skipped)", step + 1, skipped.len())));
     }
     Ok(Batch {
         step,
@@ -274,7 +274,7 @@ impl Loader {
         // Worker w builds steps start + w + k·W.
         let idx = (self.next - self.start) as usize % self.receivers.len();
         self.next += 1;
-        Some(self.receivers[idx].recv().unwrap_or_else(|_| Err(Error::Invalid("data loader worker stopped".into()))))
+        Some(self.receivers[idx].recv().unwrap_or_else(|_| Err(Error::Data("data loader worker stopped".into()))))
     }
 }
 

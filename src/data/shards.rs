@@ -83,9 +83,9 @@ impl ShardSource {
             let mut ar = tar::Archive::new(file);
             let mut images: BTreeMap<String, Member> = BTreeMap::new();
             let mut captions: BTreeMap<String, String> = BTreeMap::new();
-            let entries = ar.entries().map_err(|e| Error::Invalid(format!("{}: not a tar file: {e}", path.display())))?;
+            let entries = ar.entries().map_err(|e| Error::Data(format!("{}: not a tar file: {e}", path.display())))?;
             for entry in entries {
-                let mut entry = entry.map_err(|e| Error::Invalid(format!("{}: corrupt tar: {e}", path.display())))?;
+                let mut entry = entry.map_err(|e| Error::Data(format!("{}: corrupt tar: {e}", path.display())))?;
                 let name = entry.path().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
                 let base = name.rsplit('/').next().unwrap_or(&name).to_string();
                 let Some((key, ext)) = base.split_once('.') else { continue };
@@ -93,31 +93,25 @@ impl ShardSource {
                 let ext = ext.to_ascii_lowercase();
                 let (offset, len) = (entry.raw_file_position(), entry.size());
                 if offset.checked_add(len).is_none_or(|end| end > file_len) {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::Data(format!(
                         "{}: member {name} claims {len} bytes at offset {offset}, past the end of the file ({file_len} bytes)",
                         path.display()
                     )));
                 }
                 if IMAGE_EXT.contains(&ext.as_str()) {
                     if len > super::image::MAX_IMAGE_FILE_BYTES {
-                        return Err(Error::Invalid(format!(
-                            "{}: member {name} is {len} bytes, larger than an image may be",
-                            path.display()
-                        )));
+                        return Err(Error::Data(format!("{}: member {name} is {len} bytes, larger than an image may be", path.display())));
                     }
                     images.insert(key, Member { shard: si, offset, len });
                 } else if ext == "txt" {
                     if len > MAX_CAPTION_BYTES {
-                        return Err(Error::Invalid(format!(
-                            "{}: caption {name} is {len} bytes; at most {MAX_CAPTION_BYTES}",
-                            path.display()
-                        )));
+                        return Err(Error::Data(format!("{}: caption {name} is {len} bytes; at most {MAX_CAPTION_BYTES}", path.display())));
                     }
                     let mut raw = Vec::new();
                     (&mut entry)
                         .take(MAX_CAPTION_BYTES)
                         .read_to_end(&mut raw)
-                        .map_err(|e| Error::Invalid(format!("{}: {name}: {e}", path.display())))?;
+                        .map_err(|e| Error::Data(format!("{}: {name}: {e}", path.display())))?;
                     let s = String::from_utf8_lossy(&raw);
                     captions.insert(key, s.lines().next().unwrap_or("").trim().to_string());
                 }
@@ -156,7 +150,7 @@ pub fn image_folder(root: &Path) -> Result<(Vec<PathBuf>, Vec<i64>, Vec<String>)
         rd.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     classes.sort();
     if classes.is_empty() {
-        return Err(Error::Invalid(format!("{}: no class folders", root.display())));
+        return Err(Error::Data(format!("{}: no class folders", root.display())));
     }
     let (mut paths, mut labels) = (Vec::new(), Vec::new());
     for (ci, c) in classes.iter().enumerate() {

@@ -96,7 +96,7 @@ pub fn write_dataset(n: usize, seed: u64, size: u32, out: &Path) -> Result<PathB
         let img = image::RgbImage::from_raw(size, size, scene.pixels.clone()).expect("scene buffer");
         let mut bytes = Vec::new();
         img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-            .map_err(|e| Error::Invalid(format!("{}: {e}", png.display())))?;
+            .map_err(|e| Error::Data(format!("{}: {e}", png.display())))?;
         write_atomic(&png, &bytes)?;
         let side = serde_json::json!({"index": i, "seed": seed, "caption": scene.caption, "size": size, "objects": scene.objects});
         write_atomic(&images.join(format!("{name}.json")), serde_json::to_string_pretty(&side).expect("a sidecar serialises").as_bytes())?;

@@ -30,12 +30,12 @@ impl TensorPairs {
     pub fn read(path: &Path) -> Result<TensorPairs> {
         let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
         if len > MAX_BYTES {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Data(format!(
                 "{}: {len} bytes, more than the {MAX_BYTES}-byte limit for in-memory tensor data",
                 path.display()
             )));
         }
-        let bad = |why: String| Error::Invalid(format!("{}: {why}", path.display()));
+        let bad = |why: String| Error::Data(format!("{}: {why}", path.display()));
         let tensors = Tensor::read_safetensors(path).map_err(|e| bad(format!("not a readable safetensors file: {e}")))?;
         let get = |name: &str| {
             tensors
@@ -65,7 +65,7 @@ impl TensorPairs {
 
     /// Checks the tensors fit a model: image side, context length, token ids below `vocab`.
     pub fn check_fits(&self, origin: &Path, size: usize, context: usize, vocab: i64) -> Result<()> {
-        let bad = |why: String| Err(Error::Invalid(format!("{}: {why}", origin.display())));
+        let bad = |why: String| Err(Error::Data(format!("{}: {why}", origin.display())));
         if self.size != size {
             return bad(format!("images are {0}×{0}; the model takes {size}×{size}", self.size));
         }

@@ -197,6 +197,7 @@ impl ProcessGroup {
             err.as_mut_ptr() as *mut c_char,
         );
         if handle.is_null() {
+            // The address, port or world size given cannot form a group: input (exit 2).
             return Err(Error::Invalid(format!(
                 "{what} at {address} (rank {} of {}) failed: {}",
                 launch.rank,
@@ -219,7 +220,7 @@ impl ProcessGroup {
     /// Runs one collective through the shim; a failure names this rank and the collective.
     fn collective(&self, what: &str, f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<()> {
         shim::call(f).map_err(|why| {
-            Error::Stopped(format!(
+            Error::Distributed(format!(
                 "rank {} of {}: {what} failed (another rank died or timed out?): {}",
                 self.rank,
                 self.world,

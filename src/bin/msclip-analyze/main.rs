@@ -828,7 +828,15 @@ fn patch_cmd(model: &ModelArg, opts: &commands::patch::PatchOptions, out: &Path)
     let r = commands::patch::run(&model.load(0)?, opts)?;
     r.write(out)?;
     let p = &r.patching;
-    println!("{} pairs ({} {}): clean logit {:.3}, corrupted {:.3}", p.pairs.len(), p.tower, p.attribute, p.clean_logit, p.corrupt_logit);
+    println!(
+        "{} pairs ({} {}): clean logit {:.3}, corrupted {:.3}{}",
+        p.pairs.len(),
+        p.tower,
+        p.attribute,
+        p.clean_logit,
+        p.corrupt_logit,
+        if p.excluded_pairs > 0 { format!(" ({} ill-conditioned pairs left out)", p.excluded_pairs) } else { String::new() }
+    );
     for (i, slot) in p.slots.iter().enumerate() {
         let (best, v) = p.resid[i].iter().enumerate().fold((0, f64::MIN), |a, (t, &v)| if v > a.1 { (t, v) } else { a });
         println!("slot {slot:>2}: most recovered at {} ({v:.3})", p.positions[best]);
