@@ -348,3 +348,28 @@ fn local_loss_gradient_equals_full_loss_gradient() {
         }
     }
 }
+
+/// Ranks started with different configurations (per-rank batch, local loss) fail on every
+/// rank with exit 1 and a message naming the disagreement, before training.
+#[test]
+fn ranks_that_disagree_fail_on_every_rank_naming_it() {
+    let d = tmp("disagree");
+    for (a, b, want) in [
+        (config(&d, "tiny-clip", 16, 1, ""), config(&d, "tiny-clip", 8, 1, ""), "batch_size (per rank) (rank 0: 16, rank 1: 8)"),
+        (config(&d, "tiny-clip", 16, 1, ""), config(&d, "tiny-clip", 16, 1, "local_loss = true\n"), "local_loss (rank 0: 0, rank 1: 1)"),
+    ] {
+        let port = free_port();
+        let run = d.join(format!("run-{port}"));
+        let mut r0 = by_hand(&a, &run, 0, port, &["--dist-timeout", "30"]);
+        let mut r1 = by_hand(&b, &run, 1, port, &["--dist-timeout", "30"]);
+        for (rank, r) in [(0, &mut r0), (1, &mut r1)] {
+            let s = wait_bounded(r, Duration::from_secs(120));
+            let mut err = String::new();
+            std::io::Read::read_to_string(r.stderr.as_mut().unwrap(), &mut err).unwrap();
+            assert_eq!(s.code(), Some(1), "rank {rank}: {err}");
+            assert!(err.contains("different configurations") && err.contains(want), "rank {rank}: {err}");
+        }
+        assert!(!run.join("metrics.jsonl").exists(), "nothing trained");
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -477,3 +477,49 @@ fn nasty_corpus_is_handled_within_limits() {
     assert!(e.truncated && e.ids[76] == msclip::tokenizer::EOT);
     assert_eq!(&e.ids[..4], &[49406, 320, 1125, 539]);
 }
+
+/// Recipes: parsing and checking never panic (every analysis, field and cap checked by
+/// `Recipe::read`), seeded with every shipped recipe.
+#[test]
+fn fuzz_recipes() {
+    let dir = scratch("recipe");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut seeds = vec![];
+    for d in ["analyses", "analyses/study"] {
+        for e in std::fs::read_dir(root.join(d)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                seeds.push(read(&p));
+            }
+        }
+    }
+    fuzz("recipe", seeds, |b| {
+        let p = dir.join("r.toml");
+        std::fs::write(&p, b).unwrap();
+        let _ = msclip::commands::figures::Recipe::read(&p);
+    });
+}
+
+/// CI baselines, zero-shot template files and checkpoints' meta.json: their readers never
+/// panic (meta.json: parsed, its model config validated before anything is built).
+#[test]
+fn fuzz_baselines_templates_and_meta() {
+    let dir = scratch("baseline");
+    fuzz("baseline", vec![read(&fixtures().join("gap-baseline.json"))], |b| {
+        let p = dir.join("b.json");
+        std::fs::write(&p, b).unwrap();
+        let _ = msclip::analysis::check::Baseline::read(&p);
+    });
+    fuzz("templates", vec![b"a photo of a {}\nan image of a {}.\n".to_vec(), b"{} {}\n\n{}".to_vec()], |b| {
+        let p = dir.join("t.txt");
+        std::fs::write(&p, b).unwrap();
+        let _ = msclip::commands::zeroshot::read_templates(&p);
+    });
+    let ck = dir.join("ck");
+    std::fs::create_dir_all(&ck).unwrap();
+    std::fs::copy(fixtures().join("check/ckpt/model.safetensors"), ck.join("model.safetensors")).unwrap();
+    fuzz("meta-json", vec![read(&fixtures().join("check/ckpt/meta.json"))], |b| {
+        std::fs::write(ck.join("meta.json"), b).unwrap();
+        let _ = msclip::checkpoint::verify(&ck);
+    });
+}

@@ -449,6 +449,10 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
             return Err(Error::Invalid(format!("the {b} process group takes {d} tensors, but training runs on {device:?}")));
         }
     }
+    if let Some(g) = group {
+        // Before anything else touches the group: every rank must train the same thing.
+        agree_across_ranks(g, tc, &cfg)?;
+    }
     let global_bs = tc.batch_size * world;
     if tc.local_loss && world == 1 {
         eprintln!("note: local_loss only changes data-parallel runs; a one-process run computes the full loss");
@@ -833,6 +837,50 @@ fn named_in_order(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
+}
+
+/// Exchanges a fingerprint of the run (model config, per-rank batch, loss mode, steps,
+/// precision, accumulation, seed, init and freeze) with one all-gather and fails on every rank,
+/// naming each disagreement with every rank's value, when the ranks were started differently
+/// (otherwise Gloo aborts one rank mid-collective, or the run goes on with a wrong global
+/// batch).
+fn agree_across_ranks(g: &crate::distributed::ProcessGroup, tc: &TrainConfig, cfg: &ModelConfig) -> Result<()> {
+    let h = |s: &str| {
+        let d = crate::io::sha256_hex(s.as_bytes());
+        i64::from_str_radix(&d[..15], 16).unwrap_or(0)
+    };
+    let items: [(&str, i64); 8] = [
+        ("model config (hash)", h(&cfg.to_toml())),
+        ("batch_size (per rank)", tc.batch_size as i64),
+        ("local_loss", tc.local_loss as i64),
+        ("steps", tc.steps),
+        ("precision", h(&tc.precision)),
+        ("accum_freq", tc.accum_freq as i64),
+        ("seed", tc.seed as i64),
+        ("init and freeze (hash)", h(&format!("{:?}{:?}", tc.init, tc.freeze))),
+    ];
+    let mine: Vec<i64> = items.iter().map(|(_, v)| *v).collect();
+    let all = g.all_gather(&Tensor::from_slice(&mine).to_device(g.device))?;
+    let all = Vec::<i64>::try_from(&all.to_device(Device::Cpu)).map_err(Error::Torch)?;
+    let k = items.len();
+    let mut differ = Vec::new();
+    for (j, (name, _)) in items.iter().enumerate() {
+        let values: Vec<i64> = (0..g.world).map(|r| all[r * k + j]).collect();
+        if values.iter().any(|v| *v != values[0]) {
+            let shown: Vec<String> = values.iter().enumerate().map(|(r, v)| format!("rank {r}: {v}")).collect();
+            differ.push(format!("{name} ({})", shown.join(", ")));
+        }
+    }
+    if differ.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Distributed(format!(
+            "rank {} of {}: the ranks were started with different configurations: {}; start every rank with the same config and flags",
+            g.rank,
+            g.world,
+            differ.join("; ")
+        )))
+    }
 }
 
 /// Whether step `done` prints a progress line (every 10 steps and the last).
