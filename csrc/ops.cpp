@@ -7,6 +7,7 @@
 #include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/profiler_legacy.h>
 
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -37,37 +38,51 @@ int msd_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_av
 
 // Drops the gradients of n tensors (PyTorch's `zero_grad(set_to_none=True)`): the next
 // backward stores its gradient instead of zero-filling and adding into the old buffer.
-void msd_grads_to_none(at::Tensor** ts, int n) {
-  for (int i = 0; i < n; ++i) ts[i]->mutable_grad().reset();
+int msd_grads_to_none(at::Tensor** ts, int n, char* err, size_t errlen) {
+  return msclip_shim::guarded(err, errlen, [&] {
+    for (int i = 0; i < n; ++i) ts[i]->mutable_grad().reset();
+  });
 }
 
 // TF32 for fp32 matrix products (cuBLAS) and convolutions (cuDNN) on CUDA (libtorch's
 // defaults: off for cuBLAS, on for cuDNN). A negative argument leaves that switch. Returns the
 // previous state as bits (1: cuBLAS, 2: cuDNN).
-int msd_tf32(int cublas, int cudnn) {
-  auto& ctx = at::globalContext();
-  int was = (ctx.allowTF32CuBLAS() ? 1 : 0) | (ctx.allowTF32CuDNN() ? 2 : 0);
-  if (cublas >= 0) ctx.setAllowTF32CuBLAS(cublas != 0);
-  if (cudnn >= 0) ctx.setAllowTF32CuDNN(cudnn != 0);
-  return was;
+// On failure returns -1 with the message in `err`.
+int msd_tf32(int cublas, int cudnn, char* err, size_t errlen) {
+  int was = -1;
+  int rc = msclip_shim::guarded(err, errlen, [&] {
+    auto& ctx = at::globalContext();
+    was = (ctx.allowTF32CuBLAS() ? 1 : 0) | (ctx.allowTF32CuDNN() ? 2 : 0);
+    if (cublas >= 0) ctx.setAllowTF32CuBLAS(cublas != 0);
+    if (cudnn >= 0) ctx.setAllowTF32CuDNN(cudnn != 0);
+  });
+  return rc == 0 ? was : -1;
 }
 
 // libtorch's operator profiler (the legacy one behind `torch.autograd.profiler`), writing a
 // Chrome trace of every ATen operator to `path` when stopped. One at a time per process.
+// `g_profile` is guarded by `g_profile_lock` (start and stop may come from different threads).
 static torch::autograd::profiler::RecordProfile* g_profile = nullptr;
+static std::mutex g_profile_lock;
 
 int msd_profile_start(const char* path, char* err, size_t errlen) {
   return msclip_shim::guarded(err, errlen, [&] {
+    std::lock_guard<std::mutex> guard(g_profile_lock);
     if (g_profile) throw std::runtime_error("a profile is already being recorded");
     g_profile = new torch::autograd::profiler::RecordProfile(std::string(path));
   });
 }
 
-int msd_profile_stop() {
-  if (!g_profile) return 1;
-  delete g_profile;
-  g_profile = nullptr;
-  return 0;
+// Writes the trace and ends the profile; an error (e.g. the trace cannot be written) comes
+// back in `err`. Nothing to stop is not an error.
+int msd_profile_stop(char* err, size_t errlen) {
+  return msclip_shim::guarded(err, errlen, [&] {
+    std::lock_guard<std::mutex> guard(g_profile_lock);
+    if (!g_profile) return;
+    auto* p = g_profile;
+    g_profile = nullptr;
+    delete p;
+  });
 }
 
 }  // extern "C"

@@ -61,7 +61,7 @@ fn main() {
         let _ = autocast(device, precision.autocast_kind(), || loss_and_backward(&m, &vs, &images, &tokens, 1, 1.0)).unwrap();
         sync();
         let t_opt = Instant::now();
-        opt.step(1e-4);
+        opt.step(1e-4).unwrap();
         sync();
         if let Some(p) = prof {
             match p.finish() {

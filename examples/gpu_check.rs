@@ -18,9 +18,9 @@ fn main() {
     // MSCLIP_TF32=0: no TF32 in cuBLAS or cuDNN (libtorch's default allows it for cuDNN
     // convolutions), to settle whether TF32 is the parallel branch's CPU-vs-CUDA gradient gap.
     if std::env::var("MSCLIP_TF32").as_deref() == Ok("0") {
-        msclip::autocast::set_tf32(false, false);
+        msclip::autocast::set_tf32(false, false).expect("the TF32 switch");
     }
-    let (matmul, conv) = msclip::autocast::tf32();
+    let (matmul, conv) = msclip::autocast::tf32().expect("the TF32 switch");
     println!("{{\"tf32\":{{\"matmul\":{matmul},\"conv\":{conv}}}}}");
     let gpu = Device::Cuda(0);
     let mut failed = false;

@@ -28,7 +28,7 @@ fn main() {
         loss.backward();
         let t3 = Instant::now();
         let _ = opt.clip_grad_norm(1.0);
-        opt.step(1e-3);
+        opt.step(1e-3).unwrap();
         let t4 = Instant::now();
         println!("data {:?} fwd {:?} bwd {:?} opt {:?}", t1 - t0, t2 - t1, t3 - t2, t4 - t3);
     }

@@ -117,24 +117,39 @@ pub fn without_cpu_autocast<T>(f: impl FnOnce() -> T) -> T {
 }
 
 extern "C" {
-    fn msd_tf32(cublas: std::ffi::c_int, cudnn: std::ffi::c_int) -> std::ffi::c_int;
+    fn msd_tf32(cublas: std::ffi::c_int, cudnn: std::ffi::c_int, err: *mut std::ffi::c_char, errlen: usize) -> std::ffi::c_int;
+}
+
+/// Calls the guarded TF32 switch; the previous state as bits (1: cuBLAS, 2: cuDNN).
+fn tf32_call(cublas: std::ffi::c_int, cudnn: std::ffi::c_int) -> crate::Result<std::ffi::c_int> {
+    let mut bits = 0;
+    // SAFETY: reads/sets two flags of libtorch's global context; exceptions are caught in the
+    // shim and come back as an error message.
+    crate::shim::call(|err, len| {
+        bits = unsafe { msd_tf32(cublas, cudnn, err, len) };
+        if bits < 0 {
+            1
+        } else {
+            0
+        }
+    })
+    .map_err(|e| crate::Error::Invalid(format!("TF32 switch: {e}")))?;
+    Ok(bits)
 }
 
 /// Whether CUDA may use TF32 for fp32 work: `(matmul, conv)` = (cuBLAS, cuDNN). libtorch's
 /// defaults are `(false, true)`, as PyTorch's `torch.backends.cuda.matmul.allow_tf32` and
 /// `torch.backends.cudnn.allow_tf32`.
-pub fn tf32() -> (bool, bool) {
-    // SAFETY: reads two flags of libtorch's global context.
-    let bits = unsafe { msd_tf32(-1, -1) };
-    (bits & 1 != 0, bits & 2 != 0)
+pub fn tf32() -> crate::Result<(bool, bool)> {
+    let bits = tf32_call(-1, -1)?;
+    Ok((bits & 1 != 0, bits & 2 != 0))
 }
 
 /// Sets both TF32 switches (process-wide); returns the previous `(matmul, conv)`.
 /// `examples/gpu_check.rs` (`MSCLIP_TF32=0`) runs the CPU-vs-CUDA parity with both off.
-pub fn set_tf32(matmul: bool, conv: bool) -> (bool, bool) {
-    // SAFETY: sets two flags of libtorch's global context.
-    let bits = unsafe { msd_tf32(matmul as std::ffi::c_int, conv as std::ffi::c_int) };
-    (bits & 1 != 0, bits & 2 != 0)
+pub fn set_tf32(matmul: bool, conv: bool) -> crate::Result<(bool, bool)> {
+    let bits = tf32_call(matmul as std::ffi::c_int, conv as std::ffi::c_int)?;
+    Ok((bits & 1 != 0, bits & 2 != 0))
 }
 
 /// Whether CPU autocast is on (for tests and diagnostics).
@@ -174,12 +189,12 @@ mod tests {
     /// The TF32 switches reach libtorch's context (plain flags; no GPU needed).
     #[test]
     fn tf32_switches_round_trip() {
-        let defaults = tf32();
+        let defaults = tf32().unwrap();
         assert_eq!(defaults, (false, true), "libtorch's defaults");
-        assert_eq!(set_tf32(true, false), defaults);
-        assert_eq!(tf32(), (true, false));
-        assert_eq!(set_tf32(defaults.0, defaults.1), (true, false));
-        assert_eq!(tf32(), defaults);
+        assert_eq!(set_tf32(true, false).unwrap(), defaults);
+        assert_eq!(tf32().unwrap(), (true, false));
+        assert_eq!(set_tf32(defaults.0, defaults.1).unwrap(), (true, false));
+        assert_eq!(tf32().unwrap(), defaults);
     }
 
     /// CPU autocast: a matmul of fp32 inputs runs in bf16 inside the region, fp32 outside;

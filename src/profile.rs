@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 
 extern "C" {
     fn msd_profile_start(path: *const c_char, err: *mut c_char, errlen: usize) -> c_int;
-    fn msd_profile_stop() -> c_int;
+    fn msd_profile_stop(err: *mut c_char, errlen: usize) -> c_int;
 }
 
 /// An operator profile being recorded; the trace is written when it is dropped (or
@@ -47,8 +47,11 @@ impl OpProfile {
 
     fn stop(&mut self) {
         if std::mem::take(&mut self.live) {
-            // SAFETY: stops the one profile this value started.
-            unsafe { msd_profile_stop() };
+            // SAFETY: stops the one profile this value started (guarded in the shim); a failure
+            // to write the trace shows as an empty file, which `finish` reports.
+            if let Err(e) = crate::shim::call(|err, len| unsafe { msd_profile_stop(err, len) }) {
+                eprintln!("warning: the profiler failed to stop: {e}");
+            }
         }
     }
 }

@@ -78,7 +78,7 @@ fn adamw_matches_torch_over_several_steps() {
                     (0..n).map(|i| ((0.7 * i as f64 + 1.3 * step as f64 + k as f64).cos() * (1.0 + step as f64)) as f32).collect();
                 (p * Tensor::from_slice(&g).view(p.size().as_slice())).sum(Kind::Float).backward();
             }
-            opt.step(lr.as_f64().unwrap());
+            opt.step(lr.as_f64().unwrap()).unwrap();
             for (key, _, _) in &names {
                 let want: Vec<f64> = a["params_after_step"][step][key].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
                 let got = Vec::<f32>::try_from(vars[key].view([-1])).unwrap();

@@ -43,7 +43,7 @@ fn config(precision: &str) -> TrainConfig {
         eval_every: 200,
         eval_items: 300,
         workers: 2,
-        precision: precision.into(),
+        precision: msclip::train::amp::Precision::parse(precision).unwrap(),
         ..Default::default()
     }
 }

@@ -53,9 +53,10 @@ struct Cli {
     /// Stop after N steps (the schedule still spans --steps); resume later with --resume.
     #[arg(long, value_parser = int_in(1i64..=1 << 40))]
     stop_after: Option<i64>,
-    /// fp32 | amp (= amp-fp16: CUDA autocast, dynamic loss scale) | amp-bf16 (CUDA autocast in bf16)
-    #[arg(long)]
-    precision: Option<String>,
+    /// fp32 | amp-fp16 (alias amp: CUDA autocast, dynamic loss scale) | amp-bf16 (autocast in
+    /// bf16, CUDA or CPU)
+    #[arg(long, value_enum)]
+    precision: Option<msclip::train::amp::Precision>,
     /// Micro-batches per batch (gradient accumulation with cached features).
     #[arg(long, value_parser = int_in(1usize..=1 << 20))]
     accum_freq: Option<usize>,
@@ -65,9 +66,9 @@ struct Cli {
     /// Stop at the first unreadable image instead of skipping it.
     #[arg(long)]
     strict: bool,
-    /// auto | cpu | cuda
-    #[arg(long, default_value = "auto")]
-    device: String,
+    /// auto (CUDA when available) | cpu | cuda
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
     /// Resume from the newest checkpoint in OUT that verifies (an error if there is none), or
     /// from the given checkpoint directory.
     #[arg(long, num_args = 0..=1, default_missing_value = "", conflicts_with = "resume_or_fresh")]
@@ -88,9 +89,9 @@ struct Cli {
     /// who each process is instead). batch_size is per rank.
     #[arg(long, value_parser = int_in(1usize..=256))]
     nproc_per_node: Option<usize>,
-    /// gloo (CPU tensors; the default for CPU) | nccl (CUDA; not built yet)
-    #[arg(long)]
-    dist_backend: Option<String>,
+    /// gloo (CPU tensors; the default on CPU) | nccl (CUDA tensors; needs a --features cuda build)
+    #[arg(long, value_enum)]
+    dist_backend: Option<Backend>,
     /// Seconds a rank waits for the others (rendezvous and every collective) before failing.
     #[arg(long, default_value_t = 300, value_parser = int_in(1u64..=86_400))]
     dist_timeout: u64,
@@ -145,8 +146,8 @@ enum Sub {
         #[arg(long)]
         checkpoint: PathBuf,
         /// openclip (the only format so far).
-        #[arg(long, default_value = "openclip")]
-        format: String,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Openclip)]
+        format: ExportFormat,
         #[arg(long)]
         out: PathBuf,
         /// Replace an existing file at OUT.
@@ -155,10 +156,29 @@ enum Sub {
     },
 }
 
-fn export(checkpoint: &std::path::Path, format: &str, out: &std::path::Path, force: bool) -> Result<()> {
-    if format != "openclip" {
-        return Err(Error::config("--format", format, "expected openclip"));
-    }
+/// Where training runs.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DeviceArg {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// The process-group backend.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    Gloo,
+    Nccl,
+}
+
+/// Export formats.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ExportFormat {
+    Openclip,
+}
+
+fn export(checkpoint: &std::path::Path, format: ExportFormat, out: &std::path::Path, force: bool) -> Result<()> {
+    let ExportFormat::Openclip = format;
     let (n, vanilla) = msclip::checkpoint::import::export_file(checkpoint, out, force)?;
     if !vanilla {
         eprintln!("note: the model is not a vanilla CLIP; the file uses the official MS-CLIP key names, which OpenCLIP cannot load");
@@ -189,7 +209,7 @@ fn import(from: &std::path::Path, model: &str, model_config: Option<&std::path::
 fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Some(Sub::Import { from, model, model_config, out, force }) => return import(from, model, model_config.as_deref(), out, *force),
-        Some(Sub::Export { checkpoint, format, out, force }) => return export(checkpoint, format, out, *force),
+        Some(Sub::Export { checkpoint, format, out, force }) => return export(checkpoint, *format, out, *force),
         None => {}
     }
     let (Some(config), Some(out)) = (cli.config.clone(), cli.out.clone()) else {
@@ -215,12 +235,13 @@ fn run(cli: Cli) -> Result<()> {
     }
     tc.freeze.extend(cli.freeze.iter().cloned());
     tc.optimizer.weight_decay_embeddings |= cli.weight_decay_embeddings;
-    let mut device = match cli.device.as_str() {
-        "auto" => Device::cuda_if_available(),
-        "cpu" => Device::Cpu,
-        "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
-        "cuda" => return Err(Error::Invalid("--device cuda: no CUDA device (build with --features cuda on a GPU machine)".into())),
-        other => return Err(Error::config("--device", other, "expected auto, cpu or cuda")),
+    let mut device = match cli.device {
+        DeviceArg::Auto => Device::cuda_if_available(),
+        DeviceArg::Cpu => Device::Cpu,
+        DeviceArg::Cuda if tch::Cuda::is_available() => Device::Cuda(0),
+        DeviceArg::Cuda => {
+            return Err(Error::Invalid("--device cuda: no CUDA device (build with --features cuda on a GPU machine)".into()))
+        }
     };
     let resume = match cli.resume.as_deref() {
         _ if cli.resume_or_fresh => Resume::LatestOrFresh,
@@ -229,12 +250,8 @@ fn run(cli: Cli) -> Result<()> {
         Some(p) => Resume::Path(PathBuf::from(p)),
     };
     let progress = cli.progress || std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let backend = cli.dist_backend.clone().unwrap_or_else(|| if device.is_cuda() { "nccl".into() } else { "gloo".into() });
-    match backend.as_str() {
-        "gloo" | "nccl" => {}
-        other => return Err(Error::config("--dist-backend", other, "expected gloo or nccl")),
-    }
-    if cli.dist_backend.as_deref() == Some("nccl") && (!cfg!(feature = "cuda") || !device.is_cuda()) {
+    let backend = cli.dist_backend.unwrap_or(if device.is_cuda() { Backend::Nccl } else { Backend::Gloo });
+    if cli.dist_backend == Some(Backend::Nccl) && (!cfg!(feature = "cuda") || !device.is_cuda()) {
         return Err(Error::config(
             "--dist-backend",
             "nccl",
@@ -254,18 +271,18 @@ fn run(cli: Cli) -> Result<()> {
     }
     let launch = msclip::distributed::Launch::from_env()?;
     if spawn.is_some() || launch.as_ref().is_some_and(|l| l.world > 1) {
-        match backend.as_str() {
-            "gloo" if device.is_cuda() => {
+        match backend {
+            Backend::Gloo if device.is_cuda() => {
                 return Err(Error::config("--dist-backend", "gloo", "this build's Gloo group takes CPU tensors; use --device cpu"))
             }
-            "nccl" if !cfg!(feature = "cuda") => {
+            Backend::Nccl if !cfg!(feature = "cuda") => {
                 return Err(Error::config(
                     "--dist-backend",
                     "nccl",
                     "NCCL needs a --features cuda build; this build trains data-parallel on CPU with gloo",
                 ))
             }
-            "nccl" if !device.is_cuda() => {
+            Backend::Nccl if !device.is_cuda() => {
                 return Err(Error::config("--dist-backend", "nccl", "NCCL takes CUDA tensors; use --device cuda (or gloo on CPU)"))
             }
             _ => {}
@@ -280,7 +297,7 @@ fn run(cli: Cli) -> Result<()> {
             if l.rank != 0 {
                 log_to_file(&out.join(format!("rank-{}.log", l.rank)))?;
             }
-            if backend == "nccl" {
+            if backend == Backend::Nccl {
                 let (g, d) = nccl_group(&l, cli.dist_timeout)?;
                 device = d;
                 Some(std::rc::Rc::new(g))

@@ -10,7 +10,7 @@ use crate::causal::ablate::{self, AblateOptions, AblateReport, HeadAblation};
 use crate::causal::Metrics;
 use crate::checkpoint::LoadedModel;
 use crate::error::Result;
-use crate::io::{write_atomic, Provenance};
+use crate::io::{CsvOut, Provenance};
 use crate::model::ModelConfig;
 use crate::plot;
 
@@ -50,10 +50,10 @@ pub fn run(model: &LoadedModel, opts: &AblateOptions, progress: impl FnMut(usize
     Ok(AblateOutput { provenance, ablation, seconds: t0.elapsed().as_secs_f64(), config: model.model.config.clone() })
 }
 
-fn delta_cols(m: &Option<Metrics>) -> String {
+fn delta_cols(m: &Option<Metrics>) -> [String; 4] {
     match m {
-        Some(d) => format!("{},{},{},{}", d.zero_shot_top1, d.image_to_text_r1, d.text_to_image_r1, d.matched_cosine),
-        None => ",,,".into(),
+        Some(d) => crate::csv_row![d.zero_shot_top1, d.image_to_text_r1, d.text_to_image_r1, d.matched_cosine],
+        None => Default::default(),
     }
 }
 
@@ -64,31 +64,27 @@ impl AblateOutput {
     pub fn write(&self, dir: &Path) -> Result<()> {
         write_json(dir, "ablation.json", self)?;
         let p = self.provenance.csv_header();
-        let mut csv = p.clone() + "slot,head,shared,tower,d_zero_shot_top1,d_image_to_text_r1,d_text_to_image_r1,d_matched_cosine\n";
+        let deltas = ["d_zero_shot_top1", "d_image_to_text_r1", "d_text_to_image_r1", "d_matched_cosine"];
+        let mut csv = CsvOut::new(&p, &[&["slot", "head", "shared", "tower"][..], &deltas[..]].concat());
         for h in &self.ablation.heads {
             for (tower, d) in [("vision", &h.vision), ("text", &h.text), ("both", &h.both)] {
                 if d.is_some() {
-                    csv.push_str(&format!("{},{},{},{tower},{}\n", h.slot, h.head, h.shared, delta_cols(d)));
+                    csv.row(&[&crate::csv_row![h.slot, h.head, h.shared, tower][..], &delta_cols(d)[..]].concat());
                 }
             }
         }
-        write_atomic(&dir.join("heads.csv"), csv.as_bytes())?;
-        let mut csv = p.clone() + "site,slot,towers,d_zero_shot_top1,d_image_to_text_r1,d_text_to_image_r1,d_matched_cosine\n";
+        csv.write(&dir.join("heads.csv"))?;
+        let mut csv = CsvOut::new(&p, &[&["site", "slot", "towers"][..], &deltas[..]].concat());
         for s in &self.ablation.sites {
-            csv.push_str(&format!(
-                "{},{},{},{}\n",
-                s.site,
-                s.slot.map(|x| x.to_string()).unwrap_or_default(),
-                s.towers,
-                delta_cols(&Some(s.delta))
-            ));
+            let slot = s.slot.map(|x| x.to_string()).unwrap_or_default();
+            csv.row(&[&crate::csv_row![s.site, slot, s.towers][..], &delta_cols(&Some(s.delta))[..]].concat());
         }
-        write_atomic(&dir.join("sites.csv"), csv.as_bytes())?;
-        let mut csv = p + "metric,scope,heads,spearman,p_value\n";
+        csv.write(&dir.join("sites.csv"))?;
+        let mut csv = CsvOut::new(&p, &["metric", "scope", "heads", "spearman", "p_value"]);
         for a in &self.ablation.agreement {
-            csv.push_str(&format!("{},{},{},{},{}\n", a.metric, a.scope, a.heads, a.spearman, a.p_value));
+            csv.row(&crate::csv_row![a.metric, a.scope, a.heads, a.spearman, a.p_value]);
         }
-        write_atomic(&dir.join("agreement.csv"), csv.as_bytes())?;
+        csv.write(&dir.join("agreement.csv"))?;
         let cfg = &self.config;
         for (stem, label, f) in [
             ("importance_matched_cosine", "−Δ matched cosine", (|m: &Metrics| -m.matched_cosine) as fn(&Metrics) -> f64),

@@ -18,7 +18,7 @@ use crate::data::image::{load_rgb, resize_center_crop, to_tensor};
 use crate::data::synth;
 use crate::error::{Error, Result};
 use crate::eval::RELEVANCY_SCORE;
-use crate::io::{sha256_hex, write_atomic, Provenance};
+use crate::io::{sha256_hex, CsvOut, Provenance};
 use crate::model::{ActivationCache, Capture, Modality, MsClip, Site};
 use crate::plot::{matrix_png_svg, overlay_grid_png, Matrix, OverlayGrid};
 use crate::tensor::{to_vec_f32, to_vec_f64};
@@ -420,12 +420,12 @@ fn short(s: &str) -> String {
     }
 }
 
-fn push_csv(csv: &mut String, modality: &str, m: &HeadMap, query: i64) {
+fn push_csv(csv: &mut CsvOut, modality: &str, m: &HeadMap, query: i64) {
     let head = m.head.map(|h| h.to_string()).unwrap_or_else(|| "mean".into());
     for (i, v) in m.values.iter().enumerate() {
         // Image rows: key = patch index (row-major); text rows: query,key inside SOT..EOT.
         let (q, k) = if query >= 0 { (query as usize, i) } else { (i / m.side, i % m.side) };
-        csv.push_str(&format!("{modality},{},{head},{q},{k},{v:.6e}\n", m.slot));
+        csv.row(&crate::csv_row![modality, m.slot, head, q, k, format!("{v:.6e}")]);
     }
 }
 
@@ -436,7 +436,7 @@ impl AttentionOutput {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let prov = &self.provenance;
         let grid = self.grid;
-        let mut csv = prov.csv_header() + "modality,slot,head,query,key,value\n";
+        let mut csv = CsvOut::new(&prov.csv_header(), &["modality", "slot", "head", "query", "key", "value"]);
         let mut cells = Vec::new();
         for maps in &self.vision_maps {
             let mut row = Vec::new();
@@ -480,7 +480,7 @@ impl AttentionOutput {
                 },
             )?;
         }
-        write_atomic(&dir.join("attention.csv"), csv.as_bytes())?;
+        csv.write(&dir.join("attention.csv"))?;
         overlay_grid_png(
             &dir.join("attribution.png"),
             &OverlayGrid {
@@ -493,21 +493,19 @@ impl AttentionOutput {
                 alpha: 0.55,
             },
         )?;
-        let mut csv = prov.csv_header() + "method,kind,index,label,value\n";
+        let mut csv = CsvOut::new(&prov.csv_header(), &["method", "kind", "index", "label", "value"]);
         for (name, v) in &self.image_attribution {
             for (i, x) in v.iter().enumerate() {
-                csv.push_str(&format!("{name},image_patch,{i},,{x:.6e}\n"));
+                csv.row(&crate::csv_row![name, "image_patch", i, "", format!("{x:.6e}")]);
             }
         }
         for (name, v) in &self.text_attribution {
             for (i, x) in v.iter().enumerate() {
-                csv.push_str(&format!(
-                    "{name},text_token,{i},{},{x:.6e}\n",
-                    self.labels.get(i).map(|s| s.replace(',', " ")).unwrap_or_default()
-                ));
+                // Token labels are caption text: quoted by the writer, never altered.
+                csv.row(&crate::csv_row![name, "text_token", i, self.labels.get(i).cloned().unwrap_or_default(), format!("{x:.6e}")]);
             }
         }
-        write_atomic(&dir.join("attribution.csv"), csv.as_bytes())?;
+        csv.write(&dir.join("attribution.csv"))?;
         super::write_json(dir, "attention.json", self)
     }
 }

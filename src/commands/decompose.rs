@@ -14,7 +14,7 @@ use crate::causal::decompose::{self, mean_ablated, mean_cosine, subspace_similar
 use crate::causal::{EvalSet, Metrics};
 use crate::checkpoint::LoadedModel;
 use crate::error::{Error, Result};
-use crate::io::{write_atomic, Provenance};
+use crate::io::{CsvOut, Provenance};
 use crate::model::config::SharedSite;
 use crate::plot;
 use crate::tokenizer::Tokenizer;
@@ -244,14 +244,17 @@ impl DecomposeOutput {
     pub fn write(&self, dir: &Path) -> Result<()> {
         write_json(dir, "decompose.json", self)?;
         let p = self.provenance.csv_header();
-        let mut csv = p.clone() + "k,image_zero_shot_top1,image_i2t_r1,text_zero_shot_top1,text_t2i_r1\n";
+        let mut csv = CsvOut::new(&p, &["k", "image_zero_shot_top1", "image_i2t_r1", "text_zero_shot_top1", "text_t2i_r1"]);
         for c in &self.mean_ablation {
-            csv.push_str(&format!(
-                "{},{},{},{},{}\n",
-                c.k, c.image.zero_shot_top1, c.image.image_to_text_r1, c.text.zero_shot_top1, c.text.text_to_image_r1
-            ));
+            csv.row(&crate::csv_row![
+                c.k,
+                c.image.zero_shot_top1,
+                c.image.image_to_text_r1,
+                c.text.zero_shot_top1,
+                c.text.text_to_image_r1
+            ]);
         }
-        write_atomic(&dir.join("mean_ablation.csv"), csv.as_bytes())?;
+        csv.write(&dir.join("mean_ablation.csv"))?;
         let pts = |f: fn(&CurvePoint) -> f64| self.mean_ablation.iter().map(|c| (c.k as f64, f(c))).collect::<Vec<_>>();
         plot::line_chart_png_svg(
             &dir.join("mean_ablation"),
@@ -265,27 +268,19 @@ impl DecomposeOutput {
                 ..Default::default()
             },
         )?;
-        let mut csv = p.clone() + "tower,slot,head,variance_share,rank,text,explained\n";
+        let mut csv = CsvOut::new(&p, &["tower", "slot", "head", "variance_share", "rank", "text", "explained"]);
         for s in &self.spans {
             for (i, st) in s.steps.iter().enumerate() {
-                csv.push_str(&format!(
-                    "{},{},{},{},{},{},{}\n",
-                    s.tower,
-                    s.slot,
-                    s.head,
-                    s.variance_share,
-                    i + 1,
-                    st.text.replace(',', " "),
-                    st.explained
-                ));
+                // Descriptions are free text: quoted by the writer, never altered.
+                csv.row(&crate::csv_row![s.tower, s.slot, s.head, s.variance_share, i + 1, st.text, st.explained]);
             }
         }
-        write_atomic(&dir.join("text_span.csv"), csv.as_bytes())?;
-        let mut csv = p + "slot,head,shared,mean_cosine,subspace_similarity,span_overlap\n";
+        csv.write(&dir.join("text_span.csv"))?;
+        let mut csv = CsvOut::new(&p, &["slot", "head", "shared", "mean_cosine", "subspace_similarity", "span_overlap"]);
         for s in &self.both_sides {
-            csv.push_str(&format!("{},{},{},{},{},{}\n", s.slot, s.head, s.shared, s.mean_cosine, s.subspace_similarity, s.span_overlap));
+            csv.row(&crate::csv_row![s.slot, s.head, s.shared, s.mean_cosine, s.subspace_similarity, s.span_overlap]);
         }
-        write_atomic(&dir.join("both_sides.csv"), csv.as_bytes())?;
+        csv.write(&dir.join("both_sides.csv"))?;
         if !self.both_sides.is_empty() {
             let slots: Vec<usize> = self.both_sides.iter().map(|s| s.slot).collect::<BTreeSet<_>>().into_iter().collect();
             let heads = self.both_sides.iter().map(|s| s.head).max().unwrap_or(0) + 1;

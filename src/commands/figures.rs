@@ -44,7 +44,7 @@ use crate::checkpoint::{LoadedModel, ModelSource};
 use crate::data::pairs::PairData;
 use crate::error::{Error, Result};
 use crate::eval::{embed_pairs, evaluate_items, LayerSpec, Pooling};
-use crate::io::{write_atomic, Provenance};
+use crate::io::{write_atomic, CsvOut, Provenance};
 use crate::model::{MsClip, Site};
 use crate::plot::{line_chart_png_svg, render, IntervalPanels, LineChart};
 
@@ -336,7 +336,7 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
             heads::write_side_by_side(dir, &all)?;
         }
         "ablation" => {
-            let mut csv = String::from("model,metric,scope,heads,spearman,p_value\n");
+            let mut csv = CsvOut::new("", &["model", "metric", "scope", "heads", "spearman", "p_value"]);
             let mut md = String::from(
                 "| model | scope | heads | ρ (−Δ matched cosine) | p | ρ (−Δ zero-shot) | p |\n|---|---|---:|---:|---:|---:|---:|\n",
             );
@@ -354,7 +354,7 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
                 let name = &model.model.config.name;
                 let ag = &out.ablation.agreement;
                 for a in ag {
-                    csv.push_str(&format!("{name},{},{},{},{},{}\n", a.metric, a.scope, a.heads, a.spearman, a.p_value));
+                    csv.row(&crate::csv_row![name, a.metric, a.scope, a.heads, a.spearman, a.p_value]);
                 }
                 for scope in ["shared slots", "unshared slots (null)"] {
                     let get = |metric: &str| ag.iter().find(|a| a.metric == metric && a.scope == scope);
@@ -367,7 +367,7 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
                 }
                 header.push_str(&out.provenance.csv_header());
             }
-            write_atomic(&dir.join("importance_agreement.csv"), (header + &csv).as_bytes())?;
+            csv.write_after(&header, &dir.join("importance_agreement.csv"))?;
             write_atomic(&dir.join("importance_agreement.md"), md.as_bytes())?;
         }
         "patching" => {
@@ -386,7 +386,21 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
             }
         }
         "decomposition" | "shared-heads" => {
-            let mut csv = String::from("model,shared_heads,mean_subspace_similarity_shared,mean_subspace_similarity_unshared,mean_span_overlap_shared,mean_span_overlap_unshared,mean_cosine_shared,mean_cosine_unshared,image_sum_error,text_sum_error\n");
+            let mut csv = CsvOut::new(
+                "",
+                &[
+                    "model",
+                    "shared_heads",
+                    "mean_subspace_similarity_shared",
+                    "mean_subspace_similarity_unshared",
+                    "mean_span_overlap_shared",
+                    "mean_span_overlap_unshared",
+                    "mean_cosine_shared",
+                    "mean_cosine_unshared",
+                    "image_sum_error",
+                    "text_sum_error",
+                ],
+            );
             let mut md = String::from("| model | shared heads | subspace similarity (shared) | (unshared) | TextSpan overlap (shared) | (unshared) | cos of means (shared) | (unshared) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
             let mut header = String::new();
             for src in r.models()? {
@@ -414,17 +428,15 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
                     avg(false, |s| s.mean_cosine),
                 ];
                 let name = &model.model.config.name;
-                csv.push_str(&format!(
-                    "{name},{shared},{},{},{}\n",
-                    row.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","),
-                    out.image_sum_error,
-                    out.text_sum_error
-                ));
+                let mut fields = crate::csv_row![name, shared].to_vec();
+                fields.extend(row.iter().map(|v| v.to_string()));
+                fields.extend(crate::csv_row![out.image_sum_error, out.text_sum_error]);
+                csv.row(&fields);
                 let f = |v: f64| if v.is_nan() { "–".to_string() } else { format!("{v:.3}") };
                 md.push_str(&format!("| {name} | {shared} | {} |\n", row.iter().map(|v| f(*v)).collect::<Vec<_>>().join(" | ")));
                 header.push_str(&out.provenance.csv_header());
             }
-            write_atomic(&dir.join("shared_heads.csv"), (header + &csv).as_bytes())?;
+            csv.write_after(&header, &dir.join("shared_heads.csv"))?;
             write_atomic(&dir.join("shared_heads.md"), md.as_bytes())?;
         }
         "attention-gallery" => {
@@ -453,7 +465,7 @@ fn layer_curves(r: &Recipe, dir: &Path) -> Result<()> {
     // (file stem, column) per statistic.
     let stats: &[&str] = if by_gap { &["gap"] } else { &["nmi", "separation"] };
     let mut curves: Vec<Vec<(String, Curve)>> = vec![Vec::new(); stats.len()];
-    let mut csv = String::from("model,slot,metric,seeds,items,per_seed,mean,lo,hi\n");
+    let mut csv = CsvOut::new("", &["model", "slot", "metric", "seeds", "items", "per_seed", "mean", "lo", "hi"]);
     let mut header = String::new();
     let mut seeds = 1;
     let mut items = 0;
@@ -513,7 +525,7 @@ fn layer_curves(r: &Recipe, dir: &Path) -> Result<()> {
                     (iv.mean, iv.lo, iv.hi)
                 };
                 let per: Vec<String> = per_seed.iter().map(|v| format!("{v:.6}")).collect();
-                csv.push_str(&format!("{name},{slot},{stat_name},{seeds},{items},{},{mean},{lo},{hi}\n", per.join(" ")));
+                csv.row(&crate::csv_row![name, slot, stat_name, seeds, items, per.join(" "), mean, lo, hi]);
                 curve.push((slot as f64, mean, lo, hi));
             }
             curves[k].push((name.clone(), curve));
@@ -539,7 +551,7 @@ fn layer_curves(r: &Recipe, dir: &Path) -> Result<()> {
         format!("Bars: 95 % bootstrap over {items} held-out pairs ({b} replicates).{late_note}")
     };
     let stem = if by_gap { "gap_by_layer" } else { "nmi_by_layer" };
-    write_atomic(&dir.join(format!("{stem}.csv")), (header + &format!("# {method}\n") + &csv).as_bytes())?;
+    csv.write_after(&(header + &format!("# {method}\n")), &dir.join(format!("{stem}.csv")))?;
     let chart = |curves: &[(String, Curve)], y_label: String, y_max: f64, caption: String| LineChart {
         title: r.title.clone(),
         x_label: "slot (last = joint embedding space)".into(),
@@ -606,7 +618,7 @@ fn training_curves(r: &Recipe, dir: &Path) -> Result<()> {
     // [metric][group] = (label, step → values over seeds)
     type SeedCurves = Vec<(String, std::collections::BTreeMap<i64, Vec<f64>>)>;
     let mut per: [SeedCurves; 3] = [Vec::new(), Vec::new(), Vec::new()];
-    let mut csv = String::from("run,seed,step,loss,zero_shot_top1,image_to_text_r1,modality_gap,relation_acc\n");
+    let mut csv = CsvOut::new("", &["run", "seed", "step", "loss", "zero_shot_top1", "image_to_text_r1", "modality_gap", "relation_acc"]);
     let mut seeds = 1;
     for (template, group) in r.runs.iter().zip(r.groups()) {
         let label = group_label(template);
@@ -624,14 +636,17 @@ fn training_curves(r: &Recipe, dir: &Path) -> Result<()> {
                     path: path.clone(),
                     message: format!("line {}: an eval record without an integer step", i + 1),
                 })?;
-                csv.push_str(&format!(
-                    "{label},{seed},{step},{},{},{},{},{}\n",
+                let relation = e.get("relation_acc").and_then(|x| x.as_f64()).map_or(String::new(), |x| x.to_string());
+                csv.row(&crate::csv_row![
+                    label,
+                    seed,
+                    step,
                     v["loss"],
                     e["zero_shot_top1"],
                     e["image_to_text_r1"],
                     e["modality_gap"],
-                    e.get("relation_acc").and_then(|x| x.as_f64()).map_or(String::new(), |x| x.to_string())
-                ));
+                    relation
+                ]);
                 for (k, key) in ["modality_gap", "zero_shot_top1", "relation_acc"].iter().enumerate() {
                     if let Some(x) = e.get(*key).and_then(|x| x.as_f64()) {
                         maps[k].entry(step).or_insert_with(Vec::new).push(x);
@@ -661,7 +676,7 @@ fn training_curves(r: &Recipe, dir: &Path) -> Result<()> {
     if seeds > 1 {
         prov.notes.push(format!("groups of {seeds} seeds: the figures draw the mean and its Student-t 95 % interval over seeds"));
     }
-    write_atomic(&dir.join("training_curves.csv"), (prov.csv_header() + &csv).as_bytes())?;
+    csv.write_after(&prov.csv_header(), &dir.join("training_curves.csv"))?;
     let caption = (seeds > 1).then(|| {
         format!("Line: mean over {seeds} training seeds; bars: Student-t 95 % interval over the seeds at each evaluation (held-out synthetic data).")
     });
@@ -1005,7 +1020,7 @@ fn probe_table(r: &Recipe, dir: &Path) -> Result<()> {
     // Linear probe on the synthetic world's 48 classes, both feature choices.
     let splits = r.splits.unwrap_or([2000, 500, 1000]);
     let cs = r.c.clone().unwrap_or_else(|| vec![0.01, 0.1, 1.0, 10.0, 100.0]);
-    let mut csv = String::from("model,feature,best_c,test_top1,test_mean_per_class,n_train,n_val,n_test\n");
+    let mut csv = CsvOut::new("", &["model", "feature", "best_c", "test_top1", "test_mean_per_class", "n_train", "n_val", "n_test"]);
     let mut md = String::from("| model | feature | best C | test top-1 | mean-per-class |\n|---|---|---:|---:|---:|\n");
     let mut header = String::new();
     let mut subdirs = crate::io::SubDirs::new();
@@ -1018,8 +1033,8 @@ fn probe_table(r: &Recipe, dir: &Path) -> Result<()> {
             let sub = model_dir.join(feature.name());
             out.write(&sub)?;
             let res = &out.result;
-            csv.push_str(&format!(
-                "{name},{},{},{},{},{},{},{}\n",
+            csv.row(&crate::csv_row![
+                name,
                 feature.name(),
                 res.best_c,
                 res.test_top1,
@@ -1027,7 +1042,7 @@ fn probe_table(r: &Recipe, dir: &Path) -> Result<()> {
                 res.n_train,
                 res.n_val,
                 res.n_test
-            ));
+            ]);
             md.push_str(&format!(
                 "| {name} | {} | {} | {:.3} | {:.3} |\n",
                 feature.name(),
@@ -1042,7 +1057,7 @@ fn probe_table(r: &Recipe, dir: &Path) -> Result<()> {
             }
         }
     }
-    write_atomic(&dir.join("probe_table.csv"), (header + &csv).as_bytes())?;
+    csv.write_after(&header, &dir.join("probe_table.csv"))?;
     write_atomic(&dir.join("probe_table.md"), md.as_bytes())
 }
 

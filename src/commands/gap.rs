@@ -12,7 +12,7 @@ use crate::analysis::npy;
 use crate::checkpoint::LoadedModel;
 use crate::error::{Error, Result};
 use crate::eval::embed_pairs;
-use crate::io::{write_atomic, Provenance};
+use crate::io::Provenance;
 
 pub use crate::analysis::gap::DEFAULT_UNIFORMITY_MAX;
 
@@ -89,10 +89,10 @@ impl GapOutput {
     /// `dir/gap.json` and `dir/gap.csv`.
     pub fn write(&self, dir: &Path) -> Result<()> {
         write_json(dir, "gap.json", self)?;
-        let mut csv = self.provenance.csv_header() + "metric,value\n";
+        let mut csv = crate::io::CsvOut::new(&self.provenance.csv_header(), &["metric", "value"]);
         for (k, v) in self.rows() {
-            csv.push_str(&format!("{k},{v}\n"));
+            csv.row(&crate::csv_row![k, v]);
         }
-        write_atomic(&dir.join("gap.csv"), csv.as_bytes())
+        csv.write(&dir.join("gap.csv"))
     }
 }

@@ -17,7 +17,7 @@ use crate::checkpoint::LoadedModel;
 use crate::data::pairs::{for_each_batch, Prep};
 use crate::error::{Error, Result};
 use crate::eval::{relevancy_grounding, RELEVANCY_SCORE};
-use crate::io::{write_atomic, Provenance};
+use crate::io::{write_atomic, CsvOut, Provenance};
 use crate::model::config::SharedSite;
 use crate::model::towers::TextTower;
 use crate::model::{ActivationCache, Capture, Modality, ModelConfig};
@@ -202,33 +202,23 @@ impl HeadsOutput {
     pub fn write(&self, dir: &Path) -> Result<()> {
         let prov = &self.provenance;
         let cfg = &self.config;
-        let mut csv = prov.csv_header() + "modality,slot,head,entropy,distance,special,self_mass,neighbour,n\n";
+        let mut csv =
+            CsvOut::new(&prov.csv_header(), &["modality", "slot", "head", "entropy", "distance", "special", "self_mass", "neighbour", "n"]);
         for s in &self.stats {
-            csv.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{}\n",
-                s.modality.name(),
-                s.slot,
-                s.head,
-                s.entropy,
-                s.distance,
-                s.special,
-                s.self_mass,
-                s.neighbour,
-                s.n
-            ));
+            csv.row(&crate::csv_row![s.modality.name(), s.slot, s.head, s.entropy, s.distance, s.special, s.self_mass, s.neighbour, s.n]);
         }
-        write_atomic(&dir.join("head_stats.csv"), csv.as_bytes())?;
+        csv.write(&dir.join("head_stats.csv"))?;
         if !self.grounding.is_empty() {
-            let mut gcsv = prov.csv_header() + "slot,head,box_share,pointing_acc,objects\n";
+            let mut gcsv = CsvOut::new(&prov.csv_header(), &["slot", "head", "box_share", "pointing_acc", "objects"]);
             for g in &self.grounding {
-                gcsv.push_str(&format!("{},{},{},{},{}\n", g.slot, g.head, g.box_share, g.pointing_acc, g.objects));
+                gcsv.row(&crate::csv_row![g.slot, g.head, g.box_share, g.pointing_acc, g.objects]);
             }
-            write_atomic(&dir.join("grounding.csv"), gcsv.as_bytes())?;
-            let mut rcsv = prov.csv_header() + "method,box_share,pointing_acc,uniform_share,objects\n";
+            gcsv.write(&dir.join("grounding.csv"))?;
+            let mut rcsv = CsvOut::new(&prov.csv_header(), &["method", "box_share", "pointing_acc", "uniform_share", "objects"]);
             for r in &self.relevancy_grounding {
-                rcsv.push_str(&format!("{},{},{},{},{}\n", r.method, r.box_share, r.pointing_acc, r.uniform_share, r.objects));
+                rcsv.row(&crate::csv_row![r.method, r.box_share, r.pointing_acc, r.uniform_share, r.objects]);
             }
-            write_atomic(&dir.join("grounding_relevancy.csv"), rcsv.as_bytes())?;
+            rcsv.write(&dir.join("grounding_relevancy.csv"))?;
         }
         if let Some(g) = &self.gallery {
             g.render(dir, cfg)?;

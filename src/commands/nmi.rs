@@ -100,11 +100,11 @@ pub fn run(model: &LoadedModel, data: &DataOptions, opts: &NmiOptions) -> Result
 impl NmiOutput {
     /// `dir/nmi.csv`, `dir/nmi.json` and the line chart `dir/nmi.png/.svg`.
     pub fn write(&self, dir: &Path, site: Site) -> Result<()> {
-        let mut csv = self.provenance.csv_header() + "slot,nmi,inertia\n";
+        let mut csv = crate::io::CsvOut::new(&self.provenance.csv_header(), &["slot", "nmi", "inertia"]);
         for r in &self.layers {
-            csv.push_str(&format!("{},{},{}\n", r.slot, r.nmi, r.inertia));
+            csv.row(&crate::csv_row![r.slot, r.nmi, r.inertia]);
         }
-        write_atomic(&dir.join("nmi.csv"), csv.as_bytes())?;
+        csv.write(&dir.join("nmi.csv"))?;
         write_json(dir, "nmi.json", self)?;
         let pts: Vec<(f64, f64)> = self.layers.iter().map(|r| (r.slot as f64, r.nmi)).collect();
         line_chart_png_svg(

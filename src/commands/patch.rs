@@ -12,7 +12,7 @@ use crate::checkpoint::LoadedModel;
 use crate::data::synth;
 use crate::data::synthetic_set::EVAL_SEED_OFFSET;
 use crate::error::Result;
-use crate::io::{write_atomic, Provenance};
+use crate::io::Provenance;
 use crate::plot;
 
 /// Which tower is patched.
@@ -89,20 +89,20 @@ impl PatchOutput {
         let r = &self.patching;
         write_json(dir, "patch.json", self)?;
         let p = self.provenance.csv_header();
-        let mut csv = p.clone() + "slot,position,label,recovered\n";
+        let mut csv = crate::io::CsvOut::new(&p, &["slot", "position", "label", "recovered"]);
         for (i, slot) in r.slots.iter().enumerate() {
             for (t, v) in r.resid[i].iter().enumerate() {
-                csv.push_str(&format!("{slot},{t},{},{v}\n", r.positions[t]));
+                csv.row(&crate::csv_row![slot, t, r.positions[t], v]);
             }
         }
-        write_atomic(&dir.join("resid.csv"), csv.as_bytes())?;
-        let mut csv = p + "slot,head,recovered\n";
+        csv.write(&dir.join("resid.csv"))?;
+        let mut csv = crate::io::CsvOut::new(&p, &["slot", "head", "recovered"]);
         for (i, slot) in r.slots.iter().enumerate() {
             for (h, v) in r.heads[i].iter().enumerate() {
-                csv.push_str(&format!("{slot},{h},{v}\n"));
+                csv.row(&crate::csv_row![slot, h, v]);
             }
         }
-        write_atomic(&dir.join("heads.csv"), csv.as_bytes())?;
+        csv.write(&dir.join("heads.csv"))?;
         let rows: Vec<String> = r.slots.iter().map(|s| format!("slot {s}")).collect();
         let what = if r.tower == "text" { format!("{} word", r.attribute) } else { "recoloured".to_string() };
         if r.tower == "text" {

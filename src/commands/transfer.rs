@@ -29,7 +29,7 @@ use crate::analysis::transfer::{agreement, scalar, HeadProfile, ProfileAccumulat
 use crate::checkpoint::{self, LoadedModel, ModelSource};
 use crate::data::pairs::{for_each_batch, Prep};
 use crate::error::{Error, Result};
-use crate::io::{write_atomic, Provenance};
+use crate::io::{write_atomic, CsvOut, Provenance};
 use crate::model::config::SharedSite;
 use crate::model::towers::TextTower;
 use crate::model::{ActivationCache, Capture, Modality, ModelConfig};
@@ -479,7 +479,7 @@ impl TransferOutput {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let prov = self.provenance.csv_header();
         let d = self.profiles.first().map_or(0, |p| p.lift.len());
-        let mut w = Csv::new(&prov);
+        let mut w = CsvOut::preamble_only(&prov);
         let mut header = vec![
             "modality".to_string(),
             "slot".into(),
@@ -508,8 +508,8 @@ impl TransferOutput {
             r.extend(p.shape.iter().map(|v| v.to_string()));
             w.row(&r);
         }
-        w.save(&dir.join("profiles.csv"))?;
-        let mut w = Csv::new(&prov);
+        w.write(&dir.join("profiles.csv"))?;
+        let mut w = CsvOut::preamble_only(&prov);
         w.row(&["slot", "head", "d_row", "d_col", "lift"].map(String::from));
         let side = (2 * d as i64 - 1).max(1);
         for p in self.profiles.iter().filter(|p| p.modality == Modality::Vision) {
@@ -518,8 +518,8 @@ impl TransferOutput {
                 w.row(&[p.slot.to_string(), p.head.to_string(), r.to_string(), c.to_string(), v.to_string()]);
             }
         }
-        w.save(&dir.join("offsets_vision.csv"))?;
-        let mut w = Csv::new(&prov);
+        w.write(&dir.join("offsets_vision.csv"))?;
+        let mut w = CsvOut::preamble_only(&prov);
         w.row(&["statistic", "scope", "heads", "value", "null_mean", "null_lo", "null_hi", "p_value", "p_holm"].map(String::from));
         let holm = self.agreement_holm();
         for (a, h) in self.agreement.iter().zip(&holm) {
@@ -535,17 +535,17 @@ impl TransferOutput {
                 h.to_string(),
             ]);
         }
-        w.save(&dir.join("agreement.csv"))?;
+        w.write(&dir.join("agreement.csv"))?;
         if !self.relations.is_empty() {
-            let mut w = Csv::new(&prov);
+            let mut w = CsvOut::preamble_only(&prov);
             w.row(&["modality", "slot", "head", "lift", "pairs"].map(String::from));
             for r in &self.relations {
                 w.row(&[r.modality.name().to_string(), r.slot.to_string(), r.head.to_string(), r.lift.to_string(), r.pairs.to_string()]);
             }
-            w.save(&dir.join("relations.csv"))?;
+            w.write(&dir.join("relations.csv"))?;
         }
         if !self.over_training.is_empty() {
-            let mut w = Csv::new(&prov);
+            let mut w = CsvOut::preamble_only(&prov);
             w.row(&["step", "modality", "slot", "head", "norm_entropy", "special_lift", "locality", "shape_d0"].map(String::from));
             for c in &self.over_training {
                 for p in &c.profiles {
@@ -561,13 +561,13 @@ impl TransferOutput {
                     ]);
                 }
             }
-            w.save(&dir.join("over_training.csv"))?;
-            let mut w = Csv::new(&prov);
+            w.write(&dir.join("over_training.csv"))?;
+            let mut w = CsvOut::preamble_only(&prov);
             w.row(&["statistic", "slot", "head", "text_step", "vision_step"].map(String::from));
             for s in &self.settle {
                 w.row(&[s.statistic.clone(), s.slot.to_string(), s.head.to_string(), s.text_step.to_string(), s.vision_step.to_string()]);
             }
-            w.save(&dir.join("settle.csv"))?;
+            w.write(&dir.join("settle.csv"))?;
         }
         write_atomic(&dir.join("transfer.json"), to_json_pretty(self).as_bytes())?;
         self.figures(dir)
@@ -793,25 +793,5 @@ pub fn label(stat: &str) -> String {
         "relation_lift" => "object-relation lift".into(),
         "shape" => "offset shape (−TV distance)".into(),
         other => other.into(),
-    }
-}
-
-/// A CSV written through `csv::Writer` (quoted), after the provenance comment line.
-struct Csv {
-    w: csv::Writer<Vec<u8>>,
-}
-
-impl Csv {
-    fn new(provenance: &str) -> Csv {
-        let mut buf = Vec::new();
-        buf.extend_from_slice(provenance.as_bytes());
-        Csv { w: csv::WriterBuilder::new().from_writer(buf) }
-    }
-    fn row(&mut self, fields: &[String]) {
-        let _ = self.w.write_record(fields);
-    }
-    fn save(self, path: &Path) -> Result<()> {
-        let bytes = self.w.into_inner().map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-        write_atomic(path, &bytes)
     }
 }

@@ -7,12 +7,17 @@ use tch::Kind;
 pub use crate::autocast::{autocast, cpu_autocast_enabled, cuda_autocast_kind, set_cuda_autocast_kind, without_cpu_autocast};
 use crate::error::{Error, Result};
 
-/// Training precision (`precision` in the train config).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Training precision (`precision` in the train config, `--precision`): `fp32`, `amp-fp16`
+/// (alias `amp`) or `amp-bf16`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
 pub enum Precision {
     /// fp32 everywhere.
+    #[default]
     Fp32,
     /// CUDA autocast in fp16, fp32 master weights, dynamic loss scale (CUDA only).
+    #[serde(alias = "amp")]
+    #[value(alias = "amp")]
     AmpFp16,
     /// Autocast in bf16 (CUDA or CPU), fp32 master weights, no loss scale (bf16 has fp32's
     /// range).

@@ -94,8 +94,8 @@ pub struct TrainConfig {
     /// dynamic loss scale (×2 every 2000 good steps, ½ and skip the update on overflow), CUDA
     /// only; `amp-bf16`: autocast in bf16 on CUDA or CPU (matmuls, convolutions and attention
     /// in bf16; LayerNorm, softmax of the loss and the optimizer in fp32), no loss scale.
-    #[serde(default = "default_precision")]
-    pub precision: String,
+    #[serde(default)]
+    pub precision: amp::Precision,
     /// Overrides the model's initial raw `logit_scale` (official MS-CLIP: 1.0, i.e. scale e;
     /// OpenAI: ln(1/0.07)). Short runs learn far faster from OpenAI's value.
     #[serde(default)]
@@ -162,9 +162,6 @@ fn default_workers() -> usize {
 fn default_accum() -> usize {
     1
 }
-fn default_precision() -> String {
-    "fp32".into()
-}
 
 impl Default for TrainConfig {
     fn default() -> Self {
@@ -194,7 +191,7 @@ impl Default for TrainConfig {
             optimizer: AdamWConfig::default(),
             stop_after: None,
             logit_scale_init: None,
-            precision: default_precision(),
+            precision: amp::Precision::Fp32,
             local_loss: false,
             init: None,
             freeze: vec![],
@@ -238,7 +235,6 @@ impl TrainConfig {
         if self.accum_freq < 1 || !self.batch_size.is_multiple_of(self.accum_freq) || self.batch_size / self.accum_freq < 1 {
             return Err(Error::config("accum_freq", self.accum_freq, format!("must divide batch_size {}", self.batch_size)));
         }
-        amp::Precision::parse(&self.precision)?;
         if !(1..=1i64 << 40).contains(&self.steps) {
             return Err(Error::config("steps", self.steps, "must be in 1..=2^40"));
         }
@@ -616,36 +612,34 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
     let mut last_checkpoint = None;
     let mut last_eval = None;
     let end = tc.stop_after.map_or(tc.steps, |s| s.clamp(start, tc.steps));
-    let source: Arc<dyn PairSource> = match &tc.data {
-        Some(spec) if spec.ends_with(".safetensors") => {
-            let path = Path::new(spec);
-            let tp = crate::data::tensors::TensorPairs::read(path)?;
-            tp.check_fits(path, size as usize, cfg.text.context_length as usize, cfg.text.vocab_size)?;
+    let source: Arc<dyn PairSource> = match tc.data.as_deref().map(crate::data::DataSpec::parse).transpose()? {
+        Some(crate::data::DataSpec::Tensors(path)) => {
+            let tp = crate::data::tensors::TensorPairs::read(&path)?;
+            tp.check_fits(&path, size as usize, cfg.text.context_length as usize, cfg.text.vocab_size)?;
             if tc.augment_scale.is_some() {
                 return Err(Error::config(
                     "augment_scale",
                     "set",
-                    format!("{spec}: pre-processed tensors are used as they are; remove augment_scale"),
+                    format!("{}: pre-processed tensors are used as they are; remove augment_scale", path.display()),
                 ));
             }
             if tp.n < bs {
-                return Err(Error::Invalid(format!("{spec}: {} pairs, fewer than the step's batch {bs}", tp.n)));
+                return Err(Error::Invalid(format!("{}: {} pairs, fewer than the step's batch {bs}", path.display(), tp.n)));
             }
             Arc::new(tp)
         }
-        Some(spec) if spec.contains(".tar") => {
-            let src = ShardSource::open(spec)?;
+        Some(crate::data::DataSpec::Shards(spec)) => {
+            let src = ShardSource::open(&spec)?;
             if src.len() < bs {
                 return Err(Error::Invalid(format!("{spec}: {} pairs, fewer than the step's batch {bs}", src.len())));
             }
             Arc::new(src)
         }
-        Some(path) => {
-            let path = Path::new(path);
-            let mut fmt = ManifestFormat::for_path(path);
+        Some(crate::data::DataSpec::Manifest(path)) => {
+            let mut fmt = ManifestFormat::for_path(&path);
             fmt.img_key = tc.csv_img_key.clone();
             fmt.caption_key = tc.csv_caption_key.clone();
-            let pairs = manifest::read(path, &fmt)?;
+            let pairs = manifest::read(&path, &fmt)?;
             if pairs.len() < bs {
                 return Err(Error::Invalid(format!("{}: {} pairs, fewer than the step's batch {bs}", path.display(), pairs.len())));
             }
@@ -667,11 +661,11 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
     let mut loader = Loader::new(source.clone(), Arc::new(tok), plan, tc.workers, tc.prefetch);
     let skipped_path = run_dir.join(if lead { "skipped.tsv".to_string() } else { format!("skipped-rank-{rank}.tsv") });
     let (mut loss_scale, mut good_steps) = (65536.0f64, 0u64);
-    let precision = amp::Precision::parse(&tc.precision)?;
+    let precision = tc.precision;
     if precision == amp::Precision::AmpFp16 && !device.is_cuda() {
         return Err(Error::config(
             "precision",
-            &tc.precision,
+            "amp-fp16",
             "fp16 autocast needs CUDA (its loss scaling is CUDA-only); on CPU use amp-bf16",
         ));
     }
@@ -745,12 +739,12 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
                     loss_scale *= 2.0;
                 }
                 let n = opt.clip_grad_norm(tc.grad_clip);
-                opt.step(lr);
+                opt.step(lr)?;
                 n
             }
         } else {
             let n = opt.clip_grad_norm(tc.grad_clip);
-            opt.step(lr);
+            opt.step(lr)?;
             n
         };
         clamp_logit_scale(&model);
@@ -854,7 +848,7 @@ fn agree_across_ranks(g: &crate::distributed::ProcessGroup, tc: &TrainConfig, cf
         ("batch_size (per rank)", tc.batch_size as i64),
         ("local_loss", tc.local_loss as i64),
         ("steps", tc.steps),
-        ("precision", h(&tc.precision)),
+        ("precision", h(&format!("{:?}", tc.precision))),
         ("accum_freq", tc.accum_freq as i64),
         ("seed", tc.seed as i64),
         ("init and freeze (hash)", h(&format!("{:?}{:?}", tc.init, tc.freeze))),

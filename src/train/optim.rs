@@ -157,7 +157,12 @@ extern "C" {
         err: *mut std::ffi::c_char,
         errlen: usize,
     ) -> std::ffi::c_int;
-    fn msd_grads_to_none(ts: *const *mut std::ffi::c_void, n: std::ffi::c_int);
+    fn msd_grads_to_none(
+        ts: *const *mut std::ffi::c_void,
+        n: std::ffi::c_int,
+        err: *mut std::ffi::c_char,
+        errlen: usize,
+    ) -> std::ffi::c_int;
 }
 
 /// AdamW over every trainable variable of a VarStore, with savable state.
@@ -195,7 +200,10 @@ impl AdamW {
         let ptrs = crate::shim::tensor_ptrs(&mut ps);
         // SAFETY: valid tensor handles owned by `ps` for the duration of the call; resetting a
         // grad is what `Tensor::zero_grad`'s C++ counterpart does with set_to_none.
-        unsafe { msd_grads_to_none(ptrs.as_ptr(), ptrs.len() as std::ffi::c_int) };
+        // An exception here would be a libtorch bug: it is caught in the shim and reported.
+        if let Err(e) = crate::shim::call(|err, len| unsafe { msd_grads_to_none(ptrs.as_ptr(), ptrs.len() as std::ffi::c_int, err, len) }) {
+            panic!("libtorch could not reset gradients: {e}");
+        }
     }
 
     /// The defined gradients, in name order (views of the live gradients: editing them in
@@ -255,18 +263,20 @@ impl AdamW {
         norm
     }
 
-    /// One update with base learning rate `lr`.
-    pub fn step(&mut self, lr: f64) {
+    /// One update with base learning rate `lr`. With [`Kernel::Aten`], a kernel ATen refuses
+    /// (mixed devices or dtypes) is an error, not a silent switch to another update mid-run.
+    pub fn step(&mut self, lr: f64) -> Result<()> {
         self.step += 1;
         let c = &self.config;
         let t = self.step as i32;
         let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
         if self.kernel == Kernel::Aten {
-            match self.step_aten(lr) {
-                Ok(()) => return,
-                // A kernel ATen refuses (mixed devices or dtypes) falls back to tensor ops.
-                Err(e) => eprintln!("warning: at::_fused_adamw_ failed ({e}); using the tensor-op update"),
-            }
+            return self.step_aten(lr).map_err(|e| {
+                Error::Stopped(format!(
+                    "AdamW step {}: at::_fused_adamw_ failed ({e}); no parameter was updated by it (the tensor-op update, Kernel::Tensor, avoids ATen's kernel)",
+                    self.step
+                ))
+            });
         }
         let single_pass = self.kernel != Kernel::Tensor;
         tch::no_grad(|| {
@@ -301,6 +311,7 @@ impl AdamW {
                 let _ = p.addcdiv_(&s.m, &denom);
             }
         });
+        Ok(())
     }
 
     /// [`Kernel::Aten`]: one `_fused_adamw_` call per (learning rate, weight decay) group, at
@@ -507,7 +518,7 @@ mod tests {
             opt.kernel = kernel;
             (&a * &a).sum(Kind::Float).backward();
             (&b * 2.0).sum(Kind::Float).backward();
-            opt.step(0.1);
+            opt.step(0.1).unwrap();
             opt.zero_grad();
             assert!(!a.grad().defined() && !b.grad().defined(), "{kernel:?}: gradients still defined");
             let b_before = b.copy();
@@ -517,7 +528,7 @@ mod tests {
             assert_eq!(state_b.len(), 2);
             (&a * 3.0).sum(Kind::Float).backward();
             assert_eq!(Vec::<f32>::try_from(&a.grad()).unwrap(), vec![3.0, 3.0, 3.0], "{kernel:?}: stored, not accumulated");
-            opt.step(0.1);
+            opt.step(0.1).unwrap();
             assert!(b.equal(&b_before), "{kernel:?}: a parameter without gradient moved");
             for (now, before) in moments_b(&opt).iter().zip(&state_b) {
                 assert!(now.equal(before), "{kernel:?}: its moments moved");
@@ -549,7 +560,7 @@ mod tests {
                     vars.values().map(|t| (t * Tensor::randn(t.size(), (Kind::Float, tch::Device::Cpu))).sum(Kind::Float)).sum();
                 loss.backward();
                 norms.push(opt.grad_norm());
-                opt.step(1e-2);
+                opt.step(1e-2).unwrap();
             }
             let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
             (vars, opt.state(), norms)
@@ -602,7 +613,7 @@ mod tests {
         let w = vs.root().var("w", &[2, 2], nn::Init::Const(1.0));
         let mut opt = AdamW::new(&vs, AdamWConfig { weight_decay: 0.1, ..Default::default() });
         (&w * Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([2, 2])).sum(Kind::Float).backward();
-        opt.step(0.01);
+        opt.step(0.01).unwrap();
         // Step 1: m̂ = g, v̂ = g², update = g/(|g|+eps) ≈ 1; p = 1·(1 − 0.001) − 0.01.
         let got = Vec::<f32>::try_from(w.view([-1])).unwrap();
         for v in got {
