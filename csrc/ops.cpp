@@ -4,6 +4,7 @@
 // for `msclip::profile`. Tensors come in as tch's
 // `C_tensor` pointers (`at::Tensor*`); errors come back as strings (shim_error.h).
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 #include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/profiler_legacy.h>
 
@@ -57,6 +58,60 @@ int msd_tf32(int cublas, int cudnn, char* err, size_t errlen) {
     if (cudnn >= 0) ctx.setAllowTF32CuDNN(cudnn != 0);
   });
   return rc == 0 ? was : -1;
+}
+
+// Autocast state (thread-local in libtorch). `device`: 0 = CPU, 1 = CUDA; `dtype`: 0 = float32,
+// 1 = float16, 2 = bfloat16 (our codes, mapped here to c10's, so Rust never hard-codes them).
+static c10::DeviceType autocast_device(int device) {
+  if (device == 0) return c10::DeviceType::CPU;
+  if (device == 1) return c10::DeviceType::CUDA;
+  throw std::invalid_argument("autocast device code must be 0 (CPU) or 1 (CUDA)");
+}
+
+static c10::ScalarType autocast_dtype(int dtype) {
+  switch (dtype) {
+    case 0: return at::kFloat;
+    case 1: return at::kHalf;
+    case 2: return at::kBFloat16;
+    default: throw std::invalid_argument("autocast dtype code must be 0, 1 or 2");
+  }
+}
+
+static int autocast_code(c10::ScalarType t) {
+  if (t == at::kFloat) return 0;
+  if (t == at::kHalf) return 1;
+  if (t == at::kBFloat16) return 2;
+  return -1;
+}
+
+// Reads whether autocast is on for `device` and its dtype code (-1: another dtype).
+int msd_autocast_get(int device, int* enabled, int* dtype, char* err, size_t errlen) {
+  return msclip_shim::guarded(err, errlen, [&] {
+    auto d = autocast_device(device);
+    *enabled = at::autocast::is_autocast_enabled(d) ? 1 : 0;
+    *dtype = autocast_code(at::autocast::get_autocast_dtype(d));
+  });
+}
+
+// Sets autocast on/off (`enabled` < 0: leave) and its dtype (`dtype` < 0: leave) for `device`.
+int msd_autocast_set(int device, int enabled, int dtype, char* err, size_t errlen) {
+  return msclip_shim::guarded(err, errlen, [&] {
+    auto d = autocast_device(device);
+    if (dtype >= 0) at::autocast::set_autocast_dtype(d, autocast_dtype(dtype));
+    if (enabled >= 0) at::autocast::set_autocast_enabled(d, enabled != 0);
+  });
+}
+
+// Enters (`delta` = 1) or leaves (-1) an autocast region, as `torch.autocast` does: the nesting
+// count, and on leaving the outermost region the cache of casts (bf16 copies of fp32 weights).
+int msd_autocast_nest(int delta, char* err, size_t errlen) {
+  return msclip_shim::guarded(err, errlen, [&] {
+    if (delta > 0) {
+      at::autocast::increment_nesting();
+    } else if (at::autocast::decrement_nesting() == 0) {
+      at::autocast::clear_cache();
+    }
+  });
 }
 
 // libtorch's operator profiler (the legacy one behind `torch.autograd.profiler`), writing a

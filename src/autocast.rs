@@ -3,8 +3,9 @@
 //! tch exposes autocast only as on/off for CUDA, which means fp16 (libtorch's default there).
 //! bf16 needs `at::autocast::set_autocast_dtype(DeviceType::CUDA, ScalarType::BFloat16)`,
 //! and CPU autocast needs `at::autocast::set_autocast_enabled(DeviceType::CPU, true)`: plain
-//! C++ functions of `libtorch_cpu.so` (always linked) taking 8-bit enums and a bool, bound
-//! here by their Itanium-mangled names (checked by the tests below against libtorch's state).
+//! C++ functions of `libtorch_cpu.so`, called through the exception-guarded C shim
+//! (`csrc/ops.cpp`, `msd_autocast_*`) with our own device and dtype codes, which the shim maps
+//! to c10's enums (checked by the tests below against libtorch's state).
 //!
 //! [`autocast`] is the one entry point the training step uses (`train::amp` re-exports it
 //! next to its `Precision`): CUDA through tch, CPU through these bindings, with libtorch's
@@ -13,40 +14,72 @@
 //! the updated weights). [`without_cpu_autocast`] lets the model step out of a region for the
 //! few CPU operators whose bf16 kernels are slower than their fp32 ones.
 
+use std::ffi::{c_char, c_int};
+
 use tch::Kind;
 #[cfg(test)]
 use tch::Tensor;
 
 extern "C" {
-    #[link_name = "_ZN2at8autocast18set_autocast_dtypeEN3c1010DeviceTypeENS1_10ScalarTypeE"]
-    fn at_set_autocast_dtype(device: i8, dtype: i8);
-    #[link_name = "_ZN2at8autocast18get_autocast_dtypeEN3c1010DeviceTypeE"]
-    fn at_get_autocast_dtype(device: i8) -> i8;
-    #[link_name = "_ZN2at8autocast20set_autocast_enabledEN3c1010DeviceTypeEb"]
-    fn at_set_autocast_enabled(device: i8, enabled: bool);
-    #[link_name = "_ZN2at8autocast19is_autocast_enabledEN3c1010DeviceTypeE"]
-    fn at_is_autocast_enabled(device: i8) -> bool;
-    #[link_name = "_ZN2at8autocast17increment_nestingEv"]
-    fn at_autocast_increment_nesting() -> i64;
-    #[link_name = "_ZN2at8autocast17decrement_nestingEv"]
-    fn at_autocast_decrement_nesting() -> i64;
-    #[link_name = "_ZN2at8autocast11clear_cacheEv"]
-    fn at_autocast_clear_cache();
+    fn msd_autocast_get(device: c_int, enabled: *mut c_int, dtype: *mut c_int, err: *mut c_char, errlen: usize) -> c_int;
+    fn msd_autocast_set(device: c_int, enabled: c_int, dtype: c_int, err: *mut c_char, errlen: usize) -> c_int;
+    fn msd_autocast_nest(delta: c_int, err: *mut c_char, errlen: usize) -> c_int;
 }
 
-/// `c10::DeviceType::CPU`.
-const CPU: i8 = 0;
-/// `c10::DeviceType::CUDA`.
-const CUDA: i8 = 1;
+/// The shim's device codes.
+#[derive(Clone, Copy)]
+enum On {
+    Cpu = 0,
+    Cuda = 1,
+}
 
-/// `c10::ScalarType` codes of the dtypes autocast can use (c10/core/ScalarType.h).
-fn scalar_type(kind: Kind) -> i8 {
+/// The shim's dtype codes (mapped to c10's in C++).
+fn code(kind: Kind) -> c_int {
     match kind {
-        Kind::Half => 5,
-        Kind::Float => 6,
-        Kind::BFloat16 => 15,
-        other => panic!("autocast dtype {other:?} is not supported"),
+        Kind::Float => 0,
+        Kind::Half => 1,
+        Kind::BFloat16 => 2,
+        // Invariant: only the precisions of `train::amp::Precision` reach here.
+        other => panic!("autocast dtype {other:?} is not supported (fp32, fp16, bf16)"),
     }
+}
+
+fn kind_of(code: c_int) -> Option<Kind> {
+    match code {
+        0 => Some(Kind::Float),
+        1 => Some(Kind::Half),
+        2 => Some(Kind::BFloat16),
+        _ => None,
+    }
+}
+
+/// A failing call is a libtorch bug (the arguments are valid by construction): it is reported
+/// with libtorch's message and ends the operation (`cli::guard_panics` turns it into exit 1).
+fn checked(what: &str, f: impl FnOnce(*mut c_char, usize) -> c_int) {
+    if let Err(e) = crate::shim::call(f) {
+        panic!("libtorch autocast ({what}) failed: {e}");
+    }
+}
+
+/// (enabled, dtype) of autocast on `device`.
+fn get(device: On) -> (bool, Option<Kind>) {
+    let (mut enabled, mut dtype) = (0, -1);
+    // SAFETY: two out-pointers to live locals; exceptions are caught in the shim.
+    checked("get", |err, len| unsafe { msd_autocast_get(device as c_int, &mut enabled, &mut dtype, err, len) });
+    (enabled != 0, kind_of(dtype))
+}
+
+/// Sets autocast on/off (`None`: leave) and its dtype (`None`: leave) on `device`.
+fn set(device: On, enabled: Option<bool>, kind: Option<Kind>) {
+    let e = enabled.map_or(-1, |b| b as c_int);
+    let d = kind.map_or(-1, code);
+    // SAFETY: plain values; exceptions are caught in the shim.
+    checked("set", |err, len| unsafe { msd_autocast_set(device as c_int, e, d, err, len) });
+}
+
+fn nest(delta: c_int) {
+    // SAFETY: plain value; exceptions are caught in the shim.
+    checked("nesting", |err, len| unsafe { msd_autocast_nest(delta, err, len) });
 }
 
 /// Runs `f` under autocast in `kind` on `device` (`None`: plain fp32, `f` as is). CUDA goes
@@ -64,29 +97,19 @@ pub fn autocast<T>(device: tch::Device, kind: Option<Kind>, f: impl FnOnce() -> 
             /// Restores the CPU autocast state when dropped.
             struct Region {
                 was_enabled: bool,
-                was_kind: i8,
+                was_kind: Option<Kind>,
             }
             impl Drop for Region {
                 fn drop(&mut self) {
-                    // SAFETY: the values were read from libtorch; see `autocast` below.
-                    unsafe {
-                        if at_autocast_decrement_nesting() == 0 {
-                            at_autocast_clear_cache();
-                        }
-                        at_set_autocast_enabled(CPU, self.was_enabled);
-                        at_set_autocast_dtype(CPU, self.was_kind);
-                    }
+                    nest(-1);
+                    set(On::Cpu, Some(self.was_enabled), self.was_kind);
                 }
             }
-            // SAFETY: plain setters/getters of libtorch's thread-local autocast state, valid
-            // enum values; the guard undoes them in reverse order.
-            let _region = unsafe {
-                let r = Region { was_enabled: at_is_autocast_enabled(CPU), was_kind: at_get_autocast_dtype(CPU) };
-                at_set_autocast_dtype(CPU, scalar_type(k));
-                at_set_autocast_enabled(CPU, true);
-                at_autocast_increment_nesting();
-                r
-            };
+            // The guard undoes these in reverse order, also when `f` panics.
+            let (was_enabled, was_kind) = get(On::Cpu);
+            let _region = Region { was_enabled, was_kind };
+            set(On::Cpu, Some(true), Some(k));
+            nest(1);
             f()
         }
     }
@@ -101,18 +124,14 @@ pub fn without_cpu_autocast<T>(f: impl FnOnce() -> T) -> T {
         return f();
     }
     /// Switches CPU autocast back on when dropped.
-    struct On;
-    impl Drop for On {
+    struct Back;
+    impl Drop for Back {
         fn drop(&mut self) {
-            // SAFETY: setter of libtorch's thread-local state.
-            unsafe { at_set_autocast_enabled(CPU, true) }
+            set(On::Cpu, Some(true), None);
         }
     }
-    // SAFETY: setter of libtorch's thread-local state; `On` restores it.
-    let _on = unsafe {
-        at_set_autocast_enabled(CPU, false);
-        On
-    };
+    set(On::Cpu, Some(false), None);
+    let _back = Back;
     f()
 }
 
@@ -154,22 +173,18 @@ pub fn set_tf32(matmul: bool, conv: bool) -> crate::Result<(bool, bool)> {
 
 /// Whether CPU autocast is on (for tests and diagnostics).
 pub fn cpu_autocast_enabled() -> bool {
-    // SAFETY: reads thread-local state.
-    unsafe { at_is_autocast_enabled(CPU) }
+    get(On::Cpu).0
 }
 
 /// Sets the dtype CUDA autocast casts to (thread-local in libtorch: call it on the thread that
 /// runs the forward pass).
 pub fn set_cuda_autocast_kind(kind: Kind) {
-    // SAFETY: both arguments are valid enum values; the function only stores them.
-    unsafe { at_set_autocast_dtype(CUDA, scalar_type(kind)) }
+    set(On::Cuda, None, Some(kind));
 }
 
 /// The dtype CUDA autocast casts to now.
 pub fn cuda_autocast_kind() -> Option<Kind> {
-    // SAFETY: reads thread-local state.
-    let v = unsafe { at_get_autocast_dtype(CUDA) };
-    [Kind::Half, Kind::BFloat16, Kind::Float].into_iter().find(|&k| scalar_type(k) == v)
+    get(On::Cuda).1
 }
 
 #[cfg(test)]
