@@ -463,6 +463,8 @@ impl AttentionOutput {
                 col_labels,
                 cell: 96,
                 alpha: 0.55,
+                shared_scale: false,
+                unit: "attention".into(),
             },
         )?;
         for (slot, maps) in self.text_slots.iter().zip(&self.text_maps) {
@@ -491,6 +493,8 @@ impl AttentionOutput {
                 col_labels: self.image_attribution.iter().map(|(n, _)| n.clone()).collect(),
                 cell: 128,
                 alpha: 0.55,
+                shared_scale: false,
+                unit: "attribution".into(),
             },
         )?;
         let mut csv = CsvOut::new(&prov.csv_header(), &["method", "kind", "index", "label", "value"]);

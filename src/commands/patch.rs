@@ -117,21 +117,29 @@ impl PatchOutput {
                     unit: "share recovered".into(),
                 },
             )?;
-        } else if let Some(base) = &self.base {
+        } else if let Some(first) = &self.base {
+            // The values pool every pair, whose recoloured objects sit in different places: no
+            // pair's image goes underneath (a neutral grey does), and each slot's CLS result,
+            // which the patch grid cannot show, is in its label.
+            let base = image::RgbImage::from_pixel(first.width(), first.height(), image::Rgb([128, 128, 128]));
             let cells = vec![r.resid.iter().map(|row| (row[1..].iter().map(|&v| v as f32).collect::<Vec<f32>>(), self.grid)).collect()];
+            let labels: Vec<String> = r.slots.iter().zip(&r.resid).map(|(s, row)| format!("slot {s}, CLS {:.2}", row[0])).collect();
             plot::overlay_grid_png(
                 &dir.join("resid_overlay.png"),
                 &plot::OverlayGrid {
                     title: format!(
-                        "{} — recovered by patching one patch of the stream entering the slot (object recoloured)",
-                        self.model_name
+                        "{} — share recovered by patching one patch position of the stream entering the slot, pooled over {} pairs (one object recoloured)",
+                        self.model_name,
+                        r.pairs.len()
                     ),
-                    base,
+                    base: &base,
                     cells,
                     row_labels: vec!["patch".into()],
-                    col_labels: rows.clone(),
+                    col_labels: labels,
                     cell: 128,
                     alpha: 0.6,
+                    shared_scale: true,
+                    unit: "share recovered".into(),
                 },
             )?;
         }

@@ -42,8 +42,14 @@ pub fn save_png(path: &Path, buf: Vec<u8>, w: u32, h: u32) -> Result<()> {
 /// min–max normalised to [0, 1].
 pub fn upsample_normalized(values: &[f32], side: usize, size: usize) -> Vec<f64> {
     let (lo, hi) = values.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-    let range = if hi > lo { (hi - lo) as f64 } else { 1.0 };
-    let at = |r: usize, c: usize| (values[r * side + c] - lo) as f64 / range;
+    upsample_on(values, side, size, (lo as f64, hi as f64))
+}
+
+/// Bilinear upsampling of a `side × side` map to `size × size`, mapped to [0, 1] on the given
+/// range (values outside are clipped).
+pub fn upsample_on(values: &[f32], side: usize, size: usize, (lo, hi): (f64, f64)) -> Vec<f64> {
+    let range = if hi > lo { hi - lo } else { 1.0 };
+    let at = |r: usize, c: usize| ((values[r * side + c] as f64 - lo) / range).clamp(0.0, 1.0);
     let mut out = vec![0.0; size * size];
     for y in 0..size {
         let fy = ((y as f64 + 0.5) * side as f64 / size as f64 - 0.5).clamp(0.0, (side - 1) as f64);
@@ -82,20 +88,31 @@ pub struct OverlayGrid<'a> {
     pub cell: u32,
     /// Weight of the heat colour over the image (0..1).
     pub alpha: f64,
+    /// One colour scale for every cell (stated on the figure with a colour bar) instead of
+    /// each cell stretched to its own range; use it wherever cells are compared.
+    pub shared_scale: bool,
+    /// What the colours measure, with its unit (the colour bar's label).
+    pub unit: String,
 }
 
-/// Renders an [`OverlayGrid`] to PNG.
+/// Renders an [`OverlayGrid`] to PNG, with an SVG beside it that shows the same picture
+/// (the raster embedded by reference).
 pub fn overlay_grid_png(path: &Path, g: &OverlayGrid) -> Result<()> {
     init_fonts();
     let (rows, cols) = (g.cells.len() as u32, g.cells.iter().map(|r| r.len()).max().unwrap_or(0) as u32);
     let (left, top, pad) = (70u32, 56u32, 4u32);
-    let w = left + cols * (g.cell + pad) + pad;
-    let h = top + rows * (g.cell + pad) + pad;
+    let bar_w = COLOR_BAR_W as u32 + 20;
+    let w = left + cols * (g.cell + pad) + pad + bar_w;
+    // Room below the cells for the colour bar's label.
+    let h = top + rows * (g.cell + pad) + pad + 24;
+    let shared = g
+        .shared_scale
+        .then(|| finite_range(g.cells.iter().flatten().flat_map(|(v, _)| v.iter().map(|&x| x as f64)).collect::<Vec<_>>().iter()));
     let mut buf = vec![255u8; (w * h * 3) as usize];
     {
         let root = text::FixedText::new(BitMapBackend::with_buffer(&mut buf, (w, h))).into_drawing_area();
         root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
-        let font = ("sans-serif", 16).into_font();
+        let font = ("sans-serif", fitted_size(&g.title, w, 16)).into_font();
         root.draw_text(&g.title, &font.color(&BLACK), (8, 6)).map_err(|e| plot_err(path, e))?;
         let small = ("sans-serif", 13).into_font();
         for (c, label) in g.col_labels.iter().enumerate() {
@@ -110,7 +127,10 @@ pub fn overlay_grid_png(path: &Path, g: &OverlayGrid) -> Result<()> {
             }
             for (c, (values, side)) in row.iter().enumerate() {
                 let x0 = left + c as u32 * (g.cell + pad);
-                let up = upsample_normalized(values, *side, g.cell as usize);
+                let up = match shared {
+                    Some(range) => upsample_on(values, *side, g.cell as usize, range),
+                    None => upsample_normalized(values, *side, g.cell as usize),
+                };
                 for y in 0..g.cell {
                     for x in 0..g.cell {
                         let col = blend(base.get_pixel(x, y), up[(y * g.cell + x) as usize], g.alpha);
@@ -119,9 +139,33 @@ pub fn overlay_grid_png(path: &Path, g: &OverlayGrid) -> Result<()> {
                 }
             }
         }
+        // The colour bar: the shared range, or each cell's own min to max.
+        let bx = (left + cols * (g.cell + pad) + pad + 10) as i32;
+        let bar_h = (rows * (g.cell + pad)).clamp(80, 400) as i32 - pad as i32;
+        match shared {
+            Some(range) => draw_color_bar(&root, ColorScale::Sequential, range, (bx, top as i32), bar_h, &g.unit),
+            None => {
+                draw_color_bar(&root, ColorScale::Fixed(0.0, 1.0), (0.0, 1.0), (bx, top as i32), bar_h, "")
+                    .map_err(|e| plot_err(path, e))?;
+                let note = if g.unit.is_empty() {
+                    "each panel: its own min (0) to max (1)".to_string()
+                } else {
+                    format!("{}: each panel min → max", g.unit)
+                };
+                root.draw_text(&note, &("sans-serif", 11).into_font().color(&BLACK), (bx - 40, top as i32 + bar_h + 4))
+                    .map_err(|e| e.to_string())
+            }
+        }
+        .map_err(|e| plot_err(path, e))?;
         root.present().map_err(|e| plot_err(path, e))?;
     }
-    save_png(path, buf, w, h)
+    save_png(path, buf, w, h)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" xmlns:xlink=\"http://www.w3.org/1999/xlink\" width=\"{w}\" height=\"{h}\"><title>{}</title><image width=\"{w}\" height=\"{h}\" xlink:href=\"{name}\" href=\"{name}\"/></svg>\n",
+        g.title.replace('&', "&amp;").replace('<', "&lt;")
+    );
+    crate::io::write_atomic(&path.with_extension("svg"), svg.as_bytes())
 }
 
 /// A figure drawable on any plotters backend at a fixed size.
