@@ -486,11 +486,18 @@ impl AttentionOutput {
         overlay_grid_png(
             &dir.join("attribution.png"),
             &OverlayGrid {
-                title: format!("{} — image attribution for the caption", self.model_name),
+                title: format!("{} — image attribution for \"{}\" (AUC: deletion ↓, insertion ↑)", self.model_name, short(&self.caption)),
                 base: &self.rgb,
                 cells: vec![self.image_attribution.iter().map(|(_, v)| (v.clone(), grid as usize)).collect()],
                 row_labels: vec!["image".into()],
-                col_labels: self.image_attribution.iter().map(|(n, _)| n.clone()).collect(),
+                col_labels: self
+                    .image_attribution
+                    .iter()
+                    .map(|(n, _)| match self.faithfulness.get(n) {
+                        Some(f) => format!("{n} (del {:.2}, ins {:.2})", f.deletion_auc, f.insertion_auc),
+                        None => n.clone(),
+                    })
+                    .collect(),
                 cell: 128,
                 alpha: 0.55,
                 shared_scale: false,

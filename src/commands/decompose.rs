@@ -265,6 +265,10 @@ impl DecomposeOutput {
                 series: vec![("image side".into(), pts(|c| c.image.zero_shot_top1)), ("text side".into(), pts(|c| c.text.zero_shot_top1))],
                 y_range: (0.0, 1.0),
                 x_integer: true,
+                hlines: vec![
+                    (self.clean.zero_shot_top1, "full model".into()),
+                    (1.0 / crate::data::synthetic_set::zero_shot_classes().len() as f64, "chance".into()),
+                ],
                 ..Default::default()
             },
         )?;

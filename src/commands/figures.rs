@@ -562,6 +562,7 @@ fn layer_curves(r: &Recipe, dir: &Path) -> Result<()> {
         y_log: false,
         x_integer: true,
         caption: Some(caption),
+        hlines: vec![],
     };
     let top = |curves: &[(String, Curve)]| {
         curves.iter().flat_map(|(_, c)| c.iter().map(|p| p.3.max(p.1))).filter(|v| v.is_finite()).fold(0.0f64, f64::max)
@@ -722,6 +723,11 @@ fn training_curves(r: &Recipe, dir: &Path) -> Result<()> {
                 y_log: false,
                 x_integer: true,
                 caption: caption.clone(),
+                hlines: match *stem {
+                    "relation_acc" => vec![(0.5, "chance".into())],
+                    "zero_shot" => vec![(1.0 / 48.0, "chance (48 classes)".into())],
+                    _ => vec![],
+                },
             },
         )?;
     }

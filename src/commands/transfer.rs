@@ -765,6 +765,7 @@ impl TransferOutput {
                         series: series.into_iter().collect(),
                         y_range: (-0.5, 1.5),
                         x_integer: true,
+                        hlines: vec![(0.0, "start".into()), (1.0, "final value".into())],
                         caption: test.map(|t| {
                             format!(
                                 "Text settled first in {} heads, vision in {}, {} ties (sign test p = {}, Holm {}).",

@@ -101,7 +101,7 @@ pub fn overlay_grid_png(path: &Path, g: &OverlayGrid) -> Result<()> {
     init_fonts();
     let (rows, cols) = (g.cells.len() as u32, g.cells.iter().map(|r| r.len()).max().unwrap_or(0) as u32);
     let (left, top, pad) = (70u32, 56u32, 4u32);
-    let bar_w = COLOR_BAR_W as u32 + 20;
+    let bar_w = COLOR_BAR_W as u32 + 60;
     let w = left + cols * (g.cell + pad) + pad + bar_w;
     // Room below the cells for the colour bar's label.
     let h = top + rows * (g.cell + pad) + pad + 24;
@@ -117,7 +117,9 @@ pub fn overlay_grid_png(path: &Path, g: &OverlayGrid) -> Result<()> {
         let small = ("sans-serif", 13).into_font();
         for (c, label) in g.col_labels.iter().enumerate() {
             let x = (left + c as u32 * (g.cell + pad) + 4) as i32;
-            root.draw_text(label, &small.color(&BLACK), (x, (top - 18) as i32)).map_err(|e| plot_err(path, e))?;
+            // Each label fits over its own cell (shrinking, never running into the next).
+            let f = ("sans-serif", fitted_size(label, g.cell, 13)).into_font();
+            root.draw_text(label, &f.color(&BLACK), (x, (top - 18) as i32)).map_err(|e| plot_err(path, e))?;
         }
         let base = image::imageops::resize(g.base, g.cell, g.cell, image::imageops::FilterType::Triangle);
         for (r, row) in g.cells.iter().enumerate() {
@@ -147,13 +149,10 @@ pub fn overlay_grid_png(path: &Path, g: &OverlayGrid) -> Result<()> {
             None => {
                 draw_color_bar(&root, ColorScale::Fixed(0.0, 1.0), (0.0, 1.0), (bx, top as i32), bar_h, "")
                     .map_err(|e| plot_err(path, e))?;
-                let note = if g.unit.is_empty() {
-                    "each panel: its own min (0) to max (1)".to_string()
-                } else {
-                    format!("{}: each panel min → max", g.unit)
-                };
-                root.draw_text(&note, &("sans-serif", 11).into_font().color(&BLACK), (bx - 40, top as i32 + bar_h + 4))
-                    .map_err(|e| e.to_string())
+                let note =
+                    if g.unit.is_empty() { "each panel: min → max".to_string() } else { format!("{}, each panel min → max", g.unit) };
+                let f = ("sans-serif", fitted_size(&note, bar_w + 20, 11)).into_font();
+                root.draw_text(&note, &f.color(&BLACK), (bx - 10, top as i32 + bar_h + 4)).map_err(|e| e.to_string())
             }
         }
         .map_err(|e| plot_err(path, e))?;
@@ -241,18 +240,31 @@ fn draw_matrix<DB: DrawingBackend>(
     let (left, top) = (110, 40);
     root.draw_text(&m.title, &("sans-serif", fitted_size(&m.title, root.dim_in_pixel().0, 16)).into_font().color(&BLACK), (8, 8))
         .map_err(e)?;
-    let hi = m.values.iter().cloned().fold(f32::MIN, f32::max).max(1e-12) as f64;
+    // The first query of a causal matrix (SOT) can attend only to itself: its 1 would stretch
+    // the scale and flatten every other row, so the scale is the other rows' maximum (the SOT
+    // cell is drawn at the top colour) and the colour bar says so.
+    let rest = if m.side > 1 { &m.values[m.side..] } else { m.values };
+    let hi = rest.iter().cloned().fold(f32::MIN, f32::max).max(1e-12) as f64;
     let font = ("sans-serif", 12).into_font();
     for (i, label) in m.labels.iter().enumerate() {
         root.draw_text(label, &font.color(&BLACK), (6, top + i as i32 * cell + cell / 2 - 6)).map_err(e)?;
     }
     for r in 0..m.side {
         for c in 0..m.side {
-            let v = m.values[r * m.side + c] as f64 / hi;
+            let v = (m.values[r * m.side + c] as f64 / hi).min(1.0);
             let (x, y) = (left + c as i32 * cell, top + r as i32 * cell);
             root.draw(&Rectangle::new([(x, y), (x + cell - 1, y + cell - 1)], heat(v).filled())).map_err(e)?;
         }
     }
+    let unit = if m.side > 1 { "attention (first row: off scale)" } else { "attention" };
+    draw_color_bar(
+        &root,
+        ColorScale::Fixed(0.0, hi),
+        (0.0, hi),
+        (left + m.side as i32 * cell + 14, top),
+        (m.side as i32 * cell).max(60) - 2,
+        unit,
+    )?;
     // Column labels: vertical text under the matrix.
     let below = top + m.side as i32 * cell + 4;
     let vfont = font.transform(FontTransform::Rotate90);
@@ -271,7 +283,7 @@ pub fn matrix_png_svg(stem: &Path, m: &Matrix) -> Result<()> {
 impl Figure for Matrix<'_> {
     fn size(&self) -> (u32, u32) {
         let cell = 22;
-        ((110 + self.side as i32 * cell + 20) as u32, (40 + self.side as i32 * cell + 110) as u32)
+        ((110 + self.side as i32 * cell + 20 + COLOR_BAR_W + 90) as u32, (40 + (self.side as i32 * cell).max(60) + 110) as u32)
     }
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
         draw_matrix(root, self, 22)
@@ -303,6 +315,8 @@ pub struct LineChart {
     pub x_integer: bool,
     /// Explanatory text under the chart (why this metric, what to read).
     pub caption: Option<String>,
+    /// Horizontal reference lines (value, label): chance, the full model, a null.
+    pub hlines: Vec<(f64, String)>,
 }
 
 const SERIES_COLORS: [RGBColor; 8] = [
@@ -368,6 +382,7 @@ fn draw_lines<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>,
             bands: c.bands.iter().map(|b| b.as_ref().map(|b| b.iter().map(|&(lo, hi)| (t(lo), t(hi))).collect())).collect(),
             x_integer: c.x_integer,
             caption: c.caption.clone(),
+            hlines: c.hlines.iter().map(|(v, l)| (t(*v), l.clone())).collect(),
         };
         return draw_lines_with(root, &logged, true);
     }
@@ -419,6 +434,27 @@ fn draw_lines_with<DB: DrawingBackend>(
         mesh.y_label_formatter(&pow_labels);
     }
     mesh.draw().map_err(|x| x.to_string())?;
+    for (v, label) in &c.hlines {
+        if !(v.is_finite() && *v >= c.y_range.0 && *v <= c.y_range.1) {
+            continue;
+        }
+        let grey = RGBColor(90, 90, 90);
+        let (xa, xb) = (x0 - pad, x1 + pad);
+        let steps = 60;
+        for k in (0..steps).step_by(2) {
+            let (p, q) = (xa + (xb - xa) * k as f64 / steps as f64, xa + (xb - xa) * (k + 1) as f64 / steps as f64);
+            chart
+                .draw_series(std::iter::once(PathElement::new(vec![(p, *v), (q, *v)], grey.stroke_width(1))))
+                .map_err(|x| x.to_string())?;
+        }
+        chart
+            .draw_series(std::iter::once(Text::new(
+                label.clone(),
+                (xa + (xb - xa) * 0.01, *v),
+                ("sans-serif", 12).into_font().color(&grey),
+            )))
+            .map_err(|x| x.to_string())?;
+    }
     let n = c.series.len();
     for (i, (name, pts)) in c.series.iter().enumerate() {
         let col = series_color(name, i);
