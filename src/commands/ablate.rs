@@ -107,12 +107,12 @@ impl AblateOutput {
                 },
             )?;
         }
-        let points: Vec<(f64, f64)> = self
+        let (points, groups): (Vec<(f64, f64)>, Vec<String>) = self
             .ablation
             .heads
             .iter()
-            .filter_map(|h| Some((-h.text.as_ref()?.matched_cosine, -h.vision.as_ref()?.matched_cosine)))
-            .collect();
+            .filter_map(|h| Some(((-h.text.as_ref()?.matched_cosine, -h.vision.as_ref()?.matched_cosine), format!("slot {}", h.slot))))
+            .unzip();
         if !points.is_empty() {
             let a =
                 self.ablation.agreement.iter().find(|a| {
@@ -130,6 +130,7 @@ impl AblateOutput {
                     x_label: "text importance (−Δ matched cosine)".into(),
                     y_label: "vision importance (−Δ matched cosine)".into(),
                     points,
+                    groups,
                 },
             )?;
         }

@@ -233,10 +233,11 @@ impl HeadsOutput {
                 hm.title = format!("{} — {}, {} tower (slot × head)", cfg.name, stat_unit(stat), modality.name());
                 plot::heatmap_png_svg(&dir.join(format!("{name}_{}", modality.name())), &hm)?;
             }
-            let mut pts = vec![];
+            let (mut pts, mut groups) = (vec![], vec![]);
             for s in self.stats.iter().filter(|s| s.modality == Modality::Text) {
                 if let Some(v) = self.stats.iter().find(|v| v.modality == Modality::Vision && v.slot == s.slot && v.head == s.head) {
                     pts.push((s.get(stat), v.get(stat)));
+                    groups.push(format!("slot {}", s.slot));
                 }
             }
             if let (false, Some(a)) = (pts.is_empty(), self.agreement.iter().find(|a| a.statistic == name)) {
@@ -253,6 +254,7 @@ impl HeadsOutput {
                         x_label: format!("text: {}", stat_unit(stat)),
                         y_label: format!("vision: {}", stat_unit(stat)),
                         points: pts,
+                        groups,
                     },
                 )?;
             }

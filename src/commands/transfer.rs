@@ -681,15 +681,15 @@ impl TransferOutput {
                 },
             )?;
             for st in SCALARS {
-                let pts: Vec<(f64, f64)> = shared
+                let (pts, groups): (Vec<(f64, f64)>, Vec<String>) = shared
                     .iter()
                     .filter(|p| p.modality == Modality::Text)
                     .filter_map(|t| {
                         let v = shared.iter().find(|v| v.modality == Modality::Vision && v.slot == t.slot && v.head == t.head)?;
                         let (a, b) = (scalar(t, st), scalar(v, st));
-                        (a.is_finite() && b.is_finite()).then_some((a, b))
+                        (a.is_finite() && b.is_finite()).then_some(((a, b), format!("slot {}", t.slot)))
                     })
-                    .collect();
+                    .unzip();
                 if pts.len() >= 3 {
                     let a = self.agreement.iter().find(|a| a.statistic == st && a.scope == "shared slots");
                     plot::scatter_png_svg(
@@ -702,6 +702,7 @@ impl TransferOutput {
                             x_label: format!("text {}", label(st)),
                             y_label: format!("vision {}", label(st)),
                             points: pts,
+                            groups,
                         },
                     )?;
                 }

@@ -842,6 +842,9 @@ pub struct Scatter {
     pub y_label: String,
     /// The points.
     pub points: Vec<(f64, f64)>,
+    /// Per point, its group (e.g. "slot 3"), coloured and listed in a legend; empty = one
+    /// colour.
+    pub groups: Vec<String>,
 }
 
 /// The font size (at most `max`) at which `text` fits in `width` pixels: sans-serif glyphs
@@ -873,7 +876,18 @@ fn draw_scatter<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift
         .label_style(("sans-serif", 12))
         .draw()
         .map_err(|x| x.to_string())?;
-    chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 4, SERIES_COLORS[0].mix(0.8).filled()))).map_err(|x| x.to_string())?;
+    let mut names: Vec<&str> = Vec::new();
+    for g in &s.groups {
+        if !names.contains(&g.as_str()) {
+            names.push(g);
+        }
+    }
+    for (i, &p) in s.points.iter().enumerate() {
+        let k = s.groups.get(i).and_then(|g| names.iter().position(|n| n == g)).unwrap_or(0);
+        chart
+            .draw_series(std::iter::once(Circle::new(p, 4, SERIES_COLORS[k % SERIES_COLORS.len()].mix(0.85).filled())))
+            .map_err(|x| x.to_string())?;
+    }
     root.present().map_err(e)?;
     Ok(())
 }
@@ -888,10 +902,33 @@ pub fn scatter_png_svg(stem: &Path, s: &Scatter) -> Result<()> {
 
 impl Figure for Scatter {
     fn size(&self) -> (u32, u32) {
-        (520, 440)
+        (if self.groups.is_empty() { 520 } else { 640 }, 440)
     }
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
-        draw_scatter(root, self)
+        if self.groups.is_empty() {
+            return draw_scatter(root, self);
+        }
+        // The legend gets its own column right of the plot.
+        let (w, h) = root.dim_in_pixel();
+        let (plot, legend) = root.split_horizontally(w as i32 - 120);
+        let _ = h;
+        draw_scatter(plot, self)?;
+        let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
+        let mut names: Vec<&str> = Vec::new();
+        for g in &self.groups {
+            if !names.contains(&g.as_str()) {
+                names.push(g);
+            }
+        }
+        legend.fill(&WHITE).map_err(e)?;
+        let font = ("sans-serif", 12).into_font();
+        for (k, n) in names.iter().enumerate() {
+            let y = 50 + k as i32 * 18;
+            legend.draw(&Circle::new((10, y + 6), 4, SERIES_COLORS[k % SERIES_COLORS.len()].filled())).map_err(e)?;
+            legend.draw_text(n, &font.color(&BLACK), (20, y)).map_err(e)?;
+        }
+        legend.present().map_err(e)?;
+        Ok(())
     }
     fn bad_value(&self) -> Option<String> {
         first_bad("a point", self.points.iter().flat_map(|(x, y)| [x, y]), false)
@@ -1127,7 +1164,13 @@ mod finite_tests {
             assert!(matches!(err, Error::Numeric(_)) && err.to_string().contains("series \"a\""), "{err}");
         }
         assert!(!dir.join("c.png").exists());
-        let s = Scatter { title: "s".into(), x_label: "x".into(), y_label: "y".into(), points: vec![(0.0, f64::NAN), (1.0, 1.0)] };
+        let s = Scatter {
+            title: "s".into(),
+            x_label: "x".into(),
+            y_label: "y".into(),
+            points: vec![(0.0, f64::NAN), (1.0, 1.0)],
+            groups: vec![],
+        };
         assert!(matches!(scatter_png_svg(&dir.join("s"), &s), Err(Error::Numeric(_))));
         line_chart_png_svg(&dir.join("ok"), &chart(1.5)).unwrap();
         let p = IntervalPanels {
