@@ -1292,8 +1292,13 @@ mod figure_tests {
             caption: Some("Dot: the mean; bar: its 95 % interval.".into()),
             ..Default::default()
         };
-        let scatter =
-            Scatter { title: "importance".into(), x_label: "text".into(), y_label: "vision".into(), points: vec![(0.0, 0.1), (1.0, 0.5)] };
+        let scatter = Scatter {
+            title: "importance".into(),
+            x_label: "text".into(),
+            y_label: "vision".into(),
+            points: vec![(0.0, 0.1), (1.0, 0.5), (0.5, 0.2)],
+            groups: vec!["slot 1".into(), "slot 2".into(), "slot 1".into()],
+        };
         for (name, boxes) in [
             ("line chart", render_to_buffer(&chart).unwrap().3),
             ("interval panels", render_to_buffer(&panels).unwrap().3),
