@@ -262,7 +262,7 @@ fn run(cli: Cli) -> Result<()> {
             },
         ));
     }
-    let worker = std::env::var_os(LOCAL_WORKER).is_some();
+    let worker = std::env::var_os(msclip::distributed::local::LOCAL_WORKER).is_some();
     let spawn = cli.nproc_per_node.filter(|&n| n > 1 && !worker);
     if spawn.is_some() && std::env::var_os("WORLD_SIZE").is_some() {
         return Err(Error::Invalid(
@@ -289,13 +289,19 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     if let Some(n) = spawn {
-        return spawn_workers(n, &out);
+        return {
+            let exe = std::env::current_exe().map_err(|e| Error::Invalid(format!("cannot find this program to spawn workers: {e}")))?;
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            let port = std::env::var("MASTER_PORT").ok().and_then(|p| p.parse().ok());
+            // Grace for the other ranks after a failure: they fail at their next collective.
+            msclip::distributed::local::supervise(&exe, &args, n, port, &out, std::time::Duration::from_secs(30))
+        };
     }
     let group = match launch {
         // A one-rank group only when a backend is asked for (e.g. to test NCCL at world size 1).
         Some(l) if l.world > 1 || cli.dist_backend.is_some() => {
             if l.rank != 0 {
-                log_to_file(&out.join(format!("rank-{}.log", l.rank)))?;
+                msclip::distributed::local::log_to_file(&out.join(format!("rank-{}.log", l.rank)))?;
             }
             if backend == Backend::Nccl {
                 let (g, d) = nccl_group(&l, cli.dist_timeout)?;
@@ -315,24 +321,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         return Ok(());
     }
-    if matches!(opts.resume, Resume::Path(_)) {
-        return Err(Error::Invalid(
-            "--seeds with --resume PATH: resume a group with --resume (latest of each seed) or --resume-or-fresh".into(),
-        ));
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    if let Some(s) = cli.seeds.iter().find(|s| !seen.insert(**s)) {
-        return Err(Error::config("--seeds", s, "each seed once"));
-    }
-    for &seed in &cli.seeds {
-        tc.seed = seed;
-        let dir = out.join(format!("seed-{seed}"));
-        eprintln!("seed {seed} → {}", dir.display());
-        let outcome = train(&tc, &dir, &opts)?;
-        if let Some(e) = &outcome.last_eval {
-            println!("{{\"seed\":{seed},\"eval\":{}}}", serde_json::to_string(e).unwrap());
-        }
-    }
+    msclip::train::train_seeds(&tc, &cli.seeds, &out, &opts, |seed, e| {
+        println!("{{\"seed\":{seed},\"eval\":{}}}", serde_json::to_string(e).unwrap_or_default());
+    })?;
     Ok(())
 }
 
@@ -349,97 +340,6 @@ fn nccl_group(_: &msclip::distributed::Launch, _: u64) -> Result<(msclip::distri
     Err(Error::config("--dist-backend", "nccl", "NCCL needs a --features cuda build"))
 }
 
-/// Set in the environment of the workers that `--nproc-per-node` spawns.
-const LOCAL_WORKER: &str = "MSCLIP_LOCAL_WORKER";
-
-/// The terminal's stderr, kept when a rank's stderr goes to its log, for the final error.
-static CONSOLE: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
-
-/// Sends this process's stderr to `path` (ranks other than 0 log to RUN/rank-N.log); the final
-/// error line still reaches the original stderr too.
-fn log_to_file(path: &std::path::Path) -> Result<()> {
-    use std::os::fd::IntoRawFd;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    let f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
-    let fd = f.into_raw_fd();
-    let saved = unsafe { libc::dup(2) };
-    if saved >= 0 {
-        let _ = CONSOLE.set(saved);
-    }
-    if unsafe { libc::dup2(fd, 2) } < 0 {
-        return Err(Error::io(path, std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
-/// torchrun's standalone mode: runs this command `n` times with RANK, WORLD_SIZE, LOCAL_RANK,
-/// MASTER_ADDR=127.0.0.1 and a free MASTER_PORT, and waits. When a worker fails, the others
-/// are given the group timeout's grace to fail on their own (they do at their next collective)
-/// and are then killed; the exit status is the first failure's.
-fn spawn_workers(n: usize, out: &std::path::Path) -> Result<()> {
-    let exe = std::env::current_exe().map_err(|e| Error::Invalid(format!("cannot find this program to spawn workers: {e}")))?;
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let port = match std::env::var("MASTER_PORT") {
-        Ok(p) => p,
-        Err(_) => std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port().to_string())
-            .map_err(|e| Error::Invalid(format!("no free local port for the rendezvous: {e}")))?,
-    };
-    eprintln!("spawning {n} workers (rendezvous 127.0.0.1:{port}; ranks 1..{n} log to {}/rank-N.log)", out.display());
-    let mut children = vec![];
-    for rank in 0..n {
-        let child = std::process::Command::new(&exe)
-            .args(&args)
-            .env(LOCAL_WORKER, "1")
-            .env("RANK", rank.to_string())
-            .env("LOCAL_RANK", rank.to_string())
-            .env("WORLD_SIZE", n.to_string())
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", &port)
-            .spawn()
-            .map_err(|e| Error::Invalid(format!("spawning worker {rank}: {e}")))?;
-        children.push(Some(child));
-    }
-    let mut failure: Option<(usize, i32)> = None;
-    let mut failed_at = None;
-    loop {
-        for (rank, slot) in children.iter_mut().enumerate() {
-            if let Some(c) = slot {
-                if let Ok(Some(status)) = c.try_wait() {
-                    *slot = None;
-                    if !status.success() && failure.is_none() {
-                        failure = Some((rank, status.code().unwrap_or(1)));
-                        failed_at = Some(std::time::Instant::now());
-                    }
-                }
-            }
-        }
-        if children.iter().all(|c| c.is_none()) {
-            break;
-        }
-        if failed_at.is_some_and(|t| t.elapsed().as_secs() > 30) {
-            for c in children.iter_mut().flatten() {
-                let _ = c.kill();
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    match failure {
-        None => Ok(()),
-        Some((rank, code)) => {
-            let msg = format!("worker {rank} exited with status {code}; all workers stopped (see {}/rank-N.log)", out.display());
-            if code == 2 {
-                Err(Error::Invalid(msg))
-            } else {
-                Err(Error::Stopped(msg))
-            }
-        }
-    }
-}
-
 fn main() -> ExitCode {
     msclip::cli::guard_panics(real_main)
 }
@@ -449,12 +349,7 @@ fn real_main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            if let Some(&fd) = CONSOLE.get() {
-                use std::io::Write;
-                use std::os::fd::FromRawFd;
-                let mut console = unsafe { std::fs::File::from_raw_fd(fd) };
-                let _ = writeln!(console, "error: {e}");
-            }
+            msclip::distributed::local::console_line(&format!("error: {e}"));
             ExitCode::from(e.exit_code())
         }
     }

@@ -11,6 +11,8 @@
 //! Gloo takes CPU tensors; with the `cuda` feature, `ProcessGroup::new_nccl` forms an NCCL
 //! group for CUDA tensors (`csrc/dist_nccl.cpp`; built, not yet run on a GPU).
 
+pub mod local;
+
 use std::ffi::{c_char, c_int, c_void, CString};
 
 use tch::{Kind, Tensor};

@@ -825,6 +825,38 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
     Ok(TrainOutcome { final_step: end, last_checkpoint, last_eval })
 }
 
+/// Trains one run per seed into `out/seed-<s>` (a group, as recipes name it with
+/// `runs = ["OUT/seed-{seed}"]`), each a full [`train`] with `tc.seed = s`; `report` gets each
+/// seed's last evaluation. A duplicated seed, or `--resume PATH` (which names one run), is an
+/// error before anything trains.
+pub fn train_seeds(
+    tc: &TrainConfig,
+    seeds: &[u64],
+    out: &Path,
+    opts: &TrainOptions,
+    mut report: impl FnMut(u64, &EvalResult),
+) -> Result<()> {
+    if matches!(opts.resume, Resume::Path(_)) {
+        return Err(Error::Invalid(
+            "--seeds with --resume PATH: resume a group with --resume (latest of each seed) or --resume-or-fresh".into(),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(s) = seeds.iter().find(|s| !seen.insert(**s)) {
+        return Err(Error::config("--seeds", s, "each seed once"));
+    }
+    for &seed in seeds {
+        let tc = TrainConfig { seed, ..tc.clone() };
+        let dir = out.join(format!("seed-{seed}"));
+        eprintln!("seed {seed} → {}", dir.display());
+        let outcome = train(&tc, &dir, opts)?;
+        if let Some(e) = &outcome.last_eval {
+            report(seed, e);
+        }
+    }
+    Ok(())
+}
+
 /// The variables in name order: collectives must see the same tensors in the same order on
 /// every rank (a VarStore's HashMap order differs from process to process).
 fn named_in_order(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
