@@ -1060,7 +1060,8 @@ impl Figure for IntervalPanels {
     fn size(&self) -> (u32, u32) {
         let (cols, rows) = self.grid();
         let w = Self::LEFT + cols as i32 * Self::PANEL_W + 20;
-        let h = Self::TOP - 26 + rows as i32 * self.block_h() + if self.caption.is_some() { 60 } else { 0 };
+        let degenerate = self.panels.iter().flat_map(|(_, v)| v).any(|(m, l, h)| m.is_finite() && l.is_finite() && (h - l).abs() < 1e-12);
+        let h = Self::TOP - 26 + rows as i32 * self.block_h() + if self.caption.is_some() || degenerate { 80 } else { 0 };
         (w.max(600) as u32, h as u32)
     }
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
@@ -1075,6 +1076,7 @@ impl Figure for IntervalPanels {
                 root.draw_text(m, &font.color(&BLACK), (8, top + r as i32 * Self::ROW + 6)).map_err(e)?;
             }
         }
+        let mut degenerate = false;
         let mut bottom = 0;
         for (p, (metric, vals)) in self.panels.iter().enumerate() {
             let top = Self::TOP + (p / cols) as i32 * self.block_h();
@@ -1128,13 +1130,30 @@ impl Figure for IntervalPanels {
                     root.draw(&PathElement::new(vec![(px(*l), y), (px(*h), y)], col.stroke_width(3))).map_err(e)?;
                 }
                 if mean.is_finite() {
-                    root.draw(&Circle::new((px(*mean), y), 5, col.filled())).map_err(e)?;
+                    // An interval of zero width (every resample or seed gave the same value)
+                    // carries no uncertainty information: drawn hollow, and said below.
+                    if l.is_finite() && h.is_finite() && (h - l).abs() < 1e-12 {
+                        root.draw(&Circle::new((px(*mean), y), 5, col.stroke_width(2))).map_err(e)?;
+                        degenerate = true;
+                    } else {
+                        root.draw(&Circle::new((px(*mean), y), 5, col.filled())).map_err(e)?;
+                    }
                 }
             }
         }
-        if let Some(text) = &self.caption {
+        let with_note;
+        let caption = if degenerate {
+            with_note = format!(
+                "{} Hollow dot: an interval of zero width (no spread at all, e.g. every item or seed scored the same), not a precise estimate.",
+                self.caption.as_deref().unwrap_or("")
+            );
+            Some(&with_note)
+        } else {
+            self.caption.as_ref()
+        };
+        if let Some(text) = caption {
             let (w, _) = root.dim_in_pixel();
-            for (k, line) in wrap(text, (w as usize).saturating_sub(20) / 7).iter().enumerate().take(3) {
+            for (k, line) in wrap(text, (w as usize).saturating_sub(20) / 7).iter().enumerate().take(4) {
                 root.draw_text(line, &font.color(&BLACK), (10, bottom + 34 + 17 * k as i32)).map_err(e)?;
             }
         }
