@@ -284,12 +284,12 @@ pub fn run_all(recipes: &Path, out: &Path) -> Result<usize> {
                     "distance_text.png",
                 ] {
                     if sub.join(key).exists() {
-                        index.push_str(&format!("![{file}/{key}]({name}/{file}/{key})\n\n"));
+                        index.push_str(&format!("![{file}/{key}]({name}/{file}/{key})\n\n{}", caption_line(&sub.join(key))));
                     }
                 }
                 index.push_str(&format!("- all files: [{name}/{file}/]({name}/{file}/)\n\n"));
             } else if file.ends_with(".png") {
-                index.push_str(&format!("![{file}]({name}/{file})\n\n"));
+                index.push_str(&format!("![{file}]({name}/{file})\n\n{}", caption_line(&sub)));
             } else {
                 index.push_str(&format!("- [{file}]({name}/{file})\n"));
             }
@@ -298,6 +298,15 @@ pub fn run_all(recipes: &Path, out: &Path) -> Result<usize> {
     }
     write_atomic(&out.join("README.md"), index.as_bytes())?;
     Ok(parsed.len())
+}
+
+/// The caption a figure carries (from its SVG's `<desc>`), as an index line, or nothing.
+fn caption_line(png: &Path) -> String {
+    std::fs::read_to_string(png.with_extension("svg"))
+        .ok()
+        .and_then(|s| crate::plot::svg_caption(&s))
+        .map(|c| format!("_{}_\n\n", c.replace('\n', " ")))
+        .unwrap_or_default()
 }
 
 fn listing(dir: &Path) -> Vec<String> {

@@ -32,10 +32,39 @@ fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
 
 /// Writes `buf` (RGB, `w × h`) to `path` as PNG through a temp file + rename.
 pub fn save_png(path: &Path, buf: Vec<u8>, w: u32, h: u32) -> Result<()> {
-    let img = RgbImage::from_raw(w, h, buf).ok_or_else(|| plot_err(path, "buffer size"))?;
+    save_png_described(path, buf, w, h, "")
+}
+
+/// [`save_png`] with the figure's caption in a `Description` text chunk (what the figure shows;
+/// read back by the figures index).
+pub fn save_png_described(path: &Path, buf: Vec<u8>, w: u32, h: u32, description: &str) -> Result<()> {
+    if buf.len() != (w * h * 3) as usize {
+        return Err(plot_err(path, "buffer size"));
+    }
     let tmp = path.with_extension("png.tmp");
-    img.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| plot_err(path, e))?;
+    let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    if !description.is_empty() {
+        enc.add_itxt_chunk("Description".into(), description.into()).map_err(|e| plot_err(path, e))?;
+    }
+    let mut writer = enc.write_header().map_err(|e| plot_err(path, e))?;
+    writer.write_image_data(&buf).map_err(|e| plot_err(path, e))?;
+    writer.finish().map_err(|e| plot_err(path, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// `text` escaped for XML.
+fn xml(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// The caption an SVG written by [`render`] carries in its `<desc>` (None without one).
+pub fn svg_caption(svg: &str) -> Option<String> {
+    let a = svg.find("<desc>")? + "<desc>".len();
+    let b = a + svg[a..].find("</desc>")?;
+    Some(svg[a..b].replace("&quot;", "\"").replace("&gt;", ">").replace("&lt;", "<").replace("&amp;", "&"))
 }
 
 /// Bilinear upsampling of a `side × side` map to `size × size` (pixel centres aligned), then
@@ -158,10 +187,10 @@ pub fn overlay_grid_png(path: &Path, g: &OverlayGrid) -> Result<()> {
         .map_err(|e| plot_err(path, e))?;
         root.present().map_err(|e| plot_err(path, e))?;
     }
-    save_png(path, buf, w, h)?;
+    save_png_described(path, buf, w, h, &g.title)?;
     let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" xmlns:xlink=\"http://www.w3.org/1999/xlink\" width=\"{w}\" height=\"{h}\"><title>{}</title><image width=\"{w}\" height=\"{h}\" xlink:href=\"{name}\" href=\"{name}\"/></svg>\n",
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" xmlns:xlink=\"http://www.w3.org/1999/xlink\" width=\"{w}\" height=\"{h}\"><title>{0}</title><desc>{0}</desc><image width=\"{w}\" height=\"{h}\" xlink:href=\"{name}\" href=\"{name}\"/></svg>\n",
         g.title.replace('&', "&amp;").replace('<', "&lt;")
     );
     crate::io::write_atomic(&path.with_extension("svg"), svg.as_bytes())
@@ -173,6 +202,11 @@ pub trait Figure {
     fn size(&self) -> (u32, u32);
     /// Draws onto `root` (PNG or SVG backend).
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String>;
+    /// What the figure shows, in words (its title and caption): written into the PNG's
+    /// `Description` and the SVG's `<desc>`, and listed under the figure in the index.
+    fn describe(&self) -> String {
+        String::new()
+    }
     /// The first value that must not be drawn (±∞ anywhere; NaN where the figure has no
     /// "missing" meaning for it), described for the error. Checked before anything is drawn.
     fn bad_value(&self) -> Option<String> {
@@ -211,10 +245,16 @@ pub fn render(stem: &Path, fig: &impl Figure) -> Result<()> {
     let png = stem.with_extension("png");
     let mut buf = vec![255u8; (w * h * 3) as usize];
     fig.draw(text::FixedText::new(BitMapBackend::with_buffer(&mut buf, (w, h))).into_drawing_area()).map_err(|e| plot_err(&png, e))?;
-    save_png(&png, buf, w, h)?;
+    let description = fig.describe();
+    save_png_described(&png, buf, w, h, &description)?;
     let svg = stem.with_extension("svg");
     let mut text = String::new();
     fig.draw(SVGBackend::with_string(&mut text, (w, h)).into_drawing_area()).map_err(|e| plot_err(&svg, e))?;
+    if !description.is_empty() {
+        if let Some(i) = text.find("<svg").and_then(|i| text[i..].find('>').map(|j| i + j + 1)) {
+            text.insert_str(i, &format!("\n<desc>{}</desc>", xml(&description)));
+        }
+    }
     crate::io::write_atomic(&svg, text.as_bytes())
 }
 
@@ -281,6 +321,12 @@ pub fn matrix_png_svg(stem: &Path, m: &Matrix) -> Result<()> {
 }
 
 impl Figure for Matrix<'_> {
+    fn describe(&self) -> String {
+        join_caption(
+            &self.title,
+            Some("Rows: queries; columns: keys; the first row is off the colour scale (a causal first query attends only to itself)."),
+        )
+    }
     fn size(&self) -> (u32, u32) {
         let cell = 22;
         ((110 + self.side as i32 * cell + 20 + COLOR_BAR_W + 90) as u32, (40 + (self.side as i32 * cell).max(60) + 110) as u32)
@@ -549,6 +595,9 @@ impl Figure for LineChart {
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
         draw_lines(root, self)
     }
+    fn describe(&self) -> String {
+        join_caption(&self.title, self.caption.as_deref())
+    }
     fn bad_value(&self) -> Option<String> {
         self.series
             .iter()
@@ -591,6 +640,16 @@ pub enum ColorScale {
 }
 
 impl ColorScale {
+    /// The scale in words, for captions.
+    pub fn describe(&self) -> String {
+        match self {
+            ColorScale::Sequential => "sequential, from the smallest to the largest value".into(),
+            ColorScale::Fixed(a, b) => format!("sequential on [{a}, {b}]"),
+            ColorScale::Diverging => "diverging, white at 0".into(),
+            ColorScale::DivergingAbout(c) => format!("diverging, white at {c:.3}"),
+        }
+    }
+
     /// The range drawn for `values` (for a diverging scale symmetric about 0).
     pub fn range<'a>(&self, values: impl Iterator<Item = &'a f64>) -> (f64, f64) {
         let (lo, hi) = finite_range(values);
@@ -628,6 +687,14 @@ pub fn diverging(s: f64) -> RGBColor {
     let (end, a) = if s < 0.0 { ([33.0, 102.0, 172.0], -s) } else { ([178.0, 24.0, 43.0], s) };
     let mix = |e: f64| (255.0 + (e - 255.0) * a).round() as u8;
     RGBColor(mix(end[0]), mix(end[1]), mix(end[2]))
+}
+
+/// "title. caption" for a figure's description.
+fn join_caption(title: &str, caption: Option<&str>) -> String {
+    match caption {
+        Some(c) if !c.is_empty() => format!("{title}. {c}"),
+        _ => title.to_string(),
+    }
 }
 
 /// Width of the colour bar and its labels right of a heatmap's cells.
@@ -760,6 +827,11 @@ impl HeatmapPanels {
 }
 
 impl Figure for HeatmapPanels {
+    fn describe(&self) -> String {
+        let scale = self.panels.iter().flatten().next().map(|h| h.scale.describe()).unwrap_or_default();
+        let shared = if self.shared_scale { "one colour scale for every panel" } else { "one colour scale per column" };
+        join_caption(&self.title, Some(&format!("Colour: {scale}; {shared}.")))
+    }
     fn size(&self) -> (u32, u32) {
         let (pw, ph) = self.panel_size();
         let cols = self.panels.iter().map(|r| r.len()).max().unwrap_or(1) as i32;
@@ -829,6 +901,12 @@ impl Figure for Heatmap {
     }
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
         draw_heatmap(root, self, 34)
+    }
+    fn describe(&self) -> String {
+        join_caption(
+            &self.title,
+            Some(&format!("Colour: {} ({}).", if self.unit.is_empty() { "value" } else { &self.unit }, self.scale.describe())),
+        )
     }
 }
 
@@ -901,6 +979,9 @@ pub fn scatter_png_svg(stem: &Path, s: &Scatter) -> Result<()> {
 }
 
 impl Figure for Scatter {
+    fn describe(&self) -> String {
+        join_caption(&self.title, Some(&format!("{} points; x: {}; y: {}.", self.points.len(), self.x_label, self.y_label)))
+    }
     fn size(&self) -> (u32, u32) {
         (if self.groups.is_empty() { 520 } else { 640 }, 440)
     }
@@ -1057,6 +1138,9 @@ impl IntervalPanels {
 }
 
 impl Figure for IntervalPanels {
+    fn describe(&self) -> String {
+        join_caption(&self.title, self.caption.as_deref())
+    }
     fn size(&self) -> (u32, u32) {
         let (cols, rows) = self.grid();
         let w = Self::LEFT + cols as i32 * Self::PANEL_W + 20;
@@ -1327,5 +1411,33 @@ mod figure_tests {
             let o = overlaps(&boxes);
             assert!(o.is_empty(), "{name}: {o:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod caption_tests {
+    use super::*;
+
+    /// The caption travels with the figure: in the PNG's Description chunk and the SVG's
+    /// <desc>, read back as written.
+    #[test]
+    fn figures_carry_their_caption() {
+        let dir = std::env::temp_dir().join(format!("msclip-caption-{}", std::process::id()));
+        let chart = LineChart {
+            title: "Zero-shot <top-1> & more".into(),
+            series: vec![("a".into(), vec![(0.0, 0.1), (1.0, 0.2)])],
+            bands: vec![None],
+            y_range: (0.0, 1.0),
+            caption: Some("Mean over 8 seeds.".into()),
+            ..Default::default()
+        };
+        line_chart_png_svg(&dir.join("c"), &chart).unwrap();
+        let svg = std::fs::read_to_string(dir.join("c.svg")).unwrap();
+        assert_eq!(svg_caption(&svg).unwrap(), "Zero-shot <top-1> & more. Mean over 8 seeds.");
+        let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(dir.join("c.png")).unwrap()));
+        let reader = decoder.read_info().unwrap();
+        let texts: Vec<String> = reader.info().utf8_text.iter().map(|t| t.get_text().unwrap()).collect();
+        assert!(texts.iter().any(|t| t == "Zero-shot <top-1> & more. Mean over 8 seeds."), "{texts:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
