@@ -92,7 +92,7 @@ impl AblateOutput {
         ] {
             let panels = vec![["vision", "text", "both"]
                 .iter()
-                .map(|t| plot::Heatmap { unit: format!("importance ({label})"), ..heatmap(cfg, &self.ablation.heads, t, f) })
+                .map(|t| plot::Heatmap { unit: "importance (−Δ)".into(), ..heatmap(cfg, &self.ablation.heads, t, f) })
                 .collect()];
             plot::render(
                 &dir.join(stem),

@@ -578,7 +578,7 @@ fn layer_curves(r: &Recipe, dir: &Path) -> Result<()> {
     };
     if by_gap {
         let caption = format!(
-            "Centroid gap ‖x̄ − ȳ‖ of the pooled tokens at {} mapped through the frozen final LN + projection (B15); {method}.",
+            "Centroid gap ‖x̄ − ȳ‖ of the pooled tokens at {} mapped through the frozen final LayerNorm and projection into the joint space; {method}",
             site.name()
         );
         return line_chart_png_svg(
@@ -590,12 +590,12 @@ fn layer_curves(r: &Recipe, dir: &Path) -> Result<()> {
     let n_slots = curves[0].iter().map(|(_, c)| c.len()).max().unwrap_or(0);
     let saturated = (0..n_slots).filter(|&j| curves[0].iter().all(|(_, c)| c.get(j).is_some_and(|p| p.1 >= 0.99))).count();
     let nmi_caption = format!(
-        "NMI of 2-means clusters vs modality ({}): 1 = the modalities form separate clusters. {saturated} of {n_slots} slots are saturated (NMI ≥ 0.99 for every model), where NMI cannot tell models apart; separation_by_layer.png, beside it, measures how far apart the clusters are. {method}.",
+        "NMI of 2-means clusters vs modality ({}): 1 = the modalities form separate clusters. {saturated} of {n_slots} slots are saturated (NMI ≥ 0.99 for every model), where NMI cannot tell models apart; separation_by_layer.png, beside it, measures how far apart the clusters are. {method}",
         site.name()
     );
     line_chart_png_svg(&dir.join(stem), &chart(&curves[0], format!("NMI ({})", site.name()), 1.05, nmi_caption))?;
     let sep_caption = format!(
-        "Companion of NMI, which saturates once the modalities are separable: the centroid gap in units of the within-modality spread, ‖x̄ − ȳ‖ / √(½(E‖x − x̄‖² + E‖y − ȳ‖²)) at {}; it keeps growing with the distance, so it ranks models where NMI is 1. {method}.",
+        "Companion of NMI, which saturates once the modalities are separable: the centroid gap in units of the within-modality spread, ‖x̄ − ȳ‖ / √(½(E‖x − x̄‖² + E‖y − ȳ‖²)) at {}; it keeps growing with the distance, so it ranks models where NMI is 1. {method}",
         site.name()
     );
     // Log scale: the embedding layer's separation is tens of spreads, the joint space's a

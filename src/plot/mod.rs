@@ -443,7 +443,7 @@ fn draw_lines_with<DB: DrawingBackend>(
     let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
     root.fill(&WHITE).map_err(e)?;
     let (w, h) = root.dim_in_pixel();
-    let caption_h = if c.caption.is_some() { 58 } else { 0 };
+    let caption_h = caption_height(c);
     let (main, bottom) = root.split_vertically(h as i32 - caption_h);
     let (plot_area, legend) = main.split_horizontally(w as i32 - 190);
     let xs = c.series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
@@ -558,7 +558,7 @@ fn draw_lines_with<DB: DrawingBackend>(
         }
     }
     if let Some(text) = &c.caption {
-        for (k, line) in wrap(text, ((w as usize).saturating_sub(20)) / 7).iter().enumerate().take(3) {
+        for (k, line) in wrap(text, ((w as usize).saturating_sub(20)) / 7).iter().enumerate().take(8) {
             bottom.draw(&Text::new(line.clone(), (12, 6 + 17 * k as i32), ("sans-serif", 13).into_font().color(&BLACK))).map_err(e)?;
         }
     }
@@ -567,6 +567,14 @@ fn draw_lines_with<DB: DrawingBackend>(
 }
 
 /// Words of `text` in lines of at most `width` characters.
+/// Height of a line chart's caption block: every wrapped line shown (up to 8).
+fn caption_height(c: &LineChart) -> i32 {
+    match &c.caption {
+        Some(t) => 12 + 17 * wrap(t, (900 - 20) / 7).len().min(8) as i32,
+        None => 0,
+    }
+}
+
 fn wrap(text: &str, width: usize) -> Vec<String> {
     let mut lines = vec![String::new()];
     for word in text.split_whitespace() {
@@ -590,7 +598,7 @@ pub fn line_chart_png_svg(stem: &Path, c: &LineChart) -> Result<()> {
 
 impl Figure for LineChart {
     fn size(&self) -> (u32, u32) {
-        (900, if self.caption.is_some() { 498 } else { 440 })
+        (900, 440 + caption_height(self) as u32)
     }
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
         draw_lines(root, self)
@@ -714,7 +722,9 @@ fn draw_color_bar<DB: DrawingBackend>(
     let h = h.max(40);
     let font = ("sans-serif", 11).into_font();
     if !unit.is_empty() {
-        root.draw_text(unit, &font.color(&BLACK), (x, top + h + 4)).map_err(e)?;
+        // The label fits the bar's column (shrinking rather than running off the figure).
+        let f = ("sans-serif", fitted_size(unit, COLOR_BAR_W as u32 + 16, 11)).into_font();
+        root.draw_text(unit, &f.color(&BLACK), (x, top + h + 4)).map_err(e)?;
     }
     for k in 0..h {
         // Top = high end.
