@@ -244,18 +244,7 @@ fn checkpoint_with(dir: &std::path::Path, f: impl Fn(&str, &tch::Tensor) -> tch:
             t.shallow_clone().copy_(&new);
         }
     });
-    let meta = msclip::checkpoint::Meta {
-        tool_version: msclip::VERSION.into(),
-        model: cfg,
-        step: 0,
-        epoch: 0,
-        samples_seen: 0,
-        data_cursor: 0,
-        seed: 0,
-        train_config: String::new(),
-        sha256: Default::default(),
-        init: None,
-    };
+    let meta = msclip::checkpoint::Meta::initial(cfg, 0, String::new());
     msclip::checkpoint::save_dir(dir, &vs, &[], meta).unwrap();
 }
 

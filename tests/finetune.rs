@@ -170,18 +170,7 @@ fn tiny(steps: i64, seed: u64) -> TrainConfig {
 fn save_fresh(dir: &Path, seed: u64) -> PathBuf {
     let cfg = ModelConfig::preset("tiny-msclip-s").unwrap();
     let (vs, _) = MsClip::build(&cfg, Device::Cpu, seed as i64);
-    let meta = checkpoint::Meta {
-        tool_version: msclip::VERSION.into(),
-        model: cfg,
-        step: 0,
-        epoch: 0,
-        samples_seen: 0,
-        data_cursor: 0,
-        seed,
-        train_config: String::new(),
-        sha256: Default::default(),
-        init: None,
-    };
+    let meta = checkpoint::Meta::initial(cfg, seed, String::new());
     checkpoint::save_dir(dir, &vs, &[], meta).unwrap();
     dir.to_path_buf()
 }
@@ -294,18 +283,7 @@ fn cross_layout_transplants_need_an_explicit_mapping() {
     let dir = tmp("mapping");
     let clip_cfg = ModelConfig::preset("tiny-clip").unwrap();
     let (cvs, _) = MsClip::build(&clip_cfg, Device::Cpu, 9);
-    let meta = checkpoint::Meta {
-        tool_version: msclip::VERSION.into(),
-        model: clip_cfg.clone(),
-        step: 0,
-        epoch: 0,
-        samples_seen: 0,
-        data_cursor: 0,
-        seed: 9,
-        train_config: String::new(),
-        sha256: Default::default(),
-        init: None,
-    };
+    let meta = checkpoint::Meta::initial(clip_cfg.clone(), 9, String::new());
     let src = dir.join("clip");
     checkpoint::save_dir(&src, &cvs, &[], meta).unwrap();
     let cfg = ModelConfig::preset("tiny-msclip-s").unwrap();

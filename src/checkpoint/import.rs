@@ -277,18 +277,7 @@ pub fn import_file(from: &std::path::Path, cfg: Option<ModelConfig>, out: &std::
     import_into(tensors, &cfg, &vs, &from.display().to_string())?;
     let map_s = t1.elapsed().as_secs_f64();
     let t2 = std::time::Instant::now();
-    let meta = super::Meta {
-        tool_version: crate::VERSION.into(),
-        model: cfg.clone(),
-        step: 0,
-        epoch: 0,
-        samples_seen: 0,
-        data_cursor: 0,
-        seed: 0,
-        train_config: format!("imported from {} (sha256 {})", from.display(), crate::io::sha256_file(from)?),
-        sha256: Default::default(),
-        init: None,
-    };
+    let meta = super::Meta::initial(cfg.clone(), 0, format!("imported from {} (sha256 {})", from.display(), crate::io::sha256_file(from)?));
     super::save_dir(out, &vs, &[], meta)?;
     Ok(ImportReport { model: cfg.name, read_s, map_s, write_s: t2.elapsed().as_secs_f64() })
 }

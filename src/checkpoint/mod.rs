@@ -45,6 +45,26 @@ pub struct Meta {
     pub init: Option<InitRecord>,
 }
 
+impl Meta {
+    /// The metadata of an untrained (step 0) checkpoint of `model` from `seed`: for imported
+    /// weights and for checkpoints written outside a training run (`train_config` says where
+    /// the weights came from).
+    pub fn initial(model: ModelConfig, seed: u64, train_config: String) -> Meta {
+        Meta {
+            tool_version: crate::VERSION.into(),
+            model,
+            step: 0,
+            epoch: 0,
+            samples_seen: 0,
+            data_cursor: 0,
+            seed,
+            train_config,
+            sha256: Default::default(),
+            init: None,
+        }
+    }
+}
+
 /// What a training run's `init` loaded (see `train::TrainConfig::init`), recorded in every
 /// checkpoint's `meta.json` and in `RUN/init.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
