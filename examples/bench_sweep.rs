@@ -64,23 +64,6 @@ fn main() -> msclip::Result<()> {
 
 /// 2. Capture everything vs plain.
 fn capture(m: &MsClip, cfg: &ModelConfig, set: &EvalSet) -> msclip::Result<()> {
-    let sites = [
-        Site::AttnProbs,
-        Site::AttnLogits,
-        Site::Ln1,
-        Site::AttnOut,
-        Site::Ln2,
-        Site::Resid,
-        Site::ResidIn,
-        Site::Q,
-        Site::K,
-        Site::V,
-        Site::Z,
-        Site::MlpHidden,
-        Site::MlpOut,
-        Site::Adapter,
-        Site::Pooled,
-    ];
     let b = if cfg.vision.width >= 512 { 8 } else { 64 };
     let images = set.images.narrow(0, 0, b);
     let tokens = set.tokens.narrow(0, 0, b);
@@ -99,7 +82,7 @@ fn capture(m: &MsClip, cfg: &ModelConfig, set: &EvalSet) -> msclip::Result<()> {
         ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
         Ok(ts[2])
     };
-    let (plain, all) = (run(&Capture::none())?, run(&Capture::sites(&sites))?);
+    let (plain, all) = (run(&Capture::none())?, run(&Capture::sites(&Site::ALL))?);
     println!("forward of {b} pairs: plain {plain:.3}s, every site recorded {all:.3}s = {:.2}x", all / plain);
     Ok(())
 }
