@@ -20,10 +20,14 @@ lint: setup
 
 # One libtorch thread per test process: tests run in parallel, and oversubscribed OpenMP
 # threads make small-op code (L-BFGS, k-means, tiny models) orders of magnitude slower.
+# scripts/setup-chromium.sh installs Debian's Chromium for the explorer's browser test (or
+# records why it cannot; the test then skips, and the last line of the log says so).
 test: setup
+	@scripts/setup-chromium.sh
 	OMP_NUM_THREADS=1 $(CARGO) test --release
 	$(CARGO) run --release --example analyze_checkpoint -- fixtures/check/ckpt fixtures/check/data/manifest.tsv target/example-out
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --lib
+	@if [ -f target/chromium-unavailable.txt ]; then echo "NOTE: the explorer browser test was SKIPPED: $$(cat target/chromium-unavailable.txt)"; fi
 
 demo: build
 	scripts/demo.sh $(DEMO_OUT)

@@ -143,8 +143,16 @@ enum Sub {
     /// Export a checkpoint as an OpenAI/OpenCLIP-named state dict (safetensors), loadable by
     /// OpenCLIP for vanilla CLIP models (`load_state_dict` after `safetensors.torch.load_file`).
     Export {
+        /// The checkpoint to export.
+        #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+        checkpoint: Option<PathBuf>,
+        /// Instead of a checkpoint: a preset, freshly initialised with --seed (random weights
+        /// in the published layout, e.g. to try the import path at full size).
         #[arg(long)]
-        checkpoint: PathBuf,
+        model: Option<String>,
+        /// Seed of --model's initialisation.
+        #[arg(long, default_value_t = 0, requires = "model")]
+        seed: i64,
         /// openclip (the only format so far).
         #[arg(long, value_enum, default_value_t = ExportFormat::Openclip)]
         format: ExportFormat,
@@ -177,9 +185,15 @@ enum ExportFormat {
     Openclip,
 }
 
-fn export(checkpoint: &std::path::Path, format: ExportFormat, out: &std::path::Path, force: bool) -> Result<()> {
+fn export(source: (Option<&std::path::Path>, Option<&str>, i64), format: ExportFormat, out: &std::path::Path, force: bool) -> Result<()> {
     let ExportFormat::Openclip = format;
-    let (n, vanilla) = msclip::checkpoint::import::export_file(checkpoint, out, force)?;
+    let (n, vanilla) = match source {
+        (Some(checkpoint), _, _) => msclip::checkpoint::import::export_file(checkpoint, out, force)?,
+        (None, Some(preset), seed) => {
+            msclip::checkpoint::import::export_init(&msclip::model::ModelConfig::preset(preset)?, seed, out, force)?
+        }
+        (None, None, _) => return Err(Error::Invalid("export: give --checkpoint DIR or --model PRESET".into())),
+    };
     if !vanilla {
         eprintln!("note: the model is not a vanilla CLIP; the file uses the official MS-CLIP key names, which OpenCLIP cannot load");
     }
@@ -209,7 +223,9 @@ fn import(from: &std::path::Path, model: &str, model_config: Option<&std::path::
 fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Some(Sub::Import { from, model, model_config, out, force }) => return import(from, model, model_config.as_deref(), out, *force),
-        Some(Sub::Export { checkpoint, format, out, force }) => return export(checkpoint, *format, out, *force),
+        Some(Sub::Export { checkpoint, model, seed, format, out, force }) => {
+            return export((checkpoint.as_deref(), model.as_deref(), *seed), *format, out, *force)
+        }
         None => {}
     }
     let (Some(config), Some(out)) = (cli.config.clone(), cli.out.clone()) else {

@@ -290,8 +290,23 @@ pub fn export_file(checkpoint: &std::path::Path, out: &std::path::Path, force: b
         return Err(Error::Checkpoint(format!("{}: exists; pass --force to replace it", out.display())));
     }
     let (vs, m, _) = super::load(checkpoint, tch::Device::Cpu)?;
-    let vanilla = m.config.sharing.is_empty() && m.config.vision.stem == StemKind::Patch;
-    let sd = export_state_dict(&m.config, &vs);
+    write_export(&m.config, &vs, out)
+}
+
+/// [`export_file`] of a freshly initialised model (`config`, `seed`): random weights in the
+/// published layout, e.g. to exercise the import path at full size without a download.
+pub fn export_init(config: &ModelConfig, seed: i64, out: &std::path::Path, force: bool) -> Result<(usize, bool)> {
+    if out.exists() && !force {
+        return Err(Error::Checkpoint(format!("{}: exists; pass --force to replace it", out.display())));
+    }
+    config.validate()?;
+    let (vs, _) = crate::model::MsClip::build(config, tch::Device::Cpu, seed);
+    write_export(config, &vs, out)
+}
+
+fn write_export(config: &ModelConfig, vs: &tch::nn::VarStore, out: &std::path::Path) -> Result<(usize, bool)> {
+    let vanilla = config.sharing.is_empty() && config.vision.stem == StemKind::Patch;
+    let sd = export_state_dict(config, vs);
     let mut tmp = out.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);

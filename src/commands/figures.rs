@@ -14,7 +14,7 @@
 //! | `comparison`, `zeroshot-retrieval` | `synthetic` (300), `seed`, `seeds`, `bootstrap` (1000) |
 //! | `probe-table` | `splits` ([2000, 500, 1000]), `c` ([0.01, 0.1, 1, 10, 100]) |
 //! | `heads-transfer` | `synthetic` (300), `seed` |
-//! | `attention-gallery` | `seed` |
+//! | `attention-gallery` | `seed`, `explorer` (false: also write the `explore` page) |
 //! | `ablation` | `synthetic` (128 items), `seed` |
 //! | `patching` | `synthetic` (32 pairs), `seed` |
 //! | `decomposition`, `shared-heads` | `synthetic` (128 items), `seed` |
@@ -85,6 +85,10 @@ pub struct Recipe {
     /// `relations`).
     #[serde(default)]
     pub world: Option<crate::data::synth::World>,
+    /// attention-gallery: also write the interactive explorer page (`explore`) of each model
+    /// next to its PNGs (`<model>/explorer/index.html`).
+    #[serde(default)]
+    pub explorer: Option<bool>,
 }
 
 /// Most seeds a recipe may name.
@@ -108,7 +112,7 @@ const ANALYSES: [(&str, &[&str]); 13] = [
     ("probe-table", &["splits", "c"]),
     ("zeroshot-retrieval", &["synthetic", "seed", "seeds", "bootstrap"]),
     ("heads-transfer", &["synthetic", "seed", "world"]),
-    ("attention-gallery", &["seed"]),
+    ("attention-gallery", &["seed", "explorer"]),
 ];
 
 impl Recipe {
@@ -139,6 +143,7 @@ impl Recipe {
             ("seeds", self.seeds.is_some()),
             ("bootstrap", self.bootstrap.is_some()),
             ("world", self.world.is_some()),
+            ("explorer", self.explorer.is_some()),
         ];
         if let Some((field, _)) = given.iter().find(|(f, set)| *set && !allowed.contains(f)) {
             return Err(Error::config(*field, "(set)", format!("analysis {} does not use it", self.analysis)));
@@ -242,8 +247,19 @@ impl Recipe {
 }
 
 /// Renders every `*.toml` recipe in `recipes` into `out/<name>/` and writes `out/README.md`.
-/// Every recipe is read and checked before any is run.
+/// Every recipe is read and checked before any is run. `recipes` may also be one recipe file:
+/// it is rendered into `out/<name>/` and the index is left as it is.
 pub fn run_all(recipes: &Path, out: &Path) -> Result<usize> {
+    if recipes.is_file() {
+        let stem = recipes.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        let name = crate::io::path_component(&stem, &format!("recipe file {}: its name", recipes.display()))?;
+        let r = Recipe::read(recipes)?;
+        let dir = out.join(&name);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        eprintln!("recipe {name}: {}", r.analysis);
+        run_one(&r, &dir)?;
+        return Ok(1);
+    }
     let mut files: Vec<PathBuf> = std::fs::read_dir(recipes)
         .map_err(|e| Error::io(recipes, e))?
         .filter_map(|e| e.ok())
@@ -286,6 +302,11 @@ pub fn run_all(recipes: &Path, out: &Path) -> Result<usize> {
                     if sub.join(key).exists() {
                         index.push_str(&format!("![{file}/{key}]({name}/{file}/{key})\n\n{}", caption_line(&sub.join(key))));
                     }
+                }
+                if sub.join("explorer/index.html").exists() {
+                    index.push_str(&format!(
+                        "- interactive: [{name}/{file}/explorer/index.html]({name}/{file}/explorer/index.html) (open from disk)\n"
+                    ));
                 }
                 index.push_str(&format!("- all files: [{name}/{file}/]({name}/{file}/)\n\n"));
             } else if file.ends_with(".png") {
@@ -452,7 +473,12 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
             for src in r.models()? {
                 let model = src.load(r.seed())?;
                 let out = attention::run(&model, &AttentionOptions { seed: r.seed(), ..Default::default() })?;
-                out.write(&sub_dir(&model.model.config.name)?)?;
+                let sub = sub_dir(&model.model.config.name)?;
+                out.write(&sub)?;
+                if r.explorer == Some(true) {
+                    let page = super::explore::run(&model, &super::explore::ExploreOptions { seed: r.seed(), ..Default::default() })?;
+                    page.write(&sub.join("explorer"))?;
+                }
             }
         }
         _ => unreachable!("checked above"),

@@ -23,6 +23,7 @@ pub mod decompose;
 pub mod docs;
 pub mod embed;
 pub mod eval;
+pub mod explore;
 pub mod figures;
 pub mod gap;
 pub mod heads;

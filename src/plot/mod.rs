@@ -10,6 +10,7 @@ use plotters::style::FontStyle;
 
 use crate::error::{Error, Result};
 
+pub mod explorer;
 pub mod text;
 
 /// Registers the embedded font once (no system fonts are used).

@@ -34,7 +34,8 @@ struct ModelArg {
     /// A model config TOML file (any point of the sharing spectrum).
     #[arg(long, conflicts_with = "checkpoint")]
     config: Option<PathBuf>,
-    /// A checkpoint directory (RUN/checkpoints/step-NNNNNNNN) with trained weights.
+    /// A checkpoint directory (RUN/checkpoints/step-NNNNNNNN, or an imported one), or a run
+    /// directory (its newest checkpoint).
     #[arg(long)]
     checkpoint: Option<PathBuf>,
 }
@@ -44,6 +45,7 @@ impl ModelArg {
         match (&self.model, &self.config, &self.checkpoint) {
             (Some(name), _, _) => Ok(ModelSource::Preset(name.clone())),
             (None, Some(path), _) => Ok(ModelSource::Config(path.clone())),
+            (None, None, Some(dir)) if !dir.join("meta.json").exists() && dir.join("checkpoints").is_dir() => ModelSource::for_run(dir),
             (None, None, Some(dir)) => Ok(ModelSource::Checkpoint(dir.clone())),
             (None, None, None) => Err(Error::Invalid("give --model PRESET, --config FILE or --checkpoint DIR".into())),
         }
@@ -143,6 +145,10 @@ enum Command {
     /// Per-head attention maps of both towers for one image and caption, rollout, relevancy
     /// and their deletion/insertion faithfulness.
     Attention(AttentionArgs),
+    /// An interactive explorer: one self-contained HTML page (DIR/index.html, no network) with
+    /// every layer's and head's attention in both towers, per-token relevancy over the image,
+    /// rollout/relevancy with faithfulness AUCs, for one pair or a small gallery (--manifest).
+    Explore(ExploreArgs),
     /// Write L2-normalised image.npy and text.npy (float32, data order) for use elsewhere.
     Embed {
         #[command(flatten)]
@@ -452,6 +458,38 @@ struct AttentionArgs {
     truncation: Truncation,
 }
 
+#[derive(Args)]
+struct ExploreArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Image file; without it (and without --manifest) a scene of the synthetic world.
+    #[arg(long, conflicts_with = "manifest")]
+    image: Option<PathBuf>,
+    /// Caption; defaults to the synthetic scene's caption.
+    #[arg(long, conflicts_with = "manifest")]
+    caption: Option<String>,
+    /// A gallery: image–caption manifest (TSV/CSV with `filepath` and `title` columns).
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// The gallery's first N pairs.
+    #[arg(long, default_value_t = 8, requires = "manifest", value_parser = int_in(1usize..=commands::explore::MAX_PAIRS))]
+    limit: usize,
+    /// Output folder: index.html, attribution.csv, explore.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Seed of the model initialisation and of the synthetic scene.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// First vision slot of relevancy (default: the last layer).
+    #[arg(long)]
+    start_layer: Option<usize>,
+    /// Deletion/insertion curve resolution.
+    #[arg(long, default_value_t = 10, value_parser = int_in(1usize..=1000))]
+    faith_steps: usize,
+    #[arg(long, value_enum, default_value_t = Truncation::KeepEot)]
+    truncation: Truncation,
+}
+
 fn main() -> ExitCode {
     msclip::cli::guard_panics(real_main)
 }
@@ -462,6 +500,7 @@ fn real_main() -> ExitCode {
         Command::Params { model, json } => params(&model, json),
         Command::Tokenize { text, context, truncation, json } => tokenize(&text, context, truncation, json),
         Command::Attention(a) => attention_cmd(&a),
+        Command::Explore(a) => explore_cmd(&a),
         Command::Eval { model, items, seed, json } => eval_cmd(&model, items, seed, json),
         Command::Embed { model, data, out } => embed_cmd(&model, &data, &out),
         Command::Gap { model, data, image_npy, text_npy, uniformity_max, out, json } => {
@@ -797,6 +836,29 @@ fn attention_cmd(a: &AttentionArgs) -> Result<()> {
     }
     r.write(&a.out)?;
     println!("wrote {} (image–caption cosine {:.4})", a.out.display(), r.similarity);
+    Ok(())
+}
+
+fn explore_cmd(a: &ExploreArgs) -> Result<()> {
+    let base = match &a.manifest {
+        Some(m) => commands::explore::ExploreOptions::from_manifest(m, a.limit)?,
+        None => commands::explore::ExploreOptions { pairs: vec![(a.image.clone(), a.caption.clone())], ..Default::default() },
+    };
+    let opts = commands::explore::ExploreOptions {
+        seed: a.seed,
+        start_layer: a.start_layer,
+        faith_steps: a.faith_steps,
+        truncation: a.truncation,
+        ..base
+    };
+    let r = commands::explore::run(&a.model.load(a.seed)?, &opts)?;
+    let report = r.write(&a.out)?;
+    println!(
+        "wrote {} ({} pair(s), {:.2} MB, self-contained)",
+        a.out.join("index.html").display(),
+        report.pairs,
+        report.page_bytes as f64 / 1e6
+    );
     Ok(())
 }
 
