@@ -57,6 +57,7 @@
 #![warn(missing_docs)]
 
 pub mod analysis;
+pub mod app;
 pub mod autocast;
 pub mod causal;
 pub mod checkpoint;

@@ -3,8 +3,8 @@
 //!
 //! From the bottom up: the foundation files (error, rng, shim, tensor, autocast, cli, io,
 //! profile) → tokenizer → model → data, checkpoint, analysis, distributed → eval, causal →
-//! train → commands → bin. `plot/` draws tables and never touches a model or a tensor;
-//! `bin/` parses arguments and prints, and holds no computation.
+//! train → commands → app → bin. `plot/` draws tables and never touches a model or a tensor;
+//! `app/` parses arguments and prints, and holds no computation; `bin/` only calls `app`.
 
 use std::path::{Path, PathBuf};
 
@@ -57,19 +57,22 @@ fn rules() -> Vec<(&'static str, Vec<&'static str>)> {
         ("autocast.rs", vec!["crate::model", "crate::data", "crate::train", "crate::analysis", "crate::commands"]),
         ("profile.rs", vec!["crate::model", "crate::data", "crate::train", "crate::analysis", "crate::commands"]),
         ("cli.rs", vec!["crate::model", "crate::data", "crate::train", "crate::analysis", "crate::commands", "tch::"]),
-        // Binaries: argument parsing and printing; computation lives in msclip::commands.
+        // The front-ends: argument parsing, dispatch and printing; computation lives in
+        // crate::commands and crate::train.
         (
-            "bin",
+            "app",
             vec![
                 "Tensor",
                 "tch::no_grad",
-                "msclip::analysis::",
-                "msclip::eval::embed",
-                "msclip::eval::evaluate",
-                "msclip::causal::sweep",
-                "msclip::train::loss",
+                "crate::analysis::",
+                "crate::eval::embed",
+                "crate::eval::evaluate",
+                "crate::causal::sweep",
+                "crate::train::loss",
             ],
         ),
+        // Binaries call their front-end in msclip::app and nothing else.
+        ("bin", vec!["msclip::commands", "msclip::model", "msclip::train", "msclip::data", "msclip::checkpoint", "clap::", "Tensor"]),
     ]
 }
 
