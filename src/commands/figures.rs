@@ -27,7 +27,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::attention::{self, AttentionOptions};
 use super::heads::{self, HeadsOptions};
@@ -48,13 +48,12 @@ use crate::io::{write_atomic, CsvOut, Provenance};
 use crate::model::{MsClip, Site};
 use crate::plot::{line_chart_png_svg, render, IntervalPanels, LineChart};
 
-/// One recipe file.
+/// One recipe file, read through [`RecipeFile`]: each analysis takes only its own fields.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "RecipeFile")]
 pub struct Recipe {
-    /// nmi-by-layer | gap-by-layer | training-curves | comparison | heads-transfer |
-    /// attention-gallery | probe-table | zeroshot-retrieval
-    pub analysis: String,
+    /// What the recipe renders.
+    pub analysis: Analysis,
     /// Title of the figure.
     pub title: String,
     /// Run directories (their newest checkpoint is used) or checkpoint directories.
@@ -98,22 +97,121 @@ pub const MIN_BOOTSTRAP: usize = 20;
 /// Most bootstrap replicates.
 pub const MAX_BOOTSTRAP: usize = 100_000;
 
-/// The analyses and the optional fields each uses.
-const ANALYSES: [(&str, &[&str]); 13] = [
-    ("ablation", &["synthetic", "seed"]),
-    ("patching", &["synthetic", "seed"]),
-    ("decomposition", &["synthetic", "seed"]),
-    ("shared-heads", &["synthetic", "seed"]),
-    ("transfer", &["synthetic", "seed", "seeds", "world"]),
-    ("nmi-by-layer", &["synthetic", "site", "seed", "seeds", "bootstrap", "world"]),
-    ("gap-by-layer", &["synthetic", "site", "seed", "seeds", "bootstrap", "world"]),
-    ("training-curves", &["seeds"]),
-    ("comparison", &["synthetic", "seed", "seeds", "bootstrap"]),
-    ("probe-table", &["splits", "c"]),
-    ("zeroshot-retrieval", &["synthetic", "seed", "seeds", "bootstrap"]),
-    ("heads-transfer", &["synthetic", "seed", "world"]),
-    ("attention-gallery", &["seed", "explorer"]),
-];
+/// The analyses a recipe can name (`analysis = "nmi-by-layer"`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Analysis {
+    /// Head and site ablation.
+    Ablation,
+    /// Activation patching on minimal pairs.
+    Patching,
+    /// Direct-effect decomposition.
+    Decomposition,
+    /// Shared heads' direct effects on both towers.
+    SharedHeads,
+    /// Language-to-vision transfer of attention.
+    Transfer,
+    /// Layer-wise NMI and modality separation.
+    NmiByLayer,
+    /// Layer-wise modality gap.
+    GapByLayer,
+    /// Loss and held-out curves over training.
+    TrainingCurves,
+    /// The sharing-spectrum comparison table.
+    Comparison,
+    /// Linear probes.
+    ProbeTable,
+    /// Zero-shot and retrieval.
+    ZeroshotRetrieval,
+    /// Head statistics of both towers side by side.
+    HeadsTransfer,
+    /// Attention maps, attribution, and optionally the explorer page.
+    AttentionGallery,
+}
+
+impl Analysis {
+    /// The name recipes use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Analysis::Ablation => "ablation",
+            Analysis::Patching => "patching",
+            Analysis::Decomposition => "decomposition",
+            Analysis::SharedHeads => "shared-heads",
+            Analysis::Transfer => "transfer",
+            Analysis::NmiByLayer => "nmi-by-layer",
+            Analysis::GapByLayer => "gap-by-layer",
+            Analysis::TrainingCurves => "training-curves",
+            Analysis::Comparison => "comparison",
+            Analysis::ProbeTable => "probe-table",
+            Analysis::ZeroshotRetrieval => "zeroshot-retrieval",
+            Analysis::HeadsTransfer => "heads-transfer",
+            Analysis::AttentionGallery => "attention-gallery",
+        }
+    }
+}
+
+impl std::fmt::Display for Analysis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Recipe {
+    fn empty(analysis: Analysis, title: String, runs: Vec<PathBuf>) -> Recipe {
+        Recipe {
+            analysis,
+            title,
+            runs,
+            synthetic: None,
+            site: None,
+            seed: None,
+            splits: None,
+            c: None,
+            seeds: None,
+            bootstrap: None,
+            world: None,
+            explorer: None,
+        }
+    }
+}
+
+/// Declares [`RecipeFile`]: one variant per analysis with `title`, `runs` and exactly the
+/// optional fields that analysis uses, so serde itself refuses any other field, naming it and
+/// the ones allowed.
+macro_rules! recipe_file {
+    ($($variant:ident { $($field:ident : $ty:ty),* }),* $(,)?) => {
+        /// A recipe file as written; `analysis` picks the variant.
+        #[derive(Deserialize)]
+        #[serde(tag = "analysis", rename_all = "kebab-case", deny_unknown_fields)]
+        enum RecipeFile {
+            $($variant { title: String, runs: Vec<PathBuf>, $(#[serde(default)] $field: Option<$ty>),* }),*
+        }
+
+        impl From<RecipeFile> for Recipe {
+            fn from(f: RecipeFile) -> Recipe {
+                match f {
+                    $(RecipeFile::$variant { title, runs, $($field),* } => Recipe { $($field,)* ..Recipe::empty(Analysis::$variant, title, runs) }),*
+                }
+            }
+        }
+    };
+}
+
+recipe_file! {
+    Ablation { synthetic: usize, seed: u64 },
+    Patching { synthetic: usize, seed: u64 },
+    Decomposition { synthetic: usize, seed: u64 },
+    SharedHeads { synthetic: usize, seed: u64 },
+    Transfer { synthetic: usize, seed: u64, seeds: Vec<u64>, world: crate::data::synth::World },
+    NmiByLayer { synthetic: usize, site: String, seed: u64, seeds: Vec<u64>, bootstrap: usize, world: crate::data::synth::World },
+    GapByLayer { synthetic: usize, site: String, seed: u64, seeds: Vec<u64>, bootstrap: usize, world: crate::data::synth::World },
+    TrainingCurves { seeds: Vec<u64> },
+    Comparison { synthetic: usize, seed: u64, seeds: Vec<u64>, bootstrap: usize },
+    ProbeTable { splits: [usize; 3], c: Vec<f64> },
+    ZeroshotRetrieval { synthetic: usize, seed: u64, seeds: Vec<u64>, bootstrap: usize },
+    HeadsTransfer { synthetic: usize, seed: u64, world: crate::data::synth::World },
+    AttentionGallery { seed: u64, explorer: bool },
+}
 
 impl Recipe {
     /// Reads a recipe; an unknown analysis, a field it does not use, or a value out of its
@@ -130,29 +228,11 @@ impl Recipe {
     }
 
     fn check(&self) -> Result<()> {
-        let Some((_, allowed)) = ANALYSES.iter().find(|(a, _)| *a == self.analysis) else {
-            let names: Vec<&str> = ANALYSES.iter().map(|(a, _)| *a).collect();
-            return Err(Error::config("analysis", &self.analysis, format!("expected one of {}", names.join(", "))));
-        };
-        let given = [
-            ("synthetic", self.synthetic.is_some()),
-            ("site", self.site.is_some()),
-            ("seed", self.seed.is_some()),
-            ("splits", self.splits.is_some()),
-            ("c", self.c.is_some()),
-            ("seeds", self.seeds.is_some()),
-            ("bootstrap", self.bootstrap.is_some()),
-            ("world", self.world.is_some()),
-            ("explorer", self.explorer.is_some()),
-        ];
-        if let Some((field, _)) = given.iter().find(|(f, set)| *set && !allowed.contains(f)) {
-            return Err(Error::config(*field, "(set)", format!("analysis {} does not use it", self.analysis)));
-        }
         if self.synthetic == Some(0) {
             return Err(Error::config("synthetic", 0, "need at least one item"));
         }
         if let Some(n) = self.synthetic {
-            let cap = crate::limits::recipe_items(&self.analysis);
+            let cap = crate::limits::recipe_items(self.analysis.name());
             if n > cap {
                 return Err(Error::config(
                     "synthetic",
@@ -345,14 +425,14 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
     // One folder per model, named after it (checked to be a plain name) and never shared.
     let mut subdirs = crate::io::SubDirs::new();
     let mut sub_dir = |name: &str| subdirs.claim(dir, name, "model name (from the checkpoint's meta.json)");
-    match r.analysis.as_str() {
-        "nmi-by-layer" | "gap-by-layer" => layer_curves(r, dir)?,
-        "training-curves" => training_curves(r, dir)?,
-        "transfer" => transfer_recipe(r, dir)?,
-        "comparison" => comparison(r, dir)?,
-        "probe-table" => probe_table(r, dir)?,
-        "zeroshot-retrieval" => zeroshot_retrieval(r, dir)?,
-        "heads-transfer" => {
+    match r.analysis {
+        Analysis::NmiByLayer | Analysis::GapByLayer => layer_curves(r, dir)?,
+        Analysis::TrainingCurves => training_curves(r, dir)?,
+        Analysis::Transfer => transfer_recipe(r, dir)?,
+        Analysis::Comparison => comparison(r, dir)?,
+        Analysis::ProbeTable => probe_table(r, dir)?,
+        Analysis::ZeroshotRetrieval => zeroshot_retrieval(r, dir)?,
+        Analysis::HeadsTransfer => {
             let mut all = Vec::new();
             for src in r.models()? {
                 let model = src.load(0)?;
@@ -365,7 +445,7 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
             }
             heads::write_side_by_side(dir, &all)?;
         }
-        "ablation" => {
+        Analysis::Ablation => {
             let mut csv = CsvOut::new("", &["model", "metric", "scope", "heads", "spearman", "p_value"]);
             let mut md = String::from(
                 "| model | scope | heads | ρ (−Δ matched cosine) | p | ρ (−Δ zero-shot) | p |\n|---|---|---:|---:|---:|---:|---:|\n",
@@ -400,7 +480,7 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
             csv.write_after(&header, &dir.join("importance_agreement.csv"))?;
             write_atomic(&dir.join("importance_agreement.md"), md.as_bytes())?;
         }
-        "patching" => {
+        Analysis::Patching => {
             for src in r.models()? {
                 let model = src.load(0)?;
                 let sub = sub_dir(&model.model.config.name)?;
@@ -415,7 +495,7 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
                 }
             }
         }
-        "decomposition" | "shared-heads" => {
+        Analysis::Decomposition | Analysis::SharedHeads => {
             let mut csv = CsvOut::new(
                 "",
                 &[
@@ -437,7 +517,7 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
                 let model = src.load(0)?;
                 let opts = super::decompose::DecomposeOptions { items: r.synthetic.unwrap_or(128), seed: r.seed(), ..Default::default() };
                 let out = super::decompose::run(&model, &opts)?;
-                if r.analysis == "decomposition" {
+                if r.analysis == Analysis::Decomposition {
                     out.write(&sub_dir(&model.model.config.name)?)?;
                 }
                 let avg = |shared: bool, f: fn(&super::decompose::BothSides) -> f64| {
@@ -469,7 +549,7 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
             csv.write_after(&header, &dir.join("shared_heads.csv"))?;
             write_atomic(&dir.join("shared_heads.md"), md.as_bytes())?;
         }
-        "attention-gallery" => {
+        Analysis::AttentionGallery => {
             for src in r.models()? {
                 let model = src.load(r.seed())?;
                 let out = attention::run(&model, &AttentionOptions { seed: r.seed(), ..Default::default() })?;
@@ -481,7 +561,6 @@ pub fn run_one(r: &Recipe, dir: &Path) -> Result<Vec<String>> {
                 }
             }
         }
-        _ => unreachable!("checked above"),
     }
     Ok(listing(dir))
 }
@@ -493,7 +572,7 @@ type Curve = Vec<(f64, f64, f64, f64)>;
 /// per slot and model group, the statistic on the held-out pairs with a 95 % bootstrap band
 /// (over items, or seeds × items), recomputed on every resample.
 fn layer_curves(r: &Recipe, dir: &Path) -> Result<()> {
-    let by_gap = r.analysis == "gap-by-layer";
+    let by_gap = r.analysis == Analysis::GapByLayer;
     let site = Site::parse(r.site.as_deref().unwrap_or(if by_gap { "resid" } else { "ln1" }))?;
     let b = r.bootstrap(100);
     let nmi_opts = NmiOptions { site, ..Default::default() };
