@@ -439,27 +439,8 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
     let (rank, world) = group.map_or((0, 1), |g| (g.rank, g.world));
     let lead = rank == 0;
     let progress = opts.progress && lead;
-    if let Some(g) = group {
-        if g.device.is_cuda() != device.is_cuda() {
-            let (b, d) = if g.device.is_cuda() { ("nccl", "CUDA") } else { ("gloo", "CPU") };
-            return Err(Error::Invalid(format!("the {b} process group takes {d} tensors, but training runs on {device:?}")));
-        }
-    }
-    if let Some(g) = group {
-        // Before anything else touches the group: every rank must train the same thing.
-        agree_across_ranks(g, tc, &cfg)?;
-    }
+    check_setup(tc, &cfg, device, group)?;
     let global_bs = tc.batch_size * world;
-    if tc.local_loss && world == 1 {
-        eprintln!("note: local_loss only changes data-parallel runs; a one-process run computes the full loss");
-    }
-    if world > 1 && tc.data.is_none() && tc.data_items < global_bs {
-        return Err(Error::config(
-            "data_items",
-            tc.data_items,
-            format!("must be at least world {world} × batch_size {} = {global_bs}", tc.batch_size),
-        ));
-    }
     let _lock = if lead { Some(checkpoint::RunLock::acquire(run_dir)?) } else { None };
     let ckpt_root = run_dir.join("checkpoints");
     if lead {
@@ -471,20 +452,7 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
             );
         }
     }
-    let from = match &opts.resume {
-        Resume::No => None,
-        Resume::Latest | Resume::LatestOrFresh => match checkpoint::latest_valid(&ckpt_root) {
-            Some((d, _)) => Some(d),
-            None if opts.resume == Resume::LatestOrFresh => None,
-            None => {
-                return Err(Error::Invalid(format!(
-                    "{}: --resume found no checkpoint that verifies; start fresh with --resume-or-fresh (or without --resume)",
-                    ckpt_root.display()
-                )))
-            }
-        },
-        Resume::Path(p) => Some(p.clone()),
-    };
+    let from = resume_point(&opts.resume, &ckpt_root)?;
     let train_toml = toml::to_string(tc).map_err(|e| Error::Invalid(format!("the training config cannot be written as TOML: {e}")))?;
     // Build the model and resolve init and freeze before anything in the run directory is
     // touched: a bad selection must not cost the user an earlier run deleted by --force.
@@ -507,83 +475,16 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
         eprintln!("freeze: {} parameter tensors fixed{note}", frozen.len());
     }
     if from.is_none() {
-        let found = earlier_outputs(run_dir);
-        if !found.is_empty() && !opts.force {
-            return Err(Error::Invalid(format!(
-                "{}: holds an earlier run ({}); resume it with --resume, or pass --force to delete it and start fresh",
-                run_dir.display(),
-                found.join(", ")
-            )));
-        }
-        if let Some(g) = group {
-            // Every rank has seen the run directory as it was before rank 0 clears it.
-            g.barrier()?;
-        }
-        if opts.force && lead {
-            for f in ["metrics.jsonl", "skipped.tsv", "init.json"] {
-                let p = run_dir.join(f);
-                if p.exists() {
-                    std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
-                }
-            }
-            for dir in checkpoint::list(&ckpt_root) {
-                std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            }
-        }
+        clear_for_fresh_run(run_dir, &ckpt_root, opts.force, group, lead)?;
     }
     let mut opt = AdamW::new(&vs, tc.optimizer.clone());
     let mut comm_s = 0.0f64;
     let mut start = 0i64;
     let mut verified = std::collections::HashSet::new();
     if let Some(dir) = &from {
-        let meta = checkpoint::verify(dir)?;
-        if meta.model != cfg {
-            return Err(Error::Invalid(format!(
-                "{}: checkpoint was trained with model {:?}, config asks for {:?}",
-                dir.display(),
-                meta.model.name,
-                cfg.name
-            )));
-        }
-        checkpoint::load_model(dir, &vs)?;
-        let optim_path = dir.join("optim.safetensors");
-        if !optim_path.exists() {
-            return Err(Error::Invalid(format!(
-                "{}: no optimizer state to resume (an imported checkpoint has none); to train from its weights, start a fresh run with --init {} (config: [init] from = ...)",
-                dir.display(),
-                dir.display()
-            )));
-        }
-        let optim = Tensor::read_safetensors(&optim_path).map_err(|e| Error::Invalid(format!("{}: {e}", optim_path.display())))?;
-        checkpoint::check_finite(&optim_path.display().to_string(), optim.iter().map(|(n, t)| (n.as_str(), t)))?;
-        if let Some(n) = optim.iter().map(|(n, _)| n).find(|n| n.strip_prefix("m.").is_some_and(|p| frozen.contains(p))) {
-            return Err(Error::Invalid(format!(
-                "{}: holds optimizer state for {}, which this run freezes; a resume keeps the run's freeze list",
-                optim_path.display(),
-                &n[2..]
-            )));
-        }
-        opt.load_state(optim, &optim_path.display().to_string())?;
-        if meta.step > 0 && meta.samples_seen != meta.step as u64 * global_bs as u64 {
-            return Err(Error::Invalid(format!(
-                "{}: checkpoint was trained with {} pairs per step (samples_seen {} / step {}); this run's step has world {world} × batch_size {} = {global_bs}. A resume may change the world size, but world × batch_size must stay equal",
-                dir.display(),
-                meta.samples_seen / meta.step as u64,
-                meta.samples_seen,
-                meta.step,
-                tc.batch_size
-            )));
-        }
-        if meta.step > tc.steps {
-            return Err(Error::Invalid(format!(
-                "{}: checkpoint is at step {}, past the run's steps = {}",
-                dir.display(),
-                meta.step,
-                tc.steps
-            )));
-        }
+        let meta = restore(dir, &cfg, &vs, &mut opt, &frozen, tc, world)?;
         start = meta.step;
-        init_record = meta.init.clone();
+        init_record = meta.init;
         verified.insert(dir.clone());
         eprintln!("resumed from {} (step {start})", dir.display());
     }
@@ -607,46 +508,11 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
     };
     let tok = Tokenizer::new(cfg.text.context_length as usize);
     let size = cfg.vision.image_size as u32;
-    let n = tc.data_items;
     let bs = global_bs;
     let mut last_checkpoint = None;
     let mut last_eval = None;
     let end = tc.stop_after.map_or(tc.steps, |s| s.clamp(start, tc.steps));
-    let source: Arc<dyn PairSource> = match tc.data.as_deref().map(crate::data::DataSpec::parse).transpose()? {
-        Some(crate::data::DataSpec::Tensors(path)) => {
-            let tp = crate::data::tensors::TensorPairs::read(&path)?;
-            tp.check_fits(&path, size as usize, cfg.text.context_length as usize, cfg.text.vocab_size)?;
-            if tc.augment_scale.is_some() {
-                return Err(Error::config(
-                    "augment_scale",
-                    "set",
-                    format!("{}: pre-processed tensors are used as they are; remove augment_scale", path.display()),
-                ));
-            }
-            if tp.n < bs {
-                return Err(Error::Invalid(format!("{}: {} pairs, fewer than the step's batch {bs}", path.display(), tp.n)));
-            }
-            Arc::new(tp)
-        }
-        Some(crate::data::DataSpec::Shards(spec)) => {
-            let src = ShardSource::open(&spec)?;
-            if src.len() < bs {
-                return Err(Error::Invalid(format!("{spec}: {} pairs, fewer than the step's batch {bs}", src.len())));
-            }
-            Arc::new(src)
-        }
-        Some(crate::data::DataSpec::Manifest(path)) => {
-            let mut fmt = ManifestFormat::for_path(&path);
-            fmt.img_key = tc.csv_img_key.clone();
-            fmt.caption_key = tc.csv_caption_key.clone();
-            let pairs = manifest::read(&path, &fmt)?;
-            if pairs.len() < bs {
-                return Err(Error::Invalid(format!("{}: {} pairs, fewer than the step's batch {bs}", path.display(), pairs.len())));
-            }
-            Arc::new(ManifestSource { pairs })
-        }
-        None => Arc::new(SyntheticSource { seed: tc.seed, n, size, world: tc.world }),
-    };
+    let source = open_source(tc, &cfg, bs)?;
     let plan = Plan {
         seed: tc.seed,
         batch_size: bs,
@@ -728,24 +594,9 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
         }
         let lr = cosine_lr(step, tc.steps, tc.warmup_steps, tc.lr, tc.min_lr);
         let grad_norm = if amp {
-            // Dynamic loss scaling: unscale, skip the update on inf/NaN gradients.
-            let finite = opt.unscale_grads(1.0 / loss_scale);
-            good_steps = if finite { good_steps + 1 } else { 0 };
-            if !finite {
-                loss_scale /= 2.0;
-                f64::NAN
-            } else {
-                if good_steps % 2000 == 0 {
-                    loss_scale *= 2.0;
-                }
-                let n = opt.clip_grad_norm(tc.grad_clip);
-                opt.step(lr)?;
-                n
-            }
+            scaled_update(&mut opt, tc.grad_clip, lr, &mut loss_scale, &mut good_steps)?
         } else {
-            let n = opt.clip_grad_norm(tc.grad_clip);
-            opt.step(lr)?;
-            n
+            update(&mut opt, tc.grad_clip, lr)?
         };
         clamp_logit_scale(&model);
         if let Some(g) = group {
@@ -794,18 +645,7 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
             );
         }
         if (tc.save_every > 0 && done % tc.save_every == 0) || done == end {
-            let meta = Meta {
-                tool_version: crate::VERSION.into(),
-                model: cfg.clone(),
-                step: done,
-                epoch: (done as u64 * bs as u64) / source.len() as u64,
-                samples_seen: done as u64 * bs as u64,
-                data_cursor: (done as u64 * bs as u64) % source.len() as u64,
-                seed: tc.seed,
-                train_config: train_toml.clone(),
-                sha256: Default::default(),
-                init: init_record.clone(),
-            };
+            let meta = step_meta(&cfg, tc, done, bs as u64, source.len() as u64, &train_toml, init_record.clone());
             if lead {
                 let saved = checkpoint::save(&ckpt_root, &vs, &opt.state(), meta).map_err(|e| {
                     Error::Stopped(format!("{e}; stopping, not saving. The last good checkpoint stays intact in {}", ckpt_root.display()))
@@ -823,6 +663,230 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
         }
     }
     Ok(TrainOutcome { final_step: end, last_checkpoint, last_eval })
+}
+
+/// Step 1 of [`train`]: the device matches the process group, every rank trains the same
+/// thing, and a data-parallel run has data for one global batch.
+fn check_setup(tc: &TrainConfig, cfg: &ModelConfig, device: Device, group: Option<&crate::distributed::ProcessGroup>) -> Result<()> {
+    let world = group.map_or(1, |g| g.world);
+    if let Some(g) = group {
+        if g.device.is_cuda() != device.is_cuda() {
+            let (b, d) = if g.device.is_cuda() { ("nccl", "CUDA") } else { ("gloo", "CPU") };
+            return Err(Error::Invalid(format!("the {b} process group takes {d} tensors, but training runs on {device:?}")));
+        }
+        // Before anything else touches the group: every rank must train the same thing.
+        agree_across_ranks(g, tc, cfg)?;
+    }
+    let global_bs = tc.batch_size * world;
+    if tc.local_loss && world == 1 {
+        eprintln!("note: local_loss only changes data-parallel runs; a one-process run computes the full loss");
+    }
+    if world > 1 && tc.data.is_none() && tc.data_items < global_bs {
+        return Err(Error::config(
+            "data_items",
+            tc.data_items,
+            format!("must be at least world {world} × batch_size {} = {global_bs}", tc.batch_size),
+        ));
+    }
+    Ok(())
+}
+
+/// Step 2: the checkpoint a resume starts from (`None`: a fresh run).
+fn resume_point(resume: &Resume, ckpt_root: &Path) -> Result<Option<PathBuf>> {
+    Ok(match resume {
+        Resume::No => None,
+        Resume::Latest | Resume::LatestOrFresh => match checkpoint::latest_valid(ckpt_root) {
+            Some((d, _)) => Some(d),
+            None if *resume == Resume::LatestOrFresh => None,
+            None => {
+                return Err(Error::Invalid(format!(
+                    "{}: --resume found no checkpoint that verifies; start fresh with --resume-or-fresh (or without --resume)",
+                    ckpt_root.display()
+                )))
+            }
+        },
+        Resume::Path(p) => Some(p.clone()),
+    })
+}
+
+/// Step 3 of a fresh run: refuse a directory holding an earlier run unless `force`, in which
+/// case rank 0 deletes its outputs (after every rank has seen the directory as it was).
+fn clear_for_fresh_run(
+    run_dir: &Path,
+    ckpt_root: &Path,
+    force: bool,
+    group: Option<&crate::distributed::ProcessGroup>,
+    lead: bool,
+) -> Result<()> {
+    let found = earlier_outputs(run_dir);
+    if !found.is_empty() && !force {
+        return Err(Error::Invalid(format!(
+            "{}: holds an earlier run ({}); resume it with --resume, or pass --force to delete it and start fresh",
+            run_dir.display(),
+            found.join(", ")
+        )));
+    }
+    if let Some(g) = group {
+        // Every rank has seen the run directory as it was before rank 0 clears it.
+        g.barrier()?;
+    }
+    if force && lead {
+        for f in ["metrics.jsonl", "skipped.tsv", "init.json"] {
+            let p = run_dir.join(f);
+            if p.exists() {
+                std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+            }
+        }
+        for dir in checkpoint::list(ckpt_root) {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Step 3 of a resume: weights and optimizer state from `dir`, after checking that the
+/// checkpoint belongs to this run (model, freeze list, pairs per step, step range).
+fn restore(
+    dir: &Path,
+    cfg: &ModelConfig,
+    vs: &nn::VarStore,
+    opt: &mut AdamW,
+    frozen: &std::collections::BTreeSet<String>,
+    tc: &TrainConfig,
+    world: usize,
+) -> Result<Meta> {
+    let global_bs = tc.batch_size * world;
+    let meta = checkpoint::verify(dir)?;
+    if &meta.model != cfg {
+        return Err(Error::Invalid(format!(
+            "{}: checkpoint was trained with model {:?}, config asks for {:?}",
+            dir.display(),
+            meta.model.name,
+            cfg.name
+        )));
+    }
+    checkpoint::load_model(dir, vs)?;
+    let optim_path = dir.join("optim.safetensors");
+    if !optim_path.exists() {
+        return Err(Error::Invalid(format!(
+            "{}: no optimizer state to resume (an imported checkpoint has none); to train from its weights, start a fresh run with --init {} (config: [init] from = ...)",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    let optim = Tensor::read_safetensors(&optim_path).map_err(|e| Error::Invalid(format!("{}: {e}", optim_path.display())))?;
+    checkpoint::check_finite(&optim_path.display().to_string(), optim.iter().map(|(n, t)| (n.as_str(), t)))?;
+    if let Some(n) = optim.iter().map(|(n, _)| n).find(|n| n.strip_prefix("m.").is_some_and(|p| frozen.contains(p))) {
+        return Err(Error::Invalid(format!(
+            "{}: holds optimizer state for {}, which this run freezes; a resume keeps the run's freeze list",
+            optim_path.display(),
+            &n[2..]
+        )));
+    }
+    opt.load_state(optim, &optim_path.display().to_string())?;
+    if meta.step > 0 && meta.samples_seen != meta.step as u64 * global_bs as u64 {
+        return Err(Error::Invalid(format!(
+            "{}: checkpoint was trained with {} pairs per step (samples_seen {} / step {}); this run's step has world {world} × batch_size {} = {global_bs}. A resume may change the world size, but world × batch_size must stay equal",
+            dir.display(),
+            meta.samples_seen / meta.step as u64,
+            meta.samples_seen,
+            meta.step,
+            tc.batch_size
+        )));
+    }
+    if meta.step > tc.steps {
+        return Err(Error::Invalid(format!("{}: checkpoint is at step {}, past the run's steps = {}", dir.display(), meta.step, tc.steps)));
+    }
+    Ok(meta)
+}
+
+/// Step 4: the pairs, by the data spec (tensors, shards, a manifest) or the synthetic world;
+/// each must hold at least one global batch `bs`.
+fn open_source(tc: &TrainConfig, cfg: &ModelConfig, bs: usize) -> Result<Arc<dyn PairSource>> {
+    let size = cfg.vision.image_size as u32;
+    Ok(match tc.data.as_deref().map(crate::data::DataSpec::parse).transpose()? {
+        Some(crate::data::DataSpec::Tensors(path)) => {
+            let tp = crate::data::tensors::TensorPairs::read(&path)?;
+            tp.check_fits(&path, size as usize, cfg.text.context_length as usize, cfg.text.vocab_size)?;
+            if tc.augment_scale.is_some() {
+                return Err(Error::config(
+                    "augment_scale",
+                    "set",
+                    format!("{}: pre-processed tensors are used as they are; remove augment_scale", path.display()),
+                ));
+            }
+            if tp.n < bs {
+                return Err(Error::Invalid(format!("{}: {} pairs, fewer than the step's batch {bs}", path.display(), tp.n)));
+            }
+            Arc::new(tp)
+        }
+        Some(crate::data::DataSpec::Shards(spec)) => {
+            let src = ShardSource::open(&spec)?;
+            if src.len() < bs {
+                return Err(Error::Invalid(format!("{spec}: {} pairs, fewer than the step's batch {bs}", src.len())));
+            }
+            Arc::new(src)
+        }
+        Some(crate::data::DataSpec::Manifest(path)) => {
+            let mut fmt = ManifestFormat::for_path(&path);
+            fmt.img_key = tc.csv_img_key.clone();
+            fmt.caption_key = tc.csv_caption_key.clone();
+            let pairs = manifest::read(&path, &fmt)?;
+            if pairs.len() < bs {
+                return Err(Error::Invalid(format!("{}: {} pairs, fewer than the step's batch {bs}", path.display(), pairs.len())));
+            }
+            Arc::new(ManifestSource { pairs })
+        }
+        None => Arc::new(SyntheticSource { seed: tc.seed, n: tc.data_items, size, world: tc.world }),
+    })
+}
+
+/// The update of one step: clip the gradient norm to `clip`, AdamW at `lr`; returns the norm
+/// before clipping.
+fn update(opt: &mut AdamW, clip: f64, lr: f64) -> Result<f64> {
+    let n = opt.clip_grad_norm(clip);
+    opt.step(lr)?;
+    Ok(n)
+}
+
+/// [`update`] under dynamic loss scaling: unscale; on inf/NaN gradients skip the update and
+/// halve the scale (the norm is then NaN); double it after 2,000 good steps in a row.
+fn scaled_update(opt: &mut AdamW, clip: f64, lr: f64, loss_scale: &mut f64, good_steps: &mut u64) -> Result<f64> {
+    let finite = opt.unscale_grads(1.0 / *loss_scale);
+    *good_steps = if finite { *good_steps + 1 } else { 0 };
+    if !finite {
+        *loss_scale /= 2.0;
+        return Ok(f64::NAN);
+    }
+    if (*good_steps).is_multiple_of(2000) {
+        *loss_scale *= 2.0;
+    }
+    update(opt, clip, lr)
+}
+
+/// The metadata of the checkpoint saved after step `done` (`bs` pairs per step over a source
+/// of `n` pairs).
+fn step_meta(
+    cfg: &ModelConfig,
+    tc: &TrainConfig,
+    done: i64,
+    bs: u64,
+    n: u64,
+    train_toml: &str,
+    init: Option<checkpoint::InitRecord>,
+) -> Meta {
+    Meta {
+        tool_version: crate::VERSION.into(),
+        model: cfg.clone(),
+        step: done,
+        epoch: (done as u64 * bs) / n,
+        samples_seen: done as u64 * bs,
+        data_cursor: (done as u64 * bs) % n,
+        seed: tc.seed,
+        train_config: train_toml.to_string(),
+        sha256: Default::default(),
+        init,
+    }
 }
 
 /// Trains one run per seed into `out/seed-<s>` (a group, as recipes name it with
