@@ -82,13 +82,11 @@ pub fn guard_panics(body: impl FnOnce() -> std::process::ExitCode + std::panic::
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown cause".into());
         // libtorch messages carry a C++ backtrace (escaped or not) after the first line.
-        let cut = ["\\nframe #", "\nframe #", "\n"].iter().filter_map(|m| msg.find(m)).min().unwrap_or(msg.len());
-        let first = msg[..cut].trim();
-        if let Some(i) = first.find("can't allocate memory") {
-            let what = first[i..].split(" Error code").next().unwrap_or("").trim_end_matches(['.', '"', ')']);
-            eprintln!("error: out of memory: libtorch {what}; use a smaller count or batch size");
+        if let e @ crate::Error::Resource(_) = crate::error::torch_panic_error(&msg) {
+            eprintln!("error: {e}");
             return;
         }
+        let first = crate::error::first_line(&msg);
         let at = info.location().map(|l| format!(" ({}:{})", l.file(), l.line())).unwrap_or_default();
         eprintln!("error: internal error: {first}{at}; if the input looks right, this is a bug: please report it with the command line");
     }));

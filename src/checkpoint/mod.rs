@@ -451,8 +451,12 @@ impl ModelSource {
     }
 
     /// The model with its weights on the CPU: a checkpoint's, or a fresh initialisation from
-    /// `seed`.
+    /// `seed`. A libtorch failure (a model too large for memory, …) is an error, not a panic.
     pub fn load(&self, seed: u64) -> Result<LoadedModel> {
+        crate::error::torch_guard(|| self.load_unguarded(seed))
+    }
+
+    fn load_unguarded(&self, seed: u64) -> Result<LoadedModel> {
         if let ModelSource::Checkpoint(dir) = self {
             let (vs, model, meta) = load(dir, tch::Device::Cpu)?;
             let weights_id = meta.sha256.get("model.safetensors").cloned().unwrap_or_default();

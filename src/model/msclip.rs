@@ -90,25 +90,32 @@ impl MsClip {
     }
 
     /// Image embeddings `[B, E]` (L2-normalised), recording what `capture` asks for.
+    /// A libtorch failure (out of memory on a user-sized batch, …) is an error, not a panic
+    /// ([`crate::error::torch_guard`]).
     pub fn encode_image_with(&self, images: &Tensor, capture: &Capture, cache: &mut ActivationCache, train: bool) -> Result<Tensor> {
         self.vision.check_input(images)?;
         self.check_device("image", images)?;
         capture.check_hooks(&self.config)?;
-        let pooled = self.vision.forward_features(images, capture, cache, train)?;
-        let projected = self.vision.project(&pooled);
-        check_outputs("vision", &projected)?;
-        Ok(l2_normalize(&projected))
+        crate::error::torch_guard(|| {
+            let pooled = self.vision.forward_features(images, capture, cache, train)?;
+            let projected = self.vision.project(&pooled);
+            check_outputs("vision", &projected)?;
+            Ok(l2_normalize(&projected))
+        })
     }
 
     /// Text embeddings `[B, E]` (L2-normalised), recording what `capture` asks for.
+    /// Failures as [`MsClip::encode_image_with`].
     pub fn encode_text_with(&self, tokens: &Tensor, capture: &Capture, cache: &mut ActivationCache) -> Result<Tensor> {
         self.text.check_input(tokens)?;
         self.check_device("token", tokens)?;
         capture.check_hooks(&self.config)?;
-        let pooled = self.text.forward_features(tokens, capture, cache)?;
-        let projected = self.text.project(&pooled);
-        check_outputs("text", &projected)?;
-        Ok(l2_normalize(&projected))
+        crate::error::torch_guard(|| {
+            let pooled = self.text.forward_features(tokens, capture, cache)?;
+            let projected = self.text.project(&pooled);
+            check_outputs("text", &projected)?;
+            Ok(l2_normalize(&projected))
+        })
     }
 
     /// Normalised image embeddings, eval mode, nothing captured.
