@@ -235,21 +235,39 @@ pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
 
 /// Two-sided permutation p-value of Spearman's ρ: (1 + #{|ρ_π| ≥ |ρ|}) / (1 + permutations).
 pub fn spearman_permutation(a: &[f64], b: &[f64], permutations: usize, seed: u64) -> (f64, f64) {
+    let (rho, p, _) = spearman_permutation_null(a, b, permutations, seed);
+    (rho, p)
+}
+
+/// [`spearman_permutation`] with the permutation null's central 95 % range of ρ
+/// (its 2.5 % and 97.5 % quantiles, `[NaN, NaN]` without permutations): what ρ looks like
+/// when the pairing carries no information.
+pub fn spearman_permutation_null(a: &[f64], b: &[f64], permutations: usize, seed: u64) -> (f64, f64, [f64; 2]) {
     let (ra, rb) = (ranks(a), ranks(b));
     let rho = pearson(&ra, &rb);
     let mut rng = Rng::new(seed);
     let mut perm = rb.clone();
     let mut hits = 0;
+    let mut null = Vec::with_capacity(permutations);
     for _ in 0..permutations {
         for i in (1..perm.len()).rev() {
             let j = rng.below(i as u64 + 1) as usize;
             perm.swap(i, j);
         }
-        if pearson(&ra, &perm).abs() >= rho.abs() - 1e-12 {
+        let r = pearson(&ra, &perm);
+        if r.abs() >= rho.abs() - 1e-12 {
             hits += 1;
         }
+        null.push(r);
     }
-    (rho, (1 + hits) as f64 / (1 + permutations) as f64)
+    let band = if null.is_empty() {
+        [f64::NAN; 2]
+    } else {
+        null.sort_by(f64::total_cmp);
+        let q = |f: f64| null[((f * (null.len() - 1) as f64).round() as usize).min(null.len() - 1)];
+        [q(0.025), q(0.975)]
+    };
+    (rho, (1 + hits) as f64 / (1 + permutations) as f64, band)
 }
 
 /// Cross-modal agreement of one statistic over the heads both modalities have.
@@ -263,6 +281,9 @@ pub struct Agreement {
     pub spearman: f64,
     /// Two-sided permutation p-value.
     pub p_value: f64,
+    /// The permutation null's central 95 % range of ρ (pairing of heads shuffled).
+    #[serde(default)]
+    pub null_95: [f64; 2],
 }
 
 /// Spearman ρ (with a permutation p-value) of each statistic between the towers, over the (slot, head) pairs both have.
@@ -276,8 +297,9 @@ pub fn agreement(stats: &[HeadStat], permutations: usize, seed: u64) -> Vec<Agre
         .map(|&stat| {
             let a: Vec<f64> = common.iter().map(|k| vis[k].get(stat)).collect();
             let b: Vec<f64> = common.iter().map(|k| txt[k].get(stat)).collect();
-            let (rho, p) = if common.len() >= 3 { spearman_permutation(&a, &b, permutations, seed) } else { (f64::NAN, f64::NAN) };
-            Agreement { statistic: stat.name().to_string(), heads: common.len(), spearman: rho, p_value: p }
+            let (rho, p, null_95) =
+                if common.len() >= 3 { spearman_permutation_null(&a, &b, permutations, seed) } else { (f64::NAN, f64::NAN, [f64::NAN; 2]) };
+            Agreement { statistic: stat.name().to_string(), heads: common.len(), spearman: rho, p_value: p, null_95 }
         })
         .collect()
 }
@@ -297,6 +319,10 @@ mod tests {
         let b: Vec<f64> = (0..30).map(|i| ((i * 17) % 30) as f64).collect();
         let (_, p) = spearman_permutation(&a, &b, 999, 1);
         assert!(p > 0.05, "unrelated orders are not significant: {p}");
+        // The null of ρ over 30 exchangeable ranks is centred on 0 with sd 1/√29 ≈ 0.186: its
+        // central 95 % is about ±1.96/√29 = ±0.364.
+        let (_, _, band) = spearman_permutation_null(&a, &b, 20_000, 3);
+        assert!((band[0] + 0.364).abs() < 0.03 && (band[1] - 0.364).abs() < 0.03, "{band:?}");
     }
 
     #[test]

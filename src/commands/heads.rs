@@ -245,11 +245,13 @@ impl HeadsOutput {
                     &dir.join(format!("{name}_scatter")),
                     &plot::Scatter {
                         title: format!(
-                            "{} — {}: ρ = {:.2} (p = {})",
+                            "{} — {}: ρ = {:.2} (p = {}; null 95 % [{:.2}, {:.2}])",
                             cfg.name,
                             stat_unit(stat),
                             a.spearman,
-                            crate::analysis::stats::format_p(a.p_value)
+                            crate::analysis::stats::format_p(a.p_value),
+                            a.null_95[0],
+                            a.null_95[1]
                         ),
                         x_label: format!("text: {}", stat_unit(stat)),
                         y_label: format!("vision: {}", stat_unit(stat)),

@@ -1109,6 +1109,35 @@ impl Figure for HeadPairs<'_> {
     }
 }
 
+/// Round tick values in `[lo, hi]`: a step of 1, 2 or 5 × 10^k giving about `target` ticks,
+/// and the decimals that print the step exactly.
+pub fn nice_ticks(lo: f64, hi: f64, target: usize) -> (Vec<f64>, usize) {
+    if !(lo.is_finite() && hi.is_finite()) || hi <= lo || target == 0 {
+        return (vec![], 0);
+    }
+    let raw = (hi - lo) / target as f64;
+    let e = raw.log10().floor();
+    let f = raw / 10f64.powf(e);
+    let nf = if f < 1.5 {
+        1.0
+    } else if f < 3.0 {
+        2.0
+    } else if f < 7.0 {
+        5.0
+    } else {
+        10.0
+    };
+    let step = nf * 10f64.powf(e);
+    let digits = (-(step.log10().floor())).max(0.0) as usize;
+    let first = (lo / step).ceil() as i64;
+    let last = (hi / step).floor() as i64;
+    // A zero that rounds to -0.0 prints as "0".
+    // k·nf / 10^-e rather than k·step: 3 × 0.1 is 0.30000000000000004, 3 / 10 is 0.3.
+    let at = |k: i64| if e < 0.0 { k as f64 * nf / 10f64.powi(-e as i32) } else { k as f64 * nf * 10f64.powi(e as i32) };
+    let ticks = (first..=last).map(at).map(|v| if v.abs() < step * 1e-9 { 0.0 } else { v }).collect();
+    (ticks, digits)
+}
+
 /// One panel of [`IntervalPanels`]: the metric's name and `(mean, lo, hi)` per model.
 pub type IntervalPanel = (String, Vec<(f64, f64, f64)>);
 
@@ -1197,12 +1226,14 @@ impl Figure for IntervalPanels {
             let (lo, hi) = (lo - 0.08 * span, hi + 0.08 * span);
             let px = |v: f64| x_lo + ((v - lo) / (hi - lo) * (x_hi - x_lo) as f64).round() as i32;
             root.draw(&PathElement::new(vec![(x_lo, axis + 4), (x_hi, axis + 4)], BLACK.stroke_width(1))).map_err(e)?;
-            // Three ticks inside the axis (at 1/6, 1/2, 5/6), so labels of neighbouring
-            // panels never touch; digits enough to tell the ticks apart.
-            let digits = (-(span / 3.0).log10().floor()).clamp(1.0, 6.0) as usize + 1;
-            for k in [1.0, 3.0, 5.0] {
-                let v = lo + (hi - lo) * k / 6.0;
+            // Round ticks (1, 2 or 5 × 10^k apart), only where their labels stay inside the
+            // panel, so labels of neighbouring panels never touch.
+            let (ticks, digits) = nice_ticks(lo, hi, 3);
+            for v in ticks {
                 let x = px(v);
+                if x < x_lo + 14 || x > x_hi - 14 {
+                    continue;
+                }
                 root.draw(&PathElement::new(vec![(x, axis + 4), (x, axis + 8)], BLACK.stroke_width(1))).map_err(e)?;
                 let label = format!("{v:.digits$}");
                 root.draw_text(&label, &("sans-serif", 11).into_font().color(&BLACK), (x - 3 * label.len() as i32, axis + 10))
@@ -1254,6 +1285,21 @@ impl Figure for IntervalPanels {
         }
         root.present().map_err(e)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tick_tests {
+    use super::nice_ticks;
+
+    #[test]
+    fn ticks_are_round_and_inside() {
+        assert_eq!(nice_ticks(0.272, 0.532, 3), (vec![0.3, 0.4, 0.5], 1));
+        assert_eq!(nice_ticks(0.0205, 0.0495, 3), (vec![0.03, 0.04], 2));
+        assert_eq!(nice_ticks(-0.13, 0.11, 3), (vec![-0.1, 0.0, 0.1], 1));
+        let (t, d) = nice_ticks(12.0, 980.0, 4);
+        assert_eq!((t, d), (vec![200.0, 400.0, 600.0, 800.0], 0));
+        assert!(nice_ticks(1.0, 1.0, 3).0.is_empty() && nice_ticks(f64::NAN, 1.0, 3).0.is_empty());
     }
 }
 
