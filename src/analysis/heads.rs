@@ -117,7 +117,7 @@ impl HeadAccumulator {
     /// Adds vision attention `probs: [B, H, 1+g², 1+g²]`.
     pub fn add_vision(&mut self, slot: usize, probs: &Tensor, grid: i64) {
         let a = probs.to_kind(Kind::Double);
-        let (b, _h, l, _) = a.size4().unwrap();
+        let (b, _h, l, _) = a.size4().expect("attention probabilities are [B, H, L, L]");
         let ent = -(&a * a.clamp_min(1e-30).log()).sum_dim_intlist(&[-1i64][..], false, Kind::Double); // [B,H,L]
         let ent = ent.mean_dim(&[-1i64][..], false, Kind::Double);
         let (d, nb) = grid_distances(grid, a.device());
@@ -133,7 +133,7 @@ impl HeadAccumulator {
     /// Adds text attention `probs: [B, H, L, L]` with the EOT position of each item.
     pub fn add_text(&mut self, slot: usize, probs: &Tensor, eot: &[i64]) {
         let a = probs.to_kind(Kind::Double);
-        let (b, h, l, _) = a.size4().unwrap();
+        let (b, h, l, _) = a.size4().expect("attention probabilities are [B, H, L, L]");
         let mut total = Tensor::zeros([h, 5], (Kind::Double, a.device()));
         let pos = Tensor::arange(l, (Kind::Double, a.device()));
         let absd = (pos.unsqueeze(1) - pos.unsqueeze(0)).abs();
@@ -173,7 +173,7 @@ impl HeadAccumulator {
     pub fn finish(&self) -> Vec<HeadStat> {
         let mut out = Vec::new();
         for ((m, slot), (sum, n)) in &self.sums {
-            let mean = Vec::<f64>::try_from((sum / *n as f64).contiguous().view([-1])).unwrap();
+            let mean = Vec::<f64>::try_from((sum / *n as f64).contiguous().view([-1])).expect("a double tensor converts to Vec<f64>");
             for (h, s) in mean.chunks(5).enumerate() {
                 out.push(HeadStat {
                     modality: *m,

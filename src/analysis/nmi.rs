@@ -149,7 +149,7 @@ pub fn kmeans_rows(rows: &mut dyn Rows, k: i64, restarts: usize, max_iter: usize
                     let x = rows.chunk(i)?.to_kind(Kind::Double);
                     let len = x.size()[0];
                     let d = sq_dists(&x, &centers).min_dim(1, false).0;
-                    let cum = Vec::<f64>::try_from(d.cumsum(0, Kind::Double)).unwrap();
+                    let cum = Vec::<f64>::try_from(d.cumsum(0, Kind::Double)).expect("a double tensor converts to Vec<f64>");
                     if let Some(p) = cum.iter().position(|&v| acc + v >= target) {
                         found = Some(start + p as i64);
                         break;
@@ -173,7 +173,7 @@ pub fn kmeans_rows(rows: &mut dyn Rows, k: i64, restarts: usize, max_iter: usize
             for i in 0..chunks {
                 let x = rows.chunk(i)?.to_kind(Kind::Double);
                 let new = sq_dists(&x, &centers).argmin(1, false);
-                let v = Vec::<i64>::try_from(&new).unwrap();
+                let v = Vec::<i64>::try_from(&new).expect("an int64 tensor converts to Vec<i64>");
                 if labels[start..start + v.len()] != v[..] {
                     changed = true;
                     labels[start..start + v.len()].copy_from_slice(&v);
@@ -222,8 +222,8 @@ pub fn nmi(a: &[i64], b: &[i64]) -> f64 {
     }
     let mut joint = vec![vec![0f64; ub.len()]; ua.len()];
     for (x, y) in a.iter().zip(b) {
-        let i = ua.binary_search(x).unwrap();
-        let j = ub.binary_search(y).unwrap();
+        let i = ua.binary_search(x).expect("ua holds every label of a");
+        let j = ub.binary_search(y).expect("ub holds every label of b");
         joint[i][j] += 1.0;
     }
     let pa: Vec<f64> = joint.iter().map(|r| r.iter().sum::<f64>() / n).collect();

@@ -99,7 +99,7 @@ fn decode(data: &[u8], kind: Kind) -> Tensor {
         let v: Vec<f32> = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         Tensor::from_slice(&v)
     } else {
-        let v: Vec<f64> = data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
+        let v: Vec<f64> = data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("chunks_exact(8) gives 8 bytes"))).collect();
         Tensor::from_slice(&v)
     }
 }

@@ -119,7 +119,8 @@ pub fn fit(x: &Tensor, y: &[i64], classes: i64, lambda: f64, max_iter: usize, to
 impl Probe {
     /// The predicted class of every row of `x`.
     pub fn predict(&self, x: &Tensor) -> Vec<i64> {
-        Vec::<i64>::try_from((x.to_kind(Kind::Double).matmul(&self.w) + &self.b).argmax(-1, false)).unwrap()
+        Vec::<i64>::try_from((x.to_kind(Kind::Double).matmul(&self.w) + &self.b).argmax(-1, false))
+            .expect("argmax is int64 and converts to Vec<i64>")
     }
 }
 

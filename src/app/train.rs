@@ -333,7 +333,7 @@ fn run(cli: Cli) -> Result<()> {
     if cli.seeds.is_empty() {
         let outcome = train(&tc, &out, &opts)?;
         if let Some(e) = &outcome.last_eval {
-            println!("{}", serde_json::to_string(e).unwrap());
+            println!("{}", serde_json::to_string(e).expect("an evaluation record serialises"));
         }
         return Ok(());
     }

@@ -146,7 +146,7 @@ pub fn save_dir(final_dir: &Path, vs: &nn::VarStore, optim: &[(String, Tensor)],
         fsync_file(&optim_path)?;
         meta.sha256.insert("optim.safetensors".into(), sha256_file(&optim_path)?);
     }
-    write_atomic(&tmp.join("meta.json"), serde_json::to_string_pretty(&meta).unwrap().as_bytes())?;
+    write_atomic(&tmp.join("meta.json"), serde_json::to_string_pretty(&meta).expect("checkpoint metadata serialises").as_bytes())?;
     fsync_dir(&tmp);
     if final_dir.exists() {
         // Same step saved again (e.g. after a resume): swap atomically, then drop the old one.

@@ -170,7 +170,7 @@ fn unpickle(data: &[u8], origin: &str) -> Result<(Arena, Id)> {
             }
             b'J' => {
                 let b = take(&mut pos, 4)?;
-                let v = i32::from_le_bytes(b.try_into().unwrap()) as i64;
+                let v = i32::from_le_bytes(b.try_into().expect("take(4) returned 4 bytes")) as i64;
                 stack.push(ar.push(Node::Int(v)))
             }
             0x8a => {
@@ -190,13 +190,14 @@ fn unpickle(data: &[u8], origin: &str) -> Result<(Arena, Id)> {
             }
             b'G' => {
                 let b = take(&mut pos, 8)?;
-                let v = f64::from_be_bytes(b.try_into().unwrap());
+                let v = f64::from_be_bytes(b.try_into().expect("take(8) returned 8 bytes"));
                 stack.push(ar.push(Node::Float(v)))
             }
             b'X' | 0x8c | 0x8d | b'T' | b'U' => {
                 let n = match op {
-                    b'X' | b'T' => u32::from_le_bytes(take(&mut pos, 4)?.try_into().unwrap()) as usize,
-                    0x8d => usize::try_from(u64::from_le_bytes(take(&mut pos, 8)?.try_into().unwrap())).unwrap_or(usize::MAX),
+                    b'X' | b'T' => u32::from_le_bytes(take(&mut pos, 4)?.try_into().expect("take(4) returned 4 bytes")) as usize,
+                    0x8d => usize::try_from(u64::from_le_bytes(take(&mut pos, 8)?.try_into().expect("take(8) returned 8 bytes")))
+                        .unwrap_or(usize::MAX),
                     _ => take(&mut pos, 1)?[0] as usize,
                 };
                 let s = String::from_utf8_lossy(take(&mut pos, n)?).into_owned();
@@ -205,13 +206,17 @@ fn unpickle(data: &[u8], origin: &str) -> Result<(Arena, Id)> {
             b'q' | b'r' | 0x94 => {
                 let i = match op {
                     b'q' => take(&mut pos, 1)?[0] as u32,
-                    b'r' => u32::from_le_bytes(take(&mut pos, 4)?.try_into().unwrap()),
+                    b'r' => u32::from_le_bytes(take(&mut pos, 4)?.try_into().expect("take(4) returned 4 bytes")),
                     _ => memo.len() as u32,
                 };
                 memo.insert(i, top(&stack, "memo put")?);
             }
             b'h' | b'j' => {
-                let i = if op == b'h' { take(&mut pos, 1)?[0] as u32 } else { u32::from_le_bytes(take(&mut pos, 4)?.try_into().unwrap()) };
+                let i = if op == b'h' {
+                    take(&mut pos, 1)?[0] as u32
+                } else {
+                    u32::from_le_bytes(take(&mut pos, 4)?.try_into().expect("take(4) returned 4 bytes"))
+                };
                 stack.push(*memo.get(&i).ok_or_else(|| err(format!("memo {i} missing")))?)
             }
             b'c' | 0x93 => {

@@ -195,7 +195,7 @@ fn build_batch(src: &dyn PairSource, tok: &Tokenizer, plan: &Plan, step: i64) ->
             order = Some((e, epoch_order(n as usize, plan.seed, e)));
         }
         epoch = e;
-        let i = order.as_ref().unwrap().1[(pos % n) as usize];
+        let i = order.as_ref().expect("the epoch order is drawn above").1[(pos % n) as usize];
         if let Some(tp) = src.preprocessed() {
             let (img, tok) = tp.item(i);
             imgs.push(img);

@@ -70,8 +70,8 @@ pub fn zero_shot_set(seed: u64, n: usize, size: u32, mean: [f64; 3], std: [f64; 
         let mut rng = Rng::new((seed ^ EVAL_SEED_OFFSET).wrapping_add(i as u64 * 7919));
         let sc = synth::render(size, 1, &mut rng);
         let o = &sc.objects[0];
-        let c = COLORS.iter().position(|(name, _)| *name == o.color).unwrap();
-        let s = SHAPES.iter().position(|name| *name == o.shape).unwrap();
+        let c = COLORS.iter().position(|(name, _)| *name == o.color).expect("scenes draw colours from COLORS");
+        let s = SHAPES.iter().position(|name| *name == o.shape).expect("scenes draw shapes from SHAPES");
         labels.push((c * SHAPES.len() + s) as i64);
         imgs.push(to_tensor(&sc.pixels, size, size, mean, std));
     }

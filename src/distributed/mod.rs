@@ -290,7 +290,7 @@ impl ProcessGroup {
                 buckets.push(vec![]);
                 size = 0;
             }
-            buckets.last_mut().unwrap().push(t);
+            buckets.last_mut().expect("a bucket is opened above").push(t);
             size += bytes;
         }
         let mut flat: Vec<Tensor> =

@@ -52,7 +52,7 @@ impl LayerNorm {
     }
     /// Normalises the last dimension (in fp32, returned in `x`'s dtype).
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let dim = *self.weight.size().last().unwrap();
+        let dim = *self.weight.size().last().expect("a LayerNorm weight has one dimension");
         let kind = x.kind();
         let y = x.to_kind(tch::Kind::Float).layer_norm([dim], Some(&self.weight), Some(&self.bias), self.eps, false);
         if kind == tch::Kind::Float {

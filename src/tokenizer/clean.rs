@@ -34,7 +34,7 @@ pub fn html_unescape(s: &str) -> String {
         return s.to_string();
     }
     static RE: OnceLock<Regex> = OnceLock::new();
-    let re = RE.get_or_init(|| Regex::new(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\x0c <&#;]{1,32};?)").unwrap());
+    let re = RE.get_or_init(|| Regex::new(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\x0c <&#;]{1,32};?)").expect("a constant regex"));
     re.replace_all(s, |c: &regex::Captures| replace_charref(&c[1])).into_owned()
 }
 
@@ -81,7 +81,7 @@ fn ftfy_unescape(s: &str) -> String {
         return s.to_string();
     }
     static RE: OnceLock<Regex> = OnceLock::new();
-    let re = RE.get_or_init(|| Regex::new(r"&#?[0-9A-Za-z]{1,24};").unwrap());
+    let re = RE.get_or_init(|| Regex::new(r"&#?[0-9A-Za-z]{1,24};").expect("a constant regex"));
     re.replace_all(s, |c: &regex::Captures| {
         let t = &c[0];
         let u = html_unescape(t);
@@ -124,7 +124,7 @@ fn fix_char(c: char, out: &mut String) {
         'ĳ' => out.push_str("ij"),
         // fix_character_width: full-width ASCII and the ideographic space.
         '\u{3000}' => out.push(' '),
-        '\u{ff01}'..='\u{ff5e}' => out.push(char::from_u32(u - 0xfee0).unwrap()),
+        '\u{ff01}'..='\u{ff5e}' => out.push(char::from_u32(u - 0xfee0).expect("fullwidth ASCII maps to ASCII")),
         '\u{ff5f}'..='\u{ffef}' => out.extend(c.to_string().nfkc()),
         // uncurl_quotes
         '\u{2bc}' | '\u{2018}'..='\u{201b}' => out.push('\''),
@@ -147,7 +147,7 @@ fn fix_char(c: char, out: &mut String) {
 /// The subset of `ftfy.fix_text` (default config) that matters for captions.
 pub fn fix_text(s: &str) -> String {
     static TERM: OnceLock<Regex> = OnceLock::new();
-    let term = TERM.get_or_init(|| Regex::new(r"\x1b\[[0-9;]*[a-zA-Z]").unwrap());
+    let term = TERM.get_or_init(|| Regex::new(r"\x1b\[[0-9;]*[a-zA-Z]").expect("a constant regex"));
     let s = ftfy_unescape(s);
     let s = term.replace_all(&s, "");
     let s = s.replace("\r\n", "\n");

@@ -99,10 +99,10 @@ fn bytes_to_unicode() -> [char; 256] {
     let mut n = 0u32;
     for b in 0..256u32 {
         table[b as usize] = if printable(b) {
-            char::from_u32(b).unwrap()
+            char::from_u32(b).expect("a byte is a char")
         } else {
             n += 1;
-            char::from_u32(256 + n - 1).unwrap()
+            char::from_u32(256 + n - 1).expect("256..512 are chars")
         };
     }
     table
@@ -192,7 +192,7 @@ impl Tokenizer {
     /// learned after it (a higher rank), so popping (rank, position) order performs the same
     /// merges in the same order. Stale heap entries are skipped.
     fn bpe(&self, token: &str) -> Vec<i64> {
-        if let Some(ids) = self.cache.lock().unwrap().get(token) {
+        if let Some(ids) = self.cache.lock().expect("the BPE cache lock is never poisoned: nothing panics while holding it").get(token) {
             return ids.clone();
         }
         let chars: Vec<char> = token.chars().collect();
@@ -237,7 +237,7 @@ impl Tokenizer {
             }
         }
         let out: Vec<i64> = (0..n).filter(|&i| alive[i]).map(|i| ids[i]).collect();
-        let mut cache = self.cache.lock().unwrap();
+        let mut cache = self.cache.lock().expect("the BPE cache lock is never poisoned: nothing panics while holding it");
         if cache.len() >= CACHE_ENTRIES {
             cache.retain(|k, _| k.starts_with("<|"));
         }

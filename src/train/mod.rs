@@ -626,7 +626,8 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
             eval,
         };
         if let Some(metrics) = metrics.as_mut() {
-            writeln!(metrics, "{}", serde_json::to_string(&m).unwrap()).map_err(|e| Error::io(run_dir.join("metrics.jsonl"), e))?;
+            writeln!(metrics, "{}", serde_json::to_string(&m).expect("step metrics serialise"))
+                .map_err(|e| Error::io(run_dir.join("metrics.jsonl"), e))?;
             metrics.flush().map_err(|e| Error::io(run_dir.join("metrics.jsonl"), e))?;
         } else if is_report_step(done, tc.steps) {
             eprintln!(

@@ -293,7 +293,16 @@ impl AdamW {
                         // SAFETY: four distinct contiguous CPU f32 buffers of equal length
                         // (param, its grad, and the two moments created here); no autograd
                         // is recorded inside no_grad and no other handle writes meanwhile.
-                        unsafe { fused::update(&s.param, &g, &s.m, &s.v, n[0].unwrap(), &coeffs) };
+                        unsafe {
+                            fused::update(
+                                &s.param,
+                                &g,
+                                &s.m,
+                                &s.v,
+                                n[0].expect("checked above: all four are CPU f32 buffers of one length"),
+                                &coeffs,
+                            )
+                        };
                         continue;
                     }
                 }
