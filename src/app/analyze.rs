@@ -400,6 +400,11 @@ enum Command {
         /// Principal components compared per head.
         #[arg(long, default_value_t = 3, value_parser = int_in(1i64..=4096))]
         subspace_k: i64,
+        /// TextSpan pre-projection: texts are projected onto the top K right singular vectors
+        /// of each head's contributions before the greedy search, as the reference
+        /// (Gandelsman et al.'s w_ov_rank, 80); 0 = no projection.
+        #[arg(long, default_value_t = 80, value_parser = int_in(0usize..=4096))]
+        span_rank: usize,
     },
     /// Held-out synthetic evaluation: zero-shot (48 colour × shape classes), retrieval R@1,
     /// modality gap; one table row (or JSON).
@@ -558,8 +563,13 @@ fn real_main() -> ExitCode {
         Command::Patch { model, out, tower, attribute, pairs, seed } => {
             patch_cmd(&model, &commands::patch::PatchOptions { tower, attribute, pairs, seed }, &out)
         }
-        Command::Decompose { model, out, synthetic, seed, span, texts, subspace_k } => {
-            decompose_cmd(&model, &commands::decompose::DecomposeOptions { items: synthetic, seed, span, texts, subspace_k }, &out)
+        Command::Decompose { model, out, synthetic, seed, span, texts, subspace_k, span_rank } => {
+            let span_rank = (span_rank > 0).then_some(span_rank);
+            decompose_cmd(
+                &model,
+                &commands::decompose::DecomposeOptions { items: synthetic, seed, span, texts, subspace_k, span_rank },
+                &out,
+            )
         }
         Command::Check { model, data, nmi, baseline, update } => {
             return match check_cmd(&model, &data, &nmi, &baseline, update) {

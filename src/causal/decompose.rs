@@ -291,19 +291,33 @@ pub struct SpanStep {
     pub explained: f64,
 }
 
-/// TextSpan (Gandelsman et al. 2024, Algorithm 1, without the PCA pre-projection): a greedy
-/// basis of `m` descriptions for a head's contributions `c: [N, E]`. At each step the text
-/// (rows of `pool: [M, E]`, L2-normalised) onto which the centred contributions project with
-/// the most variance is chosen, then that direction is removed from the contributions and from
-/// every remaining text.
-pub fn text_span(c: &Tensor, pool: &Tensor, names: &[String], m: usize) -> Result<Vec<SpanStep>> {
+/// The rank of the reference's pre-projection (`--w_ov_rank 80` in Gandelsman et al.'s
+/// `compute_text_set_projection.py`).
+pub const REFERENCE_SPAN_RANK: usize = 80;
+
+/// TextSpan (Gandelsman et al. 2024, Algorithm 1): a greedy basis of `m` descriptions for a
+/// head's contributions `c: [N, E]`. The texts (rows of `pool: [M, E]`, L2-normalised) are
+/// first projected onto the span of the top `rank` right singular vectors of the (uncentred)
+/// contributions, `r ← r·V_kᵀV_k` — the reference's pre-projection (`rank` = `None` skips it;
+/// a rank beyond the data's rank keeps all of its row space). At each step the text onto which
+/// the centred contributions project with the most variance is chosen, then that direction is
+/// removed from the contributions and from every remaining text.
+pub fn text_span(c: &Tensor, pool: &Tensor, names: &[String], m: usize, rank: Option<usize>) -> Result<Vec<SpanStep>> {
     if pool.size()[0] < m as i64 || names.len() as i64 != pool.size()[0] {
         return Err(Error::config("span", m, format!("the text pool has {} descriptions; TextSpan needs at least m", pool.size()[0])));
+    }
+    if rank == Some(0) {
+        return Err(Error::config("span rank", 0, "the pre-projection needs rank ≥ 1 (or none)"));
     }
     let c0 = c.to_kind(Kind::Double);
     let mut c = &c0 - c0.mean_dim(&[0i64][..], true, Kind::Double);
     let total = (&c * &c).sum(Kind::Double).double_value(&[]).max(1e-30);
     let mut r = crate::tensor::l2_normalize(&pool.to_kind(Kind::Double));
+    if let Some(k) = rank {
+        let (_, _, v) = c0.svd(true, true); // v: [E, min(N, E)]
+        let vk = v.narrow(1, 0, (k as i64).min(v.size()[1]));
+        r = r.matmul(&vk).matmul(&vk.tr());
+    }
     let mut used = vec![false; names.len()];
     let mut out = vec![];
     for _ in 0..m {
@@ -395,12 +409,24 @@ mod tests {
         let c = Tensor::cat(&[&a * 3.0, b.shallow_clone(), Tensor::zeros([n, 2], (Kind::Double, tch::Device::Cpu))], 1);
         let pool = Tensor::from_slice(&[0.0f64, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.1, 0.0, 0.0]).view([3, 4]);
         let names = ["e2".to_string(), "e1".to_string(), "e0".to_string()];
-        let steps = text_span(&c, &pool, &names, 2).unwrap();
+        let steps = text_span(&c, &pool, &names, 2, None).unwrap();
         assert_eq!(steps[0].text, "e0");
         assert_eq!(steps[1].text, "e1");
         assert!(steps[1].explained > 0.999, "{:?}", steps);
         assert!(steps[0].explained > 0.85 && steps[0].explained < 0.95, "{:?}", steps);
-        assert!(text_span(&c, &pool, &names, 4).is_err());
+        assert!(text_span(&c, &pool, &names, 4, None).is_err());
+        // The reference's pre-projection: a rank at or beyond the data's rank (2 here: e0, e1)
+        // changes nothing; rank 1 keeps only e0's direction, so e1's text is projected to zero
+        // and the search stops after one step.
+        for k in [2, 4, 80] {
+            let with = text_span(&c, &pool, &names, 2, Some(k)).unwrap();
+            assert_eq!(with.iter().map(|s| &s.text).collect::<Vec<_>>(), steps.iter().map(|s| &s.text).collect::<Vec<_>>());
+            assert!((with[1].explained - steps[1].explained).abs() < 1e-9, "rank {k}");
+        }
+        let one = text_span(&c, &pool, &names, 2, Some(1)).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].text, "e0");
+        assert!(text_span(&c, &pool, &names, 2, Some(0)).is_err());
         // Subspaces: a set against itself is 1; against an orthogonal one 0.
         assert!((subspace_similarity(&c, &c, 2) - 1.0).abs() < 1e-9);
         let d = Tensor::cat(&[Tensor::zeros([n, 2], (Kind::Double, tch::Device::Cpu)), a * 2.0, b], 1);

@@ -32,11 +32,13 @@ pub struct DecomposeOptions {
     pub texts: Option<PathBuf>,
     /// Principal components compared per head.
     pub subspace_k: i64,
+    /// TextSpan's pre-projection rank (`None`: none; default the reference's 80).
+    pub span_rank: Option<usize>,
 }
 
 impl Default for DecomposeOptions {
     fn default() -> Self {
-        DecomposeOptions { items: 128, seed: 0, span: 5, texts: None, subspace_k: 3 }
+        DecomposeOptions { items: 128, seed: 0, span: 5, texts: None, subspace_k: 3, span_rank: Some(decompose::REFERENCE_SPAN_RANK) }
     }
 }
 
@@ -183,7 +185,7 @@ pub fn run(model: &LoadedModel, opts: &DecomposeOptions) -> Result<DecomposeOutp
                     slot,
                     head,
                     variance_share: (&c0 * &c0).sum(Kind::Double).double_value(&[]) / total,
-                    steps: text_span(c, &pool_emb, &pool, opts.span)?,
+                    steps: text_span(c, &pool_emb, &pool, opts.span, opts.span_rank)?,
                 })
             };
             let (a, b) = (contrib(&di, t, nz), contrib(&dt, t, ctn));
@@ -216,11 +218,15 @@ pub fn run(model: &LoadedModel, opts: &DecomposeOptions) -> Result<DecomposeOutp
     let mut provenance = provenance(model, set.data_id.clone(), opts.seed);
     provenance.notes.push("decomposition: terms through the final LayerNorm with the item's own centring and scale fixed, and the projection; adapters (MS-CLIP-S) likewise; terms sum to the embedding before normalisation".into());
     provenance.notes.push(format!(
-        "mean ablation: all terms but the heads of the last K attention layers replaced by their means over the {} items; TextSpan m = {} over {} descriptions (synthetic vocabulary{}), no PCA pre-projection; subspaces: top {} principal components",
+        "mean ablation: all terms but the heads of the last K attention layers replaced by their means over the {} items; TextSpan m = {} over {} descriptions (synthetic vocabulary{}), {}; subspaces: top {} principal components",
         set.images.size()[0],
         opts.span,
         pool.len(),
         if opts.texts.is_some() { " + the user's file" } else { "" },
+        match opts.span_rank {
+            Some(k) => format!("texts pre-projected onto each head's top {k} right singular vectors (the reference's w_ov_rank; all of the row space when its rank is lower)"),
+            None => "no PCA pre-projection".into(),
+        },
         if subspace_k < opts.subspace_k { format!("{subspace_k} (requested {}, more than the available rank)", opts.subspace_k) } else { subspace_k.to_string() }
     ));
     Ok(DecomposeOutput {

@@ -48,7 +48,8 @@ use crate::io::{write_atomic, CsvOut, Provenance};
 use crate::model::{MsClip, Site};
 use crate::plot::{line_chart_png_svg, render, IntervalPanels, LineChart};
 
-/// One recipe file, read through [`RecipeFile`]: each analysis takes only its own fields.
+/// One recipe file. It is read through a private enum with one variant per analysis, so each
+/// analysis takes only its own fields (serde refuses any other, naming it).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(from = "RecipeFile")]
 pub struct Recipe {
