@@ -405,6 +405,13 @@ enum Command {
         /// (Gandelsman et al.'s w_ov_rank, 80); 0 = no projection.
         #[arg(long, default_value_t = 80, value_parser = int_in(0usize..=4096))]
         span_rank: usize,
+        /// How the biases and the final LayerNorm's centring are attributed: `separate` (each
+        /// term centred by its own mean, biases as terms of their own: a head's term is what
+        /// its output alone adds) or `reference` (Gandelsman et al.'s prs_hook: biases and the
+        /// LayerNorm mean split evenly over heads and layers, terms divided by the embedding's
+        /// norm; matched term by term in tests/decompose_reference.rs).
+        #[arg(long, value_enum, default_value_t = crate::causal::decompose::Convention::Separate)]
+        convention: crate::causal::decompose::Convention,
     },
     /// Held-out synthetic evaluation: zero-shot (48 colour × shape classes), retrieval R@1,
     /// modality gap; one table row (or JSON).
@@ -563,13 +570,10 @@ fn real_main() -> ExitCode {
         Command::Patch { model, out, tower, attribute, pairs, seed } => {
             patch_cmd(&model, &commands::patch::PatchOptions { tower, attribute, pairs, seed }, &out)
         }
-        Command::Decompose { model, out, synthetic, seed, span, texts, subspace_k, span_rank } => {
+        Command::Decompose { model, out, synthetic, seed, span, texts, subspace_k, span_rank, convention } => {
             let span_rank = (span_rank > 0).then_some(span_rank);
-            decompose_cmd(
-                &model,
-                &commands::decompose::DecomposeOptions { items: synthetic, seed, span, texts, subspace_k, span_rank },
-                &out,
-            )
+            let opts = commands::decompose::DecomposeOptions { items: synthetic, seed, span, texts, subspace_k, span_rank, convention };
+            decompose_cmd(&model, &opts, &out)
         }
         Command::Check { model, data, nmi, baseline, update } => {
             return match check_cmd(&model, &data, &nmi, &baseline, update) {

@@ -62,6 +62,25 @@ impl Term {
     }
 }
 
+/// How the final LayerNorm's centring and bias, and the attention out-projection's bias, are
+/// attributed to the terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Convention {
+    /// Each term is centred by its own coordinate mean (LayerNorm's centring is linear, so this
+    /// is exact term by term), and the biases are terms of their own (`AttnBias`, `LnBias`):
+    /// a head's term is what that head's output alone adds. The default.
+    #[default]
+    Separate,
+    /// Gandelsman et al.'s `prs_hook.py`: the out-projection bias is split evenly over the
+    /// layer's heads (b/H each); the final LayerNorm's mean μ and bias β are split evenly over
+    /// the layer outputs (embedding, each FFN, each attention layer — within it b/H per head,
+    /// and adapters as one output each): term' = γ⊙(t − s·μ)/σ + s·β with s = share/len; and
+    /// every term is divided by the norm of the unnormalised embedding. `AttnBias` and `LnBias`
+    /// are then zero, and the terms sum to the L2-normalised embedding.
+    Reference,
+}
+
 /// The terms of one tower's embeddings of N inputs.
 pub struct Decomposition {
     /// The tower.
@@ -71,7 +90,8 @@ pub struct Decomposition {
     /// `[N, T, E]`: each term through the final LayerNorm (the item's centring and scale
     /// fixed) and the projection.
     pub values: Tensor,
-    /// `[N, E]`: the embedding before L2 normalisation, as the model computes it.
+    /// `[N, E]`: the embedding before L2 normalisation, as the model computes it (in
+    /// [`Convention::Reference`] divided by its norm, as the terms).
     pub embedding: Tensor,
 }
 
@@ -106,6 +126,51 @@ fn ln_linear(ln: &LayerNorm, x: &Tensor, t: &Tensor, scale: f64) -> Tensor {
     centred / sigma * ln.weight.to_kind(Kind::Double)
 }
 
+/// The final LayerNorm in [`Convention::Reference`]: the out-projection biases folded into
+/// their heads, then `γ⊙(t − s·μ(x))/σ(x) + s·β` per term with `s` its share of the layer
+/// outputs (1 for the embedding, an FFN or an adapter; 1/H for a head) over their total; the
+/// bias terms become zero. `terms: [B, T, D]` with `names` (no `LnBias` yet); returns
+/// `[B, T + 1, D]` (a zero `LnBias` appended).
+fn ln_reference(ln: &LayerNorm, x: &Tensor, terms: &Tensor, names: &[Term], heads_of: impl Fn(usize) -> usize) -> Tensor {
+    let b = terms.size()[0];
+    let mut t = terms.to_kind(Kind::Double);
+    // Fold each AttnBias{slot} into the slot's heads (b/H each) and zero it.
+    for (i, name) in names.iter().enumerate() {
+        if let Term::AttnBias { slot } = *name {
+            let bias = t.select(1, i as i64);
+            let h = heads_of(slot) as f64;
+            let mut parts: Vec<Tensor> = Vec::with_capacity(names.len());
+            for (j, n) in names.iter().enumerate() {
+                let tj = t.select(1, j as i64);
+                parts.push(match n {
+                    Term::Head { slot: s, .. } if *s == slot => tj + &bias / h,
+                    Term::AttnBias { slot: s } if *s == slot => tj.zeros_like(),
+                    _ => tj,
+                });
+            }
+            t = Tensor::stack(&parts, 1);
+        }
+    }
+    let shares: Vec<f64> = names
+        .iter()
+        .map(|n| match *n {
+            Term::Head { slot, .. } => 1.0 / heads_of(slot) as f64,
+            Term::AttnBias { .. } | Term::LnBias => 0.0,
+            Term::Embed | Term::Mlp { .. } | Term::Adapter { .. } => 1.0,
+        })
+        .collect();
+    let len: f64 = shares.iter().sum();
+    let s = Tensor::from_slice(&shares.iter().map(|v| v / len).collect::<Vec<_>>()).to_kind(Kind::Double).view([1, -1, 1]);
+    let xd = x.to_kind(Kind::Double);
+    let mu = xd.mean_dim(&[-1i64][..], true, Kind::Double).unsqueeze(1); // [B, 1, 1]
+    let sigma = (xd.var_dim(&[-1i64][..], false, true) + ln.eps).sqrt().unsqueeze(1); // [B, 1, 1]
+    let gamma = ln.weight.to_kind(Kind::Double);
+    let beta = ln.bias.to_kind(Kind::Double);
+    let out = (&t - &s * &mu) / sigma * gamma + &s * beta;
+    let d = out.size()[2];
+    Tensor::cat(&[out, Tensor::zeros([b, 1, d], (Kind::Double, terms.device()))], 1)
+}
+
 /// Adds `[B, D]` as a new term to `[B, T, D]`.
 fn push(terms: &Tensor, t: &Tensor) -> Tensor {
     Tensor::cat(&[terms.shallow_clone(), t.to_kind(Kind::Double).unsqueeze(1)], 1)
@@ -127,8 +192,13 @@ fn head_terms(model: &MsClip, m: Modality, slot: usize, z: &Tensor, rows: &Tenso
 }
 
 /// Decomposes the image embeddings of `images` (the `attention` slots' heads, the FFNs, the
-/// embedding, adapters, and the final LayerNorm's bias).
+/// embedding, adapters, and the final LayerNorm's bias), in [`Convention::Separate`].
 pub fn image(model: &MsClip, images: &Tensor) -> Result<Decomposition> {
+    image_as(model, images, Convention::Separate)
+}
+
+/// [`image()`] in either convention.
+pub fn image_as(model: &MsClip, images: &Tensor, convention: Convention) -> Result<Decomposition> {
     let cfg = &model.config;
     let v = &model.vision;
     let slots = cfg.vision_attention_slots();
@@ -173,17 +243,25 @@ pub fn image(model: &MsClip, images: &Tensor) -> Result<Decomposition> {
         }
         let pooled_rec = cache.require(Modality::Vision, *slots.last().expect("a slot"), Site::Pooled)?;
         let ln = v.ln_post();
-        terms = ln_linear(ln, pooled_rec, &terms, 1.0);
-        terms = push(&terms, &ln.bias.unsqueeze(0).expand([b, -1], true));
+        terms = match convention {
+            Convention::Separate => push(&ln_linear(ln, pooled_rec, &terms, 1.0), &ln.bias.unsqueeze(0).expand([b, -1], true)),
+            Convention::Reference => ln_reference(ln, pooled_rec, &terms, &names, |_| cfg.vision.heads as usize),
+        };
         names.push(Term::LnBias);
         Ok((embedding, terms, names))
     })?;
     terms = terms.matmul(&v.proj.to_kind(Kind::Double));
-    Ok(Decomposition { modality: Modality::Vision, terms: names, values: terms, embedding })
+    Ok(finish(Modality::Vision, names, terms, embedding, convention))
 }
 
-/// Decomposes the text embeddings of `tokens` at their pooled (EOT) rows.
+/// Decomposes the text embeddings of `tokens` at their pooled (EOT) rows, in
+/// [`Convention::Separate`].
 pub fn text(model: &MsClip, tokens: &Tensor) -> Result<Decomposition> {
+    text_as(model, tokens, Convention::Separate)
+}
+
+/// [`text()`] in either convention.
+pub fn text_as(model: &MsClip, tokens: &Tensor, convention: Convention) -> Result<Decomposition> {
     let cfg = &model.config;
     let t = &model.text;
     let slots = cfg.text_attention_slots();
@@ -212,13 +290,28 @@ pub fn text(model: &MsClip, tokens: &Tensor) -> Result<Decomposition> {
         }
         let pooled_rec = cache.require(Modality::Text, *slots.last().expect("a slot"), Site::Pooled)?;
         let ln = t.ln_final();
-        terms = ln_linear(ln, pooled_rec, &terms, 1.0);
-        terms = push(&terms, &ln.bias.unsqueeze(0).expand([b, -1], true));
+        terms = match convention {
+            Convention::Separate => push(&ln_linear(ln, pooled_rec, &terms, 1.0), &ln.bias.unsqueeze(0).expand([b, -1], true)),
+            Convention::Reference => ln_reference(ln, pooled_rec, &terms, &names, |_| cfg.text.heads as usize),
+        };
         names.push(Term::LnBias);
         Ok((embedding, terms, names))
     })?;
     terms = terms.matmul(&t.projection.to_kind(Kind::Double));
-    Ok(Decomposition { modality: Modality::Text, terms: names, values: terms, embedding })
+    Ok(finish(Modality::Text, names, terms, embedding, convention))
+}
+
+/// The decomposition; in [`Convention::Reference`] every term and the embedding divided by
+/// the embedding's norm (the terms then sum to the L2-normalised embedding).
+fn finish(modality: Modality, terms: Vec<Term>, values: Tensor, embedding: Tensor, convention: Convention) -> Decomposition {
+    let (values, embedding) = match convention {
+        Convention::Separate => (values, embedding),
+        Convention::Reference => {
+            let norm = embedding.norm_scalaropt_dim(2.0, [-1], true).clamp_min(crate::tensor::NORM_EPS); // [B, 1]
+            (values / norm.unsqueeze(1), embedding / norm)
+        }
+    };
+    Decomposition { modality, terms, values, embedding }
 }
 
 /// One head's direct effect resolved by token at the pooled row, `[N, L, E]` (before the

@@ -34,11 +34,21 @@ pub struct DecomposeOptions {
     pub subspace_k: i64,
     /// TextSpan's pre-projection rank (`None`: none; default the reference's 80).
     pub span_rank: Option<usize>,
+    /// How biases and the final LayerNorm's centring are attributed.
+    pub convention: decompose::Convention,
 }
 
 impl Default for DecomposeOptions {
     fn default() -> Self {
-        DecomposeOptions { items: 128, seed: 0, span: 5, texts: None, subspace_k: 3, span_rank: Some(decompose::REFERENCE_SPAN_RANK) }
+        DecomposeOptions {
+            items: 128,
+            seed: 0,
+            span: 5,
+            texts: None,
+            subspace_k: 3,
+            span_rank: Some(decompose::REFERENCE_SPAN_RANK),
+            convention: decompose::Convention::Separate,
+        }
     }
 }
 
@@ -146,8 +156,8 @@ pub fn run(model: &LoadedModel, opts: &DecomposeOptions) -> Result<DecomposeOutp
         let parts: Vec<Tensor> = pool.chunks(256).map(|c| m.encode_text(&tok.tokenize_batch(c))).collect::<Result<_>>()?;
         Ok(Tensor::cat(&parts, 0))
     })?;
-    let di = decompose::image(m, &set.images)?;
-    let dt = decompose::text(m, &set.tokens)?;
+    let di = decompose::image_as(m, &set.images, opts.convention)?;
+    let dt = decompose::text_as(m, &set.tokens, opts.convention)?;
     let clean = set.metrics(
         &crate::tensor::l2_normalize(&di.embedding).to_kind(Kind::Float),
         &crate::tensor::l2_normalize(&dt.embedding).to_kind(Kind::Float),
@@ -216,7 +226,10 @@ pub fn run(model: &LoadedModel, opts: &DecomposeOptions) -> Result<DecomposeOutp
         }
     };
     let mut provenance = provenance(model, set.data_id.clone(), opts.seed);
-    provenance.notes.push("decomposition: terms through the final LayerNorm with the item's own centring and scale fixed, and the projection; adapters (MS-CLIP-S) likewise; terms sum to the embedding before normalisation".into());
+    provenance.notes.push(match opts.convention {
+        decompose::Convention::Separate => "decomposition (convention separate): terms through the final LayerNorm with the item's own centring and scale fixed, each term centred by its own mean, biases as terms of their own, and the projection; adapters (MS-CLIP-S) likewise; terms sum to the embedding before normalisation".into(),
+        decompose::Convention::Reference => "decomposition (convention reference, prs_hook.py): out-projection bias split over the heads, the final LayerNorm's mean and bias split evenly over the layer outputs, every term divided by the embedding's norm; adapters (MS-CLIP-S) keep their own centring; terms sum to the normalised embedding".into(),
+    });
     provenance.notes.push(format!(
         "mean ablation: all terms but the heads of the last K attention layers replaced by their means over the {} items; TextSpan m = {} over {} descriptions (synthetic vocabulary{}), {}; subspaces: top {} principal components",
         set.images.size()[0],
