@@ -8,3 +8,17 @@
 pub mod analyze;
 pub mod data;
 pub mod train;
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks on every argument definition of the three binaries
+    /// (conflicts, requirements, defaults, value parsers), which otherwise fire only when a
+    /// user hits them.
+    #[test]
+    fn argument_definitions_are_consistent() {
+        use clap::CommandFactory;
+        super::analyze::Cli::command().debug_assert();
+        super::train::Cli::command().debug_assert();
+        super::data::Cli::command().debug_assert();
+    }
+}
