@@ -494,10 +494,15 @@ fn draw_lines_with<DB: DrawingBackend>(
                 .draw_series(std::iter::once(PathElement::new(vec![(p, *v), (q, *v)], grey.stroke_width(1))))
                 .map_err(|x| x.to_string())?;
         }
+        // The label sits just above its line (text hangs from its anchor), below it only where
+        // there is no room above: a chance line near the x axis keeps its label off the axis.
+        let span = c.y_range.1 - c.y_range.0;
+        let above = *v + 0.045 * span;
+        let label_y = if above <= c.y_range.1 { above } else { *v };
         chart
             .draw_series(std::iter::once(Text::new(
                 label.clone(),
-                (xa + (xb - xa) * 0.01, *v),
+                (xa + (xb - xa) * 0.01, label_y),
                 ("sans-serif", 12).into_font().color(&grey),
             )))
             .map_err(|x| x.to_string())?;
