@@ -873,6 +873,20 @@ impl Figure for HeatmapPanels {
                 .collect()
         };
         let scales: Vec<ColorScale> = if self.shared_scale { vec![scales.first().copied().unwrap_or_default(); cols] } else { scales };
+        // A few outlier heads would flatten a sequential scale: its top is then the column's
+        // 95th percentile and the cells above it carry a ▲ (said in the note).
+        let mut ranges = ranges;
+        let mut clipped_max = f64::NAN;
+        for c in 0..cols {
+            if scales[c] != ColorScale::Sequential {
+                continue;
+            }
+            let vals = self.panels.iter().filter_map(|r| r.get(c)).flat_map(|h| h.values.iter().flatten()).copied();
+            if let Some(top) = robust_top(vals, ranges[c]) {
+                clipped_max = clipped_max.max(ranges[c].1);
+                ranges[c].1 = top;
+            }
+        }
         let (pw, ph) = self.panel_size();
         let note = if self.shared_scale {
             "every panel shares one colour scale"
@@ -881,13 +895,26 @@ impl Figure for HeatmapPanels {
         } else {
             "each panel has its own colour scale"
         };
-        root.draw_text(note, &("sans-serif", 11).into_font().color(&BLACK), (8, 30)).map_err(e)?;
+        let note = if clipped_max.is_finite() {
+            format!("{note}; ▲: above the bar's top (outliers up to {clipped_max:.3}, which would flatten the scale)")
+        } else {
+            note.to_string()
+        };
+        root.draw_text(&note, &("sans-serif", 11).into_font().color(&BLACK), (8, 30)).map_err(e)?;
         for (r, row) in self.panels.iter().enumerate() {
             for (c, h) in row.iter().enumerate() {
                 let (x0, y0) = (8 + c as i32 * pw, 56 + r as i32 * ph);
                 root.draw_text(&h.title, &("sans-serif", 13).into_font().color(&BLACK), (x0, y0)).map_err(e)?;
                 let lw = self.label_w();
                 draw_heat_cells(&root, h, Self::CELL, (x0 + lw, y0 + 36), x0, scales[c], ranges[c])?;
+                for (ri, row) in h.values.iter().enumerate() {
+                    for (ci, &v) in row.iter().enumerate() {
+                        if v.is_finite() && v > ranges[c].1 + 1e-12 * ranges[c].1.abs().max(1.0) {
+                            let (x, y) = (x0 + lw + ci as i32 * Self::CELL, y0 + 36 + ri as i32 * Self::CELL);
+                            root.draw_text("▲", &("sans-serif", 12).into_font().color(&BLACK), (x + 5, y + 4)).map_err(e)?;
+                        }
+                    }
+                }
                 let ncols = h.values.iter().map(|v| v.len()).max().unwrap_or(1) as i32;
                 draw_color_bar(
                     &root,
@@ -902,6 +929,19 @@ impl Figure for HeatmapPanels {
         root.present().map_err(e)?;
         Ok(())
     }
+}
+
+/// The top of a sequential scale that a few outliers would otherwise set: the values' 95th
+/// percentile, when the largest value lies more than twice the percentile's distance from the
+/// bottom above it (`range` = the full (min, max)); `None` when no value is an outlier.
+pub fn robust_top(values: impl Iterator<Item = f64>, range: (f64, f64)) -> Option<f64> {
+    let mut v: Vec<f64> = values.filter(|x| x.is_finite()).collect();
+    if v.len() < 20 {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let q = v[((v.len() - 1) as f64 * 0.95).round() as usize];
+    (q > range.0 && range.1 - q > 2.0 * (q - range.0)).then_some(q)
 }
 
 /// Renders a [`Heatmap`] to `stem.png` and `stem.svg`.
@@ -1295,7 +1335,20 @@ impl Figure for IntervalPanels {
 
 #[cfg(test)]
 mod tick_tests {
-    use super::nice_ticks;
+    use super::{nice_ticks, robust_top};
+
+    #[test]
+    fn one_outlier_does_not_set_the_scale() {
+        // 40 values in [0, 0.1] and one at 0.6: the top is the 95th percentile.
+        let mut v: Vec<f64> = (0..40).map(|i| i as f64 * 0.0025).collect();
+        v.push(0.6);
+        let top = robust_top(v.iter().copied(), (0.0, 0.6)).unwrap();
+        assert!((top - 0.095).abs() < 0.006, "{top}");
+        // An even spread keeps its full range; so do short lists.
+        let even: Vec<f64> = (0..41).map(|i| i as f64 * 0.015).collect();
+        assert_eq!(robust_top(even.iter().copied(), (0.0, 0.6)), None);
+        assert_eq!(robust_top([0.0, 0.1, 0.6].into_iter(), (0.0, 0.6)), None);
+    }
 
     #[test]
     fn ticks_are_round_and_inside() {
