@@ -949,14 +949,31 @@ pub fn heatmap_png_svg(stem: &Path, m: &Heatmap) -> Result<()> {
     render(stem, m)
 }
 
+impl Heatmap {
+    /// Cell side: 34 px, or wider where a column label needs it (labels never run together).
+    /// Labels sharing a first word ("head 0", "head 1") are drawn without it (see
+    /// `draw_heat_cells`), so only their last words count.
+    fn cell(&self) -> i32 {
+        let prefix = self.col_labels.first().and_then(|l| l.split_once(' ')).map(|(p, _)| format!("{p} "));
+        let shared = prefix.as_ref().is_some_and(|p| self.col_labels.iter().all(|l| l.starts_with(p.as_str())));
+        self.col_labels
+            .iter()
+            .map(|l| if shared { l.rsplit(' ').next().unwrap_or(l) } else { l.as_str() })
+            .map(|l| text::layout(l, 12.0).width + 8)
+            .max()
+            .unwrap_or(0)
+            .max(34)
+    }
+}
+
 impl Figure for Heatmap {
     fn size(&self) -> (u32, u32) {
-        let cell = 34;
+        let cell = self.cell();
         let cols = self.values.iter().map(|r| r.len()).max().unwrap_or(1) as i32;
         ((70 + cols * cell + 20 + COLOR_BAR_W).max(360) as u32, (60 + (self.values.len() as i32 * cell).max(40) + 20) as u32)
     }
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
-        draw_heatmap(root, self, 34)
+        draw_heatmap(root, self, self.cell())
     }
     fn describe(&self) -> String {
         join_caption(
@@ -1433,6 +1450,16 @@ mod figure_tests {
             scale,
             unit: "units".into(),
         }
+    }
+
+    /// Column labels wider than a cell ("<sot>", caption words) widen the cells instead of
+    /// running into each other.
+    #[test]
+    fn wide_column_labels_widen_the_cells() {
+        let mut m = heatmap("t", vec![vec![0.1, 0.2, 0.3]], ColorScale::Sequential);
+        m.col_labels = vec!["<start_of_text>".into(), "a".into(), "colour".into()];
+        let (_, _, _, boxes) = render_to_buffer(&m).unwrap();
+        assert!(overlaps(&boxes).is_empty(), "{:?}", overlaps(&boxes));
     }
 
     /// Every heatmap has its colour bar right of the cells: a strip whose colours run from
