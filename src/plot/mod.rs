@@ -895,12 +895,11 @@ impl Figure for HeatmapPanels {
         } else {
             "each panel has its own colour scale"
         };
-        let note = if clipped_max.is_finite() {
-            format!("{note}; ▲: above the bar's top (outliers up to {clipped_max:.3}, which would flatten the scale)")
-        } else {
-            note.to_string()
-        };
-        root.draw_text(&note, &("sans-serif", 11).into_font().color(&BLACK), (8, 30)).map_err(e)?;
+        root.draw_text(note, &("sans-serif", 11).into_font().color(&BLACK), (8, 30)).map_err(e)?;
+        if clipped_max.is_finite() {
+            let more = format!("▲: above the bar's top (outliers, up to {clipped_max:.3})");
+            root.draw_text(&more, &("sans-serif", 11).into_font().color(&BLACK), (8, 43)).map_err(e)?;
+        }
         for (r, row) in self.panels.iter().enumerate() {
             for (c, h) in row.iter().enumerate() {
                 let (x0, y0) = (8 + c as i32 * pw, 56 + r as i32 * ph);
