@@ -895,7 +895,13 @@ impl Figure for HeatmapPanels {
         } else {
             "each panel has its own colour scale"
         };
-        root.draw_text(note, &("sans-serif", 11).into_font().color(&BLACK), (8, 30)).map_err(e)?;
+        let has_gap = self.panels.iter().flatten().flat_map(|h| h.values.iter().flatten()).any(|v| v.is_nan());
+        let note = if has_gap && !self.title.contains("grey") {
+            format!("{note}; grey: no value there (no attention layer at that slot, or no such head)")
+        } else {
+            note.to_string()
+        };
+        root.draw_text(&note, &("sans-serif", 11).into_font().color(&BLACK), (8, 30)).map_err(e)?;
         if clipped_max.is_finite() {
             let more = format!("▲: above the bar's top (outliers, up to {clipped_max:.3})");
             root.draw_text(&more, &("sans-serif", 11).into_font().color(&BLACK), (8, 43)).map_err(e)?;
