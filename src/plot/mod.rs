@@ -508,8 +508,13 @@ fn draw_lines_with<DB: DrawingBackend>(
             .map_err(|x| x.to_string())?;
     }
     let n = c.series.len();
+    // On an index axis (slots, K) the series are dodged sideways by a few hundredths of a unit,
+    // so lines and bars that share values stay side by side instead of hiding each other.
+    let dodge = |i: usize| if c.x_integer && n > 1 && x1 - x0 <= 64.0 { (i as f64 - (n - 1) as f64 / 2.0) * 0.06 } else { 0.0 };
     for (i, (name, pts)) in c.series.iter().enumerate() {
         let col = series_color(name, i);
+        let pts: Vec<(f64, f64)> = pts.iter().map(|&(x, y)| (x + dodge(i), y)).collect();
+        let pts = &pts;
         chart.draw_series(LineSeries::new(pts.iter().copied(), col.stroke_width(2))).map_err(|x| x.to_string())?;
         if let Some(Some(band)) = c.bands.get(i) {
             for (&(x, _), &(lo, hi)) in pts.iter().zip(band) {
