@@ -13,7 +13,7 @@ use tch::{Kind, Tensor};
 
 use super::sweep::Prefix;
 use super::{EvalSet, Metrics};
-use crate::analysis::heads::spearman_permutation;
+use crate::analysis::heads::spearman_permutation_null;
 use crate::error::{Error, Result};
 use crate::model::config::SharedSite;
 use crate::model::{ActivationCache, Capture, Edit, Hook, Modality, MsClip, Site};
@@ -121,6 +121,8 @@ pub struct ImportanceAgreement {
     pub spearman: f64,
     /// Two-sided permutation p-value.
     pub p_value: f64,
+    /// The permutation null's central 95 % range of ρ.
+    pub null_95: [f64; 2],
 }
 
 /// The report of an ablation sweep.
@@ -388,8 +390,8 @@ pub fn agreement(heads: &[HeadAblation], permutations: usize, seed: u64) -> Vec<
             if a.len() < 3 {
                 continue;
             }
-            let (rho, p) = spearman_permutation(&a, &b, permutations, seed);
-            out.push(ImportanceAgreement { metric: metric.into(), scope, heads: a.len(), spearman: rho, p_value: p });
+            let (rho, p, null_95) = spearman_permutation_null(&a, &b, permutations, seed);
+            out.push(ImportanceAgreement { metric: metric.into(), scope, heads: a.len(), spearman: rho, p_value: p, null_95 });
         }
     }
     out

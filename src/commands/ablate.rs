@@ -121,11 +121,19 @@ impl AblateOutput {
             plot::scatter_png_svg(
                 &dir.join("importance_scatter"),
                 &plot::Scatter {
+                    // Short enough to print at a readable size; the axes name the towers.
                     title: format!(
-                        "{} — head importance, text vs vision{}",
+                        "{}{}",
                         cfg.name,
-                        a.map(|a| format!(" ({}: ρ = {:.2}, p = {})", a.scope, a.spearman, crate::analysis::stats::format_p(a.p_value)))
-                            .unwrap_or_default()
+                        a.map(|a| format!(
+                            ", {}: ρ = {:.2} (p = {}; null 95 % [{:.2}, {:.2}])",
+                            a.scope,
+                            a.spearman,
+                            crate::analysis::stats::format_p(a.p_value),
+                            a.null_95[0],
+                            a.null_95[1]
+                        ))
+                        .unwrap_or_default()
                     ),
                     x_label: "text importance (−Δ matched cosine)".into(),
                     y_label: "vision importance (−Δ matched cosine)".into(),
