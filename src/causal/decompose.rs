@@ -133,24 +133,25 @@ fn ln_linear(ln: &LayerNorm, x: &Tensor, t: &Tensor, scale: f64) -> Tensor {
 /// `[B, T + 1, D]` (a zero `LnBias` appended).
 fn ln_reference(ln: &LayerNorm, x: &Tensor, terms: &Tensor, names: &[Term], heads_of: impl Fn(usize) -> usize) -> Tensor {
     let b = terms.size()[0];
-    let mut t = terms.to_kind(Kind::Double);
-    // Fold each AttnBias{slot} into the slot's heads (b/H each) and zero it.
-    for (i, name) in names.iter().enumerate() {
-        if let Term::AttnBias { slot } = *name {
-            let bias = t.select(1, i as i64);
-            let h = heads_of(slot) as f64;
-            let mut parts: Vec<Tensor> = Vec::with_capacity(names.len());
-            for (j, n) in names.iter().enumerate() {
-                let tj = t.select(1, j as i64);
-                parts.push(match n {
-                    Term::Head { slot: s, .. } if *s == slot => tj + &bias / h,
-                    Term::AttnBias { slot: s } if *s == slot => tj.zeros_like(),
-                    _ => tj,
-                });
+    let t = terms.to_kind(Kind::Double);
+    // Each AttnBias{slot} folded into the slot's heads (b/H each), then zero.
+    let bias_of = |slot: usize| names.iter().position(|n| *n == Term::AttnBias { slot }).map(|i| t.select(1, i as i64));
+    let parts: Vec<Tensor> = names
+        .iter()
+        .enumerate()
+        .map(|(j, n)| {
+            let tj = t.select(1, j as i64);
+            match *n {
+                Term::Head { slot, .. } => match bias_of(slot) {
+                    Some(bias) => tj + bias / heads_of(slot) as f64,
+                    None => tj,
+                },
+                Term::AttnBias { .. } => tj.zeros_like(),
+                _ => tj,
             }
-            t = Tensor::stack(&parts, 1);
-        }
-    }
+        })
+        .collect();
+    let t = Tensor::stack(&parts, 1);
     let shares: Vec<f64> = names
         .iter()
         .map(|n| match *n {

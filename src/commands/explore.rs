@@ -28,7 +28,7 @@ use crate::model::config::SharedSite;
 use crate::model::{ActivationCache, Capture, Modality, Site};
 use crate::plot::explorer::{colormap, render_page, Quantized};
 use crate::tensor::{l2_normalize, to_vec_f32};
-use crate::tokenizer::{Tokenizer, Truncation};
+use crate::tokenizer::Truncation;
 
 /// The most pairs one page holds (each B/32 pair is ~0.6 MB of page).
 pub const MAX_PAIRS: usize = 64;
@@ -219,10 +219,9 @@ fn explore_pair(model: &LoadedModel, att: AttentionOutput, opts: &ExploreOptions
     let size = cfg.vision.image_size as u32;
     let grid = cfg.grid();
     let pixels = to_tensor(att.rgb.as_raw(), size, size, cfg.preprocess.mean, cfg.preprocess.std).unsqueeze(0);
-    let tok = Tokenizer::new(cfg.text.context_length as usize).with_truncation(opts.truncation);
-    let enc = tok.tokenize(&att.caption);
-    let t_len = enc.eot_position as i64 + 1;
-    let tokens = Tensor::from_slice(&enc.ids).view([1, -1]);
+    // The caption's ids and EOT as `attention` tokenized them (with opts.truncation).
+    let t_len = att.eot_position as i64 + 1;
+    let tokens = Tensor::from_slice(&att.token_ids).view([1, -1]);
 
     // The vision forward keeps its graph: every token's score is differentiated through it.
     let mut vcache = ActivationCache::new();
