@@ -332,7 +332,22 @@ impl RunLock {
         let path = run_dir.join(".lock");
         let mut file =
             std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| Error::io(&path, e))?;
-        match file.try_lock() {
+        // A lock can be held for a moment by a copy of another thread's descriptor: a program
+        // spawned elsewhere in this process holds duplicates of every descriptor between fork
+        // and exec (close-on-exec drops them only at exec). Such a hold lasts microseconds; a
+        // training holds the lock for its whole run. So a busy lock is retried for a second
+        // before it counts as taken.
+        let mut tries = 0;
+        let taken = loop {
+            match file.try_lock() {
+                Err(std::fs::TryLockError::WouldBlock) if tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other,
+            }
+        };
+        match taken {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 let mut holder = String::new();
