@@ -236,7 +236,7 @@ fn figures_regenerate_from_recipes() {
     for png in [
         "abl/micro-msclip-s/importance_matched_cosine.png",
         "pat/micro-msclip-s/text_colour/resid.png",
-        "pat/micro-msclip-s/vision_colour/resid_overlay.png",
+        "pat/micro-msclip-s/vision_colour/resid_aligned.png",
         "dec/micro-msclip-s/mean_ablation.png",
         "dec/micro-msclip-s/both_sides.png",
         "heads/micro-msclip-s/entropy_scatter.png",
@@ -246,6 +246,16 @@ fn figures_regenerate_from_recipes() {
     ] {
         nontrivial_png(&out.join(png));
     }
+    // The vision patching map is object-aligned: per slot a (2R+1)² window of offsets from
+    // the recoloured object, its centre (the object itself) always held by every pair.
+    let aligned = std::fs::read_to_string(out.join("pat/micro-msclip-s/vision_colour/resid_aligned.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = aligned.lines().filter(|l| !l.starts_with('#')).skip(1).map(|l| l.split(',').collect()).collect();
+    let slots: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[0]).collect();
+    let per_slot = rows.len() / slots.len();
+    let side = (per_slot as f64).sqrt().round() as usize;
+    assert!(side % 2 == 1 && side * side * slots.len() == rows.len(), "{} rows for {} slots", rows.len(), slots.len());
+    let centres: Vec<f64> = rows.iter().filter(|r| r[1] == "0" && r[2] == "0").map(|r| r[3].parse().unwrap()).collect();
+    assert!(centres.len() == slots.len() && centres.iter().all(|v| v.is_finite()), "{centres:?}");
     // Line charts: 900 wide, 440 high plus 58 for a caption (every layer curve explains its
     // bands; single-run training curves have none).
     // A caption adds 12 px plus 17 px per wrapped line (all lines shown).

@@ -159,6 +159,15 @@ pub struct PatchResult {
     pub resid: Vec<Vec<f64>>,
     /// `[slot][head]`: recovered fraction when the head's output is patched.
     pub heads: Vec<Vec<f64>>,
+    /// Vision only (empty for text): `[slot][(dr + R)·(2R + 1) + (dc + R)]`, R =
+    /// [`aligned_radius`](Self::aligned_radius): the recovered share when the patch at
+    /// offset (dr, dc) patches from each pair's recoloured object (the patch holding its box
+    /// centre) is patched, pooled over the kept pairs whose grid holds that patch,
+    /// Σ(L_patched − L_corrupt) / Σ(L_clean − L_corrupt); NaN where fewer than half the kept
+    /// pairs hold it. Object-aligned, so objects in different places add up at one place.
+    pub aligned: Vec<Vec<f64>>,
+    /// Half-width in patches of [`aligned`](Self::aligned): (grid − 1) / 2.
+    pub aligned_radius: usize,
     /// Mean clean logit.
     pub clean_logit: f64,
     /// Mean corrupted logit.
@@ -207,6 +216,43 @@ fn recovered(model: &MsClip, patched: &Tensor, other: &Tensor, lc: &Tensor, lx: 
     ((lp - lx) * keep).sum(Kind::Double).double_value(&[]) / ((lc - lx) * keep).sum(Kind::Double).double_value(&[])
 }
 
+/// [`PatchResult::aligned`] of one slot: `patched[p]` is the run with grid patch `p` patched
+/// (row-major); `centres[i]` pair i's object patch (row, column).
+#[allow(clippy::too_many_arguments)]
+fn object_aligned(
+    model: &MsClip,
+    patched: &[Tensor],
+    other: &Tensor,
+    lc: &Tensor,
+    lx: &Tensor,
+    keep: &Tensor,
+    centres: &[(i64, i64)],
+    g: usize,
+    radius: usize,
+) -> Vec<f64> {
+    let to_vec = |t: &Tensor| crate::tensor::to_vec_f64(&t.to_kind(Kind::Double));
+    let (lx_v, keep_v) = (to_vec(lx), to_vec(keep));
+    let den_v: Vec<f64> = to_vec(lc).iter().zip(&lx_v).zip(&keep_v).map(|((c, x), k)| (c - x) * k).collect();
+    let side = 2 * radius + 1;
+    let (mut num, mut den, mut count) = (vec![0.0; side * side], vec![0.0; side * side], vec![0usize; side * side]);
+    for (p, e) in patched.iter().enumerate().take(g * g) {
+        let lp = to_vec(&logits(model, e, other));
+        let (r, c) = ((p / g) as i64, (p % g) as i64);
+        for (i, &(cr, cc)) in centres.iter().enumerate() {
+            let (dr, dc) = (r - cr, c - cc);
+            if keep_v[i] == 0.0 || dr.unsigned_abs() as usize > radius || dc.unsigned_abs() as usize > radius {
+                continue;
+            }
+            let cell = (dr + radius as i64) as usize * side + (dc + radius as i64) as usize;
+            num[cell] += (lp[i] - lx_v[i]) * keep_v[i];
+            den[cell] += den_v[i];
+            count[cell] += 1;
+        }
+    }
+    let kept = keep_v.iter().filter(|&&k| k != 0.0).count();
+    (0..side * side).map(|k| if 2 * count[k] >= kept && count[k] > 0 && den[k] != 0.0 { num[k] / den[k] } else { f64::NAN }).collect()
+}
+
 /// Patches the clean caption's activations into the corrupted caption's run, per (slot,
 /// position) of the residual stream entering the slot and per (slot, head) output.
 pub fn patch_text(model: &MsClip, seed: u64, n: usize, attr: Attribute) -> Result<PatchResult> {
@@ -251,6 +297,8 @@ pub fn patch_text(model: &MsClip, seed: u64, n: usize, attr: Attribute) -> Resul
         positions: attr.template().iter().map(|s| s.to_string()).collect(),
         resid,
         heads,
+        aligned: vec![],
+        aligned_radius: 0,
         clean_logit: lc.mean(Kind::Double).double_value(&[]),
         corrupt_logit: lx.mean(Kind::Double).double_value(&[]),
         excluded_pairs,
@@ -282,7 +330,18 @@ pub fn patch_vision(model: &MsClip, seed: u64, n: usize) -> Result<PatchResult> 
     let (keep, excluded_pairs) = conditioned(&lc, &lx, "vision patching (colour)")?;
     let slots = cfg.vision_attention_slots();
     let g = cfg.grid();
-    let (mut resid, mut heads) = (vec![], vec![]);
+    // Each pair's object: the patch holding its box centre.
+    let patch_px = (size as usize / g as usize).max(1);
+    let centres: Vec<(i64, i64)> = pairs
+        .iter()
+        .map(|(p, _)| {
+            let sc = synth::scene(seed ^ EVAL_SEED_OFFSET, p.index as u64, size);
+            let b = sc.objects[0].bbox;
+            ((((b[1] + b[3]) / 2) as usize / patch_px) as i64, (((b[0] + b[2]) / 2) as usize / patch_px) as i64)
+        })
+        .collect();
+    let radius = (g as usize).saturating_sub(1) / 2;
+    let (mut resid, mut heads, mut aligned) = (vec![], vec![], vec![]);
     for &slot in &slots {
         // The stream entering the slot before its adapter is what the sweep starts from; the
         // patch goes on `resid_in`, after the adapter, where the clean run recorded it.
@@ -290,7 +349,9 @@ pub fn patch_vision(model: &MsClip, seed: u64, n: usize) -> Result<PatchResult> 
         let edits: Vec<Vec<Hook>> = (0..1 + g * g)
             .map(|t| vec![Hook::new(Modality::Vision, slot, Site::ResidIn, Edit::Patch(src.shallow_clone())).positions(vec![t])])
             .collect();
-        resid.push(corrupt.run(model, slot, &edits)?.iter().map(|e| recovered(model, e, &txt, &lc, &lx, &keep)).collect());
+        let patched = corrupt.run(model, slot, &edits)?;
+        aligned.push(object_aligned(model, &patched[1..], &txt, &lc, &lx, &keep, &centres, g as usize, radius));
+        resid.push(patched.iter().map(|e| recovered(model, e, &txt, &lc, &lx, &keep)).collect());
         let z = cache.require(Modality::Vision, slot, Site::Z)?;
         let edits: Vec<Vec<Hook>> = (0..cfg.vision.heads as usize)
             .map(|h| vec![Hook::new(Modality::Vision, slot, Site::Z, Edit::Patch(z.shallow_clone())).head(h)])
@@ -305,6 +366,8 @@ pub fn patch_vision(model: &MsClip, seed: u64, n: usize) -> Result<PatchResult> 
         positions,
         resid,
         heads,
+        aligned,
+        aligned_radius: radius,
         clean_logit: lc.mean(Kind::Double).double_value(&[]),
         corrupt_logit: lx.mean(Kind::Double).double_value(&[]),
         excluded_pairs,

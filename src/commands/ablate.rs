@@ -104,6 +104,7 @@ impl AblateOutput {
                     ),
                     panels,
                     shared_scale: true,
+                    missing: None,
                 },
             )?;
         }

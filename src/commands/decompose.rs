@@ -344,6 +344,7 @@ impl DecomposeOutput {
                     title: format!("{} — each head's direct contributions to image vs text embeddings", self.model_name),
                     panels,
                     shared_scale: false,
+                    missing: None,
                 },
             )?;
         }

@@ -1081,6 +1081,21 @@ fn interval_table(r: &Recipe, dir: &Path, stem: &str, retrieval_ks: &[i64], metr
     write_atomic(&dir.join(format!("{stem}.md")), md.as_bytes())?;
     let first = names[0].clone();
     let seeds_note = if seeds > 1 { format!(" Small circles: the {seeds} seeds.") } else { String::new() };
+    // Chance per panel: zero-shot top-k guesses k of the C classes; retrieval R@k ranks the
+    // true partner among the n held-out items.
+    let n_classes = crate::data::synthetic_set::zero_shot_classes().len() as f64;
+    let panel_refs: Vec<Option<(f64, String)>> = metrics
+        .iter()
+        .map(|(_, m)| match *m {
+            Metric::Hits(0) => Some((1.0 / n_classes, "chance".to_string())),
+            Metric::Hits(1) => Some((5.0 / n_classes, "chance".to_string())),
+            Metric::Hits(k) => {
+                retrieval_ks.get((k - 2) % retrieval_ks.len().max(1)).map(|&kk| (kk as f64 / n as f64, "chance".to_string()))
+            }
+            _ => None,
+        })
+        .collect();
+    let chance_note = format!(" Dotted line: chance (zero-shot top-k: k/{n_classes}; retrieval R@k: k/{n} items).",);
     render(
         &dir.join(stem),
         &IntervalPanels {
@@ -1088,7 +1103,8 @@ fn interval_table(r: &Recipe, dir: &Path, stem: &str, retrieval_ks: &[i64], metr
             models: names.clone(),
             panels,
             dots,
-            caption: Some(format!("Dot: the mean; bar: its 95 % interval.{seeds_note} {method}.")),
+            panel_refs,
+            caption: Some(format!("Dot: the mean; bar: its 95 % interval.{seeds_note}{chance_note} {method}.")),
             ..Default::default()
         },
     )?;
@@ -1101,6 +1117,7 @@ fn interval_table(r: &Recipe, dir: &Path, stem: &str, retrieval_ks: &[i64], metr
                 panels: delta_panels,
                 dots: if seeds > 1 { delta_dots } else { vec![] },
                 reference: Some(0.0),
+                panel_refs: vec![],
                 caption: Some(format!(
                     "Dot: the mean difference to {first}; bar: its 95 % interval; line: no difference.{} p-values (raw and Holm) in {stem}.md.",
                     if seeds > 1 { " Small circles: per-seed differences (seed s against seed s)." } else { "" }

@@ -319,6 +319,7 @@ pub fn write_side_by_side(dir: &Path, models: &[(ModelConfig, Vec<HeadStat>)]) -
                 title: format!("Head {} (slot × head): text | vision, one row per model; grey: no attention there", stat_unit(stat)),
                 panels,
                 shared_scale: false,
+                missing: None,
             },
         )?;
     }

@@ -9,8 +9,6 @@ use serde::Serialize;
 use super::{provenance, write_json};
 use crate::causal::patch::{self, Attribute, PatchResult};
 use crate::checkpoint::LoadedModel;
-use crate::data::synth;
-use crate::data::synthetic_set::EVAL_SEED_OFFSET;
 use crate::error::Result;
 use crate::io::Provenance;
 use crate::plot;
@@ -46,10 +44,6 @@ pub struct PatchOutput {
     pub patching: PatchResult,
     #[serde(skip)]
     model_name: String,
-    #[serde(skip)]
-    grid: usize,
-    #[serde(skip)]
-    base: Option<image::RgbImage>,
 }
 
 /// Builds the minimal pairs and patches every (slot, position) and (slot, head).
@@ -73,18 +67,29 @@ pub fn run(model: &LoadedModel, opts: &PatchOptions) -> Result<PatchOutput> {
         opts.seed,
         patching.pairs.iter().take(4).map(|p| p.index).collect::<Vec<_>>()
     ));
-    let size = m.config.vision.image_size as u32;
-    let base = (opts.tower == Tower::Vision).then(|| {
-        let sc = synth::scene(opts.seed ^ EVAL_SEED_OFFSET, patching.pairs[0].index as u64, size);
-        image::RgbImage::from_raw(size, size, sc.pixels).expect("scene buffer")
-    });
-    Ok(PatchOutput { provenance, patching, model_name: m.config.name.clone(), grid: m.config.grid() as usize, base })
+    Ok(PatchOutput { provenance, patching, model_name: m.config.name.clone() })
+}
+
+/// Column labels of a text patching table: the words of the first pair's clean caption at
+/// the template's positions, the changed one as `clean→corrupted` (every pair shares the
+/// template; only the words differ). The template's role names where the caption does not
+/// split into the template's words.
+fn word_labels(r: &PatchResult) -> Vec<String> {
+    let Some(pair) = r.pairs.first() else { return r.positions.clone() };
+    let (clean, corrupt): (Vec<&str>, Vec<&str>) = (pair.clean.split_whitespace().collect(), pair.corrupt.split_whitespace().collect());
+    if clean.len() + 2 != r.positions.len() || corrupt.len() != clean.len() {
+        return r.positions.clone();
+    }
+    let mut out = vec![r.positions[0].clone()];
+    out.extend(clean.iter().zip(&corrupt).map(|(a, b)| if a == b { a.to_string() } else { format!("{a}→{b}") }));
+    out.push(r.positions[r.positions.len() - 1].clone());
+    out
 }
 
 impl PatchOutput {
     /// `patch.json`, `resid.csv`, `heads.csv` and the figures: `resid` (slot × token
-    /// heatmap; for vision also `resid_overlay.png`, each slot's patch map on the first pair's
-    /// image) and `heads` (slot × head).
+    /// heatmap; for vision `resid_aligned.png/.svg/.csv` instead, each slot's patch map by
+    /// offset from the recoloured object) and `heads` (slot × head).
     pub fn write(&self, dir: &Path) -> Result<()> {
         let r = &self.patching;
         write_json(dir, "patch.json", self)?;
@@ -104,49 +109,66 @@ impl PatchOutput {
         }
         csv.write(&dir.join("heads.csv"))?;
         let rows: Vec<String> = r.slots.iter().map(|s| format!("slot {s}")).collect();
-        let what = if r.tower == "text" { format!("{} word", r.attribute) } else { "recoloured".to_string() };
+        let what = if r.tower == "text" { format!("{} word", r.attribute) } else { "recolouring".to_string() };
         if r.tower == "text" {
             plot::heatmap_png_svg(
                 &dir.join("resid"),
                 &plot::Heatmap {
-                    title: format!("{}: recovered, resid in ({what})", self.model_name),
+                    title: format!(
+                        "{}: {what} effect recovered per token patched ({} pairs; words of pair 0)",
+                        self.model_name,
+                        r.pairs.len()
+                    ),
                     values: r.resid.clone(),
                     row_labels: rows.clone(),
-                    col_labels: r.positions.clone(),
+                    col_labels: word_labels(r),
                     scale: plot::ColorScale::Diverging,
                     unit: "share recovered".into(),
                 },
             )?;
-        } else if let Some(first) = &self.base {
-            // The values pool every pair, whose recoloured objects sit in different places: no
-            // pair's image goes underneath (a neutral grey does), and each slot's CLS result,
-            // which the patch grid cannot show, is in its label.
-            let base = image::RgbImage::from_pixel(first.width(), first.height(), image::Rgb([128, 128, 128]));
-            let cells = vec![r.resid.iter().map(|row| (row[1..].iter().map(|&v| v as f32).collect::<Vec<f32>>(), self.grid)).collect()];
-            let labels: Vec<String> = r.slots.iter().zip(&r.resid).map(|(s, row)| format!("slot {s}, CLS {:.2}", row[0])).collect();
-            plot::overlay_grid_png(
-                &dir.join("resid_overlay.png"),
-                &plot::OverlayGrid {
+        } else if !r.aligned.is_empty() {
+            // Object-aligned: each pair's grid shifted so its recoloured object sits at the
+            // centre, then pooled; objects in different places add up at one place. One
+            // diverging scale for every slot (the shares are signed and compared across
+            // slots); each slot's CLS result, which a patch grid cannot show, in its title.
+            let rad = r.aligned_radius as i64;
+            let side = 2 * r.aligned_radius + 1;
+            let offsets: Vec<String> = (-rad..=rad).map(|d| format!("{d:+}").replace("+0", "0")).collect();
+            let mut csv = crate::io::CsvOut::new(&p, &["slot", "d_row", "d_col", "recovered"]);
+            let mut row = Vec::new();
+            for ((slot, map), full) in r.slots.iter().zip(&r.aligned).zip(&r.resid) {
+                for (k, v) in map.iter().enumerate() {
+                    csv.row(&crate::csv_row![slot, k as i64 / side as i64 - rad, k as i64 % side as i64 - rad, v]);
+                }
+                row.push(plot::Heatmap {
+                    title: format!("slot {slot} · CLS {:.2}", full[0]),
+                    values: map.chunks(side).map(|c| c.to_vec()).collect(),
+                    row_labels: offsets.clone(),
+                    col_labels: offsets.clone(),
+                    scale: plot::ColorScale::Diverging,
+                    unit: "share recovered".into(),
+                });
+            }
+            csv.write(&dir.join("resid_aligned.csv"))?;
+            let per_row = 3;
+            plot::render(
+                &dir.join("resid_aligned"),
+                &plot::HeatmapPanels {
                     title: format!(
-                        "{} — share recovered by patching one patch position of the stream entering the slot, pooled over {} pairs (one object recoloured)",
+                        "{}: recolouring effect recovered per patch, by offset from the recoloured object (patches; {} pairs, object at 0,0)",
                         self.model_name,
                         r.pairs.len()
                     ),
-                    base: &base,
-                    cells,
-                    row_labels: vec!["patch".into()],
-                    col_labels: labels,
-                    cell: 128,
-                    alpha: 0.6,
+                    panels: row.chunks(per_row).map(|c| c.to_vec()).collect(),
                     shared_scale: true,
-                    unit: "share recovered".into(),
+                    missing: Some("fewer than half the pairs have a patch at that offset (objects near the border)".into()),
                 },
             )?;
         }
         plot::heatmap_png_svg(
             &dir.join("heads"),
             &plot::Heatmap {
-                title: format!("{}: recovered, head z ({what})", self.model_name),
+                title: format!("{}: {what} effect recovered per head patched ({} pairs)", self.model_name, r.pairs.len()),
                 values: r.heads.clone(),
                 row_labels: rows,
                 col_labels: (0..r.heads.first().map_or(0, |h| h.len())).map(|h| format!("head {h}")).collect(),

@@ -678,6 +678,7 @@ impl TransferOutput {
                     title: format!("{name}: per-key attention by offset, shared heads (text 1-D, vision 2-D Chebyshev)"),
                     panels: vec![vec![panel(Modality::Text), panel(Modality::Vision)]],
                     shared_scale: true,
+                    missing: None,
                 },
             )?;
             for st in SCALARS {

@@ -494,18 +494,50 @@ fn draw_lines_with<DB: DrawingBackend>(
                 .draw_series(std::iter::once(PathElement::new(vec![(p, *v), (q, *v)], grey.stroke_width(1))))
                 .map_err(|x| x.to_string())?;
         }
-        // The label sits just above its line (text hangs from its anchor), below it only where
-        // there is no room above: a chance line near the x axis keeps its label off the axis.
+        // The label sits just above or just below its line (text hangs from its anchor), at
+        // the place along it where the fewest points of the data lines fall inside its box:
+        // a chance line that the data hug keeps a readable label.
         let span = c.y_range.1 - c.y_range.0;
-        let above = *v + 0.045 * span;
-        let label_y = if above <= c.y_range.1 { above } else { *v };
-        chart
-            .draw_series(std::iter::once(Text::new(
-                label.clone(),
-                (xa + (xb - xa) * 0.01, label_y),
-                ("sans-serif", 12).into_font().color(&grey),
-            )))
-            .map_err(|x| x.to_string())?;
+        let (lw, lh) = (7 * label.chars().count() as i32, 14);
+        let plot_px = |x: f64, y: f64| chart.backend_coord(&(x, y));
+        let samples: Vec<(i32, i32)> = c
+            .series
+            .iter()
+            .flat_map(|(_, p)| p.windows(2).map(|w| (w[0], w[1])).collect::<Vec<_>>())
+            .filter(|(a, b)| a.1.is_finite() && b.1.is_finite())
+            .flat_map(|(a, b)| {
+                let (pa, pb) = (plot_px(a.0, a.1.clamp(c.y_range.0, c.y_range.1)), plot_px(b.0, b.1.clamp(c.y_range.0, c.y_range.1)));
+                let k = ((pb.0 - pa.0).abs().max((pb.1 - pa.1).abs()) / 2).max(1);
+                (0..=k).map(move |i| (pa.0 + (pb.0 - pa.0) * i / k, pa.1 + (pb.1 - pa.1) * i / k))
+            })
+            .chain(c.series.iter().flat_map(|(_, p)| p.iter().filter(|q| q.1.is_finite()).map(|q| plot_px(q.0, q.1))))
+            .collect();
+        let (left, right) = (plot_px(xa, *v).0, plot_px(xb, *v).0);
+        let mut best: Option<(usize, (f64, f64))> = None;
+        for below in [false, true] {
+            let label_y = if below { *v - 0.01 * span } else { *v + 0.045 * span };
+            if label_y > c.y_range.1 || (below && *v - 0.05 * span < c.y_range.0) {
+                continue;
+            }
+            for f in [0.01, 0.25, 0.5, 0.75, 0.98] {
+                let x = xa + (xb - xa) * f;
+                let (mut px0, py0) = plot_px(x, label_y);
+                px0 = px0.min(right - lw).max(left);
+                let hits = samples
+                    .iter()
+                    .filter(|(sx, sy)| *sx >= px0 - 6 && *sx <= px0 + lw + 6 && *sy >= py0 - 6 && *sy <= py0 + lh + 6)
+                    .count();
+                if best.is_none_or(|(b, _)| hits < b) {
+                    let back = xa + (xb - xa) * (px0 - left) as f64 / (right - left).max(1) as f64;
+                    best = Some((hits, (back, label_y)));
+                }
+            }
+        }
+        if let Some((_, at)) = best {
+            chart
+                .draw_series(std::iter::once(Text::new(label.clone(), at, ("sans-serif", 12).into_font().color(&grey))))
+                .map_err(|x| x.to_string())?;
+        }
     }
     let n = c.series.len();
     // On an index axis (slots, K) the series are dodged sideways by a few hundredths of a unit,
@@ -810,11 +842,29 @@ fn draw_heatmap<DB: DrawingBackend>(
     root.fill(&WHITE).map_err(e)?;
     root.draw_text(&m.title, &("sans-serif", fitted_size(&m.title, root.dim_in_pixel().0, 15)).into_font().color(&BLACK), (8, 8))
         .map_err(e)?;
-    let range = m.scale.range(m.values.iter().flatten());
+    let full = m.scale.range(m.values.iter().flatten());
+    // A few outlier cells would flatten the scale: clipped, marked, and said.
+    let clipped = clipped_range(m.scale, full, m.values.iter().flatten().copied());
+    let range = clipped.unwrap_or(full);
+    let mut notes = vec![];
     if m.values.iter().flatten().any(|v| v.is_nan()) {
-        root.draw_text("grey: no value", &("sans-serif", 11).into_font().color(&BLACK), (8, 30)).map_err(e)?;
+        notes.push("grey: no value".to_string());
+    }
+    if clipped.is_some() {
+        notes.push(format!("▲/▼: beyond the bar's ends (outliers, |value| up to {:.3})", full.1.abs().max(full.0.abs())));
+    }
+    if !notes.is_empty() {
+        root.draw_text(&notes.join("; "), &("sans-serif", 11).into_font().color(&BLACK), (8, 30)).map_err(e)?;
     }
     draw_heat_cells(&root, m, cell, (70, 60), 0, m.scale, range)?;
+    for (ri, row) in m.values.iter().enumerate() {
+        for (ci, &v) in row.iter().enumerate() {
+            if let Some(mark) = outlier_mark(v, range) {
+                let (x, y) = (70 + ci as i32 * cell, 60 + ri as i32 * cell);
+                root.draw_text(mark, &("sans-serif", 12).into_font().color(&BLACK), (x + cell / 2 - 6, y + cell / 2 - 8)).map_err(e)?;
+            }
+        }
+    }
     let cols = m.values.iter().map(|r| r.len()).max().unwrap_or(1) as i32;
     let rows = m.values.len() as i32;
     draw_color_bar(&root, m.scale, range, (70 + cols * cell + 16, 60), rows * cell - 2, &m.unit)?;
@@ -832,6 +882,9 @@ pub struct HeatmapPanels {
     /// One colour scale for every panel (when the columns are compared with each other, e.g.
     /// the same statistic for text and vision), instead of one per column.
     pub shared_scale: bool,
+    /// What a grey (NaN) cell means, said on the figure; `None`: no attention layer at that
+    /// slot, or no such head.
+    pub missing: Option<String>,
 }
 
 impl HeatmapPanels {
@@ -883,13 +936,10 @@ impl Figure for HeatmapPanels {
         let mut ranges = ranges;
         let mut clipped_max = f64::NAN;
         for c in 0..cols {
-            if scales[c] != ColorScale::Sequential {
-                continue;
-            }
             let vals = self.panels.iter().filter_map(|r| r.get(c)).flat_map(|h| h.values.iter().flatten()).copied();
-            if let Some(top) = robust_top(vals, ranges[c]) {
-                clipped_max = clipped_max.max(ranges[c].1);
-                ranges[c].1 = top;
+            if let Some(r) = clipped_range(scales[c], ranges[c], vals) {
+                clipped_max = clipped_max.max(ranges[c].1.abs().max(ranges[c].0.abs()));
+                ranges[c] = r;
             }
         }
         let (pw, ph) = self.panel_size();
@@ -902,13 +952,16 @@ impl Figure for HeatmapPanels {
         };
         let has_gap = self.panels.iter().flatten().flat_map(|h| h.values.iter().flatten()).any(|v| v.is_nan());
         let note = if has_gap && !self.title.contains("grey") {
-            format!("{note}; grey: no value there (no attention layer at that slot, or no such head)")
+            format!(
+                "{note}; grey: {}",
+                self.missing.as_deref().unwrap_or("no value there (no attention layer at that slot, or no such head)")
+            )
         } else {
             note.to_string()
         };
         root.draw_text(&note, &("sans-serif", 11).into_font().color(&BLACK), (8, 30)).map_err(e)?;
         if clipped_max.is_finite() {
-            let more = format!("▲: above the bar's top (outliers, up to {clipped_max:.3})");
+            let more = format!("▲/▼: beyond the bar's ends (outliers, |value| up to {clipped_max:.3})");
             root.draw_text(&more, &("sans-serif", 11).into_font().color(&BLACK), (8, 43)).map_err(e)?;
         }
         for (r, row) in self.panels.iter().enumerate() {
@@ -919,9 +972,9 @@ impl Figure for HeatmapPanels {
                 draw_heat_cells(&root, h, Self::CELL, (x0 + lw, y0 + 36), x0, scales[c], ranges[c])?;
                 for (ri, row) in h.values.iter().enumerate() {
                     for (ci, &v) in row.iter().enumerate() {
-                        if v.is_finite() && v > ranges[c].1 + 1e-12 * ranges[c].1.abs().max(1.0) {
+                        if let Some(mark) = outlier_mark(v, ranges[c]) {
                             let (x, y) = (x0 + lw + ci as i32 * Self::CELL, y0 + 36 + ri as i32 * Self::CELL);
-                            root.draw_text("▲", &("sans-serif", 12).into_font().color(&BLACK), (x + 5, y + 4)).map_err(e)?;
+                            root.draw_text(mark, &("sans-serif", 12).into_font().color(&BLACK), (x + 5, y + 4)).map_err(e)?;
                         }
                     }
                 }
@@ -954,6 +1007,32 @@ pub fn robust_top(values: impl Iterator<Item = f64>, range: (f64, f64)) -> Optio
     (q > range.0 && range.1 - q > 2.0 * (q - range.0)).then_some(q)
 }
 
+/// The colour range that a few outliers would otherwise set, or `None` when nothing is
+/// clipped: sequential scales take [`robust_top`] as their top; diverging ones (symmetric
+/// about 0) clip at ± the 95th percentile of |value| by the same rule. Cells beyond the new
+/// ends carry ▲ (above) or ▼ (below), and the figure says up to what.
+fn clipped_range(scale: ColorScale, range: (f64, f64), values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
+    match scale {
+        ColorScale::Sequential => robust_top(values, range).map(|t| (range.0, t)),
+        ColorScale::Diverging => robust_top(values.map(f64::abs), (0.0, range.1.abs().max(range.0.abs()))).map(|t| (-t, t)),
+        _ => None,
+    }
+}
+
+/// ▲ or ▼ for a value beyond `range`'s top or bottom.
+fn outlier_mark(v: f64, range: (f64, f64)) -> Option<&'static str> {
+    let tol = 1e-12 * range.1.abs().max(range.0.abs()).max(1.0);
+    if !v.is_finite() {
+        None
+    } else if v > range.1 + tol {
+        Some("▲")
+    } else if v < range.0 - tol {
+        Some("▼")
+    } else {
+        None
+    }
+}
+
 /// Renders a [`Heatmap`] to `stem.png` and `stem.svg`.
 pub fn heatmap_png_svg(stem: &Path, m: &Heatmap) -> Result<()> {
     render(stem, m)
@@ -980,7 +1059,9 @@ impl Figure for Heatmap {
     fn size(&self) -> (u32, u32) {
         let cell = self.cell();
         let cols = self.values.iter().map(|r| r.len()).max().unwrap_or(1) as i32;
-        ((70 + cols * cell + 20 + COLOR_BAR_W).max(360) as u32, (60 + (self.values.len() as i32 * cell).max(40) + 20) as u32)
+        // Wide enough for the title at full size (up to 900 px; longer titles shrink to fit).
+        let title_w = (text::layout(&self.title, 15.0).width + 24).min(900);
+        ((70 + cols * cell + 20 + COLOR_BAR_W).max(360).max(title_w) as u32, (60 + (self.values.len() as i32 * cell).max(40) + 20) as u32)
     }
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
         draw_heatmap(root, self, self.cell())
@@ -1008,11 +1089,11 @@ pub struct Scatter {
     pub groups: Vec<String>,
 }
 
-/// The font size (at most `max`) at which `text` fits in `width` pixels: sans-serif glyphs
-/// average about 0.5 em, so long titles shrink instead of being clipped at both edges.
+/// The largest font size (at most `max`, at least 9) at which `text`, measured with the
+/// embedded font's advances, fits in `width` pixels: long titles shrink instead of being
+/// clipped at both edges.
 fn fitted_size(text: &str, width: u32, max: u32) -> u32 {
-    let chars = text.chars().count().max(1) as f64;
-    ((width as f64 - 16.0) / (0.5 * chars)).floor().clamp(9.0, max as f64) as u32
+    (9..=max.max(9)).rev().find(|&s| text::layout(text, s as f64).width + 16 <= width as i32).unwrap_or(9)
 }
 
 fn draw_scatter<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, s: &Scatter) -> std::result::Result<(), String> {
@@ -1228,6 +1309,9 @@ pub struct IntervalPanels {
     pub dots: Vec<Vec<Vec<f64>>>,
     /// A vertical reference line (0 for differences), included in every panel's range.
     pub reference: Option<f64>,
+    /// Per panel: a labelled vertical reference of that panel alone (chance level), included
+    /// in its range; empty or `None` = none.
+    pub panel_refs: Vec<Option<(f64, String)>>,
     /// Explanatory text under the figure.
     pub caption: Option<String>,
 }
@@ -1282,11 +1366,13 @@ impl Figure for IntervalPanels {
             let (x_lo, x_hi) = (x0 + 10, x0 + Self::PANEL_W - 20);
             root.draw_text(metric, &font.color(&BLACK), (x0 + 10, top - 26)).map_err(e)?;
             let panel_dots: &[Vec<f64>] = self.dots.get(p).map_or(&[], |d| d.as_slice());
+            let panel_ref = self.panel_refs.get(p).and_then(|r| r.as_ref()).filter(|(v, _)| v.is_finite());
             let finite: Vec<f64> = vals
                 .iter()
                 .flat_map(|v| [v.0, v.1, v.2])
                 .chain(panel_dots.iter().flatten().copied())
                 .chain(self.reference)
+                .chain(panel_ref.map(|r| r.0))
                 .filter(|v| v.is_finite())
                 .collect();
             let (mut lo, mut hi) = finite.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
@@ -1316,6 +1402,17 @@ impl Figure for IntervalPanels {
                 for y in (top..axis).step_by(6) {
                     root.draw(&PathElement::new(vec![(x, y), (x, (y + 3).min(axis))], RGBColor(90, 90, 90).stroke_width(1))).map_err(e)?;
                 }
+            }
+            if let Some((rv, label)) = panel_ref {
+                // Dotted, in grey, its label just above the first row (below the metric name).
+                let x = px(*rv);
+                let grey = RGBColor(120, 120, 120);
+                for y in (top - 2..axis).step_by(4) {
+                    root.draw(&PathElement::new(vec![(x, y), (x, (y + 1).min(axis))], grey.stroke_width(1))).map_err(e)?;
+                }
+                let w = 6 * label.chars().count() as i32;
+                let lx = if x + 4 + w <= x_hi + 16 { x + 4 } else { x - 4 - w };
+                root.draw_text(label, &("sans-serif", 10).into_font().color(&grey), (lx, top - 11)).map_err(e)?;
             }
             for (r, (m, (mean, l, h))) in self.models.iter().zip(vals).enumerate() {
                 let y = top + r as i32 * Self::ROW + 12;
@@ -1509,7 +1606,7 @@ mod figure_tests {
     fn panels_sharing_a_scale_map_one_value_to_one_colour() {
         let a = heatmap("model a", vec![vec![0.3, 1.0]], ColorScale::Sequential);
         let b = heatmap("model b", vec![vec![0.0, 0.3]], ColorScale::Sequential);
-        let p = HeatmapPanels { title: "shared".into(), panels: vec![vec![a], vec![b]], shared_scale: false };
+        let p = HeatmapPanels { title: "shared".into(), panels: vec![vec![a], vec![b]], shared_scale: false, missing: None };
         let (buf, w, _, boxes) = render_to_buffer(&p).unwrap();
         let (_, ph) = p.panel_size();
         let cell = HeatmapPanels::CELL;
@@ -1544,6 +1641,7 @@ mod figure_tests {
                 ("R@1 i→t".into(), vec![(0.2, 0.18, 0.22), (0.21, 0.2, 0.23), (0.4, 0.38, 0.42)]),
             ],
             reference: Some(0.0),
+            panel_refs: vec![Some((0.02, "chance".into())), Some((0.002, "chance".into()))],
             caption: Some("Dot: the mean; bar: its 95 % interval.".into()),
             ..Default::default()
         };
@@ -1554,6 +1652,8 @@ mod figure_tests {
             points: vec![(0.0, 0.1), (1.0, 0.5), (0.5, 0.2)],
             groups: vec!["slot 1".into(), "slot 2".into(), "slot 1".into()],
         };
+        let chance_boxes = render_to_buffer(&panels).unwrap().3.iter().filter(|b| b.4 == "chance").count();
+        assert_eq!(chance_boxes, 2, "each panel labels its chance line");
         for (name, boxes) in [
             ("line chart", render_to_buffer(&chart).unwrap().3),
             ("interval panels", render_to_buffer(&panels).unwrap().3),
@@ -1563,6 +1663,49 @@ mod figure_tests {
             let o = overlaps(&boxes);
             assert!(o.is_empty(), "{name}: {o:?}");
         }
+    }
+
+    /// A reference line's label goes where the data lines do not cross it: data that zigzag
+    /// across the chance line on the left leave no pixel of their colour inside the label's
+    /// box (a label fixed at the left end, above or below, would sit on them).
+    #[test]
+    fn reference_labels_avoid_the_data() {
+        let chart = LineChart {
+            title: "relation test".into(),
+            x_label: "step".into(),
+            y_label: "share".into(),
+            series: vec![(
+                "tiny-clip".into(),
+                vec![(0.0, 0.54), (25.0, 0.46), (50.0, 0.54), (75.0, 0.46), (100.0, 0.5), (200.0, 0.9), (300.0, 0.95), (400.0, 0.95)],
+            )],
+            bands: vec![None],
+            y_range: (0.0, 1.0),
+            hlines: vec![(0.5, "chance".into())],
+            ..Default::default()
+        };
+        let (buf, w, _, boxes) = render_to_buffer(&chart).unwrap();
+        let b = boxes.iter().find(|b| b.4 == "chance").expect("the line is labelled");
+        let col = series_color("tiny-clip", 0);
+        let near = |p: [u8; 3]| p.iter().zip([col.0, col.1, col.2]).all(|(a, c)| (*a as i32 - c as i32).abs() <= 40);
+        let inside = (b.0..b.2).flat_map(|x| (b.1..b.3).map(move |y| (x, y))).filter(|&(x, y)| near(pixel(&buf, w, x, y))).count();
+        assert_eq!(inside, 0, "label box {b:?} holds {inside} data pixels");
+    }
+
+    /// One outlier cell does not flatten a diverging map: the scale clips at the bulk's
+    /// |value|, the small values keep visible colour, and the outlier carries ▼.
+    #[test]
+    fn diverging_outliers_are_clipped_and_marked() {
+        let mut values: Vec<Vec<f64>> = (0..5).map(|r| (0..5).map(|c| 0.002 * (r * 5 + c) as f64 - 0.02).collect()).collect();
+        values[2][2] = -1.0;
+        let m = heatmap("signed", values, ColorScale::Diverging);
+        let (buf, w, _, boxes) = render_to_buffer(&m).unwrap();
+        assert!(boxes.iter().any(|b| b.4 == "▼"), "{boxes:?}");
+        assert!(boxes.iter().any(|b| b.4.contains("outliers")), "the clipping is said");
+        // Cell (4, 4) holds +0.028: far from white once the scale is no longer ±1.
+        let cell = m.cell();
+        let p = pixel(&buf, w, 70 + 4 * cell + cell / 2, 60 + 4 * cell + cell / 2);
+        assert!(p[1] < 180, "a visible red: {p:?}");
+        assert!(overlaps(&boxes).is_empty(), "{:?}", overlaps(&boxes));
     }
 }
 
