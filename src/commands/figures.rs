@@ -1095,7 +1095,9 @@ fn interval_table(r: &Recipe, dir: &Path, stem: &str, retrieval_ks: &[i64], metr
             _ => None,
         })
         .collect();
-    let chance_note = format!(" Dotted line: chance (zero-shot top-k: k/{n_classes}; retrieval R@k: k/{n} items).",);
+    let chance_note = format!(
+        " Chance (zero-shot top-k: k/{n_classes}; retrieval R@k: k/{n} items): a dotted line, or named with its value at the panel's edge where it lies far off the data."
+    );
     render(
         &dir.join(stem),
         &IntervalPanels {

@@ -1367,14 +1367,20 @@ impl Figure for IntervalPanels {
             root.draw_text(metric, &font.color(&BLACK), (x0 + 10, top - 26)).map_err(e)?;
             let panel_dots: &[Vec<f64>] = self.dots.get(p).map_or(&[], |d| d.as_slice());
             let panel_ref = self.panel_refs.get(p).and_then(|r| r.as_ref()).filter(|(v, _)| v.is_finite());
-            let finite: Vec<f64> = vals
-                .iter()
-                .flat_map(|v| [v.0, v.1, v.2])
-                .chain(panel_dots.iter().flatten().copied())
-                .chain(self.reference)
-                .chain(panel_ref.map(|r| r.0))
-                .filter(|v| v.is_finite())
-                .collect();
+            let finite: Vec<f64> =
+                vals.iter().flat_map(|v| [v.0, v.1, v.2]).chain(panel_dots.iter().flatten().copied()).filter(|v| v.is_finite()).collect();
+            // A panel reference (chance) within a data span of the data joins the axis; one
+            // farther away would squeeze the intervals into a few pixels, so it is named at
+            // the panel's edge with its value and an arrow instead.
+            let (d_lo, d_hi) = finite.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+            let d_span = (d_hi - d_lo).max(1e-9);
+            let (panel_ref, off_axis) = match panel_ref {
+                Some(r) if finite.is_empty() || (r.0 >= d_lo - d_span && r.0 <= d_hi + d_span) => (Some(r), None),
+                Some(r) => (None, Some(r)),
+                None => (None, None),
+            };
+            let finite: Vec<f64> =
+                finite.into_iter().chain(self.reference).chain(panel_ref.map(|r| r.0)).filter(|v| v.is_finite()).collect();
             let (mut lo, mut hi) = finite.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
             // Also when nothing is finite (lo = MAX, hi = MIN).
             if lo.partial_cmp(&hi) != Some(std::cmp::Ordering::Less) {
@@ -1402,6 +1408,13 @@ impl Figure for IntervalPanels {
                 for y in (top..axis).step_by(6) {
                     root.draw(&PathElement::new(vec![(x, y), (x, (y + 3).min(axis))], RGBColor(90, 90, 90).stroke_width(1))).map_err(e)?;
                 }
+            }
+            if let Some((rv, label)) = off_axis {
+                let grey = RGBColor(120, 120, 120);
+                let text = if *rv < lo { format!("◂ {label} {rv:.3}") } else { format!("{label} {rv:.3} ▸") };
+                let w = text::layout(&text, 10.0).width;
+                let lx = if *rv < lo { x_lo } else { x_hi - w };
+                root.draw_text(&text, &("sans-serif", 10).into_font().color(&grey), (lx, top - 11)).map_err(e)?;
             }
             if let Some((rv, label)) = panel_ref {
                 // Dotted, in grey, its label just above the first row (below the metric name).
@@ -1641,7 +1654,7 @@ mod figure_tests {
                 ("R@1 i→t".into(), vec![(0.2, 0.18, 0.22), (0.21, 0.2, 0.23), (0.4, 0.38, 0.42)]),
             ],
             reference: Some(0.0),
-            panel_refs: vec![Some((0.02, "chance".into())), Some((0.002, "chance".into()))],
+            panel_refs: vec![Some((0.1, "chance".into())), Some((0.95, "full model".into()))],
             caption: Some("Dot: the mean; bar: its 95 % interval.".into()),
             ..Default::default()
         };
@@ -1652,8 +1665,11 @@ mod figure_tests {
             points: vec![(0.0, 0.1), (1.0, 0.5), (0.5, 0.2)],
             groups: vec!["slot 1".into(), "slot 2".into(), "slot 1".into()],
         };
-        let chance_boxes = render_to_buffer(&panels).unwrap().3.iter().filter(|b| b.4 == "chance").count();
-        assert_eq!(chance_boxes, 2, "each panel labels its chance line");
+        // A reference near the data joins the axis (a labelled line); one far from it (0.95
+        // beside data at 0.18–0.42) is named at the panel's edge, keeping the intervals wide.
+        let boxes = render_to_buffer(&panels).unwrap().3;
+        assert_eq!(boxes.iter().filter(|b| b.4 == "chance").count(), 1, "{boxes:?}");
+        assert_eq!(boxes.iter().filter(|b| b.4 == "full model 0.950 ▸").count(), 1, "{boxes:?}");
         for (name, boxes) in [
             ("line chart", render_to_buffer(&chart).unwrap().3),
             ("interval panels", render_to_buffer(&panels).unwrap().3),
