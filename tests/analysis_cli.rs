@@ -233,6 +233,17 @@ fn figures_regenerate_from_recipes() {
     let out = dir.join("figures");
     let (code, _, err) = run(&["figures", "--recipes", recipes.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
+    // --index-only rebuilds the same index from the folders, rendering nothing; a recipe
+    // whose folder is missing is named.
+    let index = std::fs::read_to_string(out.join("README.md")).unwrap();
+    std::fs::remove_file(out.join("README.md")).unwrap();
+    let (code, _, err) = run(&["figures", "--recipes", recipes.to_str().unwrap(), "--out", out.to_str().unwrap(), "--index-only"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read_to_string(out.join("README.md")).unwrap(), index);
+    let empty = dir.join("no-figures");
+    let (code, _, err) = run(&["figures", "--recipes", recipes.to_str().unwrap(), "--out", empty.to_str().unwrap(), "--index-only"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("does not exist") && err.contains("render it first"), "{err}");
     for png in [
         "abl/micro-msclip-s/importance_matched_cosine.png",
         "pat/micro-msclip-s/text_colour/resid.png",
@@ -277,12 +288,15 @@ fn figures_regenerate_from_recipes() {
         }
     }
     // Interval panels: one per metric (6 in the comparison, 8 in zero-shot/retrieval), 4 to
-    // a row, each row as high as its models plus 70, an 80-pixel caption.
+    // a row, each row as high as its models plus 70, and the caption: 46 px plus 17 per
+    // wrapped line (1 to 4 lines).
     for (png, panels, models) in
         [("comparison/comparison.png", 6u32, 1u32), ("cmp-seeds/comparison.png", 6, 2), ("zsr/zeroshot_retrieval.png", 8, 1)]
     {
         let (w, h) = nontrivial_png(&out.join(png));
-        assert_eq!((w, h), (150 + 230 * 4 + 20, 34 + panels.div_ceil(4) * (26 * models + 70) + 80), "{png}");
+        assert_eq!(w, 150 + 230 * 4 + 20, "{png}");
+        let caption = h - (34 + panels.div_ceil(4) * (26 * models + 70));
+        assert!(caption >= 46 + 17 && caption <= 46 + 4 * 17 && (caption - 46) % 17 == 0, "{png}: height {h}");
     }
     for csv in [
         "abl/importance_agreement.csv",

@@ -318,6 +318,10 @@ enum Command {
         recipes: PathBuf,
         #[arg(long, default_value = "figures")]
         out: PathBuf,
+        /// Render nothing: rewrite OUT/README.md from what the recipes' folders hold (after
+        /// re-rendering one recipe file, which leaves the index as it is).
+        #[arg(long)]
+        index_only: bool,
     },
     /// CI regression check of gap metrics and NMI against a baseline; exit 1 on drift.
     Check {
@@ -538,7 +542,12 @@ fn real_main() -> ExitCode {
             })
         }
         Command::Retrieval { model, data, out } => retrieval_cmd(&model, &data, out.as_deref()),
-        Command::Figures { recipes, out } => figures::run_all(&recipes, &out).map(|n| println!("wrote {n} recipes into {}", out.display())),
+        Command::Figures { recipes, out, index_only: false } => {
+            figures::run_all(&recipes, &out).map(|n| println!("wrote {n} recipes into {}", out.display()))
+        }
+        Command::Figures { recipes, out, index_only: true } => {
+            figures::write_index(&recipes, &out).map(|n| println!("indexed {n} recipes in {}", out.join("README.md").display()))
+        }
         Command::SyncDocs { root } => sync_docs_cmd(&root),
         Command::Transfer { model, data, out, permutations, run, text_min_query, max_distance } => {
             let opts = crate::commands::transfer::TransferOptions {

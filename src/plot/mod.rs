@@ -856,18 +856,19 @@ fn draw_heatmap<DB: DrawingBackend>(
     if !notes.is_empty() {
         root.draw_text(&notes.join("; "), &("sans-serif", 11).into_font().color(&BLACK), (8, 30)).map_err(e)?;
     }
-    draw_heat_cells(&root, m, cell, (70, 60), 0, m.scale, range)?;
+    let left = m.left();
+    draw_heat_cells(&root, m, cell, (left, 60), 0, m.scale, range)?;
     for (ri, row) in m.values.iter().enumerate() {
         for (ci, &v) in row.iter().enumerate() {
             if let Some(mark) = outlier_mark(v, range) {
-                let (x, y) = (70 + ci as i32 * cell, 60 + ri as i32 * cell);
+                let (x, y) = (left + ci as i32 * cell, 60 + ri as i32 * cell);
                 root.draw_text(mark, &("sans-serif", 12).into_font().color(&BLACK), (x + cell / 2 - 6, y + cell / 2 - 8)).map_err(e)?;
             }
         }
     }
     let cols = m.values.iter().map(|r| r.len()).max().unwrap_or(1) as i32;
     let rows = m.values.len() as i32;
-    draw_color_bar(&root, m.scale, range, (70 + cols * cell + 16, 60), rows * cell - 2, &m.unit)?;
+    draw_color_bar(&root, m.scale, range, (left + cols * cell + 16, 60), rows * cell - 2, &m.unit)?;
     root.present().map_err(e)?;
     Ok(())
 }
@@ -1055,13 +1056,23 @@ impl Heatmap {
     }
 }
 
+impl Heatmap {
+    /// Left of the cells: 70 px, or the widest row label plus a margin ("slot 0 (shared)").
+    fn left(&self) -> i32 {
+        self.row_labels.iter().map(|l| text::layout(l, 12.0).width + 14).max().unwrap_or(0).max(70)
+    }
+}
+
 impl Figure for Heatmap {
     fn size(&self) -> (u32, u32) {
         let cell = self.cell();
         let cols = self.values.iter().map(|r| r.len()).max().unwrap_or(1) as i32;
         // Wide enough for the title at full size (up to 900 px; longer titles shrink to fit).
         let title_w = (text::layout(&self.title, 15.0).width + 24).min(900);
-        ((70 + cols * cell + 20 + COLOR_BAR_W).max(360).max(title_w) as u32, (60 + (self.values.len() as i32 * cell).max(40) + 20) as u32)
+        (
+            (self.left() + cols * cell + 20 + COLOR_BAR_W).max(360).max(title_w) as u32,
+            (60 + (self.values.len() as i32 * cell).max(40) + 20) as u32,
+        )
     }
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
         draw_heatmap(root, self, self.cell())
@@ -1340,9 +1351,22 @@ impl Figure for IntervalPanels {
     fn size(&self) -> (u32, u32) {
         let (cols, rows) = self.grid();
         let w = Self::LEFT + cols as i32 * Self::PANEL_W + 20;
+        let w = w.max(600);
+        // The caption's wrapped lines (at most 4, as drawn), the degenerate-interval note
+        // included.
         let degenerate = self.panels.iter().flat_map(|(_, v)| v).any(|(m, l, h)| m.is_finite() && l.is_finite() && (h - l).abs() < 1e-12);
-        let h = Self::TOP - 26 + rows as i32 * self.block_h() + if self.caption.is_some() || degenerate { 80 } else { 0 };
-        (w.max(600) as u32, h as u32)
+        let text = format!(
+            "{}{}",
+            self.caption.as_deref().unwrap_or(""),
+            if degenerate {
+                " Hollow dot: an interval of zero width (no spread at all, e.g. every item or seed scored the same), not a precise estimate."
+            } else {
+                ""
+            }
+        );
+        let lines = if text.trim().is_empty() { 0 } else { wrap(text.trim(), (w as usize).saturating_sub(20) / 7).len().min(4) as i32 };
+        let h = Self::TOP - 26 + rows as i32 * self.block_h() + if lines > 0 { 34 + 17 * lines + 12 } else { 0 };
+        (w as u32, h as u32)
     }
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
         let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
@@ -1579,6 +1603,19 @@ mod figure_tests {
         let mut m = heatmap("t", vec![vec![0.1, 0.2, 0.3]], ColorScale::Sequential);
         m.col_labels = vec!["<start_of_text>".into(), "a".into(), "colour".into()];
         let (_, _, _, boxes) = render_to_buffer(&m).unwrap();
+        assert!(overlaps(&boxes).is_empty(), "{:?}", overlaps(&boxes));
+    }
+
+    /// Long row labels ("slot 0 (shared)") push the cells right instead of running under
+    /// them: just right of every row label the figure is still white.
+    #[test]
+    fn long_row_labels_push_the_cells_right() {
+        let mut m = heatmap("t", vec![vec![0.1, 0.2], vec![0.3, 0.4]], ColorScale::Sequential);
+        m.row_labels = vec!["slot 0 (shared)".into(), "slot 1 (shared)".into()];
+        let (buf, w, _, boxes) = render_to_buffer(&m).unwrap();
+        for b in boxes.iter().filter(|b| b.4.ends_with("(shared)")) {
+            assert_eq!(pixel(&buf, w, b.2 + 2, (b.1 + b.3) / 2), [255, 255, 255], "{b:?}");
+        }
         assert!(overlaps(&boxes).is_empty(), "{:?}", overlaps(&boxes));
     }
 
