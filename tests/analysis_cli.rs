@@ -296,7 +296,7 @@ fn figures_regenerate_from_recipes() {
         let (w, h) = nontrivial_png(&out.join(png));
         assert_eq!(w, 150 + 230 * 4 + 20, "{png}");
         let caption = h - (34 + panels.div_ceil(4) * (26 * models + 70));
-        assert!(caption >= 46 + 17 && caption <= 46 + 4 * 17 && (caption - 46) % 17 == 0, "{png}: height {h}");
+        assert!((46 + 17..=46 + 4 * 17).contains(&caption) && (caption - 46) % 17 == 0, "{png}: height {h}");
     }
     for csv in [
         "abl/importance_agreement.csv",
