@@ -936,11 +936,22 @@ impl Figure for HeatmapPanels {
         // 95th percentile and the cells above it carry a ▲ (said in the note).
         let mut ranges = ranges;
         let mut clipped_max = f64::NAN;
-        for c in 0..cols {
-            let vals = self.panels.iter().filter_map(|r| r.get(c)).flat_map(|h| h.values.iter().flatten()).copied();
-            if let Some(r) = clipped_range(scales[c], ranges[c], vals) {
-                clipped_max = clipped_max.max(ranges[c].1.abs().max(ranges[c].0.abs()));
-                ranges[c] = r;
+        if self.shared_scale {
+            // One scale for every panel: clipped once, over every value.
+            let vals = self.panels.iter().flatten().flat_map(|h| h.values.iter().flatten()).copied();
+            if let (Some(&scale), Some(&full)) = (scales.first(), ranges.first()) {
+                if let Some(r) = clipped_range(scale, full, vals) {
+                    clipped_max = full.1.abs().max(full.0.abs());
+                    ranges = vec![r; cols];
+                }
+            }
+        } else {
+            for c in 0..cols {
+                let vals = self.panels.iter().filter_map(|r| r.get(c)).flat_map(|h| h.values.iter().flatten()).copied();
+                if let Some(r) = clipped_range(scales[c], ranges[c], vals) {
+                    clipped_max = clipped_max.max(ranges[c].1.abs().max(ranges[c].0.abs()));
+                    ranges[c] = r;
+                }
             }
         }
         let (pw, ph) = self.panel_size();
@@ -1604,6 +1615,31 @@ mod figure_tests {
         m.col_labels = vec!["<start_of_text>".into(), "a".into(), "colour".into()];
         let (_, _, _, boxes) = render_to_buffer(&m).unwrap();
         assert!(overlaps(&boxes).is_empty(), "{:?}", overlaps(&boxes));
+    }
+
+    /// Panels that claim one shared scale keep it when outliers are clipped: the clipping is
+    /// decided over every panel at once, so one value maps to one colour in every column.
+    #[test]
+    fn shared_scale_survives_outlier_clipping() {
+        let bulk = |k: usize| (0..5).map(|c| 0.002 * (k * 5 + c) as f64 - 0.02).collect::<Vec<f64>>();
+        let mut a_vals: Vec<Vec<f64>> = (0..5).map(bulk).collect();
+        a_vals[0][0] = 0.01;
+        a_vals[2][2] = -1.0;
+        // Panel b alone spans only ±0.014: a scale of its own would colour 0.01 much darker.
+        let mut b_vals: Vec<Vec<f64>> = (0..5).map(|k| bulk(k).iter().map(|v| 0.5 * v).collect()).collect();
+        b_vals[0][0] = 0.01;
+        let p = HeatmapPanels {
+            title: "shared".into(),
+            panels: vec![vec![heatmap("a", a_vals, ColorScale::Diverging), heatmap("b", b_vals, ColorScale::Diverging)]],
+            shared_scale: true,
+            missing: None,
+        };
+        let (buf, w, _, boxes) = render_to_buffer(&p).unwrap();
+        let (pw, _) = p.panel_size();
+        let (lw, cell) = (p.label_w(), HeatmapPanels::CELL);
+        let (x_a, y) = (8 + lw + cell / 2, 56 + 36 + cell / 2);
+        assert_eq!(pixel(&buf, w, x_a, y), pixel(&buf, w, x_a + pw, y), "0.01 in both panels");
+        assert!(boxes.iter().any(|b| b.4 == "▼"), "{boxes:?}");
     }
 
     /// Long row labels ("slot 0 (shared)") push the cells right instead of running under
