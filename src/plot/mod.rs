@@ -396,6 +396,20 @@ fn series_color(name: &str, i: usize) -> RGBColor {
     model_color(name).unwrap_or(SERIES_COLORS[(i + 5) % SERIES_COLORS.len()])
 }
 
+/// The marker shape of a series ([`marker`]'s index): fixed per model family, like its
+/// colour, so a model looks the same in every figure whatever else is plotted (CLIP ●,
+/// MS-CLIP ▲, MS-CLIP-S ■, MS-CLIP-LN ◆, MS-CLIP-attn ✕); other series by position.
+fn series_shape(name: &str, i: usize) -> usize {
+    match name.trim_start_matches("tiny-").trim_start_matches("micro-") {
+        "clip" | "clip-b32" | "clip-b16" => 0,
+        "msclip" | "msclip-b32" => 1,
+        "msclip-s" | "msclip-s-b32" | "msclip-s-b16" => 2,
+        "msclip-ln" => 3,
+        "msclip-attn" => 4,
+        _ => i,
+    }
+}
+
 fn marker<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     at: (i32, i32),
@@ -568,7 +582,7 @@ fn draw_lines_with<DB: DrawingBackend>(
         for &(x, y) in pts {
             if y.is_finite() {
                 let at = chart.backend_coord(&(x, y));
-                marker(&plot_area, at, i, size, col).map_err(e)?;
+                marker(&plot_area, at, series_shape(name, i), size, col).map_err(e)?;
             }
         }
     }
@@ -578,7 +592,7 @@ fn draw_lines_with<DB: DrawingBackend>(
         let col = series_color(name, i);
         let y = 40 + i as i32 * 22;
         legend.draw(&PathElement::new(vec![(6, y), (30, y)], col.stroke_width(2))).map_err(e)?;
-        marker(&legend, (18, y), i, (6 - (i as i32).min(3)).max(3), col).map_err(e)?;
+        marker(&legend, (18, y), series_shape(name, i), (6 - (i as i32).min(3)).max(3), col).map_err(e)?;
         legend.draw(&Text::new(name.clone(), (38, y - 7), font.clone().color(&BLACK))).map_err(e)?;
     }
     let mut same = vec![];
@@ -1640,6 +1654,22 @@ mod figure_tests {
         let (x_a, y) = (8 + lw + cell / 2, 56 + 36 + cell / 2);
         assert_eq!(pixel(&buf, w, x_a, y), pixel(&buf, w, x_a + pw, y), "0.01 in both panels");
         assert!(boxes.iter().any(|b| b.4 == "▼"), "{boxes:?}");
+    }
+
+    /// A model keeps its colour and marker whatever its position among the series (the
+    /// seed-0 figures plot 3 models, the study figures 5); families at other scales match.
+    #[test]
+    fn a_model_looks_the_same_in_every_figure() {
+        for (name, other) in [("tiny-clip", "clip-b32"), ("tiny-msclip", "msclip-b32"), ("tiny-msclip-s", "msclip-s-b16")] {
+            let shapes: Vec<usize> = (0..5).map(|i| series_shape(name, i)).collect();
+            assert!(shapes.iter().all(|&s| s == shapes[0]), "{name}: {shapes:?}");
+            assert_eq!(series_shape(other, 3), shapes[0]);
+            assert_eq!(series_color(name, 0), series_color(name, 4));
+        }
+        let five = ["tiny-clip", "tiny-msclip-attn", "tiny-msclip", "tiny-msclip-ln", "tiny-msclip-s"];
+        let mut shapes: Vec<usize> = five.iter().enumerate().map(|(i, n)| series_shape(n, i) % 5).collect();
+        shapes.sort();
+        assert_eq!(shapes, vec![0, 1, 2, 3, 4], "five models, five shapes");
     }
 
     /// Long row labels ("slot 0 (shared)") push the cells right instead of running under
