@@ -105,6 +105,15 @@ impl AblateOutput {
                     panels,
                     shared_scale: true,
                     missing: None,
+                    caption: Some(format!(
+                        "Each cell: how much {label} falls when that one head's output is replaced by {}, measured on {} held-out items, in the vision tower, the text tower, or both at once (a shared head is one set of weights). Red: the head matters; blue: removing it helps; near white: unused. A head that matters for both towers is red in the first two panels.",
+                        match self.ablation.kind {
+                            crate::causal::ablate::AblationKind::Mean => format!("its mean over {} reference items", self.ablation.reference_items),
+                            crate::causal::ablate::AblationKind::Zero => "zero".to_string(),
+                            crate::causal::ablate::AblationKind::Resample => "its value on another reference item".to_string(),
+                        },
+                        self.ablation.items
+                    )),
                 },
             )?;
         }
@@ -180,5 +189,6 @@ fn heatmap(cfg: &ModelConfig, heads: &[HeadAblation], tower: &str, f: fn(&Metric
         col_labels: (0..n).map(|h| format!("head {h}")).collect(),
         scale: plot::ColorScale::Diverging,
         unit: String::new(),
+        caption: None,
     }
 }

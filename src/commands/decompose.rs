@@ -118,6 +118,10 @@ pub struct DecomposeOutput {
     pub subspace_similarity_shared: f64,
     /// The same for unshared pairs.
     pub subspace_similarity_unshared: f64,
+    /// Held-out items decomposed (image–caption pairs).
+    pub items: usize,
+    /// Principal directions compared by the subspace similarity.
+    pub subspace_k: i64,
     #[serde(skip)]
     model_name: String,
 }
@@ -253,6 +257,8 @@ pub fn run(model: &LoadedModel, opts: &DecomposeOptions) -> Result<DecomposeOutp
         subspace_similarity_shared: avg(true),
         subspace_similarity_unshared: avg(false),
         both_sides: sides,
+        items: opts.items,
+        subspace_k,
         model_name: cfg.name.clone(),
     })
 }
@@ -288,6 +294,10 @@ impl DecomposeOutput {
                     (self.clean.zero_shot_top1, "full model".into()),
                     (1.0 / crate::data::synthetic_set::zero_shot_classes().len() as f64, "chance".into()),
                 ],
+                caption: Some(format!(
+                    "Zero-shot top-1 on {} held-out images when every head outside the last K attention layers is replaced by its mean, on the image side (text intact) or the text side (images intact). Where the curve reaches the full model, the last K layers' heads carry the decision.",
+                    self.items
+                )),
                 ..Default::default()
             },
         )?;
@@ -328,6 +338,7 @@ impl DecomposeOutput {
                     col_labels: cols.clone(),
                     scale: plot::ColorScale::Fixed(0.0, 1.0),
                     unit: "similarity (0–1)".into(),
+                    caption: None,
                 },
                 plot::Heatmap {
                     title: "cosine of mean contributions".into(),
@@ -336,6 +347,7 @@ impl DecomposeOutput {
                     col_labels: cols,
                     scale: plot::ColorScale::Diverging,
                     unit: "cosine".into(),
+                    caption: None,
                 },
             ]];
             plot::render(
@@ -345,6 +357,10 @@ impl DecomposeOutput {
                     panels,
                     shared_scale: false,
                     missing: None,
+                    caption: Some(format!(
+                        "Per head of the slots both towers have, over {} held-out pairs: left, how much the top-{} principal directions of its direct contributions to the image embeddings and to the caption embeddings coincide (1 = one subspace; random subspaces score about k/E); right, the cosine of the two mean contributions. A shared head that writes the same thing for both modalities is bright on the left and red on the right.",
+                        self.items, self.subspace_k
+                    )),
                 },
             )?;
         }

@@ -290,7 +290,23 @@ pub fn stat_heatmap(cfg: &ModelConfig, stats: &[HeadStat], modality: Modality, s
         col_labels: (0..heads_n).map(|h| format!("head {h}")).collect(),
         scale: plot::ColorScale::Sequential,
         unit: stat_unit(stat).into(),
+        caption: Some(stat_caption(stat, stats.iter().map(|s| s.n).max().unwrap_or(0))),
     }
+}
+
+/// What a statistic measures per head and why its text and vision values do not compare
+/// directly (the `transfer` analysis has statistics that do).
+pub fn stat_caption(stat: Statistic, items: i64) -> String {
+    let what = match stat {
+        Statistic::Entropy => "the entropy of each query's attention row, in nats; it grows with the number of keys (up to 77 tokens against 1 + patches), so the towers' levels differ by construction",
+        Statistic::Distance => "the attention-weighted distance from query to key, in patches (vision, 2-D) or token positions (text, 1-D, causal)",
+        Statistic::Special => "the attention mass on the special token (CLS for vision, SOT for text); the causal mask gives early text queries little else to attend to",
+        Statistic::SelfMass => "the attention mass a query puts on itself; the causal mask makes it 1 for the first text token",
+        Statistic::Neighbour => "the attention mass on the neighbours: the previous token (text) or the 4 adjacent patches (vision), two different notions",
+    };
+    format!(
+        "Per head, averaged over queries and {items} held-out items: {what}. Compare heads within a tower; across towers, use `msclip-analyze transfer` (statistics made comparable, with nulls)."
+    )
 }
 
 /// A reader's label for a statistic, with its unit.
@@ -320,6 +336,7 @@ pub fn write_side_by_side(dir: &Path, models: &[(ModelConfig, Vec<HeadStat>)]) -
                 panels,
                 shared_scale: false,
                 missing: None,
+                caption: Some(stat_caption(stat, models.iter().flat_map(|(_, s)| s.iter().map(|h| h.n)).max().unwrap_or(0))),
             },
         )?;
     }

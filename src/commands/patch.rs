@@ -124,6 +124,10 @@ impl PatchOutput {
                     col_labels: word_labels(r),
                     scale: plot::ColorScale::Diverging,
                     unit: "share recovered".into(),
+                    caption: Some(format!(
+                        "Minimal pairs of captions that differ in the {} word only, each scored against its image. A cell: the share of the clean − corrupted logit difference restored when the clean run's residual stream entering that slot, at that token, is patched into the corrupted run (1 = all of it; pooled over {} pairs). The {} word's column shows where its information sits; where it moves to the last token, the caption has read it.",
+                        r.attribute, r.pairs.len() - r.excluded_pairs, r.attribute
+                    )),
                 },
             )?;
         } else if !r.aligned.is_empty() {
@@ -147,6 +151,7 @@ impl PatchOutput {
                     col_labels: offsets.clone(),
                     scale: plot::ColorScale::Diverging,
                     unit: "share recovered".into(),
+                    caption: None,
                 });
             }
             csv.write(&dir.join("resid_aligned.csv"))?;
@@ -162,6 +167,10 @@ impl PatchOutput {
                     panels: row.chunks(per_row).map(|c| c.to_vec()).collect(),
                     shared_scale: true,
                     missing: Some("fewer than half the pairs have a patch at that offset (objects near the border)".into()),
+                    caption: Some(format!(
+                        "Minimal pairs of scenes that differ in one object's colour, scored against the clean caption. A cell: the share of the clean − corrupted logit difference restored when the clean run's residual stream entering the slot is patched into the corrupted run at one patch, placed by its offset (rows down, columns right) from the patch holding the recoloured object's centre and pooled over {} pairs; each panel's title has the share restored at CLS. Red at (0, 0) in early slots: the colour sits on the object; high CLS share in late slots: it has been gathered.",
+                        r.pairs.len() - r.excluded_pairs
+                    )),
                 },
             )?;
         }
@@ -174,6 +183,11 @@ impl PatchOutput {
                 col_labels: (0..r.heads.first().map_or(0, |h| h.len())).map(|h| format!("head {h}")).collect(),
                 scale: plot::ColorScale::Diverging,
                 unit: "share recovered".into(),
+                caption: Some(format!(
+                    "The share of the clean − corrupted logit difference restored when one head's output (at every position) is patched from the clean into the corrupted {} run, pooled over {} minimal pairs. Red heads move the {what} information.",
+                    r.tower,
+                    r.pairs.len() - r.excluded_pairs
+                )),
             },
         )
     }

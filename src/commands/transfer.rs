@@ -670,6 +670,7 @@ impl TransferOutput {
                     col_labels: (0..ps.first().map_or(0, |p| p.shape.len())).map(|d| format!("d={d}")).collect(),
                     scale: plot::ColorScale::DivergingAbout(1.0 / ps.first().map_or(1, |p| p.shape.len().max(1)) as f64),
                     unit: "p(d); white = uniform".into(),
+                    caption: None,
                 }
             };
             plot::render(
@@ -679,6 +680,7 @@ impl TransferOutput {
                     panels: vec![vec![panel(Modality::Text), panel(Modality::Vision)]],
                     shared_scale: true,
                     missing: None,
+                    caption: Some("Per shared head (rows; one set of weights for both towers): p(d), the mean attention per key at offset d from the query as a share of its sum over d ≤ D, so that a head attending uniformly is white in every column; red: more than uniform, blue: less. Text offsets are token positions (queries from position q_min on, so the causal mask does not decide the profile), vision offsets patch rings (Chebyshev distance). A head whose language pattern carries over to vision has the same red columns in both panels.".into()),
                 },
             )?;
             for st in SCALARS {

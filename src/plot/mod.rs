@@ -686,6 +686,35 @@ pub struct Heatmap {
     pub scale: ColorScale,
     /// What the colour bar measures, with its unit (e.g. "nats", "share recovered").
     pub unit: String,
+    /// What is plotted, on how many items and checkpoints, and what to look for: drawn
+    /// under the cells and written into the figure's metadata and the index.
+    pub caption: Option<String>,
+}
+
+/// Height of a caption wrapped to `w` pixels (at most [`CAPTION_LINES`] lines of 17 px, plus
+/// margins), 0 without one.
+fn caption_block(caption: Option<&str>, w: u32) -> i32 {
+    match caption.filter(|c| !c.trim().is_empty()) {
+        Some(c) => 12 + 17 * wrap(c, (w as usize).saturating_sub(20) / 7).len().min(CAPTION_LINES) as i32,
+        None => 0,
+    }
+}
+
+/// Most lines a figure caption is drawn with (the index and metadata hold all of it).
+const CAPTION_LINES: usize = 6;
+
+/// Draws `caption` wrapped under a figure from `y` (see [`caption_block`]).
+fn draw_caption<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    caption: Option<&str>,
+    y: i32,
+) -> std::result::Result<(), String> {
+    let Some(c) = caption.filter(|c| !c.trim().is_empty()) else { return Ok(()) };
+    let (w, _) = root.dim_in_pixel();
+    for (k, line) in wrap(c, (w as usize).saturating_sub(20) / 7).iter().enumerate().take(CAPTION_LINES) {
+        root.draw_text(line, &("sans-serif", 13).into_font().color(&BLACK), (10, y + 6 + 17 * k as i32)).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// How a heatmap's values map to colours.
@@ -883,6 +912,7 @@ fn draw_heatmap<DB: DrawingBackend>(
     let cols = m.values.iter().map(|r| r.len()).max().unwrap_or(1) as i32;
     let rows = m.values.len() as i32;
     draw_color_bar(&root, m.scale, range, (left + cols * cell + 16, 60), rows * cell - 2, &m.unit)?;
+    draw_caption(&root, m.caption.as_deref(), 60 + (rows * cell).max(40) + 20)?;
     root.present().map_err(e)?;
     Ok(())
 }
@@ -900,6 +930,8 @@ pub struct HeatmapPanels {
     /// What a grey (NaN) cell means, said on the figure; `None`: no attention layer at that
     /// slot, or no such head.
     pub missing: Option<String>,
+    /// What is plotted and what to look for (see [`Heatmap::caption`]).
+    pub caption: Option<String>,
 }
 
 impl HeatmapPanels {
@@ -919,12 +951,14 @@ impl Figure for HeatmapPanels {
     fn describe(&self) -> String {
         let scale = self.panels.iter().flatten().next().map(|h| h.scale.describe()).unwrap_or_default();
         let shared = if self.shared_scale { "one colour scale for every panel" } else { "one colour scale per column" };
-        join_caption(&self.title, Some(&format!("Colour: {scale}; {shared}.")))
+        let colour = format!("Colour: {scale}; {shared}.");
+        join_caption(&self.title, Some(&self.caption.as_ref().map_or(colour.clone(), |c| format!("{c} {colour}"))))
     }
     fn size(&self) -> (u32, u32) {
         let (pw, ph) = self.panel_size();
         let cols = self.panels.iter().map(|r| r.len()).max().unwrap_or(1) as i32;
-        ((cols * pw + 16).max(420) as u32, (56 + self.panels.len() as i32 * ph) as u32)
+        let w = (cols * pw + 16).max(420) as u32;
+        (w, (56 + self.panels.len() as i32 * ph + caption_block(self.caption.as_deref(), w)) as u32)
     }
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
         let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
@@ -1015,6 +1049,7 @@ impl Figure for HeatmapPanels {
                 )?;
             }
         }
+        draw_caption(&root, self.caption.as_deref(), 56 + self.panels.len() as i32 * ph)?;
         root.present().map_err(e)?;
         Ok(())
     }
@@ -1094,19 +1129,15 @@ impl Figure for Heatmap {
         let cols = self.values.iter().map(|r| r.len()).max().unwrap_or(1) as i32;
         // Wide enough for the title at full size (up to 900 px; longer titles shrink to fit).
         let title_w = (text::layout(&self.title, 15.0).width + 24).min(900);
-        (
-            (self.left() + cols * cell + 20 + COLOR_BAR_W).max(360).max(title_w) as u32,
-            (60 + (self.values.len() as i32 * cell).max(40) + 20) as u32,
-        )
+        let w = (self.left() + cols * cell + 20 + COLOR_BAR_W).max(360).max(title_w) as u32;
+        (w, (60 + (self.values.len() as i32 * cell).max(40) + 20 + caption_block(self.caption.as_deref(), w)) as u32)
     }
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
         draw_heatmap(root, self, self.cell())
     }
     fn describe(&self) -> String {
-        join_caption(
-            &self.title,
-            Some(&format!("Colour: {} ({}).", if self.unit.is_empty() { "value" } else { &self.unit }, self.scale.describe())),
-        )
+        let colour = format!("Colour: {} ({}).", if self.unit.is_empty() { "value" } else { &self.unit }, self.scale.describe());
+        join_caption(&self.title, Some(&self.caption.as_ref().map_or(colour.clone(), |c| format!("{c} {colour}"))))
     }
 }
 
@@ -1618,6 +1649,7 @@ mod figure_tests {
             col_labels: (0..c).map(|i| format!("head {i}")).collect(),
             scale,
             unit: "units".into(),
+            caption: None,
         }
     }
 
@@ -1647,8 +1679,13 @@ mod figure_tests {
             panels: vec![vec![heatmap("a", a_vals, ColorScale::Diverging), heatmap("b", b_vals, ColorScale::Diverging)]],
             shared_scale: true,
             missing: None,
+            caption: Some("Per head: a signed importance on the shared colour scale; one outlier head is clipped and marked, the rest keep their colours. This caption wraps over several lines under the panels.".into()),
         };
-        let (buf, w, _, boxes) = render_to_buffer(&p).unwrap();
+        let (buf, w, h, boxes) = render_to_buffer(&p).unwrap();
+        assert!(boxes.iter().any(|b| b.4.starts_with("Per head: a signed")), "the caption is drawn");
+        assert!(boxes.iter().all(|b| b.2 <= w as i32 && b.3 <= h as i32), "inside the figure: {boxes:?}");
+        assert!(p.describe().contains("This caption wraps"), "and described");
+        assert!(overlaps(&boxes).is_empty(), "{:?}", overlaps(&boxes));
         let (pw, _) = p.panel_size();
         let (lw, cell) = (p.label_w(), HeatmapPanels::CELL);
         let (x_a, y) = (8 + lw + cell / 2, 56 + 36 + cell / 2);
@@ -1722,7 +1759,7 @@ mod figure_tests {
     fn panels_sharing_a_scale_map_one_value_to_one_colour() {
         let a = heatmap("model a", vec![vec![0.3, 1.0]], ColorScale::Sequential);
         let b = heatmap("model b", vec![vec![0.0, 0.3]], ColorScale::Sequential);
-        let p = HeatmapPanels { title: "shared".into(), panels: vec![vec![a], vec![b]], shared_scale: false, missing: None };
+        let p = HeatmapPanels { title: "shared".into(), panels: vec![vec![a], vec![b]], shared_scale: false, missing: None, caption: None };
         let (buf, w, _, boxes) = render_to_buffer(&p).unwrap();
         let (_, ph) = p.panel_size();
         let cell = HeatmapPanels::CELL;
