@@ -571,6 +571,37 @@ fn transfer_writes_statistics_nulls_and_the_over_training_table() {
     for f in ["agreement.png", "offset_shape.png", "scatter_locality.png", "over_training_locality.png", "settle.csv", "relations.csv"] {
         assert!(out.join(f).is_file(), "{f}");
     }
+    // The transfer recipe over seeds (the same run twice): per statistic, each seed's mean
+    // (vision − text) settling lead over the shared heads, with its t-test over seeds.
+    for s in [0, 1] {
+        std::fs::create_dir_all(dir.join("grp")).unwrap();
+        std::os::unix::fs::symlink(&run_dir, dir.join("grp").join(format!("seed-{s}"))).unwrap();
+    }
+    let recipes = dir.join("recipes");
+    std::fs::create_dir_all(&recipes).unwrap();
+    let recipe = recipes.join("tr.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "analysis = \"transfer\"\ntitle = \"t\"\nruns = [\"{}\"]\nseeds = [0, 1]\nsynthetic = 24\nworld = \"relations\"\n",
+            dir.join("grp/seed-{seed}").display()
+        ),
+    )
+    .unwrap();
+    let figs = dir.join("figs");
+    let (code, _, err) = run(&["figures", "--recipes", recipe.to_str().unwrap(), "--out", figs.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let settle = std::fs::read_to_string(figs.join("tr/transfer_settle.csv")).unwrap();
+    assert!(settle.starts_with("# provenance: "), "{settle}");
+    let settle_rows: Vec<Vec<&str>> = settle.lines().filter(|l| l.starts_with("tiny-msclip-s,")).map(|l| l.split(',').collect()).collect();
+    assert!(!settle_rows.is_empty(), "{settle}");
+    for r in &settle_rows {
+        let per: Vec<f64> = r[3].split(' ').map(|v| v.parse().unwrap()).collect();
+        assert_eq!((r[2], per.len()), ("2", 2), "{r:?}");
+        assert_eq!(per[0], per[1], "the same run twice: {r:?}");
+        assert!((r[4].parse::<f64>().unwrap() - per[0]).abs() < 0.051, "{r:?}");
+    }
+    assert!(std::fs::read_to_string(figs.join("tr/transfer_summary.md")).unwrap().contains("settles first"));
     // Bad settings are errors naming them.
     let (code, _, err) = run(&[
         "transfer",

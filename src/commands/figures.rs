@@ -1246,6 +1246,9 @@ fn transfer_recipe(r: &Recipe, dir: &Path) -> Result<()> {
     let mut subdirs = crate::io::SubDirs::new();
     // (model, statistic, scope) → per-seed excess over the null.
     let mut excess: Vec<((String, String, String), Vec<f64>)> = Vec::new();
+    // (model, statistic) → per seed, the mean over shared heads of (vision − text) settling
+    // step: positive = the text side settles first.
+    let mut lead: Vec<((String, String), Vec<f64>)> = Vec::new();
     let mut header = String::new();
     for group in r.groups() {
         let mut model_dir: Option<PathBuf> = None;
@@ -1276,6 +1279,17 @@ fn transfer_recipe(r: &Recipe, dir: &Path) -> Result<()> {
                 match excess.iter_mut().find(|(k, _)| *k == key) {
                     Some((_, v)) => v.push(a.value - a.null_mean),
                     None => excess.push((key, vec![a.value - a.null_mean])),
+                }
+            }
+            let mut stats: Vec<&str> = out.settle.iter().map(|x| x.statistic.as_str()).collect();
+            stats.dedup();
+            for st in stats {
+                let d: Vec<f64> = out.settle.iter().filter(|x| x.statistic == st).map(|x| (x.vision_step - x.text_step) as f64).collect();
+                let m = d.iter().sum::<f64>() / d.len().max(1) as f64;
+                let key = (name.clone(), st.to_string());
+                match lead.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, v)) => v.push(m),
+                    None => lead.push((key, vec![m])),
                 }
             }
         }
@@ -1328,5 +1342,49 @@ fn transfer_recipe(r: &Recipe, dir: &Path) -> Result<()> {
     }
     let bytes = w.into_inner().map_err(|e| Error::Invalid(format!("transfer_summary.csv: {e}")))?;
     write_atomic(&dir.join("transfer_summary.csv"), &bytes)?;
+    // Over training: does the text side of a shared head settle before its vision side?
+    if !lead.is_empty() {
+        let t_test = |v: &[f64]| {
+            let iv = seed_interval(v);
+            let n = v.len() as f64;
+            let p = if v.len() < 2 || iv.sd == 0.0 { f64::NAN } else { 2.0 * (1.0 - t_cdf((iv.mean / (iv.sd / n.sqrt())).abs(), n - 1.0)) };
+            (iv, p)
+        };
+        let tested: Vec<_> = lead.iter().map(|(k, v)| (k, t_test(v))).collect();
+        let adj = holm(&tested.iter().map(|(_, (_, p))| if p.is_finite() { *p } else { 1.0 }).collect::<Vec<_>>());
+        let mut w = csv::WriterBuilder::new().from_writer(header.clone().into_bytes());
+        let e = |e: csv::Error| Error::Invalid(format!("transfer_settle.csv: {e}"));
+        w.write_record(["model", "statistic", "seeds", "per_seed_lead_steps", "mean_lead", "t_lo", "t_hi", "p_t", "p_holm"]).map_err(e)?;
+        md.push_str(&format!(
+            "\nOver training (every kept checkpoint): lead = vision settling step − text settling step of a shared head (the first step from which the value stays within {:.0} % of its total change of the final value), averaged over the shared heads, one value per seed; positive = the text side settles first. Interval: t over seeds; p: two-sided one-sample t-test of lead = 0; Holm over the {} rows of this table.\n\n| model | statistic | seeds | mean lead in steps [95 % t-interval] | p | p (Holm) |\n|---|---|---:|---|---:|---:|\n",
+            (1.0 - TransferOptions::default().settle) * 100.0,
+            tested.len()
+        ));
+        for (((model, st), (iv, p)), h) in tested.iter().zip(&adj) {
+            let per: Vec<String> = iv.values.iter().map(|v| format!("{v:.1}")).collect();
+            w.write_record([
+                model.clone(),
+                st.clone(),
+                iv.values.len().to_string(),
+                per.join(" "),
+                iv.mean.to_string(),
+                iv.lo.to_string(),
+                iv.hi.to_string(),
+                p.to_string(),
+                h.to_string(),
+            ])
+            .map_err(e)?;
+            let ci = if iv.lo.is_finite() { format!("{:.0} [{:.0}, {:.0}]", iv.mean, iv.lo, iv.hi) } else { format!("{:.0}", iv.mean) };
+            md.push_str(&format!(
+                "| {model} | {} | {} | {ci} | {} | {} |\n",
+                super::transfer::label(st),
+                iv.values.len(),
+                format_p(*p),
+                format_p(*h)
+            ));
+        }
+        let bytes = w.into_inner().map_err(|e| Error::Invalid(format!("transfer_settle.csv: {e}")))?;
+        write_atomic(&dir.join("transfer_settle.csv"), &bytes)?;
+    }
     write_atomic(&dir.join("transfer_summary.md"), md.as_bytes())
 }
