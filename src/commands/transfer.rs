@@ -638,7 +638,8 @@ impl TransferOutput {
                     for s in &scopes {
                         match self.agreement.iter().find(|a| &a.statistic == st && &a.scope == s) {
                             Some(a) => {
-                                vals.push((a.value, a.value, a.value));
+                                // The observed value is a point (no interval): a filled dot.
+                                vals.push((a.value, f64::NAN, f64::NAN));
                                 vals.push((a.null_mean, a.null_lo, a.null_hi));
                             }
                             None => vals.extend([(f64::NAN, f64::NAN, f64::NAN); 2]),
@@ -759,6 +760,13 @@ impl TransferOutput {
                     (m.name().to_string(), progress)
                 });
                 let test = self.settle_tests.iter().find(|t| t.statistic == st);
+                // The range holds every value (early checkpoints can overshoot either way).
+                let (lo, hi) = series
+                    .iter()
+                    .flat_map(|(_, p)| p.iter().map(|q| q.1))
+                    .filter(|v| v.is_finite())
+                    .fold((-0.1f64, 1.1f64), |(a, b), v| (a.min(v), b.max(v)));
+                let pad = 0.05 * (hi - lo);
                 plot::line_chart_png_svg(
                     &dir.join(format!("over_training_{st}")),
                     &plot::LineChart {
@@ -767,7 +775,7 @@ impl TransferOutput {
                         y_label: "share of the final change (mean over shared heads)".into(),
                         bands: vec![None, None],
                         series: series.into_iter().collect(),
-                        y_range: (-0.5, 1.5),
+                        y_range: (lo - pad, hi + pad),
                         x_integer: true,
                         hlines: vec![(0.0, "start".into()), (1.0, "final value".into())],
                         caption: test.map(|t| {

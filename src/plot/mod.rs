@@ -491,8 +491,19 @@ fn draw_lines_with<DB: DrawingBackend>(
     if c.x_integer {
         mesh.x_label_formatter(&int_labels);
     }
+    // Linear axis: as many decimals as the tick spacing needs, and never "-0.0".
+    let y_digits = {
+        let span = (c.y_range.1 - c.y_range.0).abs().max(1e-12);
+        (-(span / 10.0).log10().floor()).max(0.0) as usize
+    };
+    let lin_labels = move |v: &f64| {
+        let v = if v.abs() < 0.5 * 10f64.powi(-(y_digits as i32)) { 0.0 } else { *v };
+        format!("{v:.y_digits$}")
+    };
     if log_labels {
         mesh.y_label_formatter(&pow_labels);
+    } else {
+        mesh.y_label_formatter(&lin_labels);
     }
     mesh.draw().map_err(|x| x.to_string())?;
     for (v, label) in &c.hlines {
@@ -580,7 +591,9 @@ fn draw_lines_with<DB: DrawingBackend>(
         // Markers in pixel space: shape by series, size shrinking so coinciding ones nest.
         let size = (6 - (i as i32).min(3)).max(3);
         for &(x, y) in pts {
-            if y.is_finite() {
+            // Points outside the stated range are not drawn (their markers would land on the
+            // axis labels); the line runs to the plot's edge.
+            if y.is_finite() && y >= c.y_range.0 && y <= c.y_range.1 {
                 let at = chart.backend_coord(&(x, y));
                 marker(&plot_area, at, series_shape(name, i), size, col).map_err(e)?;
             }
@@ -1386,7 +1399,10 @@ pub struct IntervalPanels {
 impl IntervalPanels {
     const PANEL_W: i32 = 230;
     const ROW: i32 = 26;
-    const LEFT: i32 = 150;
+    /// Left of the panels: 150 px, or the widest model label plus a margin.
+    fn left(&self) -> i32 {
+        self.models.iter().map(|m| text::layout(m, 13.0).width + 16).max().unwrap_or(0).max(150)
+    }
     const TOP: i32 = 60;
     /// Panels per row of the grid.
     const COLS: usize = 4;
@@ -1406,7 +1422,7 @@ impl Figure for IntervalPanels {
     }
     fn size(&self) -> (u32, u32) {
         let (cols, rows) = self.grid();
-        let w = Self::LEFT + cols as i32 * Self::PANEL_W + 20;
+        let w = self.left() + cols as i32 * Self::PANEL_W + 20;
         let w = w.max(600);
         // The caption's wrapped lines (at most 4, as drawn), the degenerate-interval note
         // included.
@@ -1442,7 +1458,7 @@ impl Figure for IntervalPanels {
             let top = Self::TOP + (p / cols) as i32 * self.block_h();
             let axis = top + self.models.len() as i32 * Self::ROW;
             bottom = bottom.max(axis);
-            let x0 = Self::LEFT + (p % cols) as i32 * Self::PANEL_W;
+            let x0 = self.left() + (p % cols) as i32 * Self::PANEL_W;
             let (x_lo, x_hi) = (x0 + 10, x0 + Self::PANEL_W - 20);
             root.draw_text(metric, &font.color(&BLACK), (x0 + 10, top - 26)).map_err(e)?;
             let panel_dots: &[Vec<f64>] = self.dots.get(p).map_or(&[], |d| d.as_slice());
