@@ -714,7 +714,13 @@ fn caption_block(caption: Option<&str>, w: u32) -> i32 {
 }
 
 /// Most lines a figure caption is drawn with (the index and metadata hold all of it).
-const CAPTION_LINES: usize = 6;
+const CAPTION_LINES: usize = 8;
+
+/// The width a figure needs for its caption to wrap into about five lines (at most 900 px):
+/// narrow heatmaps widen rather than cut their caption off.
+fn caption_min_width(caption: Option<&str>) -> u32 {
+    caption.map_or(0, |c| ((c.chars().count() / 5 + 8) * 7 + 20).min(900) as u32)
+}
 
 /// Draws `caption` wrapped under a figure from `y` (see [`caption_block`]).
 fn draw_caption<DB: DrawingBackend>(
@@ -970,7 +976,7 @@ impl Figure for HeatmapPanels {
     fn size(&self) -> (u32, u32) {
         let (pw, ph) = self.panel_size();
         let cols = self.panels.iter().map(|r| r.len()).max().unwrap_or(1) as i32;
-        let w = (cols * pw + 16).max(420) as u32;
+        let w = ((cols * pw + 16).max(420) as u32).max(caption_min_width(self.caption.as_deref()));
         (w, (56 + self.panels.len() as i32 * ph + caption_block(self.caption.as_deref(), w)) as u32)
     }
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
@@ -1142,7 +1148,8 @@ impl Figure for Heatmap {
         let cols = self.values.iter().map(|r| r.len()).max().unwrap_or(1) as i32;
         // Wide enough for the title at full size (up to 900 px; longer titles shrink to fit).
         let title_w = (text::layout(&self.title, 15.0).width + 24).min(900);
-        let w = (self.left() + cols * cell + 20 + COLOR_BAR_W).max(360).max(title_w) as u32;
+        let w =
+            ((self.left() + cols * cell + 20 + COLOR_BAR_W).max(360).max(title_w) as u32).max(caption_min_width(self.caption.as_deref()));
         (w, (60 + (self.values.len() as i32 * cell).max(40) + 20 + caption_block(self.caption.as_deref(), w)) as u32)
     }
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
@@ -1723,6 +1730,19 @@ mod figure_tests {
         let mut shapes: Vec<usize> = five.iter().enumerate().map(|(i, n)| series_shape(n, i) % 5).collect();
         shapes.sort();
         assert_eq!(shapes, vec![0, 1, 2, 3, 4], "five models, five shapes");
+    }
+
+    /// A long caption under a narrow heatmap is drawn whole (the figure widens), never cut
+    /// off mid-sentence: its last word is on the figure.
+    #[test]
+    fn long_captions_are_drawn_whole() {
+        let mut m = heatmap("narrow", vec![vec![0.1, 0.2], vec![0.3, 0.4]], ColorScale::Sequential);
+        let caption = "Per head, averaged over queries and 200 held-out items: the attention mass on the special token (CLS for vision, SOT for text); the causal mask gives early text queries little else to attend to. Compare heads within a tower; across towers, use the transfer analysis (statistics made comparable, with nulls). END";
+        m.caption = Some(caption.into());
+        let (_, w, h, boxes) = render_to_buffer(&m).unwrap();
+        assert!(boxes.iter().any(|b| b.4.ends_with("END")), "{boxes:?}");
+        assert!(boxes.iter().all(|b| b.2 <= w as i32 && b.3 <= h as i32), "inside the figure: {boxes:?}");
+        assert!(overlaps(&boxes).is_empty(), "{:?}", overlaps(&boxes));
     }
 
     /// Long row labels ("slot 0 (shared)") push the cells right instead of running under
