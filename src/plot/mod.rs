@@ -1303,11 +1303,15 @@ impl HeadPairs<'_> {
     fn panel(&self) -> i32 {
         (self.labels.len() as i32 * Self::CELL).max(Self::IMG as i32 * Self::SCALE)
     }
+    /// Width of the caption column: its cells, or its heading where that is wider.
+    fn text_w(&self) -> i32 {
+        (self.labels.len() as i32 * Self::CELL).max(text::layout("caption (query × key)", 11.0).width + 8)
+    }
 }
 
 impl Figure for HeadPairs<'_> {
     fn size(&self) -> (u32, u32) {
-        let w = Self::LEFT + Self::LABEL_W + self.labels.len() as i32 * Self::CELL + 24 + Self::IMG as i32 * Self::SCALE + 16;
+        let w = Self::LEFT + Self::LABEL_W + self.text_w() + 24 + Self::IMG as i32 * Self::SCALE + 16 + COLOR_BAR_W + 150;
         let h = Self::TOP + 20 + self.rows.len() as i32 * (self.panel() + 16);
         (w.max(640) as u32, h as u32)
     }
@@ -1320,7 +1324,7 @@ impl Figure for HeadPairs<'_> {
         let n = self.labels.len();
         let base = image::imageops::resize(self.base, Self::IMG, Self::IMG, image::imageops::FilterType::Triangle);
         let x_text = Self::LEFT + Self::LABEL_W;
-        let x_img = x_text + n as i32 * Self::CELL + 24;
+        let x_img = x_text + self.text_w() + 24;
         root.draw_text("caption (query × key)", &font.color(&BLACK), (x_text, Self::TOP - 14)).map_err(e)?;
         root.draw_text("image (CLS → patches)", &font.color(&BLACK), (x_img, Self::TOP - 14)).map_err(e)?;
         for (r, row) in self.rows.iter().enumerate() {
@@ -1343,6 +1347,14 @@ impl Figure for HeadPairs<'_> {
                     root.draw(&Rectangle::new([(px, py), (px + Self::SCALE, py + Self::SCALE)], col.filled())).map_err(e)?;
                 }
             }
+        }
+        // One bar for both kinds of map: caption cells on the attention scale itself (divided
+        // by the matrix maximum, which is 1: the first, causal, query attends only to itself),
+        // image maps each from their own minimum to maximum (said under the bar).
+        let bx = x_img + Self::IMG as i32 * Self::SCALE + 16;
+        draw_color_bar(&root, ColorScale::Fixed(0.0, 1.0), (0.0, 1.0), (bx, Self::TOP), self.panel(), "")?;
+        for (k, line) in ["caption: attention 0–1", "image: each map", "min → max"].iter().enumerate() {
+            root.draw_text(line, &font.color(&BLACK), (bx - 4, Self::TOP + self.panel() + 6 + 13 * k as i32)).map_err(e)?;
         }
         root.present().map_err(e)?;
         Ok(())
@@ -1742,6 +1754,31 @@ mod figure_tests {
         let (_, w, h, boxes) = render_to_buffer(&m).unwrap();
         assert!(boxes.iter().any(|b| b.4.ends_with("END")), "{boxes:?}");
         assert!(boxes.iter().all(|b| b.2 <= w as i32 && b.3 <= h as i32), "inside the figure: {boxes:?}");
+        assert!(overlaps(&boxes).is_empty(), "{:?}", overlaps(&boxes));
+    }
+
+    /// The head gallery carries its colour bar too: right of the image column, viridis from
+    /// its top (1) to its bottom (0), with what each kind of map is scaled to.
+    #[test]
+    fn head_gallery_carries_a_colour_bar() {
+        let base = RgbImage::from_pixel(32, 32, image::Rgb([200, 200, 200]));
+        let g = HeadPairs {
+            title: "gallery".into(),
+            base: &base,
+            grid: 2,
+            labels: vec!["<sot>".into(), "a".into()],
+            rows: vec![HeadPairRow { label: "h0".into(), text: vec![1.0, 0.0, 0.4, 0.6], image_map: vec![0.1, 0.2, 0.3, 0.4] }],
+        };
+        let (buf, w, _, boxes) = render_to_buffer(&g).unwrap();
+        let bx = HeadPairs::LEFT + HeadPairs::LABEL_W + g.text_w() + 24 + HeadPairs::IMG as i32 * HeadPairs::SCALE + 16 + 7;
+        let h = g.panel();
+        for (k, v) in [(2, 1.0 - 2.0 / (h - 1) as f64), (h - 3, 2.0 / (h - 1) as f64)] {
+            let got = pixel(&buf, w, bx, HeadPairs::TOP + k);
+            let want = ColorScale::Fixed(0.0, 1.0).color(v, (0.0, 1.0));
+            let d = got.iter().zip([want.0, want.1, want.2]).map(|(a, b)| (*a as i32 - b as i32).abs()).max().unwrap();
+            assert!(d <= 8, "bar at {k}: {got:?} vs {want:?}");
+        }
+        assert!(boxes.iter().any(|b| b.4 == "min → max"), "{boxes:?}");
         assert!(overlaps(&boxes).is_empty(), "{:?}", overlaps(&boxes));
     }
 
