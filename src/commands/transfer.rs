@@ -805,6 +805,7 @@ pub fn label(stat: &str) -> String {
         "locality" => "locality ln p(1)/p(D)".into(),
         "relation_lift" => "object-relation lift".into(),
         "shape" => "offset shape (−TV distance)".into(),
+        "shape_0" => "offset shape p(0), the query's own share".into(),
         other => other.into(),
     }
 }
