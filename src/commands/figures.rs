@@ -1294,13 +1294,17 @@ fn transfer_recipe(r: &Recipe, dir: &Path) -> Result<()> {
             }
         }
     }
-    // One-sample t-test over seeds of the excess (two-sided), Holm over the table's rows.
+    // One-sample t-test over seeds (two-sided; NaN without spread), Holm over each table.
+    let t_test = |v: &[f64]| {
+        let iv = seed_interval(v);
+        let n = v.len() as f64;
+        let p = if v.len() < 2 || iv.sd == 0.0 { f64::NAN } else { 2.0 * (1.0 - t_cdf((iv.mean / (iv.sd / n.sqrt())).abs(), n - 1.0)) };
+        (iv, p)
+    };
     let rows: Vec<(&(String, String, String), crate::analysis::stats::SeedInterval, f64)> = excess
         .iter()
         .map(|(k, v)| {
-            let iv = seed_interval(v);
-            let n = v.len() as f64;
-            let p = if v.len() < 2 || iv.sd == 0.0 { f64::NAN } else { 2.0 * (1.0 - t_cdf((iv.mean / (iv.sd / n.sqrt())).abs(), n - 1.0)) };
+            let (iv, p) = t_test(v);
             (k, iv, p)
         })
         .collect();
@@ -1344,12 +1348,6 @@ fn transfer_recipe(r: &Recipe, dir: &Path) -> Result<()> {
     write_atomic(&dir.join("transfer_summary.csv"), &bytes)?;
     // Over training: does the text side of a shared head settle before its vision side?
     if !lead.is_empty() {
-        let t_test = |v: &[f64]| {
-            let iv = seed_interval(v);
-            let n = v.len() as f64;
-            let p = if v.len() < 2 || iv.sd == 0.0 { f64::NAN } else { 2.0 * (1.0 - t_cdf((iv.mean / (iv.sd / n.sqrt())).abs(), n - 1.0)) };
-            (iv, p)
-        };
         let tested: Vec<_> = lead.iter().map(|(k, v)| (k, t_test(v))).collect();
         let adj = holm(&tested.iter().map(|(_, (_, p))| if p.is_finite() { *p } else { 1.0 }).collect::<Vec<_>>());
         let mut w = csv::WriterBuilder::new().from_writer(header.clone().into_bytes());
