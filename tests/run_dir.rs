@@ -147,6 +147,30 @@ fn resume_with_nothing_loadable_is_an_error_unless_fresh_is_allowed() {
 }
 
 #[test]
+fn resume_or_fresh_restarts_a_run_stopped_before_its_first_checkpoint() {
+    // A run killed before step 1's checkpoint leaves metrics.jsonl and nothing to resume.
+    let run = tmp("interrupted");
+    std::fs::create_dir_all(&run).unwrap();
+    let stale = "{\"step\":1,\"loss\":9.5}\n";
+    std::fs::write(run.join("metrics.jsonl"), stale).unwrap();
+    // A plain fresh start still refuses it ...
+    let err = train(&config(2, 1, 2), &run, &TrainOptions::fresh()).unwrap_err().to_string();
+    assert!(err.contains("holds an earlier run") && err.contains("metrics.jsonl"), "{err}");
+    // ... --resume-or-fresh starts over and keeps the old metrics beside the new ones.
+    let out = train(&config(2, 1, 2), &run, &TrainOptions::resume(Resume::LatestOrFresh)).unwrap();
+    assert_eq!(out.final_step, 2);
+    assert_eq!(metric_steps(&run), vec![1, 2]);
+    assert_eq!(std::fs::read_to_string(run.join("metrics.jsonl.interrupted-1")).unwrap(), stale);
+    // Checkpoints that do not verify are never set aside: that needs --force.
+    let bad = tmp("interrupted-corrupt");
+    train(&config(1, 1, 2), &bad, &TrainOptions::fresh()).unwrap();
+    corrupt(&bad.join("checkpoints/step-00000001"));
+    let err = train(&config(2, 1, 2), &bad, &TrainOptions::resume(Resume::LatestOrFresh)).unwrap_err().to_string();
+    assert!(err.contains("holds an earlier run") && err.contains("checkpoints/"), "{err}");
+    assert!(bad.join("checkpoints/step-00000001").exists());
+}
+
+#[test]
 fn two_trainings_cannot_share_a_run_directory() {
     let run = tmp("lock");
     let held = RunLock::acquire(&run).unwrap();

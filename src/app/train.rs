@@ -74,7 +74,8 @@ pub(super) struct Cli {
     #[arg(long, num_args = 0..=1, default_missing_value = "", conflicts_with = "resume_or_fresh")]
     resume: Option<String>,
     /// Resume from the newest valid checkpoint in OUT, or start fresh if there is none (for
-    /// job scripts that are re-submitted until the run is done).
+    /// job scripts that are re-submitted until the run is done). A run stopped before its first
+    /// checkpoint restarts; its metrics are kept as metrics.jsonl.interrupted-N.
     #[arg(long)]
     resume_or_fresh: bool,
     /// Start fresh even if OUT holds an earlier run: its metrics.jsonl and checkpoints are

@@ -475,7 +475,8 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
         eprintln!("freeze: {} parameter tensors fixed{note}", frozen.len());
     }
     if from.is_none() {
-        clear_for_fresh_run(run_dir, &ckpt_root, opts.force, group, lead)?;
+        let interrupted_ok = opts.resume == Resume::LatestOrFresh;
+        clear_for_fresh_run(run_dir, &ckpt_root, opts.force, interrupted_ok, group, lead)?;
     }
     let mut opt = AdamW::new(&vs, tc.optimizer.clone());
     let mut comm_s = 0.0f64;
@@ -712,14 +713,41 @@ fn resume_point(resume: &Resume, ckpt_root: &Path) -> Result<Option<PathBuf>> {
 
 /// Step 3 of a fresh run: refuse a directory holding an earlier run unless `force`, in which
 /// case rank 0 deletes its outputs (after every rank has seen the directory as it was).
+///
+/// `interrupted_ok` (`--resume-or-fresh`): an earlier run that was stopped before its first
+/// checkpoint left a `metrics.jsonl` and nothing to resume from. Its files are kept beside
+/// the new run as `<name>.interrupted-<n>` and the run starts fresh, so that a job script
+/// re-submitted until done is not stuck on it. A non-empty `checkpoints/` (even one that does
+/// not verify) is never moved or deleted without `force`.
 fn clear_for_fresh_run(
     run_dir: &Path,
     ckpt_root: &Path,
     force: bool,
+    interrupted_ok: bool,
     group: Option<&crate::distributed::ProcessGroup>,
     lead: bool,
 ) -> Result<()> {
     let found = earlier_outputs(run_dir);
+    if interrupted_ok && !force && !found.is_empty() && !found.iter().any(|f| f == "checkpoints/") {
+        if let Some(g) = group {
+            g.barrier()?;
+        }
+        if lead {
+            let n = (1..).find(|n| !run_dir.join(format!("metrics.jsonl.interrupted-{n}")).exists()).unwrap_or(1);
+            for f in ["metrics.jsonl", "skipped.tsv", "init.json"] {
+                let p = run_dir.join(f);
+                if p.exists() {
+                    let to = run_dir.join(format!("{f}.interrupted-{n}"));
+                    std::fs::rename(&p, &to).map_err(|e| Error::io(&p, e))?;
+                }
+            }
+            eprintln!(
+                "note: {}: an earlier run stopped before its first checkpoint; its metrics are kept as metrics.jsonl.interrupted-{n} and the run starts fresh",
+                run_dir.display()
+            );
+        }
+        return Ok(());
+    }
     if !found.is_empty() && !force {
         return Err(Error::Invalid(format!(
             "{}: holds an earlier run ({}); resume it with --resume, or pass --force to delete it and start fresh",
