@@ -620,3 +620,79 @@ fn transfer_writes_statistics_nulls_and_the_over_training_table() {
     assert!(err.contains("max_distance"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// training-curves `contrasts`: per-seed differences of the learning-curve summaries, paired
+/// t-tests over seeds and Holm, on telemetry with known differences.
+#[test]
+fn training_contrasts_are_paired_over_seeds() {
+    let dir = std::env::temp_dir().join(format!("msclip-contrasts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // ctl: zero-shot 0.1, 0.2, 0.3 (+0.05·seed) at steps 10, 20, 30; tx: the same + 0.1·(seed+1)
+    // at every step; the relation test is 0.5 + 0.01·seed in both (Δ = 0 exactly).
+    for (g, lift) in [("ctl", 0.0), ("tx", 0.1)] {
+        for s in 0..3 {
+            let d = dir.join(g).join(format!("seed-{s}"));
+            std::fs::create_dir_all(&d).unwrap();
+            let lines: Vec<String> = (1..=3)
+                .map(|k| {
+                    format!(
+                        r#"{{"step":{},"loss":1.0,"eval":{{"zero_shot_top1":{},"image_to_text_r1":0.1,"modality_gap":0.5,"relation_acc":{}}}}}"#,
+                        k * 10,
+                        0.1 * k as f64 + 0.05 * s as f64 + lift * (s + 1) as f64,
+                        0.5 + 0.01 * s as f64
+                    )
+                })
+                .collect();
+            std::fs::write(d.join("metrics.jsonl"), lines.join("\n") + "\n").unwrap();
+        }
+    }
+    let recipes = dir.join("analyses");
+    std::fs::create_dir_all(&recipes).unwrap();
+    let runs = format!("runs = [\"{0}/ctl/seed-{{seed}}\", \"{0}/tx/seed-{{seed}}\"]\nseeds = [0, 1, 2]\n", dir.display());
+    let write = |contrasts: &str| {
+        std::fs::write(recipes.join("c.toml"), format!("analysis = \"training-curves\"\ntitle = \"c\"\n{runs}contrasts = {contrasts}\n"))
+            .unwrap()
+    };
+    write(r#"[["tx", "ctl"]]"#);
+    let out = dir.join("figures");
+    let (code, _, err) = run(&["figures", "--recipes", recipes.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let csv = std::fs::read_to_string(out.join("c/training_contrasts.csv")).unwrap();
+    let rows: Vec<Vec<String>> = csv.lines().filter(|l| l.starts_with("tx,")).map(|l| l.split(',').map(str::to_string).collect()).collect();
+    assert_eq!(rows.len(), 3, "{csv}");
+    let num = |s: &str| s.parse::<f64>().unwrap();
+    // Δ per seed 0.1, 0.2, 0.3: mean 0.2, s = 0.1, t = 0.2/(0.1/√3) = 2√3 on 2 df, whose
+    // two-sided p is 1 − t/√(t² + 2) = 1 − √(12/14); Holm over 3 tests: 3p, 3p, 1.
+    let p = 1.0 - (12.0f64 / 14.0).sqrt();
+    for (row, key) in rows.iter().zip(["zero_shot_mean", "zero_shot_final", "relation_mean"]) {
+        assert_eq!(row[2], key);
+        assert_eq!(row[3], "3");
+    }
+    for row in &rows[..2] {
+        assert!((num(&row[8]) - 0.2).abs() < 1e-9, "{row:?}");
+        let half = 4.302652729911275 * 0.1 / 3f64.sqrt();
+        assert!((num(&row[9]) - (0.2 - half)).abs() < 1e-6 && (num(&row[10]) - (0.2 + half)).abs() < 1e-6, "{row:?}");
+        assert!((num(&row[11]) - p).abs() < 1e-6, "{row:?} vs {p}");
+        assert!((num(&row[12]) - 3.0 * p).abs() < 1e-6, "{row:?}");
+    }
+    assert_eq!(rows[0][4], "0.3000 0.4500 0.6000", "per-seed values of tx");
+    assert!(num(&rows[2][8]).abs() < 1e-12 && num(&rows[2][11]) == 1.0 && num(&rows[2][12]) == 1.0, "{:?}", rows[2]);
+    let md = std::fs::read_to_string(out.join("c/training_contrasts.md")).unwrap();
+    assert!(md.contains("Family: the 3 rows") && md.contains("| tx | ctl | zero-shot top-1, mean over the evaluations | 3 |"), "{md}");
+    // A contrast naming no group, or a group with itself, is refused before anything runs.
+    for (contrasts, want) in [(r#"[["tx", "nope"]]"#, "names no group"), (r#"[["tx", "tx"]]"#, "itself")] {
+        write(contrasts);
+        let (code, _, err) = run(&["figures", "--recipes", recipes.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("contrasts") && err.contains(want), "{err}");
+    }
+    // Runs of a pair evaluated at different steps: an error naming both.
+    let m = dir.join("ctl/seed-1/metrics.jsonl");
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(&m, text.lines().take(2).collect::<Vec<_>>().join("\n") + "\n").unwrap();
+    write(r#"[["tx", "ctl"]]"#);
+    let (code, _, err) = run(&["figures", "--recipes", recipes.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("different steps") && err.contains("ctl/seed-1") && err.contains("tx/seed-1"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

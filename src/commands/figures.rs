@@ -10,7 +10,7 @@
 //! |---|---|
 //! | `nmi-by-layer` | `synthetic` (300), `site` (`ln1`), `seed`, `seeds`, `bootstrap` (100) |
 //! | `gap-by-layer` | `synthetic` (300), `site` (`resid`), `seed`, `seeds`, `bootstrap` (100) |
-//! | `training-curves` | `seeds` |
+//! | `training-curves` | `seeds`, `contrasts` (paired t-tests of learning-curve summaries between groups) |
 //! | `comparison`, `zeroshot-retrieval` | `synthetic` (300), `seed`, `seeds`, `bootstrap` (1000) |
 //! | `probe-table` | `splits` ([2000, 500, 1000]), `c` ([0.01, 0.1, 1, 10, 100]) |
 //! | `heads-transfer` | `synthetic` (300), `seed` |
@@ -89,6 +89,12 @@ pub struct Recipe {
     /// next to its PNGs (`<model>/explorer/index.html`).
     #[serde(default)]
     pub explorer: Option<bool>,
+    /// training-curves: paired comparisons `[["a", "b"], …]` between groups (named by their
+    /// run directory's last component without `{seed}`): per seed, run a's learning-curve
+    /// summaries minus run b's, a paired t-test over seeds, Holm over the table
+    /// (`training_contrasts.csv/.md`).
+    #[serde(default)]
+    pub contrasts: Option<Vec<[String; 2]>>,
 }
 
 /// Most seeds a recipe may name.
@@ -172,6 +178,7 @@ impl Recipe {
             bootstrap: None,
             world: None,
             explorer: None,
+            contrasts: None,
         }
     }
 }
@@ -206,7 +213,7 @@ recipe_file! {
     Transfer { synthetic: usize, seed: u64, seeds: Vec<u64>, world: crate::data::synth::World },
     NmiByLayer { synthetic: usize, site: String, seed: u64, seeds: Vec<u64>, bootstrap: usize, world: crate::data::synth::World },
     GapByLayer { synthetic: usize, site: String, seed: u64, seeds: Vec<u64>, bootstrap: usize, world: crate::data::synth::World },
-    TrainingCurves { seeds: Vec<u64> },
+    TrainingCurves { seeds: Vec<u64>, contrasts: Vec<[String; 2]> },
     Comparison { synthetic: usize, seed: u64, seeds: Vec<u64>, bootstrap: usize },
     ProbeTable { splits: [usize; 3], c: Vec<f64> },
     ZeroshotRetrieval { synthetic: usize, seed: u64, seeds: Vec<u64>, bootstrap: usize },
@@ -269,6 +276,30 @@ impl Recipe {
                     "has no {seed} in it, but the recipe names seeds (every run of a multi-seed recipe is a group)"
                 };
                 return Err(Error::config("runs", run.display(), why));
+            }
+        }
+        if let Some(contrasts) = &self.contrasts {
+            let labels: Vec<String> = self.runs.iter().map(|r| group_label(r)).collect();
+            if self.seeds.as_ref().is_none_or(|s| s.len() < 2) {
+                return Err(Error::config(
+                    "contrasts",
+                    format!("{contrasts:?}"),
+                    "a paired t-test over seeds needs seeds = [...] with at least 2 seeds",
+                ));
+            }
+            for [a, b] in contrasts {
+                for x in [a, b] {
+                    if !labels.contains(x) {
+                        return Err(Error::config(
+                            "contrasts",
+                            x,
+                            format!("names no group of runs (the groups are {})", labels.join(", ")),
+                        ));
+                    }
+                }
+                if a == b {
+                    return Err(Error::config("contrasts", a, "compares a group with itself"));
+                }
             }
         }
         if let Some(b) = self.bootstrap {
@@ -757,6 +788,118 @@ fn group_label(run: &Path) -> String {
         .unwrap_or_else(|| run.display().to_string())
 }
 
+/// One run's held-out evaluations: step → [zero-shot top-1, relation test].
+struct EvalCurve {
+    run: PathBuf,
+    evals: std::collections::BTreeMap<i64, [Option<f64>; 2]>,
+}
+
+/// The learning-curve summaries a contrast compares: (key, label, value of one run).
+const CURVE_SUMMARIES: [(&str, &str); 3] = [
+    ("zero_shot_mean", "zero-shot top-1, mean over the evaluations"),
+    ("zero_shot_final", "zero-shot top-1 at the last evaluation"),
+    ("relation_mean", "relation test, mean over the evaluations"),
+];
+
+fn curve_summary(c: &EvalCurve, key: &str) -> Option<f64> {
+    let col = |i: usize| c.evals.values().map(move |v| v[i]).collect::<Option<Vec<f64>>>();
+    let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    match key {
+        "zero_shot_mean" => col(0).and_then(mean),
+        "zero_shot_final" => c.evals.values().last().and_then(|v| v[0]),
+        "relation_mean" => col(1).and_then(mean),
+        _ => None,
+    }
+}
+
+/// `training_contrasts.csv/.md`: for each contrast `[a, b]` and learning-curve summary, the
+/// per-seed difference a − b (seed s of a against seed s of b: the same fresh seed, so the
+/// pair differs only in what a changes), its mean with a Student-t 95 % interval over seeds,
+/// a two-sided paired t-test of "no difference", and Holm-adjusted p-values over the table.
+/// The two runs of a pair must have evaluated at the same steps.
+fn training_contrasts(contrasts: &[[String; 2]], curves: &[(String, Vec<EvalCurve>)], header: &str, dir: &Path) -> Result<()> {
+    use crate::analysis::stats::{format_p, holm, paired_t};
+    let group = |l: &str| curves.iter().find(|(g, _)| g == l).map(|(_, c)| c);
+    let mut rows = Vec::new();
+    for [a, b] in contrasts {
+        let (Some(ra), Some(rb)) = (group(a), group(b)) else {
+            return Err(Error::config("contrasts", format!("{a} vs {b}"), "names no group of runs"));
+        };
+        for (x, y) in ra.iter().zip(rb) {
+            if x.evals.keys().ne(y.evals.keys()) {
+                return Err(Error::Invalid(format!(
+                    "contrast {a} vs {b}: {} and {} evaluated at different steps (train both with the same steps and eval_every)",
+                    x.run.display(),
+                    y.run.display()
+                )));
+            }
+        }
+        for (key, what) in CURVE_SUMMARIES {
+            let va: Option<Vec<f64>> = ra.iter().map(|c| curve_summary(c, key)).collect();
+            let vb: Option<Vec<f64>> = rb.iter().map(|c| curve_summary(c, key)).collect();
+            let (Some(va), Some(vb)) = (va, vb) else { continue };
+            let t = paired_t(&va, &vb);
+            rows.push((a.clone(), b.clone(), key, what, va, vb, t));
+        }
+    }
+    let adj = holm(&rows.iter().map(|r| if r.6.p_value.is_finite() { r.6.p_value } else { 1.0 }).collect::<Vec<_>>());
+    let mut w = csv::WriterBuilder::new().from_writer(header.as_bytes().to_vec());
+    let e = |e: csv::Error| Error::Invalid(format!("training_contrasts.csv: {e}"));
+    w.write_record([
+        "a",
+        "b",
+        "summary",
+        "seeds",
+        "per_seed_a",
+        "per_seed_b",
+        "mean_a",
+        "mean_b",
+        "mean_delta",
+        "t_lo",
+        "t_hi",
+        "p_paired_t",
+        "p_holm",
+    ])
+    .map_err(e)?;
+    let mut md = format!(
+        "Family: the {} rows of this table (Holm). Δ = a − b per seed (seed s of a against seed s of b: the same fresh initialisation apart from what a transplants); interval: mean ± t₀.₉₇₅,n−1·s/√n over seeds; p: two-sided paired t-test of Δ = 0 over seeds.\n\n| a | b | summary | seeds | mean a | mean b | Δ [95 % t-interval] | p | p (Holm) |\n|---|---|---|---:|---:|---:|---|---:|---:|\n",
+        rows.len()
+    );
+    let join = |v: &[f64]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(" ");
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    for ((a, b, key, what, va, vb, t), h) in rows.iter().zip(&adj) {
+        let d = &t.delta;
+        w.write_record([
+            a.clone(),
+            b.clone(),
+            key.to_string(),
+            va.len().to_string(),
+            join(va),
+            join(vb),
+            mean(va).to_string(),
+            mean(vb).to_string(),
+            d.mean.to_string(),
+            d.lo.to_string(),
+            d.hi.to_string(),
+            t.p_value.to_string(),
+            h.to_string(),
+        ])
+        .map_err(e)?;
+        let ci = if d.lo.is_finite() { format!("{:+.3} [{:+.3}, {:+.3}]", d.mean, d.lo, d.hi) } else { format!("{:+.3}", d.mean) };
+        md.push_str(&format!(
+            "| {a} | {b} | {what} | {} | {:.3} | {:.3} | {ci} | {} | {} |\n",
+            va.len(),
+            mean(va),
+            mean(vb),
+            format_p(t.p_value),
+            format_p(*h)
+        ));
+    }
+    let bytes = w.into_inner().map_err(|e| Error::Invalid(format!("training_contrasts.csv: {e}")))?;
+    write_atomic(&dir.join("training_contrasts.csv"), &bytes)?;
+    write_atomic(&dir.join("training_contrasts.md"), md.as_bytes())
+}
+
 /// `training-curves`: modality gap and zero-shot top-1 over steps from each run's
 /// `metrics.jsonl`; a group of seeds is drawn as its mean with the min–max range over seeds.
 fn training_curves(r: &Recipe, dir: &Path) -> Result<()> {
@@ -765,11 +908,15 @@ fn training_curves(r: &Recipe, dir: &Path) -> Result<()> {
     let mut per: [SeedCurves; 3] = [Vec::new(), Vec::new(), Vec::new()];
     let mut csv = CsvOut::new("", &["run", "seed", "step", "loss", "zero_shot_top1", "image_to_text_r1", "modality_gap", "relation_acc"]);
     let mut seeds = 1;
+    // [group] = (label, per seed: (run, step → [zero-shot top-1, relation test]))
+    let mut curves: Vec<(String, Vec<EvalCurve>)> = Vec::new();
     for (template, group) in r.runs.iter().zip(r.groups()) {
         let label = group_label(template);
         seeds = group.len();
         let mut maps = [std::collections::BTreeMap::new(), std::collections::BTreeMap::new(), std::collections::BTreeMap::new()];
+        let mut runs_of_group = Vec::new();
         for (si, run) in group.iter().enumerate() {
+            let mut curve = EvalCurve { run: run.clone(), evals: std::collections::BTreeMap::new() };
             let seed = r.seeds.as_ref().map(|s| s[si].to_string()).unwrap_or_default();
             let path = run.join("metrics.jsonl");
             let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
@@ -797,8 +944,12 @@ fn training_curves(r: &Recipe, dir: &Path) -> Result<()> {
                         maps[k].entry(step).or_insert_with(Vec::new).push(x);
                     }
                 }
+                let get = |key: &str| e.get(key).and_then(|x| x.as_f64());
+                curve.evals.insert(step, [get("zero_shot_top1"), get("relation_acc")]);
             }
+            runs_of_group.push(curve);
         }
+        curves.push((label.clone(), runs_of_group));
         if maps[0].is_empty() {
             return Err(Error::Invalid(format!(
                 "{}: no evaluation records in metrics.jsonl (train with eval_every > 0)",
@@ -822,6 +973,9 @@ fn training_curves(r: &Recipe, dir: &Path) -> Result<()> {
         prov.notes.push(format!("groups of {seeds} seeds: the figures draw the mean and its Student-t 95 % interval over seeds"));
     }
     csv.write_after(&prov.csv_header(), &dir.join("training_curves.csv"))?;
+    if let Some(contrasts) = &r.contrasts {
+        training_contrasts(contrasts, &curves, &prov.csv_header(), dir)?;
+    }
     let caption = (seeds > 1).then(|| {
         format!("Line: mean over {seeds} training seeds; bars: Student-t 95 % interval over the seeds at each evaluation (held-out synthetic data).")
     });
