@@ -24,7 +24,12 @@ lint: setup
 # records why it cannot; the test then skips, and the last line of the log says so).
 test: setup
 	@scripts/setup-chromium.sh
-	OMP_NUM_THREADS=1 $(CARGO) test --release
+	@# The tests' scratch directories live in target/test-tmp (TMPDIR), emptied before each run
+	@# and removed after a passing one: a failed run's scratch stays for inspection until the
+	@# next run; nothing accumulates in /tmp.
+	rm -rf target/test-tmp && mkdir -p target/test-tmp
+	TMPDIR=$(CURDIR)/target/test-tmp OMP_NUM_THREADS=1 $(CARGO) test --release
+	rm -rf target/test-tmp
 	$(CARGO) run --release --example analyze_checkpoint -- fixtures/check/ckpt fixtures/check/data/manifest.tsv target/example-out
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --lib
 	@if [ -f target/chromium-unavailable.txt ]; then echo "NOTE: the explorer browser test was SKIPPED: $$(cat target/chromium-unavailable.txt)"; fi
