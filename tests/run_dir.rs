@@ -302,3 +302,45 @@ fn a_checkpoint_config_is_validated_like_a_toml_config() {
         assert!(!run.join("x.safetensors").exists());
     }
 }
+
+#[test]
+fn keep_optimizer_strips_older_checkpoints_to_their_weights() {
+    // keep = 3 checkpoints, optimizer state only in the newest one.
+    let run = tmp("keep-optim");
+    let cfg = TrainConfig { keep_optimizer: Some(1), ..config(3, 1, 3) };
+    train(&cfg, &run, &TrainOptions::fresh()).unwrap();
+    let ck = |s: i64| run.join("checkpoints").join(checkpoint::step_dir_name(s));
+    assert!(ck(3).join("optim.safetensors").is_file());
+    for s in [1, 2] {
+        assert!(!ck(s).join("optim.safetensors").exists(), "step {s} still has its optimizer state");
+        // Still a checkpoint that verifies, with its weights intact.
+        let meta = checkpoint::verify_deep(&ck(s)).unwrap();
+        assert_eq!(meta.step, s);
+        assert!(!meta.sha256.contains_key("optim.safetensors"));
+    }
+    // Weights are those of the plain run (stripping touches only the optimizer file).
+    let plain = tmp("keep-optim-plain");
+    train(&config(3, 1, 3), &plain, &TrainOptions::fresh()).unwrap();
+    let pc = plain.join("checkpoints").join(checkpoint::step_dir_name(2));
+    assert_eq!(std::fs::read(ck(2).join("model.safetensors")).unwrap(), std::fs::read(pc.join("model.safetensors")).unwrap());
+    // Set on a finished run, it applies at its next resume (a no-op otherwise): the plain
+    // run's older checkpoints lose their optimizer state, the newest keeps it.
+    assert!(pc.join("optim.safetensors").is_file());
+    let out = train(&cfg, &plain, &TrainOptions::resume(Resume::Latest)).unwrap();
+    assert_eq!(out.final_step, 3);
+    assert!(!pc.join("optim.safetensors").exists() && checkpoint::verify(&pc).is_ok());
+    assert!(plain.join("checkpoints").join(checkpoint::step_dir_name(3)).join("optim.safetensors").is_file());
+    // A resume picks the newest (with its state); resuming from a stripped one says why not.
+    let out = train(&TrainConfig { steps: 4, ..cfg.clone() }, &run, &TrainOptions::resume(Resume::Latest)).unwrap();
+    assert_eq!(out.final_step, 4);
+    let err = train(&TrainConfig { steps: 4, ..cfg.clone() }, &run, &TrainOptions::resume(Resume::Path(ck(2)))).unwrap_err().to_string();
+    assert!(err.contains("no optimizer state") && err.contains("keep_optimizer"), "{err}");
+    // keep_optimizer = 0 would leave nothing to resume from: refused, naming the key.
+    let err = train(&TrainConfig { keep_optimizer: Some(0), ..config(1, 1, 1) }, &tmp("keep-optim-0"), &TrainOptions::fresh())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("keep_optimizer"), "{err}");
+    for d in [run, plain] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

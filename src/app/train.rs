@@ -37,6 +37,10 @@ pub(super) struct Cli {
     save_every: Option<i64>,
     #[arg(long, value_parser = int_in(1usize..=1_000_000))]
     keep: Option<usize>,
+    /// Keep the optimizer state only in the newest N checkpoints (older ones keep their
+    /// weights but cannot be resumed from).
+    #[arg(long, value_parser = int_in(1usize..=1_000_000))]
+    keep_optimizer: Option<usize>,
     /// Evaluate every N steps (0 = never).
     #[arg(long, value_parser = int_in(0i64..=1 << 40))]
     eval_every: Option<i64>,
@@ -239,6 +243,9 @@ fn run(cli: Cli) -> Result<()> {
     set!(model, steps, batch_size, lr, warmup_steps, save_every, keep, eval_every, eval_items, data_items, seed, precision, accum_freq);
     if cli.stop_after.is_some() {
         tc.stop_after = cli.stop_after;
+    }
+    if cli.keep_optimizer.is_some() {
+        tc.keep_optimizer = cli.keep_optimizer;
     }
     if cli.data.is_some() {
         tc.data = cli.data.clone();

@@ -318,6 +318,37 @@ pub fn prune(root: &Path, keep: usize, verified: &mut std::collections::HashSet<
     Ok(())
 }
 
+/// Removes the optimizer state of every verified checkpoint under `root` but the newest
+/// `keep_optimizer` ones (what `keep_optimizer` in a training config asks for). Each is
+/// stripped by [`drop_optimizer_state`]; checkpoints not in `verified` are left alone.
+pub fn drop_old_optimizer_state(root: &Path, keep_optimizer: usize, verified: &std::collections::HashSet<PathBuf>) -> Result<()> {
+    for dir in list(root).into_iter().filter(|d| verified.contains(d)).skip(keep_optimizer.max(1)) {
+        drop_optimizer_state(&dir)?;
+    }
+    Ok(())
+}
+
+/// Makes `dir` a weights-only checkpoint: `meta.json` without the hash of
+/// `optim.safetensors` is written first (atomically), then the file is removed.
+/// Stopped in between, the checkpoint still verifies (an untracked file is ignored) and the
+/// next call removes the file. Returns whether anything was removed.
+pub fn drop_optimizer_state(dir: &Path) -> Result<bool> {
+    let meta_path = dir.join("meta.json");
+    let optim = dir.join("optim.safetensors");
+    let text = std::fs::read_to_string(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
+    let mut meta: Meta = serde_json::from_str(&text).map_err(|e| Error::Parse { path: meta_path.clone(), message: e.to_string() })?;
+    if meta.sha256.remove("optim.safetensors").is_some() {
+        write_atomic(&meta_path, serde_json::to_string_pretty(&meta).expect("checkpoint metadata serialises").as_bytes())?;
+        fsync_dir(dir);
+    }
+    if optim.exists() {
+        std::fs::remove_file(&optim).map_err(|e| Error::io(&optim, e))?;
+        fsync_dir(dir);
+        return Ok(true);
+    }
+    Ok(false)
+}
+
 /// An exclusive lock on a run directory (`RUN/.lock`, an advisory `flock` that the kernel
 /// releases when the process exits, however it exits). The file names the holder.
 pub struct RunLock {

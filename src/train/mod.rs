@@ -83,6 +83,12 @@ pub struct TrainConfig {
     pub save_every: i64,
     /// Checkpoints kept.
     pub keep: usize,
+    /// Keep the optimizer state (`optim.safetensors`, twice the weights' size under AdamW)
+    /// only in the newest N kept checkpoints; older ones keep their weights and verify as
+    /// before, but cannot be resumed from (None: every kept checkpoint can). For runs that
+    /// keep many checkpoints for analysis over training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_optimizer: Option<usize>,
     /// Evaluate every N steps (0 = never).
     pub eval_every: i64,
     /// Held-out images for zero-shot and pairs for retrieval at each evaluation.
@@ -186,6 +192,7 @@ impl Default for TrainConfig {
             seed: 0,
             save_every: 200,
             keep: 2,
+            keep_optimizer: None,
             eval_every: 200,
             eval_items: 1000,
             optimizer: AdamWConfig::default(),
@@ -258,6 +265,9 @@ impl TrainConfig {
         }
         if self.keep < 1 {
             return Err(Error::config("keep", self.keep, "must be at least 1"));
+        }
+        if self.keep_optimizer == Some(0) {
+            return Err(Error::config("keep_optimizer", 0, "must be at least 1 (the newest checkpoint is what a resume needs)"));
         }
         if self.eval_every < 0 {
             return Err(Error::config("eval_every", self.eval_every, "must not be negative (0 = off)"));
@@ -488,6 +498,17 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
         init_record = meta.init;
         verified.insert(dir.clone());
         eprintln!("resumed from {} (step {start})", dir.display());
+        if let (Some(k), true) = (tc.keep_optimizer, lead) {
+            // keep_optimizer also applies to checkpoints saved before it was set (a finished
+            // run resumed with it): those older than this one that verify are stripped.
+            let mut ok: std::collections::HashSet<PathBuf> = [dir.clone()].into();
+            for d in checkpoint::list(&ckpt_root).into_iter().skip_while(|d| d != dir).skip(1) {
+                if d.join("optim.safetensors").exists() && checkpoint::verify(&d).is_ok() {
+                    ok.insert(d);
+                }
+            }
+            checkpoint::drop_old_optimizer_state(&ckpt_root, k, &ok)?;
+        }
     }
     if let Some(g) = group {
         // Identical weights on every rank (the same seed builds the same model; this makes it
@@ -654,6 +675,9 @@ pub fn train(tc: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
                 })?;
                 verified.insert(saved.clone());
                 checkpoint::prune(&ckpt_root, tc.keep, &mut verified)?;
+                if let Some(k) = tc.keep_optimizer {
+                    checkpoint::drop_old_optimizer_state(&ckpt_root, k, &verified)?;
+                }
                 last_checkpoint = Some(saved);
             } else {
                 last_checkpoint = Some(ckpt_root.join(checkpoint::step_dir_name(done)));
@@ -798,7 +822,7 @@ fn restore(
     let optim_path = dir.join("optim.safetensors");
     if !optim_path.exists() {
         return Err(Error::Invalid(format!(
-            "{}: no optimizer state to resume (an imported checkpoint has none); to train from its weights, start a fresh run with --init {} (config: [init] from = ...)",
+            "{}: no optimizer state to resume (an imported checkpoint has none, and a run with keep_optimizer = N keeps it only in its newest N checkpoints); to train from its weights, start a fresh run with --init {} (config: [init] from = ...)",
             dir.display(),
             dir.display()
         )));
