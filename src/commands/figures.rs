@@ -635,6 +635,8 @@ fn layer_curves(r: &Recipe, dir: &Path) -> Result<()> {
     // (file stem, column) per statistic.
     let stats: &[&str] = if by_gap { &["gap"] } else { &["nmi", "separation"] };
     let mut curves: Vec<Vec<(String, Curve)>> = vec![Vec::new(); stats.len()];
+    // Per statistic, per model: (slot, value) of every seed, drawn as dots when seeds > 1.
+    let mut seed_dots: Vec<Vec<Vec<(f64, f64)>>> = vec![Vec::new(); stats.len()];
     let mut csv = CsvOut::new("", &["model", "slot", "metric", "seeds", "items", "per_seed", "mean", "lo", "hi"]);
     let mut header = String::new();
     let mut seeds = 1;
@@ -671,6 +673,7 @@ fn layer_curves(r: &Recipe, dir: &Path) -> Result<()> {
         let res = Resamples::new(seeds, items, b, r.seed());
         for (k, stat_name) in stats.iter().enumerate() {
             let mut curve = Vec::new();
+            let mut dots = Vec::new();
             for (j, first) in feats[0].iter().enumerate() {
                 let slot = first.0;
                 let stat = |s: usize, it: &[usize]| {
@@ -697,8 +700,10 @@ fn layer_curves(r: &Recipe, dir: &Path) -> Result<()> {
                 let per: Vec<String> = per_seed.iter().map(|v| format!("{v:.6}")).collect();
                 csv.row(&crate::csv_row![name, slot, stat_name, seeds, items, per.join(" "), mean, lo, hi]);
                 curve.push((slot as f64, mean, lo, hi));
+                dots.extend(per_seed.iter().map(|v| (slot as f64, *v)));
             }
             curves[k].push((name.clone(), curve));
+            seed_dots[k].push(dots);
         }
     }
     // Models whose curve starts later (MS-CLIP-S: its vision slot 0 is the conv stem, so no
@@ -715,37 +720,41 @@ fn layer_curves(r: &Recipe, dir: &Path) -> Result<()> {
     };
     let method = if seeds > 1 {
         format!(
-            "Line: mean over {seeds} training seeds (each on the same {items} held-out pairs); bars: Student-t 95 % interval over seeds.{late_note}"
+            "Line: mean over {seeds} training seeds (each on the same {items} held-out pairs); bars: Student-t 95 % interval over seeds; dots: the seeds.{late_note}"
         )
     } else {
         format!("Bars: 95 % bootstrap over {items} held-out pairs ({b} replicates).{late_note}")
     };
     let stem = if by_gap { "gap_by_layer" } else { "nmi_by_layer" };
     csv.write_after(&(header + &format!("# {method}\n")), &dir.join(format!("{stem}.csv")))?;
-    let chart = |curves: &[(String, Curve)], y_label: String, y_max: f64, caption: String| LineChart {
+    let chart = |k: usize, y_label: String, y_max: f64, caption: String| LineChart {
         title: r.title.clone(),
         x_label: "slot (last = joint embedding space)".into(),
         y_label,
-        series: curves.iter().map(|(n, c)| (n.clone(), c.iter().map(|p| (p.0, p.1)).collect())).collect(),
-        bands: curves.iter().map(|(_, c)| Some(c.iter().map(|p| (p.2, p.3)).collect())).collect(),
+        series: curves[k].iter().map(|(n, c)| (n.clone(), c.iter().map(|p| (p.0, p.1)).collect())).collect(),
+        bands: curves[k].iter().map(|(_, c)| Some(c.iter().map(|p| (p.2, p.3)).collect())).collect(),
         y_range: (0.0, y_max),
         y_log: false,
         x_integer: true,
         caption: Some(caption),
         hlines: vec![],
+        dots: seed_dots[k].iter().map(|d| (seeds > 1).then(|| d.clone())).collect(),
     };
-    let top = |curves: &[(String, Curve)]| {
-        curves.iter().flat_map(|(_, c)| c.iter().map(|p| p.3.max(p.1))).filter(|v| v.is_finite()).fold(0.0f64, f64::max)
+    // The axis holds the means, their intervals and every seed's value.
+    let top = |k: usize| {
+        curves[k]
+            .iter()
+            .flat_map(|(_, c)| c.iter().map(|p| p.3.max(p.1)))
+            .chain(seed_dots[k].iter().flatten().map(|d| d.1))
+            .filter(|v| v.is_finite())
+            .fold(0.0f64, f64::max)
     };
     if by_gap {
         let caption = format!(
             "Centroid gap ‖x̄ − ȳ‖ of the pooled tokens at {} mapped through the frozen final LayerNorm and projection into the joint space; {method}",
             site.name()
         );
-        return line_chart_png_svg(
-            &dir.join(stem),
-            &chart(&curves[0], "centroid gap ‖x̄ − ȳ‖".into(), (top(&curves[0]) * 1.1).max(0.1), caption),
-        );
+        return line_chart_png_svg(&dir.join(stem), &chart(0, "centroid gap ‖x̄ − ȳ‖".into(), (top(0) * 1.1).max(0.1), caption));
     }
     // How many slots have NMI ≈ 1 for every model: then NMI cannot rank them.
     let n_slots = curves[0].iter().map(|(_, c)| c.len()).max().unwrap_or(0);
@@ -757,7 +766,7 @@ fn layer_curves(r: &Recipe, dir: &Path) -> Result<()> {
     // The recipe's title names the model set; each figure names its measure.
     let nmi = LineChart {
         title: format!("{}: NMI of 2-means clusters vs modality", r.title),
-        ..chart(&curves[0], format!("NMI ({})", site.name()), 1.05, nmi_caption)
+        ..chart(0, format!("NMI ({})", site.name()), 1.05, nmi_caption)
     };
     line_chart_png_svg(&dir.join(stem), &nmi)?;
     let sep_caption = format!(
@@ -766,14 +775,18 @@ fn layer_curves(r: &Recipe, dir: &Path) -> Result<()> {
     );
     // Log scale: the embedding layer's separation is tens of spreads, the joint space's a
     // fraction of one; a linear axis flattens every slot in between.
-    let bottom =
-        curves[1].iter().flat_map(|(_, c)| c.iter().map(|p| p.2.min(p.1))).filter(|v| v.is_finite() && *v > 0.0).fold(f64::MAX, f64::min);
+    let bottom = curves[1]
+        .iter()
+        .flat_map(|(_, c)| c.iter().map(|p| p.2.min(p.1)))
+        .chain(seed_dots[1].iter().flatten().map(|d| d.1))
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .fold(f64::MAX, f64::min);
     let bottom = if bottom < f64::MAX { bottom * 0.7 } else { 0.01 };
     let sep = LineChart {
         title: format!("{}: separation (gap / within-modality spread)", r.title),
         y_log: true,
-        y_range: (bottom, (top(&curves[1]) * 1.4).max(bottom * 10.0)),
-        ..chart(&curves[1], "gap / within-modality spread (log scale)".into(), 1.0, sep_caption)
+        y_range: (bottom, (top(1) * 1.4).max(bottom * 10.0)),
+        ..chart(1, "gap / within-modality spread (log scale)".into(), 1.0, sep_caption)
     };
     line_chart_png_svg(&dir.join("separation_by_layer"), &sep)
 }
@@ -977,7 +990,7 @@ fn training_curves(r: &Recipe, dir: &Path) -> Result<()> {
         training_contrasts(contrasts, &curves, &prov.csv_header(), dir)?;
     }
     let caption = (seeds > 1).then(|| {
-        format!("Line: mean over {seeds} training seeds; bars: Student-t 95 % interval over the seeds at each evaluation (held-out synthetic data).")
+        format!("Line: mean over {seeds} training seeds; bars: Student-t 95 % interval over the seeds at each evaluation; dots: the seeds (held-out synthetic data).")
     });
     for (k, (stem, y_label, what)) in [
         ("modality_gap", "‖x̄ − ȳ‖", "modality gap"),
@@ -994,7 +1007,7 @@ fn training_curves(r: &Recipe, dir: &Path) -> Result<()> {
             .iter()
             .map(|(n, m)| (n.clone(), m.iter().map(|(s, v)| (*s as f64, v.iter().sum::<f64>() / v.len() as f64)).collect()))
             .collect();
-        let bands = per[k]
+        let bands: Vec<Option<Vec<(f64, f64)>>> = per[k]
             .iter()
             .map(|(_, m)| {
                 (seeds > 1).then(|| {
@@ -1007,8 +1020,31 @@ fn training_curves(r: &Recipe, dir: &Path) -> Result<()> {
                 })
             })
             .collect();
-        let hi = per[k].iter().flat_map(|(_, m)| m.values().flatten().copied()).filter(|v| v.is_finite()).fold(0.0f64, f64::max);
-        let y_max = if k >= 1 { 1.0 } else { (hi * 1.1).max(0.1) };
+        let dots: Vec<Option<Vec<(f64, f64)>>> = per[k]
+            .iter()
+            .map(|(_, m)| (seeds > 1).then(|| m.iter().flat_map(|(s, v)| v.iter().map(move |y| (*s as f64, *y))).collect()))
+            .collect();
+        // The axis fits the data (means, intervals, seeds) and the chance line, within the
+        // metric's domain: a 0–1 axis flattened early zero-shot curves into its bottom fifth.
+        let chance = match *stem {
+            "relation_acc" => Some(0.5),
+            "zero_shot" => Some(1.0 / 48.0),
+            _ => None,
+        };
+        let drawn: Vec<f64> = per[k]
+            .iter()
+            .flat_map(|(_, m)| m.values().flatten().copied())
+            .chain(bands.iter().flatten().flatten().flat_map(|(lo, hi)| [*lo, *hi]))
+            .chain(chance)
+            .filter(|v| v.is_finite())
+            .collect();
+        let (lo, hi) = drawn.iter().fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
+        let pad = 0.06 * (hi - lo).max(0.02);
+        let y_range = match *stem {
+            "modality_gap" => (0.0, (hi + pad).max(0.1)),
+            "zero_shot" => (0.0, (hi + pad).min(1.0)),
+            _ => ((lo - pad).max(0.0), (hi + pad).min(1.0)),
+        };
         line_chart_png_svg(
             &dir.join(stem),
             &LineChart {
@@ -1017,10 +1053,11 @@ fn training_curves(r: &Recipe, dir: &Path) -> Result<()> {
                 y_label: y_label.to_string(),
                 series,
                 bands,
-                y_range: (0.0, y_max),
+                y_range,
                 y_log: false,
                 x_integer: true,
                 caption: caption.clone(),
+                dots,
                 hlines: match *stem {
                     "relation_acc" => vec![(0.5, "chance".into())],
                     "zero_shot" => vec![(1.0 / 48.0, "chance (48 classes)".into())],

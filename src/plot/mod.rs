@@ -364,6 +364,9 @@ pub struct LineChart {
     pub caption: Option<String>,
     /// Horizontal reference lines (value, label): chance, the full model, a null.
     pub hlines: Vec<(f64, String)>,
+    /// Per series, individual values drawn as small translucent dots under its line (the
+    /// per-seed values behind a mean), or `None`; empty: none for any series.
+    pub dots: Vec<Option<Vec<(f64, f64)>>>,
 }
 
 const SERIES_COLORS: [RGBColor; 8] = [
@@ -444,6 +447,7 @@ fn draw_lines<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>,
             x_integer: c.x_integer,
             caption: c.caption.clone(),
             hlines: c.hlines.iter().map(|(v, l)| (t(*v), l.clone())).collect(),
+            dots: c.dots.iter().map(|d| d.as_ref().map(|d| d.iter().map(|&(x, y)| (x, t(y))).collect())).collect(),
         };
         return draw_lines_with(root, &logged, true);
     }
@@ -568,6 +572,19 @@ fn draw_lines_with<DB: DrawingBackend>(
     // On an index axis (slots, K) the series are dodged sideways by a few hundredths of a unit,
     // so lines and bars that share values stay side by side instead of hiding each other.
     let dodge = |i: usize| if c.x_integer && n > 1 && x1 - x0 <= 64.0 { (i as f64 - (n - 1) as f64 / 2.0) * 0.06 } else { 0.0 };
+    // Per-seed dots first (under every line), each series' shifted sideways by about 1 % of
+    // the axis so that the series' seeds at one x stay apart.
+    for (i, (name, _)) in c.series.iter().enumerate() {
+        let Some(Some(dots)) = c.dots.get(i) else { continue };
+        let col = series_color(name, i);
+        let shift = dodge(i) + if dodge(i) == 0.0 && n > 1 { (i as f64 - (n - 1) as f64 / 2.0) * 0.012 * (x1 - x0) } else { 0.0 };
+        for &(x, y) in dots {
+            if y.is_finite() && y >= c.y_range.0 && y <= c.y_range.1 {
+                let at = chart.backend_coord(&(x + shift, y));
+                plot_area.draw(&Circle::new(at, 2, col.mix(0.45).filled())).map_err(e)?;
+            }
+        }
+    }
     for (i, (name, pts)) in c.series.iter().enumerate() {
         let col = series_color(name, i);
         let pts: Vec<(f64, f64)> = pts.iter().map(|&(x, y)| (x + dodge(i), y)).collect();
@@ -1742,6 +1759,42 @@ mod figure_tests {
         let mut shapes: Vec<usize> = five.iter().enumerate().map(|(i, n)| series_shape(n, i) % 5).collect();
         shapes.sort();
         assert_eq!(shapes, vec![0, 1, 2, 3, 4], "five models, five shapes");
+    }
+
+    /// Per-seed dots are drawn in their series' colour, translucent, where the values are:
+    /// seeds far above and below a flat mean put dots in both halves of the plot; without
+    /// dots no pixel of that tint exists.
+    #[test]
+    fn line_charts_draw_per_seed_dots() {
+        let chart = |dots: bool| LineChart {
+            title: "zero-shot".into(),
+            x_label: "step".into(),
+            y_label: "top-1".into(),
+            series: vec![("tiny-clip".into(), vec![(0.0, 0.5), (50.0, 0.5), (100.0, 0.5)])],
+            bands: vec![None],
+            y_range: (0.0, 1.0),
+            x_integer: true,
+            dots: if dots { vec![Some(vec![(0.0, 0.1), (50.0, 0.1), (100.0, 0.9), (50.0, 0.9)])] } else { vec![] },
+            ..Default::default()
+        };
+        let col = series_color("tiny-clip", 0);
+        let tint = [col.0, col.1, col.2].map(|c| (0.45 * c as f64 + 0.55 * 255.0).round() as i32);
+        let count = |c: &LineChart| {
+            let (buf, w, h, _) = render_to_buffer(c).unwrap();
+            let mut halves = [0usize; 2];
+            for y in 0..h {
+                for x in 0..w - 190 {
+                    let p = pixel(&buf, w, x as i32, y as i32);
+                    if p.iter().zip(tint).all(|(a, t)| (*a as i32 - t).abs() <= 3) {
+                        halves[(2 * y / h).min(1) as usize] += 1;
+                    }
+                }
+            }
+            halves
+        };
+        let [upper, lower] = count(&chart(true));
+        assert!(upper >= 8 && lower >= 8, "dots above and below the mean: {upper}, {lower}");
+        assert_eq!(count(&chart(false)), [0, 0]);
     }
 
     /// A long caption under a narrow heatmap is drawn whole (the figure widens), never cut
