@@ -659,12 +659,12 @@ fn training_contrasts_are_paired_over_seeds() {
     assert_eq!(code, 0, "{err}");
     let csv = std::fs::read_to_string(out.join("c/training_contrasts.csv")).unwrap();
     let rows: Vec<Vec<String>> = csv.lines().filter(|l| l.starts_with("tx,")).map(|l| l.split(',').map(str::to_string).collect()).collect();
-    assert_eq!(rows.len(), 3, "{csv}");
+    assert_eq!(rows.len(), 4, "{csv}");
     let num = |s: &str| s.parse::<f64>().unwrap();
     // Δ per seed 0.1, 0.2, 0.3: mean 0.2, s = 0.1, t = 0.2/(0.1/√3) = 2√3 on 2 df, whose
-    // two-sided p is 1 − t/√(t² + 2) = 1 − √(12/14); Holm over 3 tests: 3p, 3p, 1.
+    // two-sided p is 1 − t/√(t² + 2) = 1 − √(12/14); Holm over 4 tests: 4p, 4p, 1, 1.
     let p = 1.0 - (12.0f64 / 14.0).sqrt();
-    for (row, key) in rows.iter().zip(["zero_shot_mean", "zero_shot_final", "relation_mean"]) {
+    for (row, key) in rows.iter().zip(["zero_shot_mean", "zero_shot_final", "relation_mean", "relation_final"]) {
         assert_eq!(row[2], key);
         assert_eq!(row[3], "3");
     }
@@ -673,12 +673,14 @@ fn training_contrasts_are_paired_over_seeds() {
         let half = 4.302652729911275 * 0.1 / 3f64.sqrt();
         assert!((num(&row[9]) - (0.2 - half)).abs() < 1e-6 && (num(&row[10]) - (0.2 + half)).abs() < 1e-6, "{row:?}");
         assert!((num(&row[11]) - p).abs() < 1e-6, "{row:?} vs {p}");
-        assert!((num(&row[12]) - 3.0 * p).abs() < 1e-6, "{row:?}");
+        assert!((num(&row[12]) - 4.0 * p).abs() < 1e-6, "{row:?}");
     }
     assert_eq!(rows[0][4], "0.3000 0.4500 0.6000", "per-seed values of tx");
-    assert!(num(&rows[2][8]).abs() < 1e-12 && num(&rows[2][11]) == 1.0 && num(&rows[2][12]) == 1.0, "{:?}", rows[2]);
+    for row in &rows[2..] {
+        assert!(num(&row[8]).abs() < 1e-12 && num(&row[11]) == 1.0 && num(&row[12]) == 1.0, "{row:?}");
+    }
     let md = std::fs::read_to_string(out.join("c/training_contrasts.md")).unwrap();
-    assert!(md.contains("Family: the 3 rows") && md.contains("| tx | ctl | zero-shot top-1, mean over the evaluations | 3 |"), "{md}");
+    assert!(md.contains("Family: the 4 rows") && md.contains("| tx | ctl | zero-shot top-1, mean over the evaluations | 3 |"), "{md}");
     // A contrast naming no group, or a group with itself, is refused before anything runs.
     for (contrasts, want) in [(r#"[["tx", "nope"]]"#, "names no group"), (r#"[["tx", "tx"]]"#, "itself")] {
         write(contrasts);

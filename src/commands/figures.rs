@@ -808,10 +808,11 @@ struct EvalCurve {
 }
 
 /// The learning-curve summaries a contrast compares: (key, label, value of one run).
-const CURVE_SUMMARIES: [(&str, &str); 3] = [
+const CURVE_SUMMARIES: [(&str, &str); 4] = [
     ("zero_shot_mean", "zero-shot top-1, mean over the evaluations"),
     ("zero_shot_final", "zero-shot top-1 at the last evaluation"),
     ("relation_mean", "relation test, mean over the evaluations"),
+    ("relation_final", "relation test at the last evaluation"),
 ];
 
 fn curve_summary(c: &EvalCurve, key: &str) -> Option<f64> {
@@ -821,6 +822,7 @@ fn curve_summary(c: &EvalCurve, key: &str) -> Option<f64> {
         "zero_shot_mean" => col(0).and_then(mean),
         "zero_shot_final" => c.evals.values().last().and_then(|v| v[0]),
         "relation_mean" => col(1).and_then(mean),
+        "relation_final" => c.evals.values().last().and_then(|v| v[1]),
         _ => None,
     }
 }
@@ -875,7 +877,7 @@ fn training_contrasts(contrasts: &[[String; 2]], curves: &[(String, Vec<EvalCurv
     ])
     .map_err(e)?;
     let mut md = format!(
-        "Family: the {} rows of this table (Holm). Δ = a − b per seed (seed s of a against seed s of b: the same fresh initialisation apart from what a transplants); interval: mean ± t₀.₉₇₅,n−1·s/√n over seeds; p: two-sided paired t-test of Δ = 0 over seeds.\n\n| a | b | summary | seeds | mean a | mean b | Δ [95 % t-interval] | p | p (Holm) |\n|---|---|---|---:|---:|---:|---|---:|---:|\n",
+        "Family: the {} rows of this table (Holm). Δ = a − b per seed (seed s of a against seed s of b: the same training seed, so the same data order, and the same initialisation where the models share a layout, apart from what a transplants); interval: mean ± t₀.₉₇₅,n−1·s/√n over seeds; p: two-sided paired t-test of Δ = 0 over seeds.\n\n| a | b | summary | seeds | mean a | mean b | Δ [95 % t-interval] | p | p (Holm) |\n|---|---|---|---:|---:|---:|---|---:|---:|\n",
         rows.len()
     );
     let join = |v: &[f64]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(" ");

@@ -383,8 +383,7 @@ const SERIES_COLORS: [RGBColor; 8] = [
 /// One colour per model across every figure: the sharing spectrum's models (and their CLIP
 /// and MS-CLIP relatives) have fixed colours; any other name gets one from its hash.
 pub fn model_color(name: &str) -> Option<RGBColor> {
-    let base = name.trim_start_matches("tiny-").trim_start_matches("micro-");
-    let fixed = match base {
+    let fixed = match family(name) {
         "clip" | "clip-b32" | "clip-b16" => Some(0),
         "msclip-attn" => Some(4),
         "msclip" | "msclip-b32" => Some(2),
@@ -395,6 +394,13 @@ pub fn model_color(name: &str) -> Option<RGBColor> {
     fixed.map(|i| SERIES_COLORS[i])
 }
 
+/// A series name as a model family: without the size prefix (`tiny-`, `micro-`) and the
+/// synthetic world it was trained on (`-relations`, `-shapes`), which do not change the model.
+fn family(name: &str) -> &str {
+    let base = name.trim_start_matches("tiny-").trim_start_matches("micro-");
+    base.strip_suffix("-relations").or_else(|| base.strip_suffix("-shapes")).unwrap_or(base)
+}
+
 fn series_color(name: &str, i: usize) -> RGBColor {
     model_color(name).unwrap_or(SERIES_COLORS[(i + 5) % SERIES_COLORS.len()])
 }
@@ -403,7 +409,7 @@ fn series_color(name: &str, i: usize) -> RGBColor {
 /// colour, so a model looks the same in every figure whatever else is plotted (CLIP ●,
 /// MS-CLIP ▲, MS-CLIP-S ■, MS-CLIP-LN ◆, MS-CLIP-attn ✕); other series by position.
 fn series_shape(name: &str, i: usize) -> usize {
-    match name.trim_start_matches("tiny-").trim_start_matches("micro-") {
+    match family(name) {
         "clip" | "clip-b32" | "clip-b16" => 0,
         "msclip" | "msclip-b32" => 1,
         "msclip-s" | "msclip-s-b32" | "msclip-s-b16" => 2,
@@ -1755,6 +1761,9 @@ mod figure_tests {
             assert_eq!(series_shape(other, 3), shapes[0]);
             assert_eq!(series_color(name, 0), series_color(name, 4));
         }
+        // The world a model was trained on does not change its look.
+        assert_eq!(series_color("tiny-clip-relations", 3), series_color("tiny-clip", 0));
+        assert_eq!(series_shape("tiny-msclip-s-relations", 0), series_shape("tiny-msclip-s", 4));
         let five = ["tiny-clip", "tiny-msclip-attn", "tiny-msclip", "tiny-msclip-ln", "tiny-msclip-s"];
         let mut shapes: Vec<usize> = five.iter().enumerate().map(|(i, n)| series_shape(n, i) % 5).collect();
         shapes.sort();
