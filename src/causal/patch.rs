@@ -316,12 +316,12 @@ pub fn patch_vision(model: &MsClip, seed: u64, n: usize) -> Result<PatchResult> 
     if pairs.len() < n {
         return Err(Error::Invalid(format!("only {} single-object scenes found for {n} vision pairs", pairs.len())));
     }
-    let render = |p: &MinimalPair, recolor: Option<(usize, usize)>| {
-        let sc = synth::scene_with(seed ^ EVAL_SEED_OFFSET, p.index as u64, size, recolor);
-        to_tensor(&sc.pixels, size, size, cfg.preprocess.mean, cfg.preprocess.std)
-    };
-    let clean_images = Tensor::stack(&pairs.iter().map(|(p, _)| render(p, None)).collect::<Vec<_>>(), 0);
-    let corrupt_images = Tensor::stack(&pairs.iter().map(|(p, c)| render(p, Some((0, *c)))).collect::<Vec<_>>(), 0);
+    let scene =
+        |p: &MinimalPair, recolor: Option<(usize, usize)>| synth::scene_with(seed ^ EVAL_SEED_OFFSET, p.index as u64, size, recolor);
+    let image = |sc: &synth::Scene| to_tensor(&sc.pixels, size, size, cfg.preprocess.mean, cfg.preprocess.std);
+    let clean_scenes: Vec<synth::Scene> = pairs.iter().map(|(p, _)| scene(p, None)).collect();
+    let clean_images = Tensor::stack(&clean_scenes.iter().map(image).collect::<Vec<_>>(), 0);
+    let corrupt_images = Tensor::stack(&pairs.iter().map(|(p, c)| image(&scene(p, Some((0, *c))))).collect::<Vec<_>>(), 0);
     let txt = tch::no_grad(|| model.encode_text(&tok.tokenize_batch(&pairs.iter().map(|(p, _)| p.clean.as_str()).collect::<Vec<_>>())))?;
     let mut cache = ActivationCache::new();
     let clean = tch::no_grad(|| model.encode_image_with(&clean_images, &Capture::sites(&[Site::ResidIn, Site::Z]), &mut cache, false))?;
@@ -332,10 +332,9 @@ pub fn patch_vision(model: &MsClip, seed: u64, n: usize) -> Result<PatchResult> 
     let g = cfg.grid();
     // Each pair's object: the patch holding its box centre.
     let patch_px = (size as usize / g as usize).max(1);
-    let centres: Vec<(i64, i64)> = pairs
+    let centres: Vec<(i64, i64)> = clean_scenes
         .iter()
-        .map(|(p, _)| {
-            let sc = synth::scene(seed ^ EVAL_SEED_OFFSET, p.index as u64, size);
+        .map(|sc| {
             let b = sc.objects[0].bbox;
             ((((b[1] + b[3]) / 2) as usize / patch_px) as i64, (((b[0] + b[2]) / 2) as usize / patch_px) as i64)
         })
