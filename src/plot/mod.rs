@@ -474,7 +474,9 @@ fn draw_lines_with<DB: DrawingBackend>(
     let xs = c.series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
     let (x0, x1) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
     let (x0, x1) = if x0 < x1 { (x0, x1) } else { (x0 - 1.0, x0 + 1.0) };
-    let pad = if c.x_integer { 0.3 } else { 0.0 };
+    // Room for the end markers: a third of a unit on a short index axis (slots), 2 % of the
+    // span on a long one (steps), where a third of a unit would leave them on the axis.
+    let pad = if c.x_integer { (0.02 * (x1 - x0)).max(0.3) } else { 0.0 };
     let mut chart = ChartBuilder::on(&plot_area)
         .caption(&c.title, ("sans-serif", fitted_size(&c.title, plot_area.dim_in_pixel().0, 17)))
         .margin(12)
