@@ -682,7 +682,9 @@ fn training_contrasts_are_paired_over_seeds() {
     let md = std::fs::read_to_string(out.join("c/training_contrasts.md")).unwrap();
     assert!(md.contains("Family: the 4 rows") && md.contains("| tx | ctl | zero-shot top-1, mean over the evaluations | 3 |"), "{md}");
     // A contrast naming no group, or a group with itself, is refused before anything runs.
-    for (contrasts, want) in [(r#"[["tx", "nope"]]"#, "names no group"), (r#"[["tx", "tx"]]"#, "itself")] {
+    for (contrasts, want) in
+        [(r#"[["tx", "nope"]]"#, "names no group"), (r#"[["tx", "tx"]]"#, "itself"), ("[]", "at least one pair"), (r#"[["tx"]]"#, "")]
+    {
         write(contrasts);
         let (code, _, err) = run(&["figures", "--recipes", recipes.to_str().unwrap(), "--out", out.to_str().unwrap()]);
         assert_eq!(code, 2, "{err}");

@@ -287,6 +287,9 @@ impl Recipe {
                     "a paired t-test over seeds needs seeds = [...] with at least 2 seeds",
                 ));
             }
+            if contrasts.is_empty() {
+                return Err(Error::config("contrasts", "[]", "name at least one pair [\"a\", \"b\"] (or leave contrasts out)"));
+            }
             for [a, b] in contrasts {
                 for x in [a, b] {
                     if !labels.contains(x) {
