@@ -999,10 +999,11 @@ fn training_curves(r: &Recipe, dir: &Path) -> Result<()> {
     } else {
         "One training run per model, evaluated on held-out synthetic data at each evaluation step of its metrics.jsonl; one seed, so no seed-to-seed spread is shown (make study trains 8).".to_string()
     });
-    for (k, (stem, y_label, what)) in [
-        ("modality_gap", "‖x̄ − ȳ‖", "modality gap"),
-        ("zero_shot", "top-1", "zero-shot top-1"),
-        ("relation_acc", "share of scenes (chance 0.5)", "relation test"),
+    // (file stem, y label, what, chance level and its label)
+    for (k, (stem, y_label, what, chance_line)) in [
+        ("modality_gap", "‖x̄ − ȳ‖", "modality gap", None),
+        ("zero_shot", "top-1", "zero-shot top-1", Some((1.0 / 48.0, "chance (48 classes)"))),
+        ("relation_acc", "share of scenes (chance 0.5)", "relation test", Some((0.5, "chance"))),
     ]
     .iter()
     .enumerate()
@@ -1033,11 +1034,7 @@ fn training_curves(r: &Recipe, dir: &Path) -> Result<()> {
             .collect();
         // The axis fits the data (means, intervals, seeds) and the chance line, within the
         // metric's domain: a 0–1 axis flattened early zero-shot curves into its bottom fifth.
-        let chance = match *stem {
-            "relation_acc" => Some(0.5),
-            "zero_shot" => Some(1.0 / 48.0),
-            _ => None,
-        };
+        let chance = chance_line.map(|c| c.0);
         let drawn: Vec<f64> = per[k]
             .iter()
             .flat_map(|(_, m)| m.values().flatten().copied())
@@ -1067,11 +1064,7 @@ fn training_curves(r: &Recipe, dir: &Path) -> Result<()> {
                 x_integer: true,
                 caption: caption.clone(),
                 dots,
-                hlines: match *stem {
-                    "relation_acc" => vec![(0.5, "chance".into())],
-                    "zero_shot" => vec![(1.0 / 48.0, "chance (48 classes)".into())],
-                    _ => vec![],
-                },
+                hlines: chance_line.iter().map(|(v, l)| (*v, l.to_string())).collect(),
             },
         )?;
     }
