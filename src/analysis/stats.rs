@@ -366,6 +366,16 @@ pub fn format_p(p: f64) -> String {
     }
 }
 
+/// A p-value as a clause that reads in a sentence: "p = 0.031" or "p < 0.001".
+pub fn p_stated(p: f64) -> String {
+    let text = format_p(p);
+    if text.starts_with('<') {
+        format!("p {text}")
+    } else {
+        format!("p = {text}")
+    }
+}
+
 /// The mean of a per-item 0/1 or real vector over `items`.
 pub fn mean_over(values: &[f64], items: &[usize]) -> f64 {
     items.iter().map(|&i| values[i]).sum::<f64>() / items.len().max(1) as f64
@@ -420,6 +430,8 @@ mod tests {
         assert_eq!(format_p(0.04776), "0.048");
         assert_eq!(format_p(0.0047), "0.0047");
         assert_eq!(format_p(0.00047), "< 0.001");
+        assert_eq!(p_stated(0.00047), "p < 0.001");
+        assert_eq!(p_stated(0.0312), "p = 0.031");
         assert_eq!(format_p(0.5), "0.50");
     }
 

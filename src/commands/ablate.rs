@@ -136,10 +136,10 @@ impl AblateOutput {
                         "{}{}",
                         cfg.name,
                         a.map(|a| format!(
-                            ", {}: ρ = {:.2} (p = {}; null 95 % [{:.2}, {:.2}])",
+                            ", {}: ρ = {:.2} ({}; null 95 % [{:.2}, {:.2}])",
                             a.scope,
                             a.spearman,
-                            crate::analysis::stats::format_p(a.p_value),
+                            crate::analysis::stats::p_stated(a.p_value),
                             a.null_95[0],
                             a.null_95[1]
                         ))

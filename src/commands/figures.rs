@@ -762,14 +762,21 @@ fn layer_curves(r: &Recipe, dir: &Path) -> Result<()> {
     // How many slots have NMI ≈ 1 for every model: then NMI cannot rank them.
     let n_slots = curves[0].iter().map(|(_, c)| c.len()).max().unwrap_or(0);
     let saturated = (0..n_slots).filter(|&j| curves[0].iter().all(|(_, c)| c.get(j).is_some_and(|p| p.1 >= 0.99))).count();
+    // NMI lives in [0, 1]; a t-interval over seeds can cross either end (one seed far from
+    // the rest). The drawn bar stops at the range; the CSV keeps the interval as computed.
+    let clipped = curves[0].iter().flat_map(|(_, c)| c.iter()).any(|p| p.2 < 0.0 || p.3 > 1.0);
+    let clip_note =
+        if clipped { " Bars that cross NMI's range are drawn up to 0 or 1 (the CSV keeps the interval as computed)." } else { "" };
     let nmi_caption = format!(
-        "NMI of 2-means clusters vs modality ({}): 1 = the modalities form separate clusters. {saturated} of {n_slots} slots are saturated (NMI ≥ 0.99 for every model), where NMI cannot tell models apart; separation_by_layer.png, beside it, measures how far apart the clusters are. {method}",
+        "NMI of 2-means clusters vs modality ({}): 1 = the modalities form separate clusters. {saturated} of {n_slots} slots are saturated (NMI ≥ 0.99 for every model), where NMI cannot tell models apart; separation_by_layer.png, beside it, measures how far apart the clusters are. {method}{clip_note}",
         site.name()
     );
     // The recipe's title names the model set; each figure names its measure.
+    let base = chart(0, format!("NMI ({})", site.name()), 1.05, nmi_caption);
     let nmi = LineChart {
         title: format!("{}: NMI of 2-means clusters vs modality", r.title),
-        ..chart(0, format!("NMI ({})", site.name()), 1.05, nmi_caption)
+        bands: base.bands.iter().map(|b| b.as_ref().map(|b| b.iter().map(|&(lo, hi)| (lo.max(0.0), hi.min(1.0))).collect())).collect(),
+        ..base
     };
     line_chart_png_svg(&dir.join(stem), &nmi)?;
     let sep_caption = format!(
@@ -1122,7 +1129,7 @@ impl SeedItems {
 /// `<stem>.md`, the interval figure `<stem>.png/.svg` (per-seed dots) and the Δ figure
 /// `<stem>_delta.png/.svg` (zero line).
 fn interval_table(r: &Recipe, dir: &Path, stem: &str, retrieval_ks: &[i64], metrics: &[(&str, Metric)]) -> Result<()> {
-    use crate::analysis::stats::{crossed, format_p as fmt_p, holm, paired_t, seed_interval};
+    use crate::analysis::stats::{crossed, format_p as fmt_p, holm, p_stated, paired_t, seed_interval};
     let n = r.synthetic();
     let b = r.bootstrap(1000);
     let groups = r.load_groups()?;
@@ -1280,7 +1287,7 @@ fn interval_table(r: &Recipe, dir: &Path, stem: &str, retrieval_ks: &[i64], metr
             .map_err(ce)?;
             md.push_str(&format!(" {:.3} [{:.3}, {:.3}] |", c.mean, c.lo, c.hi));
             if g > 0 {
-                delta_md.push_str(&format!(" {d:+.3} [{dlo:+.3}, {dhi:+.3}] p = {} (Holm {}) |", fmt_p(p), fmt_p(ph)));
+                delta_md.push_str(&format!(" {d:+.3} [{dlo:+.3}, {dhi:+.3}] {} (Holm {}) |", p_stated(p), fmt_p(ph)));
                 delta_panels[j].1.push((d, dlo, dhi));
                 delta_dots[j].push(c.delta.as_ref().map(|d| d.4.clone()).unwrap_or_default());
             }

@@ -245,11 +245,11 @@ impl HeadsOutput {
                     &dir.join(format!("{name}_scatter")),
                     &plot::Scatter {
                         title: format!(
-                            "{} — {}: ρ = {:.2} (p = {}; null 95 % [{:.2}, {:.2}])",
+                            "{} — {}: ρ = {:.2} ({}; null 95 % [{:.2}, {:.2}])",
                             cfg.name,
                             stat_unit(stat),
                             a.spearman,
-                            crate::analysis::stats::format_p(a.p_value),
+                            crate::analysis::stats::p_stated(a.p_value),
                             a.null_95[0],
                             a.null_95[1]
                         ),

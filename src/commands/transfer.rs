@@ -593,13 +593,13 @@ impl TransferOutput {
         }
         for t in &self.settle_tests {
             s.push_str(&format!(
-                "settling {:<14} heads {:>3}: text first {:>3}, vision first {:>3}, ties {:>3}, sign test p {} (Holm {})\n",
+                "settling {:<14} heads {:>3}: text first {:>3}, vision first {:>3}, ties {:>3}, sign test {} (Holm {})\n",
                 t.statistic,
                 t.heads,
                 t.text_first,
                 t.vision_first,
                 t.ties,
-                format_p(t.p_value),
+                crate::analysis::stats::p_stated(t.p_value),
                 format_p(t.p_holm)
             ));
         }
@@ -700,7 +700,12 @@ impl TransferOutput {
                         &dir.join(format!("scatter_{st}")),
                         &plot::Scatter {
                             title: match a {
-                                Some(a) => format!("{name}: {} (ρ = {:.2}, within-slot p = {})", label(st), a.value, format_p(a.p_value)),
+                                Some(a) => format!(
+                                    "{name}: {} (ρ = {:.2}, within-slot {})",
+                                    label(st),
+                                    a.value,
+                                    crate::analysis::stats::p_stated(a.p_value)
+                                ),
                                 None => format!("{name}: {}", label(st)),
                             },
                             x_label: format!("text {}", label(st)),
@@ -780,11 +785,11 @@ impl TransferOutput {
                         hlines: vec![(0.0, "start".into()), (1.0, "final value".into())],
                         caption: test.map(|t| {
                             format!(
-                                "Text settled first in {} heads, vision in {}, {} ties (sign test p = {}, Holm {}).",
+                                "Text settled first in {} heads, vision in {}, {} ties (sign test {}, Holm {}).",
                                 t.text_first,
                                 t.vision_first,
                                 t.ties,
-                                format_p(t.p_value),
+                                crate::analysis::stats::p_stated(t.p_value),
                                 format_p(t.p_holm)
                             )
                         }),
