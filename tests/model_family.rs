@@ -35,6 +35,19 @@ fn exact_parameter_totals_of_the_big_presets() {
 }
 
 #[test]
+fn tiny_clip_s_is_tiny_msclip_s_unshared() {
+    // The spectrum's ablation: same stem, branch and widths, nothing shared, so every shared
+    // parameter of tiny-msclip-s exists twice (once per tower).
+    let (vs, _) = build("tiny-msclip-s");
+    let s = MsClip::param_count(&vs);
+    let (vs, _) = build("tiny-clip-s");
+    let u = MsClip::param_count(&vs);
+    assert_eq!((s.total, s.shared), (7_790_273, 988_800));
+    assert_eq!((u.total, u.shared), (8_779_073, 0));
+    assert_eq!(u.total, s.total + s.shared);
+}
+
+#[test]
 fn every_preset_builds_and_validates() {
     for (name, _) in PRESETS {
         let cfg = ModelConfig::preset(name).unwrap();

@@ -210,6 +210,9 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("msclip-s-b16", include_str!("../../configs/models/msclip-s-b16.toml")),
     ("tiny-clip", include_str!("../../configs/models/tiny-clip.toml")),
     ("tiny-msclip", include_str!("../../configs/models/tiny-msclip.toml")),
+    // Unshared before shared: `--model auto` takes the first preset whose keys all match, and a
+    // shared model's keys are a subset of its unshared twin's.
+    ("tiny-clip-s", include_str!("../../configs/models/tiny-clip-s.toml")),
     ("tiny-msclip-s", include_str!("../../configs/models/tiny-msclip-s.toml")),
     ("tiny-msclip-attn", include_str!("../../configs/models/tiny-msclip-attn.toml")),
     ("tiny-msclip-ln", include_str!("../../configs/models/tiny-msclip-ln.toml")),
