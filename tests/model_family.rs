@@ -48,6 +48,24 @@ fn tiny_clip_s_is_tiny_msclip_s_unshared() {
 }
 
 #[test]
+fn tiny_clip_msnorm_is_tiny_clip_with_msclip_s_constants() {
+    // The spectrum's other control: tiny-clip's architecture with tiny-msclip-s's normalisation
+    // and LayerNorm ε, trained from the shipped train config (a model file, not a preset, so
+    // `--model auto` never confuses it with tiny-clip, whose keys it shares).
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let train = msclip::train::TrainConfig::from_toml_file(&root.join("configs/train/tiny-clip-msnorm.toml")).unwrap();
+    let cfg = ModelConfig::from_toml_file(&root.join(&train.model)).unwrap();
+    let (clip, s) = (ModelConfig::preset("tiny-clip").unwrap(), ModelConfig::preset("tiny-msclip-s").unwrap());
+    assert_eq!((cfg.ln_eps, &cfg.preprocess), (s.ln_eps, &s.preprocess));
+    assert_ne!(cfg.preprocess, clip.preprocess);
+    let (vs, _) = MsClip::build(&cfg, Device::Cpu, 0);
+    let (vc, _) = build("tiny-clip");
+    assert_eq!(MsClip::param_count(&vs).total, 8_756_737);
+    assert_eq!(MsClip::param_count(&vc).total, 8_756_737);
+    assert!(cfg.sharing.is_empty() && cfg.vision.stem == clip.vision.stem);
+}
+
+#[test]
 fn every_preset_builds_and_validates() {
     for (name, _) in PRESETS {
         let cfg = ModelConfig::preset(name).unwrap();

@@ -390,6 +390,7 @@ pub fn model_color(name: &str) -> Option<RGBColor> {
         "msclip-ln" => Some(3),
         "msclip-s" | "msclip-s-b32" | "msclip-s-b16" => Some(1),
         "clip-s" => Some(6),
+        "clip-msnorm" => Some(5),
         _ => None,
     };
     fixed.map(|i| SERIES_COLORS[i])
@@ -407,12 +408,12 @@ fn series_color(name: &str, i: usize) -> RGBColor {
 }
 
 /// The marker shape of a series ([`marker`]'s index): fixed per model family, like its
-/// colour, so a model looks the same in every figure whatever else is plotted (CLIP and the
-/// unshared CLIP-S ●, MS-CLIP ▲, MS-CLIP-S ■, MS-CLIP-LN ◆, MS-CLIP-attn ✕); other series by
+/// colour, so a model looks the same in every figure whatever else is plotted (CLIP and its
+/// unshared controls CLIP-S and CLIP-msnorm ●, MS-CLIP ▲, MS-CLIP-S ■, MS-CLIP-LN ◆, MS-CLIP-attn ✕); other series by
 /// position.
 fn series_shape(name: &str, i: usize) -> usize {
     match family(name) {
-        "clip" | "clip-b32" | "clip-b16" | "clip-s" => 0,
+        "clip" | "clip-b32" | "clip-b16" | "clip-s" | "clip-msnorm" => 0,
         "msclip" | "msclip-b32" => 1,
         "msclip-s" | "msclip-s-b32" | "msclip-s-b16" => 2,
         "msclip-ln" => 3,
@@ -1774,11 +1775,11 @@ mod figure_tests {
         assert_eq!(shapes, vec![0, 1, 2, 3, 4], "five models, five shapes");
         // The unshared ablation of MS-CLIP-S: CLIP's shape, a colour of its own.
         assert_eq!(series_shape("tiny-clip-s", 2), series_shape("tiny-clip", 0));
-        let six = ["tiny-clip", "tiny-msclip-attn", "tiny-msclip", "tiny-msclip-ln", "tiny-clip-s", "tiny-msclip-s"];
-        let mut colors: Vec<RGBColor> = six.iter().enumerate().map(|(i, n)| series_color(n, i)).collect();
+        let seven = ["tiny-clip", "tiny-msclip-attn", "tiny-msclip", "tiny-msclip-ln", "tiny-clip-msnorm", "tiny-clip-s", "tiny-msclip-s"];
+        let mut colors: Vec<RGBColor> = seven.iter().enumerate().map(|(i, n)| series_color(n, i)).collect();
         colors.sort_by_key(|c| (c.0, c.1, c.2));
         colors.dedup();
-        assert_eq!(colors.len(), 6, "six models, six colours");
+        assert_eq!(colors.len(), 7, "seven models, seven colours");
     }
 
     /// Per-seed dots are drawn in their series' colour, translucent, where the values are:
