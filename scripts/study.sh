@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # `make study`: the sharing spectrum and the transfer study at 8 seeds each (not part of CI).
-#  1. trains tiny-clip, tiny-msclip-attn, tiny-msclip, tiny-msclip-ln and tiny-msclip-s with
-#     seeds 0..7 into $OUT/runs/<model>/seed-<s> (the demo's seed-0 runs are reused; every
-#     run resumes from its newest valid checkpoint, a finished one is a no-op): 40 runs of
-#     about 3.5 min each on 2 CPU cores, about 2.5 h;
+#  1. trains tiny-clip, tiny-msclip-attn, tiny-msclip, tiny-msclip-ln, tiny-clip-msnorm
+#     (tiny-clip with MS-CLIP-S's normalisation and LayerNorm ε), tiny-clip-s (MS-CLIP-S with
+#     nothing shared) and tiny-msclip-s with seeds 0..7 into $OUT/runs/<model>/seed-<s> (the
+#     demo's seed-0 runs are reused; every run resumes from its newest valid checkpoint, a
+#     finished one is a no-op): 56 runs of about 2 min each on 2 CPU cores, about 1.8 h
+#     (measured 2026-12-07);
 #  2. scripts/transfer.sh: the transfer study on the relations world (see there);
 #  3. renders the recipes in analyses/study/ (comparison and retrieval tables with per-seed
 #     values, t-intervals over seeds, paired t-tests and Holm-adjusted p-values; NMI,
@@ -17,7 +19,7 @@ OUT="${1:-demo-out}"
 SEEDS="${SEEDS:-0,1,2,3,4,5,6,7}"
 STEPS="${STUDY_STEPS:-}"
 BIN=target/release
-MODELS="tiny-clip tiny-msclip-attn tiny-msclip tiny-msclip-ln tiny-msclip-s"
+MODELS="tiny-clip tiny-msclip-attn tiny-msclip tiny-msclip-ln tiny-clip-msnorm tiny-clip-s tiny-msclip-s"
 start=$SECONDS
 for m in $MODELS; do
   echo "== training $m, seeds $SEEDS =="
