@@ -23,7 +23,7 @@ use serde::Serialize;
 use tch::{Kind, Tensor};
 
 use super::{provenance_with, to_json_pretty, DataOptions, SkippedItem};
-use crate::analysis::stats::format_p;
+use crate::analysis::stats::{format_p, p_stated};
 pub use crate::analysis::transfer::ProfileOptions;
 use crate::analysis::transfer::{agreement, scalar, HeadProfile, ProfileAccumulator, TransferAgreement, SCALARS};
 use crate::checkpoint::{self, LoadedModel, ModelSource};
@@ -599,7 +599,7 @@ impl TransferOutput {
                 t.text_first,
                 t.vision_first,
                 t.ties,
-                crate::analysis::stats::p_stated(t.p_value),
+                p_stated(t.p_value),
                 format_p(t.p_holm)
             ));
         }
@@ -700,12 +700,7 @@ impl TransferOutput {
                         &dir.join(format!("scatter_{st}")),
                         &plot::Scatter {
                             title: match a {
-                                Some(a) => format!(
-                                    "{name}: {} (ρ = {:.2}, within-slot {})",
-                                    label(st),
-                                    a.value,
-                                    crate::analysis::stats::p_stated(a.p_value)
-                                ),
+                                Some(a) => format!("{name}: {} (ρ = {:.2}, within-slot {})", label(st), a.value, p_stated(a.p_value)),
                                 None => format!("{name}: {}", label(st)),
                             },
                             x_label: format!("text {}", label(st)),
@@ -789,7 +784,7 @@ impl TransferOutput {
                                 t.text_first,
                                 t.vision_first,
                                 t.ties,
-                                crate::analysis::stats::p_stated(t.p_value),
+                                p_stated(t.p_value),
                                 format_p(t.p_holm)
                             )
                         }),

@@ -409,8 +409,8 @@ fn series_color(name: &str, i: usize) -> RGBColor {
 
 /// The marker shape of a series ([`marker`]'s index): fixed per model family, like its
 /// colour, so a model looks the same in every figure whatever else is plotted (CLIP and its
-/// unshared controls CLIP-S and CLIP-msnorm ●, MS-CLIP ▲, MS-CLIP-S ■, MS-CLIP-LN ◆, MS-CLIP-attn ✕); other series by
-/// position.
+/// unshared controls CLIP-S and CLIP-msnorm ●, MS-CLIP ▲, MS-CLIP-S ■, MS-CLIP-LN ◆,
+/// MS-CLIP-attn ✕); other series by position.
 fn series_shape(name: &str, i: usize) -> usize {
     match family(name) {
         "clip" | "clip-b32" | "clip-b16" | "clip-s" | "clip-msnorm" => 0,
